@@ -1,0 +1,19 @@
+"""Shared behaviour of the entry points in scripts/."""
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mnist.config import ConfigError
+from mnist.data import DataError
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """A bad config value or missing data is the user's to fix, not a bug: print one clear
+    message and exit with status 2 instead of a traceback."""
+    try:
+        yield
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,104 @@
+"""Config helpers: the `${repo_root:}` resolver the YAML tree relies on, and validation of
+a composed config, run before anything is downloaded, built or logged."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist.data import MNIST_TRAIN_SIZE
+from mnist.device import available, precision_problem, resolve_device
+from mnist.optim import SCHEDULERS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _problems(cfg: DictConfig) -> Iterator[str]:
+    trainer, data, aug = cfg.trainer, cfg.data, cfg.augmentation
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        value = trainer[key]
+        if not _is_int(value) or value < 1:
+            yield f"trainer.{key}={value!r} must be an integer >= 1"
+    if not _is_int(cfg.seed) or cfg.seed < 0:
+        yield f"seed={cfg.seed!r} must be an integer >= 0"
+    if not (_is_number(trainer.label_smoothing) and 0 <= trainer.label_smoothing < 1):
+        yield f"trainer.label_smoothing={trainer.label_smoothing!r} must be in [0, 1)"
+    if trainer.grad_clip is not None and not (
+        _is_number(trainer.grad_clip) and trainer.grad_clip > 0
+    ):
+        yield f"trainer.grad_clip={trainer.grad_clip!r} must be > 0, or null to disable clipping"
+    patience = trainer.early_stopping.patience
+    if patience is not None and (not _is_int(patience) or patience < 1):
+        yield f"trainer.early_stopping.patience={patience!r} must be >= 1, or null to disable"
+    min_delta = trainer.early_stopping.min_delta
+    if not (_is_number(min_delta) and min_delta >= 0):
+        yield f"trainer.early_stopping.min_delta={min_delta!r} must be >= 0"
+    if not _is_int(data.val_size) or not 1 <= data.val_size < MNIST_TRAIN_SIZE:
+        yield (
+            f"data.val_size={data.val_size!r} must be an integer between 1 and "
+            f"{MNIST_TRAIN_SIZE - 1} (the validation split comes out of the training set)"
+        )
+    subset = data.train_subset
+    if subset is not None and (not _is_int(subset) or subset < 1):
+        yield f"data.train_subset={subset!r} must be an integer >= 1, or null for all images"
+    if not (_is_number(aug.rotate_deg) and aug.rotate_deg >= 0) or not (
+        _is_number(aug.translate) and 0 <= aug.translate < 1
+    ):
+        yield "augmentation.rotate_deg must be >= 0 and augmentation.translate in [0, 1)"
+    if not (_is_number(aug.crop_prob) and 0 <= aug.crop_prob <= 1) or not (
+        _is_int(aug.crop_size) and 1 <= aug.crop_size <= 28
+    ):
+        yield "augmentation.crop_prob must be in [0, 1] and augmentation.crop_size in [1, 28]"
+    if not (_is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0):
+        yield f"optimizer.lr={cfg.optimizer.lr!r} must be > 0"
+    if cfg.scheduler.name not in SCHEDULERS:
+        yield f"scheduler.name={cfg.scheduler.name!r} is not one of {', '.join(SCHEDULERS)}"
+    threads = cfg.device.num_threads
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        yield f"device.num_threads={threads!r} must be >= 1, or null for PyTorch's default"
+    name = cfg.device.name
+    if name != "auto" and not available(name):
+        yield (
+            f"device={name} is not available on this machine "
+            "(use device=auto to fall back to what is)"
+            if name in ("cpu", "cuda", "mps")
+            else f"device.name={name!r} is not one of auto, cpu, cuda, mps"
+        )
+    elif problem := precision_problem(trainer.precision, resolve_device(name)):
+        yield problem
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every invalid value, in one line."""
+    problems = list(_problems(cfg))
+    if problems:
+        raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """{"trainer": {"epochs": 3}} -> {"trainer.epochs": 3}: the form of MLflow params."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,191 @@
+"""One training job, start to finish: validate the config, prepare data and model, train
+inside an MLflow run, then test the best-validation checkpoint and log the reports."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist import plots, tracking
+from mnist.augment import BatchAugment
+from mnist.checkpoint import load_checkpoint
+from mnist.config import flatten, validate_config
+from mnist.data import (
+    DataError,
+    ensure_mnist,
+    load_mnist,
+    normalize,
+    split_indices,
+    to_unit_float,
+)
+from mnist.device import configure_torch, resolve_device
+from mnist.metrics import classification_report, confusion_matrix, format_report
+from mnist.models import count_parameters
+from mnist.optim import build_optimizer, build_scheduler
+from mnist.seeding import derive_seed, generator, seed_everything
+from mnist.trainer import evaluate, fit
+
+log = logging.getLogger(__name__)
+
+SAMPLE_GRID_SIZE = 32
+
+
+@dataclass
+class JobContext:
+    """What Hydra knows about the job and the config does not: where to write, how the
+    job was asked for, and which option of each config group was chosen."""
+
+    output_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_hydra(cls) -> JobContext:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+        return cls(
+            output_dir=Path(hydra.runtime.output_dir),
+            overrides=list(hydra.overrides.task),
+            choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
+        )
+
+    @property
+    def run_name(self) -> str:
+        return ",".join(self.overrides) or self.choices.get("model", "run")
+
+
+def prepare_split(cfg: DictConfig, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(labels)
+    if cfg.data.val_size >= n:
+        raise DataError(f"data.val_size={cfg.data.val_size} leaves no training images of {n}")
+    train_idx, val_idx = split_indices(labels, cfg.data.val_size, cfg.seed, cfg.data.stratify)
+    if cfg.data.train_subset is not None:
+        train_idx = train_idx[: cfg.data.train_subset]
+    return train_idx.to(labels.device), val_idx.to(labels.device)
+
+
+def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
+    """Returns the final metrics. Raises ConfigError or DataError before any side effect
+    in mlruns/ when the config or data cannot work."""
+    validate_config(cfg)
+    device = resolve_device(cfg.device.name)
+    configure_torch(device, cfg.device.num_threads, cfg.trainer.deterministic)
+    seed_everything(cfg.seed)
+
+    root = ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums)
+    data = load_mnist(root, device)
+    train_idx, val_idx = prepare_split(cfg, data.train_labels)
+
+    torch.manual_seed(derive_seed(cfg.seed, "model"))
+    model = instantiate(cfg.model).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    steps_per_epoch = max(1, len(train_idx) // cfg.trainer.batch_size)
+    schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    augment = BatchAugment(
+        rotate_deg=cfg.augmentation.rotate_deg,
+        translate=cfg.augmentation.translate,
+        crop_prob=cfg.augmentation.crop_prob,
+        crop_size=cfg.augmentation.crop_size,
+        generator=generator(cfg.seed, "augment", device),
+    )
+    n_params = count_parameters(model)
+    model_name = ctx.choices.get("model", type(model).__name__)
+    log.info(
+        "%s: %d parameters on %s; %d train / %d val / %d test images",
+        model_name,
+        n_params,
+        device,
+        len(train_idx),
+        len(val_idx),
+        len(data.test_labels),
+    )
+
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_path = ctx.output_dir / "config.yaml"
+    OmegaConf.save(resolved, config_path)
+    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    tags = tracking.run_tags(cfg.seed, device, ctx.overrides, model_name)
+    run_name = cfg.logger.run_name or ctx.run_name
+    checkpoint_dir = ctx.output_dir / "checkpoints"
+
+    with tracking.mlflow_run(uri, cfg.logger.experiment, run_name, tags, flatten(cfg)) as run:
+        tracking.log_metrics({"params_count": n_params})
+        result = fit(
+            model,
+            optimizer,
+            schedule,
+            data,
+            train_idx,
+            val_idx,
+            cfg.trainer,
+            augment,
+            generator(cfg.seed, "shuffle"),
+            device,
+            checkpoint_dir,
+            {"config": resolved},
+            tracking.log_metrics,
+        )
+        best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
+        model.load_state_dict(best["model"])
+        test = evaluate(
+            model,
+            data.test_images,
+            data.test_labels,
+            cfg.trainer.eval_batch_size,
+            device,
+            cfg.trainer.precision,
+        )
+        final = {
+            "test/acc": test.accuracy,
+            "test/loss": test.loss,
+            "best/val_acc": result.best_val_acc,
+            "best/epoch": result.best_epoch,
+            "train_time_s": result.train_time_s,
+        }
+        tracking.log_metrics(final)
+        artifacts = _write_reports(ctx.output_dir, data, test, result.history)
+        hydra_dir = ctx.output_dir / ".hydra"
+        tracking.log_artifacts(
+            [config_path, *artifacts, *([hydra_dir] if hydra_dir.is_dir() else [])]
+        )
+        tracking.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
+        if cfg.logger.log_model:
+            example = normalize(to_unit_float(data.test_images[:4])).cpu()
+            tracking.log_pytorch_model(copy.deepcopy(model).cpu(), example)
+        log.info(
+            "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",
+            result.best_epoch,
+            result.best_val_acc,
+            test.accuracy,
+            run.info.run_id,
+            uri,
+        )
+    return {**final, "run_id": run.info.run_id, "params_count": n_params}
+
+
+def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
+    matrix = confusion_matrix(test.predictions, data.test_labels)
+    report_path = output_dir / "classification_report.txt"
+    report_path.write_text(format_report(classification_report(matrix)))
+    n = min(SAMPLE_GRID_SIZE, len(data.test_labels))
+    return [
+        report_path,
+        plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png"),
+        plots.plot_training_curves(history, output_dir / "training_curves.png"),
+        plots.plot_predictions(
+            data.test_images[:n],
+            data.test_labels[:n],
+            test.predictions[:n],
+            test.probabilities[:n].max(1).values,
+            output_dir / "sample_predictions.png",
+        ),
+    ]

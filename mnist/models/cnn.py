@@ -1,0 +1,90 @@
+"""Convolutional nets of the architecture comparison table."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class CNN2(nn.Module):
+    """The PyTorch examples' MNIST net: conv32, conv64 (unpadded), maxpool, dropout,
+    fc 9216 -> 128, dropout, fc 10. About 1.2M parameters, almost all in the first fc."""
+
+    def __init__(
+        self,
+        conv_dropout: float = 0.25,
+        fc_dropout: float = 0.5,
+        hidden: int = 128,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(conv_dropout),
+            nn.Flatten(),
+            nn.Linear(64 * 12 * 12, hidden),
+            nn.ReLU(),
+            nn.Dropout(fc_dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def _conv_bn_relu(in_channels: int, channels: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class ConvNet(nn.Module):
+    """Stages of padded conv3x3 + BatchNorm + ReLU, each stage ending in a 2x downsample
+    (max pooling, or a stride-2 last conv when `downsample="stride"`), then an optional
+    hidden fc layer with dropout.
+
+    `stages=[[32], [64], [128]]` is the reference 3-conv net (flattens to 1152 features),
+    `[[32, 32], [64, 64]]` the 4-conv net; one class keeps the variants comparable.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Sequence[int]] = ((32,), (64,), (128,)),
+        downsample: str = "pool",
+        hidden: int | None = 128,
+        dropout: float = 0.3,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        if downsample not in ("pool", "stride"):
+            raise ValueError(f"downsample must be 'pool' or 'stride', got {downsample!r}")
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for stage in stages:
+            for i, channels in enumerate(stage):
+                last = i == len(stage) - 1
+                stride = 2 if last and downsample == "stride" else 1
+                layers += _conv_bn_relu(in_channels, channels, stride)
+                in_channels = channels
+            if downsample == "pool":
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, 1, 28, 28)).numel()
+        head: list[nn.Module] = [nn.Flatten()]
+        if hidden:
+            head += [nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            flat = hidden
+        elif dropout:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(flat, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

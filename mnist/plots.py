@@ -1,0 +1,91 @@
+"""PNG figures of a run. matplotlib is imported lazily and with the Agg backend: runs
+happen on headless machines, and most code paths never plot."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(matrix: Tensor, path: Path, title: str = "Confusion matrix") -> Path:
+    plt = _pyplot()
+    counts = matrix.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    n = len(counts)
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title=title,
+    )
+    threshold = counts.max() / 2
+    for i in range(n):
+        for j in range(n):
+            color = "white" if counts[i, j] > threshold else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
+    """Loss and accuracy (train vs validation) and the learning rate, per epoch."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = [("loss", "loss"), ("acc", "accuracy")]
+    for ax, (key, label) in zip(axes, panels, strict=False):
+        for split in ("train", "val"):
+            ax.plot(epochs, [row[f"{split}/{key}"] for row in history], marker="o", label=split)
+        ax.set(xlabel="epoch", ylabel=label, title=f"{label}: train vs validation")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[2].plot(epochs, [row["lr"] for row in history], marker="o", color="tab:green")
+    axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate at epoch start")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_predictions(
+    images: Tensor, labels: Tensor, predictions: Tensor, probabilities: Tensor, path: Path
+) -> Path:
+    """A grid of digits titled "pred (prob) / true"; wrong predictions in red."""
+    plt = _pyplot()
+    n = len(images)
+    columns = min(8, n)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label, pred, prob in zip(
+        axes.flat,
+        images.cpu(),
+        labels.tolist(),
+        predictions.tolist(),
+        probabilities.tolist(),
+        strict=False,
+    ):
+        ax.imshow(image.squeeze().numpy(), cmap="gray")
+        color = "black" if pred == label else "red"
+        ax.set_title(f"{pred} ({prob:.2f}) / {label}", fontsize=8, color=color)
+    fig.suptitle("predicted (probability) / true", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
