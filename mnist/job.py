@@ -45,6 +45,8 @@ class JobContext:
     output_dir: Path
     overrides: list[str] = field(default_factory=list)
     choices: dict[str, str] = field(default_factory=dict)
+    # Hydra's override_dirname: the overrides minus where-to-write keys, e.g. "model=cnn2,seed=1".
+    override_dirname: str = ""
 
     @classmethod
     def from_hydra(cls) -> JobContext:
@@ -55,11 +57,12 @@ class JobContext:
             output_dir=Path(hydra.runtime.output_dir),
             overrides=list(hydra.overrides.task),
             choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
+            override_dirname=hydra.job.override_dirname,
         )
 
     @property
     def run_name(self) -> str:
-        return ",".join(self.overrides) or self.choices.get("model", "run")
+        return self.override_dirname or self.choices.get("model", "run")
 
 
 def prepare_split(cfg: DictConfig, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

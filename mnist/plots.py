@@ -4,6 +4,7 @@ happen on headless machines, and most code paths never plot."""
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 
@@ -65,27 +66,33 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
 def plot_predictions(
     images: Tensor, labels: Tensor, predictions: Tensor, probabilities: Tensor, path: Path
 ) -> Path:
-    """A grid of digits titled "pred (prob) / true"; wrong predictions in red."""
+    """A grid of digits captioned "pred (prob) / true", wrong predictions in red. Drawn as
+    one mosaic image rather than one axes per digit, which is several times faster."""
     plt = _pyplot()
     n = len(images)
     columns = min(8, n)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, label, pred, prob in zip(
-        axes.flat,
-        images.cpu(),
-        labels.tolist(),
-        predictions.tolist(),
-        probabilities.tolist(),
-        strict=False,
+    # Each cell: a white caption band above a 28x28 digit, with a white margin.
+    width, height, band = 28 + 4, 28 + 12, 10
+    mosaic = torch.ones(rows * height, columns * width)
+    for i, image in enumerate(images.cpu().float()):
+        r, c = divmod(i, columns)
+        top, left = r * height + band, c * width + 2
+        mosaic[top : top + 28, left : left + 28] = image.squeeze()
+    fig, ax = plt.subplots(figsize=(1.3 * columns, 1.6 * rows + 0.4))
+    ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    for i, (label, pred, prob) in enumerate(
+        zip(labels.tolist(), predictions.tolist(), probabilities.tolist(), strict=True)
     ):
-        ax.imshow(image.squeeze().numpy(), cmap="gray")
-        color = "black" if pred == label else "red"
-        ax.set_title(f"{pred} ({prob:.2f}) / {label}", fontsize=8, color=color)
-    fig.suptitle("predicted (probability) / true", fontsize=10)
-    fig.tight_layout()
+        r, c = divmod(i, columns)
+        ax.text(
+            c * width + width / 2, r * height + band - 1.5, f"{pred} ({prob:.2f}) / {label}",
+            ha="center", va="bottom", fontsize=7,
+            color="black" if pred == label else "red",
+        )  # fmt: skip
+    ax.set_title("predicted (probability) / true; wrong in red", fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -1,0 +1,116 @@
+"""Shared fixtures: small synthetic IDX datasets (tests never need the network) and
+composed configs shrunk to seconds, with every output under tmp_path."""
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mnist.config import REPO_ROOT
+from mnist.data import DataError, ensure_mnist
+from mnist.idx import encode_idx
+
+CONF_DIR = REPO_ROOT / "conf"
+TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy 28x28 images where each class is a bright block at its own place: learnable
+    in a few steps, so tiny runs can show that training works."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, digit in enumerate(labels):
+        row, col = 4 + (digit // 5) * 12, 2 + (digit % 5) * 5
+        images[i, row : row + 8, col : col + 4] = 255
+    return images, labels
+
+
+def write_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        (root / f"{prefix}-images-idx3-ubyte").write_bytes(encode_idx(images))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return write_synthetic_mnist(tmp_path_factory.mktemp("mnist") / "raw")
+
+
+@pytest.fixture(autouse=True)
+def _local_tracking(monkeypatch):
+    # A developer's MLFLOW_TRACKING_URI must never receive test runs.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def tiny_overrides(data_root: Path, tmp_path: Path) -> list[str]:
+    return [
+        f"data.root={data_root}",
+        "data.verify_checksums=false",
+        "data.val_size=100",
+        "trainer.epochs=2",
+        "trainer.batch_size=50",
+        "trainer.eval_batch_size=256",
+        "trainer.progress=false",
+        "logger.log_model=false",
+        "device=cpu",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"paths.mlruns={tmp_path / 'mlruns'}",
+    ]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An initialised MLflow SQLite store: creating the schema takes ~7 s on a small CPU,
+    so in-process tests start from a copy (the script tests still create theirs)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(synthetic_root, tmp_path, empty_mlflow_db) -> Callable[..., DictConfig]:
+    """tiny_cfg("model=cnn24k", ...) -> a composed config that trains in about a second."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    return lambda *overrides: compose_config(
+        [*tiny_overrides(synthetic_root, tmp_path), *overrides]
+    )
+
+
+def run_train_script(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The real MNIST in the repository's data directory, fetched if needed."""
+    try:
+        return ensure_mnist(REPO_ROOT / "data" / "MNIST" / "raw")
+    except DataError as e:
+        pytest.skip(f"real MNIST is not available here: {e}")

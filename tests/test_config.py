@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from mnist.config import ConfigError, validate_config
+from tests.conftest import CONF_DIR, compose_config, run_train_script
+
+GROUPS = ["model", "optimizer", "scheduler", "augmentation", "device", "trainer", "data", "logger"]
+OPTIONS = [
+    (group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_of_every_group_composes(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    assert cfg[group] is not None
+    if group != "device" or option in ("auto", "cpu"):
+        validate_config(cfg)
+
+
+def test_defaults_train_the_fast_model_on_a_validation_split():
+    cfg = compose_config([])
+    assert cfg.model._target_ == "mnist.models.ConvNet"
+    assert cfg.data.val_size == 5000
+    assert cfg.paths.mlruns.endswith("/mlruns")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.epochs=0", "trainer.epochs=0 must be an integer >= 1"),
+        ("trainer.batch_size=-4", "trainer.batch_size=-4"),
+        ("trainer.batch_size=abc", "trainer.batch_size='abc'"),
+        ("data.val_size=60000", "data.val_size=60000"),
+        ("data.train_subset=0", "data.train_subset=0"),
+        ("trainer.precision=fp8", "trainer.precision='fp8' is not one of"),
+        ("trainer.label_smoothing=1.5", "trainer.label_smoothing=1.5"),
+        ("trainer.grad_clip=0", "trainer.grad_clip=0"),
+        ("trainer.early_stopping.patience=0", "patience=0"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("augmentation.crop_size=40", "crop_size"),
+        ("scheduler.name=warmup", "scheduler.name='warmup'"),
+        ("seed=-1", "seed=-1"),
+    ],
+)
+def test_invalid_values_are_named_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=r"^Invalid config: ") as e:
+        validate_config(compose_config([override]))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(ConfigError, match="device=cuda is not available"):
+        validate_config(compose_config(["device=cuda"]))
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        validate_config(compose_config(["device=cpu", "trainer.precision=fp16"]))
+
+
+def test_script_exits_non_zero_before_any_side_effect(tmp_path):
+    data_root = tmp_path / "data"
+    result = run_train_script(
+        "trainer.epochs=0",
+        "data.val_size=70000",
+        f"data.root={data_root}",
+        f"paths.mlruns={tmp_path / 'mlruns'}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+    )
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert error_lines == [error_lines[0]] and error_lines[0].startswith("error: Invalid config")
+    assert "trainer.epochs=0" in error_lines[0] and "data.val_size=70000" in error_lines[0]
+    assert not data_root.exists()  # nothing downloaded
+    assert not (tmp_path / "mlruns").exists()  # no MLflow run
+
+
+def test_unknown_keys_get_hydras_error(tmp_path):
+    result = run_train_script("trainer.epochz=3", f"paths.outputs={tmp_path}")
+    assert result.returncode != 0
+    assert "trainer.epochz" in result.stderr
+    result = run_train_script("model=resnet152", f"paths.outputs={tmp_path}")
+    assert result.returncode != 0
+    assert "resnet152" in result.stderr

@@ -1,0 +1,137 @@
+"""End to end on tiny synthetic data, read back from a real local MLflow store."""
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import mnist.job as job_module
+from mnist.checkpoint import load_checkpoint
+from mnist.job import JobContext, run_training
+from tests.conftest import run_train_script, tiny_overrides
+
+EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s",
+                 "throughput_img_s"]  # fmt: skip
+FINAL_METRICS = ["test/acc", "test/loss", "best/val_acc", "best/epoch", "params_count",
+                 "train_time_s"]  # fmt: skip
+RUN_TAGS = ["git.commit", "git.dirty", "hydra.overrides", "seed", "device", "torch.version",
+            "torchvision.version", "cuda.version", "hostname"]  # fmt: skip
+
+
+def store(tmp_path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_of(client: MlflowClient, experiment: str = "mnist"):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for info in client.list_artifacts(run_id, path):
+        found.add(info.path)
+        if info.is_dir:
+            found |= artifact_paths(client, run_id, info.path)
+    return found
+
+
+def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path):
+    overrides = [o for o in tiny_overrides(synthetic_root, tmp_path) if "log_model" not in o]
+    result = run_train_script(
+        "-m", *overrides, "model=fast,cnn24k", "trainer.test_every_epoch=true",
+        "logger.experiment=sweep",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = store(tmp_path)
+    runs = runs_of(client, "sweep")
+    assert [r.data.tags["model"] for r in runs] == ["fast", "cnn24k"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert f"model={run.data.tags['model']}" in run.info.run_name
+        assert str(tmp_path) not in run.info.run_name
+        assert run.data.params["trainer.epochs"] == "2"
+        assert run.data.params["data.val_size"] == "100"
+        for tag in RUN_TAGS:
+            assert run.data.tags[tag], tag
+        for name in [*EPOCH_METRICS, "test/acc_epoch"]:
+            history = client.get_metric_history(run.info.run_id, name)
+            assert [m.step for m in history] == [1, 2], name
+        for name in FINAL_METRICS:
+            assert name in run.data.metrics, name
+        assert 0.0 <= run.data.metrics["test/acc"] <= 1.0
+        assert run.data.metrics["best/epoch"] in (1, 2)
+        artifacts = artifact_paths(client, run.info.run_id)
+        assert {
+            "config.yaml", "classification_report.txt", "confusion_matrix.png",
+            "training_curves.png", "sample_predictions.png", "checkpoints/best.pt",
+            ".hydra/config.yaml", ".hydra/overrides.yaml",
+        } <= artifacts  # fmt: skip
+        assert "model/MLmodel" in artifacts or client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+    # The fast model learns the synthetic classes: training does something.
+    assert runs[0].data.metrics["best/val_acc"] > 0.5
+    # Loadable in MLflow's pytorch flavour, at any batch size.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(
+        f"runs:/{runs[0].info.run_id}/model",
+        dst_path=str(tmp_path / "loaded"),
+    )
+    assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
+
+
+def _run_in_process(tiny_cfg, tmp_path, name: str, *overrides: str) -> dict:
+    cfg = tiny_cfg(*overrides)
+    return run_training(cfg, JobContext(output_dir=tmp_path / name))
+
+
+def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg, tmp_path):
+    augmented = ("augmentation=shift_rotate", "model=gap20k", "seed=3")
+    first = _run_in_process(tiny_cfg, tmp_path, "a", *augmented)
+    second = _run_in_process(tiny_cfg, tmp_path, "b", *augmented)
+    client = store(tmp_path)
+    for name in ["train/loss", "val/loss", "val/acc"]:
+        a = [m.value for m in client.get_metric_history(first["run_id"], name)]
+        b = [m.value for m in client.get_metric_history(second["run_id"], name)]
+        assert a == b and len(a) == 2, name
+    weights_a = load_checkpoint(tmp_path / "a" / "checkpoints" / "best.pt")["model"]
+    weights_b = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    other = _run_in_process(tiny_cfg, tmp_path, "c", *augmented[:-1], "seed=4")
+    assert (
+        other["best/val_acc"] != first["best/val_acc"] or other["test/loss"] != first["test/loss"]
+    )
+
+
+def test_best_checkpoint_is_chosen_on_validation_and_resumable_state_is_saved(tiny_cfg, tmp_path):
+    result = _run_in_process(tiny_cfg, tmp_path, "run", "trainer.epochs=3")
+    history = [m.value for m in store(tmp_path).get_metric_history(result["run_id"], "val/acc")]
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["val_acc"] == max(history) == result["best/val_acc"]
+    assert best["epoch"] == history.index(max(history)) + 1
+    assert best["config"]["model"]["_target_"] == "mnist.models.ConvNet"
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 3
+    assert {"optimizer", "scheduler", "scaler", "shuffle_rng", "augment_rng"} <= set(last)
+
+
+def test_early_stopping_uses_patience_on_validation(tiny_cfg, tmp_path):
+    result = _run_in_process(
+        tiny_cfg, tmp_path, "run", "trainer.epochs=30", "trainer.early_stopping.patience=1",
+        "trainer.early_stopping.min_delta=0.5",
+    )  # fmt: skip
+    # No epoch can gain 0.5 in accuracy over the first, so the second epoch stops the run.
+    assert len(store(tmp_path).get_metric_history(result["run_id"], "val/acc")) == 2
+
+
+def test_a_failing_job_closes_its_run_as_failed(tiny_cfg, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(job_module, "fit", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        _run_in_process(tiny_cfg, tmp_path, "run")
+    assert mlflow.active_run() is None
+    assert [r.info.status for r in runs_of(store(tmp_path))] == ["FAILED"]
