@@ -6,6 +6,9 @@ from contextlib import contextmanager
 
 from mnist.config import ConfigError
 from mnist.data import DataError
+from mnist.models import UnsafeModelConfig
+from mnist.tracking import TrackingError
+from mnist.trainer import TrainingInterrupted
 
 
 @contextmanager
@@ -14,6 +17,9 @@ def exit_on_user_error() -> Iterator[None]:
     message and exit with status 2 instead of a traceback."""
     try:
         yield
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, TrackingError, UnsafeModelConfig) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(130)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist import plots, tracking
+from mnist import plots, sweep, tracking
 from mnist.augment import BatchAugment
-from mnist.checkpoint import load_checkpoint
-from mnist.config import flatten, validate_config
+from mnist.checkpoint import load_checkpoint, state_dict_sha256
+from mnist.config import ConfigError, flatten, validate_config
 from mnist.data import (
     DataError,
     ensure_mnist,
@@ -27,8 +28,9 @@ from mnist.data import (
 )
 from mnist.device import configure_torch, resolve_device
 from mnist.metrics import classification_report, confusion_matrix, format_report
-from mnist.models import count_parameters
+from mnist.models import build_model, count_parameters
 from mnist.optim import build_optimizer, build_scheduler
+from mnist.resume import load_resume_checkpoint
 from mnist.seeding import derive_seed, generator, seed_everything
 from mnist.trainer import evaluate, fit
 
@@ -47,6 +49,8 @@ class JobContext:
     choices: dict[str, str] = field(default_factory=dict)
     # Hydra's override_dirname: the overrides minus where-to-write keys, e.g. "model=cnn2,seed=1".
     override_dirname: str = ""
+    # The MLflow run of the sweep this job is part of (mnist/sweep.py); None outside one.
+    parent_run_id: str | None = None
 
     @classmethod
     def from_hydra(cls) -> JobContext:
@@ -58,6 +62,7 @@ class JobContext:
             overrides=list(hydra.overrides.task),
             choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
             override_dirname=hydra.job.override_dirname,
+            parent_run_id=sweep.parent_run_id(hydra),
         )
 
     @property
@@ -76,9 +81,18 @@ def prepare_split(cfg: DictConfig, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
-    """Returns the final metrics. Raises ConfigError or DataError before any side effect
-    in mlruns/ when the config or data cannot work."""
+    """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
+    side effect in mlruns/ when the config, the data or the store cannot work."""
     validate_config(cfg)
+    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    resume_state = None
+    if cfg.trainer.resume:
+        checkpoint_path, resume_state = load_resume_checkpoint(cfg.trainer.resume, uri)
+        log.info("Resuming %s with the run's own config", checkpoint_path)
+        cfg = OmegaConf.create(resume_state["config"])
+        ctx.output_dir = checkpoint_path.parent.parent
+        uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    tracking.check_store(uri)
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device.num_threads, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
@@ -88,7 +102,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     train_idx, val_idx = prepare_split(cfg, data.train_labels)
 
     torch.manual_seed(derive_seed(cfg.seed, "model"))
-    model = instantiate(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = max(1, len(train_idx) // cfg.trainer.batch_size)
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
@@ -115,30 +129,40 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_path = ctx.output_dir / "config.yaml"
     OmegaConf.save(resolved, config_path)
-    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     tags = tracking.run_tags(cfg.seed, device, ctx.overrides, model_name)
+    tags["output_dir"] = str(ctx.output_dir)
+    # Parallel jobs share the cores: their timings only compare with the thread count.
+    tags["torch.num_threads"] = str(torch.get_num_threads())
+    if ctx.parent_run_id:
+        tags["mlflow.parentRunId"] = ctx.parent_run_id
     run_name = cfg.logger.run_name or ctx.run_name
     checkpoint_dir = ctx.output_dir / "checkpoints"
 
-    with tracking.mlflow_run(uri, cfg.logger.experiment, run_name, tags, flatten(cfg)) as run:
+    resume_run_id = resume_state["mlflow_run_id"] if resume_state else None
+    with tracking.mlflow_run(
+        uri, cfg.logger.experiment, run_name, tags, flatten(cfg), resume_run_id
+    ) as run:
         tracking.log_metrics({"params_count": n_params})
-        result = fit(
-            model,
-            optimizer,
-            schedule,
-            data,
-            train_idx,
-            val_idx,
-            cfg.trainer,
-            augment,
-            generator(cfg.seed, "shuffle"),
-            device,
-            checkpoint_dir,
-            {"config": resolved},
-            tracking.log_metrics,
-        )
+        with _explain_nondeterminism():
+            result = fit(
+                model,
+                optimizer,
+                schedule,
+                data,
+                train_idx,
+                val_idx,
+                cfg.trainer,
+                augment,
+                generator(cfg.seed, "shuffle"),
+                device,
+                checkpoint_dir,
+                {"config": resolved, "mlflow_run_id": run.info.run_id},
+                tracking.log_metrics,
+                resume_state,
+            )
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model"])
+        tracking.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
         test = evaluate(
             model,
             data.test_images,
@@ -157,13 +181,19 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         tracking.log_metrics(final)
         artifacts = _write_reports(ctx.output_dir, data, test, result.history)
         hydra_dir = ctx.output_dir / ".hydra"
-        tracking.log_artifacts(
-            [config_path, *artifacts, *([hydra_dir] if hydra_dir.is_dir() else [])]
-        )
-        tracking.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
-        if cfg.logger.log_model:
-            example = normalize(to_unit_float(data.test_images[:4])).cpu()
-            tracking.log_pytorch_model(copy.deepcopy(model).cpu(), example)
+        try:
+            tracking.log_artifacts(
+                [config_path, *artifacts, *([hydra_dir] if hydra_dir.is_dir() else [])]
+            )
+            tracking.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
+            if cfg.logger.log_model:
+                example = normalize(to_unit_float(data.test_images[:4])).cpu()
+                tracking.log_pytorch_model(copy.deepcopy(model).cpu(), example)
+        except Exception as e:
+            raise tracking.TrackingError(
+                f"uploading artifacts to {uri} failed ({e}); the checkpoints and reports "
+                f"are kept in {ctx.output_dir}"
+            ) from e
         log.info(
             "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",
             result.best_epoch,
@@ -173,6 +203,21 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
             uri,
         )
     return {**final, "run_id": run.info.run_id, "params_count": n_params}
+
+
+@contextmanager
+def _explain_nondeterminism() -> Iterator[None]:
+    """torch.use_deterministic_algorithms raises deep inside an op; say what to do."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "deterministic" not in str(e):
+            raise
+        raise ConfigError(
+            f"trainer.deterministic=true, but an operation has no deterministic kernel on "
+            f"this device: {str(e).splitlines()[0]} Set trainer.deterministic=false, or use "
+            "another model or device."
+        ) from e
 
 
 def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
@@ -185,7 +230,7 @@ def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
         plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png"),
         plots.plot_training_curves(history, output_dir / "training_curves.png"),
         plots.plot_predictions(
-            data.test_images[:n],
+            data.test_images[:n].float() / 255,
             data.test_labels[:n],
             test.predictions[:n],
             test.probabilities[:n].max(1).values,

@@ -10,10 +10,12 @@ import platform
 import re
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -40,6 +42,33 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
         return None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
     return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / slug).as_uri()
+
+
+T = TypeVar("T")
+
+
+def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: float = 0.2) -> T:
+    """SQLite lets one process write at a time; the others wait up to its busy timeout (5 s),
+    which parallel jobs of a sweep on a loaded machine can exceed ("database is locked").
+    Each lock is held for one short transaction, so waiting and trying again is enough."""
+    for attempt in range(attempts - 1):
+        try:
+            return call()
+        except Exception as e:  # MLflow wraps SQLAlchemy's OperationalError
+            if "database is locked" not in str(e):
+                raise
+            time.sleep(first_wait_s * 2**attempt)
+    return call()
+
+
+def _end_run(status: str) -> None:
+    """mlflow.end_run forgets the active run before it writes the status, so retrying it
+    could leave the run RUNNING: write the status first, retried, then end the run."""
+    import mlflow
+
+    run_id = mlflow.active_run().info.run_id
+    retry_when_locked(lambda: mlflow.MlflowClient().set_terminated(run_id, status))
+    retry_when_locked(lambda: mlflow.end_run(status))
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
@@ -103,31 +132,77 @@ def run_tags(seed: int, device: torch.device, overrides: list[str], model: str) 
 
 @contextmanager
 def mlflow_run(
-    uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]
+    uri: str,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
     """An active MLflow run that always ends: FINISHED, KILLED on Ctrl-C, FAILED on any
-    other exception (re-raised), so a crashed job never leaves a run RUNNING."""
+    other exception (re-raised), so a crashed job never leaves a run RUNNING. With
+    `resume_run_id`, the interrupted run is continued instead (its params stay as logged)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    experiment_id = get_or_create_experiment(uri, experiment)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    if resume_run_id:
+        run = retry_when_locked(lambda: mlflow.start_run(run_id=resume_run_id))
+    else:
+        experiment_id = retry_when_locked(lambda: get_or_create_experiment(uri, experiment))
+        run = retry_when_locked(
+            lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        )
     try:
-        mlflow.log_params({key: str(value) for key, value in params.items()})
+        if not resume_run_id:
+            retry_when_locked(
+                lambda: mlflow.log_params({key: str(value) for key, value in params.items()})
+            )
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        _end_run("FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    _end_run("FINISHED")
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be reached or written."""
+
+
+def check_store(uri: str) -> None:
+    """Fail in a second, before any training, when runs could not be recorded: MLflow
+    itself would retry for minutes, or fail only when the first metric is logged."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        existing = next(p for p in (db, *db.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise TrackingError(
+                f"MLflow store {uri} is not writable ({existing}); fix its permissions or "
+                "set logger.tracking_uri / MLFLOW_TRACKING_URI to a writable store"
+            )
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+                pass
+        except (OSError, ValueError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
+                "start it (make server) or unset MLFLOW_TRACKING_URI"
+            ) from e
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    retry_when_locked(lambda: mlflow.set_tags(tags))
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics(metrics, step=step)
+    retry_when_locked(lambda: mlflow.log_metrics(metrics, step=step))
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:

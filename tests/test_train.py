@@ -45,7 +45,7 @@ def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path)
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     client = store(tmp_path)
-    runs = runs_of(client, "sweep")
+    runs = [r for r in runs_of(client, "sweep") if "mlflow.parentRunId" in r.data.tags]
     assert [r.data.tags["model"] for r in runs] == ["fast", "cnn24k"]
     for run in runs:
         assert run.info.status == "FINISHED"
@@ -113,8 +113,9 @@ def test_best_checkpoint_is_chosen_on_validation_and_resumable_state_is_saved(ti
     assert best["epoch"] == history.index(max(history)) + 1
     assert best["config"]["model"]["_target_"] == "mnist.models.ConvNet"
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert last["epoch"] == 3
-    assert {"optimizer", "scheduler", "scaler", "shuffle_rng", "augment_rng"} <= set(last)
+    assert last["progress"]["epoch"] == 4  # the next epoch: training is complete
+    assert last["mlflow_run_id"] == result["run_id"]
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
 
 
 def test_early_stopping_uses_patience_on_validation(tiny_cfg, tmp_path):

@@ -1,13 +1,67 @@
 """Model families; each `conf/model/<name>.yaml` points its `_target_` at a class here."""
 
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
 from mnist.models.cnn import CNN2, ConvNet
 from mnist.models.dense import DenseNet
 from mnist.models.tiny import CNN24k, GAP20k
 from mnist.models.vgg import TinyVGG
 
-__all__ = ["CNN2", "CNN24k", "ConvNet", "DenseNet", "GAP20k", "TinyVGG", "count_parameters"]
+__all__ = [
+    "CNN2",
+    "MODELS",
+    "CNN24k",
+    "ConvNet",
+    "DenseNet",
+    "GAP20k",
+    "TinyVGG",
+    "UnsafeModelConfig",
+    "build_model",
+    "count_parameters",
+]
 
 
-def count_parameters(model) -> int:
+MODELS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (CNN2, CNN24k, ConvNet, DenseNet, GAP20k, TinyVGG)
+}
+
+
+class UnsafeModelConfig(ValueError):
+    """A model config that would instantiate something other than this package's models."""
+
+
+def _nested_targets(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return "_target_" in value or any(_nested_targets(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_nested_targets(v) for v in value)
+    return False
+
+
+def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """Instantiate a `conf/model` config. Configs also come from checkpoints, and loading a
+    checkpoint must not be able to run code, so only this package's model classes are
+    built, with plain keyword arguments (no nested `_target_`, no Hydra instantiate)."""
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    target = str(model_cfg.get("_target_", ""))
+    kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
+    module, _, name = target.rpartition(".")
+    cls = MODELS.get(name) if module.startswith("mnist.models") else None
+    if cls is None:
+        raise UnsafeModelConfig(
+            f"model _target_ {target!r} is not one of this package's models "
+            f"(mnist.models.{{{', '.join(MODELS)}}}); refusing to instantiate it"
+        )
+    if _nested_targets(kwargs):
+        raise UnsafeModelConfig(f"model config for {target} nests a _target_; refusing it")
+    return cls(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, the number the reference tables report."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
