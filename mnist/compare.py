@@ -1,0 +1,211 @@
+"""The comparison table of a finished sweep, from MLflow alone: a model's runs (one per seed)
+become one row, with accuracy over seeds, cost per epoch and the reference numbers beside
+it. Runs that did not finish are counted and listed, never dropped."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist import table, tracking
+from mnist.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The child runs of a sweep point at their parent with this tag (see mnist/sweep.py).
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class Row:
+    """One model (and one value of each group_by key): its finished runs' numbers, the
+    number of runs that did not finish, and the reference it is measured against."""
+
+    model: str
+    groups: dict[str, str]
+    finished: int = 0
+    params: int | None = None
+    conv_layers: int | None = None
+    pooling: str = "n/a"
+    epochs: list[int] = field(default_factory=list)
+    final_acc: list[float] = field(default_factory=list)  # last-epoch test acc, per run
+    max_acc: list[float] = field(default_factory=list)  # best test acc over epochs, per run
+    checkpoint_acc: list[float] = field(default_factory=list)  # test acc of best-val weights
+    epoch_time_s: list[float] = field(default_factory=list)  # every epoch of every run
+    train_time_s: list[float] = field(default_factory=list)
+    img_per_s: list[float] = field(default_factory=list)
+    unfinished: list[Any] = field(default_factory=list)  # MLflow runs
+    reference: dict[str, Any] | None = None
+
+
+def search_filter(parent_run_id: str | None, extra: str | None) -> str:
+    clauses = [f"tags.`{PARENT_TAG}` = '{parent_run_id}'"] if parent_run_id else []
+    return " and ".join([*clauses, *([extra] if extra else [])])
+
+
+def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
+    """The training runs of `experiment` matching `filter_string`, oldest first. Runs
+    without a `model` tag (a sweep's parent, compare's own summaries) are not training runs."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise ConfigError(
+            f"logger.experiment={experiment!r} names no MLflow experiment in "
+            f"{client.tracking_uri} (known: {known}); pass the logger.experiment of the sweep"
+        )
+    runs: list[Any] = []
+    token = None
+    while True:
+        try:
+            page = client.search_runs(
+                [found.experiment_id],
+                filter_string,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+        except MlflowException as e:
+            raise ConfigError(f"filter={filter_string!r} is not an MLflow filter: {e}") from e
+        runs += [run for run in page if "model" in run.data.tags]
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        raise ConfigError(
+            f"no training runs in experiment {experiment!r}"
+            + (f" matching {filter_string!r}" if filter_string else "")
+            + "; check parent_run_id / filter, or run the sweep first"
+        )
+    return runs
+
+
+def group_value(run: Any, key: str) -> str | None:
+    """A swept key's value in a run: a tag (seed), a param of the resolved config
+    (trainer.epochs), else a config-group choice from the Hydra overrides (optimizer)."""
+    if key in run.data.tags:
+        return run.data.tags[key]
+    if key in run.data.params:
+        return run.data.params[key]
+    for override in run.data.tags.get("hydra.overrides", "").split():
+        name, _, value = override.lstrip("+~").partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def _literal(text: str) -> Any:
+    """MLflow params are str() of the config values: read lists, numbers, None back."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def describe_model(params: dict[str, str]) -> tuple[int | None, str]:
+    """Conv layers and downsampling of the model a run logged, rebuilt from its params;
+    (None, "n/a") when the code can no longer build it."""
+    from hydra.utils import instantiate
+
+    from mnist.models.describe import conv_layers, downsampling
+
+    model_cfg = {k.removeprefix("model."): _literal(v) for k, v in params.items()}
+    try:
+        model = instantiate({k: v for k, v in model_cfg.items() if "." not in k})
+    except Exception as e:  # a run logged by older code may name a class or argument gone since
+        log.warning("Cannot rebuild %s to describe it: %s", model_cfg.get("_target_"), e)
+        return None, "n/a"
+    return conv_layers(model), downsampling(model)
+
+
+def _history(client: Any, run_id: str, metric: str) -> list[float]:
+    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+    return [m.value for m in history]
+
+
+def _add_finished(row: Row, client: Any, run: Any) -> None:
+    """A metric the run did not log (an older trainer, a run cut short) stays out of the
+    row's numbers instead of failing the table."""
+    metrics, run_id = run.data.metrics, run.info.run_id
+    test_per_epoch = _history(client, run_id, "test/acc_epoch")
+    epoch_times = _history(client, run_id, "epoch_time_s")
+    row.finished += 1
+    if test_per_epoch:
+        row.final_acc.append(test_per_epoch[-1])
+        row.max_acc.append(max(test_per_epoch))
+    if epoch_times:
+        row.epochs.append(len(epoch_times))
+        row.epoch_time_s += epoch_times
+    for name, values in (("test/acc", row.checkpoint_acc), ("train_time_s", row.train_time_s)):
+        if name in metrics:
+            values.append(metrics[name])
+    row.img_per_s += _history(client, run_id, "throughput_img_s")
+
+
+def build_rows(
+    client: Any, runs: list[Any], group_by: list[str], references: dict[str, Any]
+) -> list[Row]:
+    """One row per model and group_by values, in the order the runs started."""
+    for key in group_by:
+        if all(group_value(run, key) is None for run in runs):
+            raise ConfigError(
+                f"group_by key {key!r} is no tag, param or override of any run; use e.g. "
+                "seed, trainer.epochs, optimizer._target_ or a swept config group"
+            )
+    rows: dict[tuple[str, ...], Row] = {}
+    for run in runs:
+        model = run.data.tags["model"]
+        groups = {key: group_value(run, key) or "n/a" for key in group_by}
+        row = rows.get((model, *groups.values()))
+        if row is None:
+            row = rows[(model, *groups.values())] = Row(model, groups)
+            row.conv_layers, row.pooling = describe_model(
+                {k: v for k, v in run.data.params.items() if k.startswith("model.")}
+            )
+            row.reference = references.get(model)
+        if "params_count" in run.data.metrics:
+            row.params = int(run.data.metrics["params_count"])
+        if run.info.status == "FINISHED":
+            _add_finished(row, client, run)
+        else:
+            row.unfinished.append(run)
+    return list(rows.values())
+
+
+def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
+    """Writes table.md, table.csv and chart.png into `output_dir` (and logs them to a
+    summary run in the same experiment when cfg.log_summary); returns their paths."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = cfg.logger.experiment
+    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    client = MlflowClient(uri)
+    filter_string = search_filter(cfg.parent_run_id, cfg.filter)
+    runs = load_runs(client, experiment, filter_string)
+    group_by = list(cfg.group_by)
+    references = OmegaConf.to_container(cfg.references, resolve=True)
+    rows = build_rows(client, runs, group_by, references)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    title = experiment + (f" ({filter_string})" if filter_string else "")
+    markdown = table.markdown(rows, group_by, title)
+    paths = [
+        table.write_text(markdown, output_dir / "table.md"),
+        table.write_csv(rows, group_by, output_dir / "table.csv"),
+        table.plot(rows, title, output_dir / "chart.png"),
+    ]
+    log.info("%d runs of %r in %d rows:\n%s", len(runs), experiment, len(rows), markdown)
+    if cfg.log_summary:
+        tags = {"compare.filter": filter_string, "compare.runs": str(len(runs))}
+        params = {"group_by": ",".join(["model", *group_by])}
+        run_name = cfg.logger.run_name or "compare"
+        with tracking.mlflow_run(uri, experiment, run_name, tags, params) as run:
+            tracking.log_artifacts(paths)
+        log.info("Logged as artifacts of run %s", run.info.run_id)
+    return paths

@@ -1,0 +1,172 @@
+"""The comparison rows of mnist/compare.py as a reader gets them: a Markdown table with its
+footnotes, a CSV of the raw numbers, and a PNG chart of accuracy and cost."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mnist.plots import _pyplot
+
+if TYPE_CHECKING:
+    from mnist.compare import Row
+
+NOTES = """\
+- **final**: test accuracy after the last epoch (`test/acc_epoch`, logged with
+  `trainer.test_every_epoch=true`), mean ± sample std over the finished runs (seeds).
+- **max**: the best test accuracy of any epoch of any run: what the reference tables call
+  "max acc". It peeks at the test set, like the references do.
+- **best-val ckpt**: test accuracy of the weights with the best validation accuracy
+  (`test/acc`), mean ± std: the number chosen without looking at the test set.
+- **s / epoch** includes evaluation and checkpointing; **img/s** is training throughput.
+  Both depend on the machine and on how many jobs shared it (tag `torch.num_threads`)."""
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _percent_spread(values: list[float]) -> str:
+    std = _std(values)
+    return _percent(_mean(values)) + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _epochs(row: Row) -> str:
+    if not row.epochs:
+        return "n/a"
+    low, high = min(row.epochs), max(row.epochs)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _runs(row: Row) -> str:
+    return f"{row.finished}" + (f" + {len(row.unfinished)} failed" if row.unfinished else "")
+
+
+def _reference(row: Row, key: str) -> str:
+    ref = row.reference or {}
+    if ref.get(key) is None:
+        return "-"
+    return f"{ref[key]:.2f}" + (f" ({ref['epochs']} ep)" if ref.get("epochs") else "")
+
+
+def _label(row: Row) -> str:
+    return " ".join([row.model, *(f"{k}={v}" for k, v in row.groups.items())])
+
+
+def markdown(rows: list[Row], group_by: list[str], title: str) -> str:
+    header = ["model", *group_by, "params", "conv layers", "pooling", "epochs", "runs",
+              "final test acc %", "max test acc %", "best-val ckpt test acc %", "s / epoch",
+              "train time s", "img/s", "ref final %", "ref max %"]  # fmt: skip
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row.model,
+            *row.groups.values(),
+            _number(row.params, 0),
+            "n/a" if row.conv_layers is None else str(row.conv_layers),
+            row.pooling,
+            _epochs(row),
+            _runs(row),
+            _percent_spread(row.final_acc),
+            _percent(max(row.max_acc, default=None)),
+            _percent_spread(row.checkpoint_acc),
+            _number(_mean(row.epoch_time_s)),
+            _number(_mean(row.train_time_s)),
+            _number(_mean(row.img_per_s), 0),
+            _reference(row, "final"),
+            _reference(row, "max"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", NOTES]
+    sources = [f"- {row.model}: {row.reference['source']}" for row in rows if row.reference]
+    if sources:
+        lines += ["", "References:", *dict.fromkeys(sources)]
+    failed = [(row, run) for row in rows for run in row.unfinished]
+    if failed:
+        lines += ["", "Runs that did not finish:", "", "| row | run | status | run id |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {_label(row)} | {run.info.run_name} | {run.info.status} | {run.info.run_id} |"
+            for row, run in failed
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_text(text: str, path: Path) -> Path:
+    path.write_text(text)
+    return path
+
+
+def write_csv(rows: list[Row], group_by: list[str], path: Path) -> Path:
+    """Unrounded numbers, accuracies in percent like the references."""
+
+    def pct(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", *group_by, "params", "conv_layers", "pooling", "epochs",
+                         "runs", "failed", "final_acc_mean", "final_acc_std", "max_acc",
+                         "best_val_ckpt_acc_mean", "best_val_ckpt_acc_std", "epoch_time_s",
+                         "train_time_s", "img_per_s", "ref_final_acc", "ref_max_acc"])  # fmt: skip
+        for row in rows:
+            ref = row.reference or {}
+            writer.writerow([row.model, *row.groups.values(), row.params, row.conv_layers,
+                             row.pooling, max(row.epochs, default=None), row.finished,
+                             len(row.unfinished), pct(_mean(row.final_acc)),
+                             pct(_std(row.final_acc)), pct(max(row.max_acc, default=None)),
+                             pct(_mean(row.checkpoint_acc)), pct(_std(row.checkpoint_acc)),
+                             _mean(row.epoch_time_s), _mean(row.train_time_s),
+                             _mean(row.img_per_s), ref.get("final"), ref.get("max")])  # fmt: skip
+    return path
+
+
+def plot(rows: list[Row], title: str, path: Path) -> Path:
+    """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
+    markers, beside the seconds per epoch: what each model buys and what it costs."""
+    plt = _pyplot()
+    y = list(range(len(rows)))
+    fig, (acc_ax, time_ax) = plt.subplots(
+        1, 2, figsize=(11, 1.8 + 0.5 * len(rows)), sharey=True, width_ratios=[3, 2]
+    )
+    shown = []
+    for offset, attribute, color, name in (
+        (-0.2, "final_acc", "tab:blue", "final test acc"),
+        (0.2, "checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
+    ):
+        values = [getattr(row, attribute) for row in rows]
+        shown += [100 * _mean(v) for v in values if v]
+        acc_ax.barh([i + offset for i in y], [100 * (_mean(v) or 0) for v in values], 0.4,
+                    xerr=[100 * (_std(v) or 0) for v in values], color=color,
+                    label=f"{name} (mean ± std)")  # fmt: skip
+    for key, marker, color in (("final", "x", "tab:red"), ("max", "|", "black")):
+        points = [(r.reference[key], i) for i, r in enumerate(rows) if (r.reference or {}).get(key)]
+        shown += [value for value, _ in points]
+        if points:
+            acc_ax.scatter(*zip(*points, strict=True), marker=marker, color=color, s=80,
+                           zorder=3, label=f"reference {key}")  # fmt: skip
+    acc_ax.set(xlim=(max(0.0, min(shown, default=90.0) - 1), 100), xlabel="test accuracy %")
+    acc_ax.set_title(title)
+    acc_ax.set_yticks(y, [_label(row) for row in rows])
+    acc_ax.invert_yaxis()
+    time_ax.barh(y, [_mean(row.epoch_time_s) or 0 for row in rows], color="tab:gray")
+    time_ax.set(xlabel="seconds per epoch", title="cost")
+    fig.legend(loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

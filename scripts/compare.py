@@ -1,0 +1,20 @@
+"""The comparison table of a finished sweep: python scripts/compare.py experiment=arch_table"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mnist.cli import exit_on_user_error
+from mnist.compare import compare
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        compare(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
