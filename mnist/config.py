@@ -49,6 +49,9 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     min_delta = trainer.early_stopping.min_delta
     if not (_is_number(min_delta) and min_delta >= 0):
         yield f"trainer.early_stopping.min_delta={min_delta!r} must be >= 0"
+    target = trainer.target_acc
+    if target is not None and not (_is_number(target) and 0 < target <= 1):
+        yield f"trainer.target_acc={target!r} must be in (0, 1], or null to train all epochs"
     if not _is_int(data.val_size) or not 1 <= data.val_size < MNIST_TRAIN_SIZE:
         yield (
             f"data.val_size={data.val_size!r} must be an integer between 1 and "

@@ -283,3 +283,20 @@ def batch_indices(
         stop -= stop % batch_size
     for start in range(0, stop, batch_size):
         yield indices[start : start + batch_size]
+
+
+def training_batches(
+    images: Tensor,
+    labels: Tensor,
+    indices: Tensor,
+    batch_size: int,
+    shuffle: torch.Generator,
+    transform: Callable[[Tensor], Tensor],
+    skip: int = 0,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of the training hot path, shared by the trainer and the benchmark:
+    shuffled full batches, `transform`ed (augmentation) in [0, 1], then normalised.
+    The first `skip` batches are drawn but not built (resuming mid-epoch)."""
+    for step, idx in enumerate(batch_indices(indices, batch_size, shuffle, drop_last=True)):
+        if step >= skip:
+            yield normalize(transform(to_unit_float(images[idx]))), labels[idx]

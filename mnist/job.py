@@ -51,6 +51,8 @@ class JobContext:
     override_dirname: str = ""
     # The MLflow run of the sweep this job is part of (mnist/sweep.py); None outside one.
     parent_run_id: str | None = None
+    # Added to the run's tags, e.g. the source run of a reproduction.
+    extra_tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hydra(cls) -> JobContext:
@@ -103,6 +105,8 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
 
     torch.manual_seed(derive_seed(cfg.seed, "model"))
     model = build_model(cfg.model).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = max(1, len(train_idx) // cfg.trainer.batch_size)
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
@@ -131,6 +135,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     OmegaConf.save(resolved, config_path)
     tags = tracking.run_tags(cfg.seed, device, ctx.overrides, model_name)
     tags["output_dir"] = str(ctx.output_dir)
+    tags.update(ctx.extra_tags)
     # Parallel jobs share the cores: their timings only compare with the thread count.
     tags["torch.num_threads"] = str(torch.get_num_threads())
     if ctx.parent_run_id:
@@ -142,10 +147,11 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     with tracking.mlflow_run(
         uri, cfg.logger.experiment, run_name, tags, flatten(cfg), resume_run_id
     ) as run:
-        tracking.log_metrics({"params_count": n_params})
+        if not resume_state:
+            tracking.log_metrics({"params_count": n_params})
         with _explain_nondeterminism():
             result = fit(
-                model,
+                torch.compile(model) if cfg.trainer.compile else model,
                 optimizer,
                 schedule,
                 data,

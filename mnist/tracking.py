@@ -109,13 +109,19 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
+def git_state() -> tuple[str, str]:
+    """(commit, "true"/"false"/"unknown" for uncommitted changes) of the repository."""
+    status = _git("status", "--porcelain")
+    dirty = "unknown" if status is None else str(bool(status)).lower()
+    return _git("rev-parse", "HEAD") or "unknown", dirty
+
+
 def run_tags(seed: int, device: torch.device, overrides: list[str], model: str) -> dict[str, str]:
     """What it takes to trace a run back to its code and machine."""
-    status = _git("status", "--porcelain")
-
+    commit, dirty = git_state()
     return {
-        "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "git.commit": commit,
+        "git.dirty": dirty,
         "hydra.overrides": " ".join(overrides),
         "model": model,
         "seed": str(seed),

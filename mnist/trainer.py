@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mnist.augment import BatchAugment
 from mnist.checkpoint import save_checkpoint
-from mnist.data import MnistTensors, batch_indices, normalize, to_unit_float
+from mnist.data import MnistTensors, normalize, to_unit_float, training_batches
 from mnist.device import autocast
 from mnist.optim import Schedule
 
@@ -130,9 +130,14 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, handler)
 
 
+def _eager(model: nn.Module) -> nn.Module:
+    """The module itself under a torch.compile wrapper: checkpoints hold its plain keys."""
+    return getattr(model, "_orig_mod", model)
+
+
 def _resumable_state(model, optimizer, schedule, scaler, augment, shuffle_state, progress):
     return {
-        "model": model.state_dict(),
+        "model": _eager(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": schedule.scheduler.state_dict() if schedule else None,
         "scaler": scaler.state_dict(),
@@ -148,7 +153,7 @@ def _resumable_state(model, optimizer, schedule, scaler, augment, shuffle_state,
 
 
 def _restore(state, model, optimizer, schedule, scaler, augment, shuffle) -> Progress:
-    model.load_state_dict(state["model"])
+    _eager(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if schedule:
         schedule.scheduler.load_state_dict(state["scheduler"])
@@ -208,17 +213,17 @@ def fit(
             if progress.step == 0:
                 progress.epoch_lr = optimizer.param_groups[0]["lr"]
             shuffle_state = shuffle.get_state()
-            batches = batch_indices(train_idx, cfg.batch_size, shuffle, drop_last=True)
+            # Batches before progress.step were trained before the interruption resumed from.
+            batches = training_batches(
+                data.train_images, data.train_labels, train_idx, cfg.batch_size, shuffle,
+                augment, skip=progress.step,
+            )  # fmt: skip
             model.train()
             bar = tqdm(
                 batches, total=steps_per_epoch, initial=progress.step, leave=False,
                 desc=f"epoch {epoch}/{cfg.epochs}", disable=None if cfg.progress else True,
             )  # fmt: skip
-            for step, idx in enumerate(bar):
-                if step < progress.step:
-                    continue  # trained before the interruption this run resumed from
-                images = normalize(augment(to_unit_float(data.train_images[idx])))
-                labels = data.train_labels[idx]
+            for step, (images, labels) in enumerate(bar, start=progress.step):
                 with autocast(device, cfg.precision):
                     logits = model(images).float()
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
@@ -231,9 +236,9 @@ def fit(
                 scaler.update()
                 if schedule and schedule.interval == "step":
                     schedule.scheduler.step()
-                progress.loss_sum += loss.detach() * len(idx)
+                progress.loss_sum += loss.detach() * len(labels)
                 progress.correct += (logits.argmax(1) == labels).sum()
-                progress.seen += len(idx)
+                progress.seen += len(labels)
                 progress.step = step + 1
                 if stop_requested():
                     progress.epoch_train_s = time.perf_counter() - epoch_start
@@ -263,7 +268,11 @@ def fit(
                 metrics["test/acc_epoch"] = test.accuracy
             if val.accuracy > progress.best_val_acc:
                 progress.best_val_acc, progress.best_epoch = val.accuracy, epoch
-                best = {"model": model.state_dict(), "epoch": epoch, "val_acc": val.accuracy}
+                best = {
+                    "model": _eager(model).state_dict(),
+                    "epoch": epoch,
+                    "val_acc": val.accuracy,
+                }
                 save_checkpoint({**best, **checkpoint_extra}, checkpoint_dir / "best.pt")
             if val.accuracy >= progress.best_for_patience + min_delta:
                 progress.best_for_patience, progress.epochs_without_gain = val.accuracy, 0
@@ -271,6 +280,11 @@ def fit(
                 progress.epochs_without_gain += 1
             if patience is not None and progress.epochs_without_gain >= patience:
                 log.info("Early stopping: no val/acc gain >= %g for %d epochs", min_delta, patience)
+                progress.stopped_early = True
+            if cfg.target_acc is not None and val.accuracy >= cfg.target_acc:
+                metrics["time_to_target_s"] = time.perf_counter() - fit_start
+                log.info("Target val/acc %g reached in %.1f s", cfg.target_acc,
+                         metrics["time_to_target_s"])  # fmt: skip
                 progress.stopped_early = True
             metrics["epoch_time_s"] = time.perf_counter() - epoch_start
             metrics["throughput_img_s"] = progress.seen / train_seconds

@@ -69,9 +69,9 @@ def tiny_overrides(data_root: Path, tmp_path: Path) -> list[str]:
     ]
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,278 @@
+"""This project's input pipeline against the classic torchvision one, in one process:
+same model, optimizer, batch size, step count and image order, so the difference in
+images per second is the pipeline's. The classic side is what the PyTorch MNIST examples
+do: `datasets.MNIST` + per-sample PIL `transforms` + `DataLoader`."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from mnist.augment import BatchAugment
+from mnist.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    DataError,
+    MnistTensors,
+    batch_indices,
+    training_batches,
+)
+from mnist.models import build_model
+from mnist.optim import build_optimizer
+from mnist.seeding import derive_seed, generator
+from mnist.trainer import evaluate
+
+Batches = Iterator[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    train_img_s: float
+    eval_img_s: float
+    time_to_target_s: float | None
+    target_acc_reached: float | None
+    peak_rss_mb: float
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024**2 if sys.platform == "darwin" else 1024)
+
+
+def epoch_orders(train_idx: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """The image order of each epoch, shared by both pipelines."""
+    shuffle = generator(seed, "shuffle")
+    while True:
+        yield torch.cat(list(batch_indices(train_idx.cpu(), batch_size, shuffle, drop_last=True)))
+
+
+def project_batches(
+    data: MnistTensors, train_idx: Tensor, batch_size: int, augment: BatchAugment, seed: int
+) -> Batches:
+    """Batches from the tensors resident on the device, as the trainer builds them."""
+    shuffle = generator(seed, "shuffle")
+    while True:
+        yield from training_batches(
+            data.train_images, data.train_labels, train_idx, batch_size, shuffle, augment
+        )
+
+
+def classic_transform(aug: DictConfig):
+    """The per-sample torchvision equivalent of an `augmentation` config."""
+    from torchvision import transforms
+
+    steps = []
+    if aug.crop_prob and aug.crop_size != 28:
+        crop = [transforms.CenterCrop(aug.crop_size), transforms.Resize(28)]
+        steps.append(transforms.RandomApply(crop, p=aug.crop_prob))
+    if aug.rotate_deg or aug.translate:
+        translate = (aug.translate, aug.translate) if aug.translate else None
+        steps.append(transforms.RandomAffine(degrees=aug.rotate_deg, translate=translate))
+    steps += [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
+    return transforms.Compose(steps)
+
+
+def classic_dataset(data_root: str | Path, train: bool, transform):
+    from torchvision import datasets
+
+    raw = Path(data_root)
+    if raw.name != "raw" or raw.parent.name != "MNIST":
+        raise DataError(
+            f"the classic pipeline reads torchvision's layout <dir>/MNIST/raw; data.root={raw}"
+        )
+    return datasets.MNIST(str(raw.parent.parent), train=train, download=False, transform=transform)
+
+
+def classic_batches(
+    data_root: str | Path,
+    aug: DictConfig,
+    orders: Iterator[Tensor],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> Batches:
+    """DataLoader batches in the given image orders: one DataLoader per epoch, as in a
+    classic training loop, fed the same order as the project's pipeline."""
+    from torch.utils.data import DataLoader
+
+    dataset = classic_dataset(data_root, True, classic_transform(aug))
+    for order in orders:
+        loader = DataLoader(
+            dataset, batch_size, sampler=order.tolist(), num_workers=workers,
+            pin_memory=device.type == "cuda", drop_last=True,
+        )  # fmt: skip
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def _train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    steps: int,
+    batch_size: int,
+    validate: Callable[[], float],
+    target_acc: float | None,
+    eval_every: int,
+) -> tuple[float, float | None, float | None]:
+    """(images/s, time to target, accuracy at target). Time counts waiting for the batch
+    and the step, not the periodic validation used to detect the target."""
+    model.train()
+    seconds, time_to_target, reached = 0.0, None, None
+    device_sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        device_sync()
+        seconds += time.perf_counter() - start
+        if target_acc is not None and time_to_target is None and step % eval_every == 0:
+            accuracy = validate()
+            model.train()
+            if accuracy >= target_acc:
+                time_to_target, reached = seconds, accuracy
+    return steps * batch_size / seconds, time_to_target, reached
+
+
+def _classic_eval_img_s(model: nn.Module, data_root, batch_size: int, device) -> float:
+    """The PyTorch examples' test loop: DataLoader batches under torch.no_grad."""
+    from torch.utils.data import DataLoader
+
+    dataset = classic_dataset(data_root, False, classic_transform(_NO_AUGMENT))
+    start = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        for images, labels in DataLoader(dataset, batch_size=batch_size):
+            model(images.to(device)).argmax(1).eq(labels.to(device)).sum().item()
+    return len(dataset) / (time.perf_counter() - start)
+
+
+_NO_AUGMENT = DictConfig({"crop_prob": 0.0, "crop_size": 28, "rotate_deg": 0.0, "translate": 0.0})
+
+
+def run_benchmark(
+    cfg: DictConfig, data: MnistTensors, train_idx: Tensor, val_idx: Tensor, device: torch.device
+) -> list[PipelineResult]:
+    """Both pipelines, the project's first (so the peak memory it reports is its own)."""
+    bench = cfg.benchmark
+    batch_size = cfg.trainer.batch_size
+    val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
+    results = []
+    for name in ("project", "classic"):
+        torch.manual_seed(derive_seed(cfg.seed, "model"))
+        model = build_model(cfg.model).to(device)
+        optimizer = build_optimizer(cfg.optimizer, model)
+        if name == "project":
+            augment = BatchAugment(
+                cfg.augmentation.rotate_deg, cfg.augmentation.translate,
+                cfg.augmentation.crop_prob, cfg.augmentation.crop_size,
+                generator(cfg.seed, "augment", device),
+            )  # fmt: skip
+            batches = project_batches(data, train_idx, batch_size, augment, cfg.seed)
+        else:
+            orders = epoch_orders(train_idx, batch_size, cfg.seed)
+            batches = classic_batches(
+                cfg.data.root, cfg.augmentation, orders, batch_size, bench.classic_workers, device
+            )
+
+        def validate(model=model) -> float:
+            return evaluate(
+                model, val_images, val_labels, cfg.trainer.eval_batch_size, device
+            ).accuracy
+
+        train_img_s, time_to_target, reached = _train(
+            model, optimizer, batches, bench.steps, batch_size, validate, bench.target_acc,
+            bench.eval_every,
+        )  # fmt: skip
+        if name == "project":
+            start = time.perf_counter()
+            evaluate(model, data.test_images, data.test_labels, cfg.trainer.eval_batch_size, device)
+            eval_img_s = len(data.test_labels) / (time.perf_counter() - start)
+        else:
+            eval_img_s = _classic_eval_img_s(
+                model, cfg.data.root, bench.classic_eval_batch_size, device
+            )
+        results.append(
+            PipelineResult(name, train_img_s, eval_img_s, time_to_target, reached, peak_rss_mb())
+        )
+    return results
+
+
+def format_table(results: list[PipelineResult], target_acc: float | None) -> str:
+    def seconds(value: float | None) -> str:
+        return "not reached" if value is None else f"{value:.1f}"
+
+    target = f"time to val acc {target_acc:g} (s)" if target_acc else "time to target (s)"
+    lines = [
+        f"| pipeline | train img/s | eval img/s | {target} | peak RSS so far (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.train_img_s:,.0f} | {r.eval_img_s:,.0f} | "
+            f"{seconds(r.time_to_target_s) if target_acc else 'n/a'} | {r.peak_rss_mb:,.0f} |"
+        )
+    project, classic = results
+    lines.append(
+        f"| speed-up (project / classic) | {project.train_img_s / classic.train_img_s:.1f}x | "
+        f"{project.eval_img_s / classic.eval_img_s:.1f}x | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
+    """Validate, prepare the data as a training run would, time both pipelines, then write
+    the Markdown table and log it with the numbers to MLflow."""
+    from mnist import tracking
+    from mnist.config import flatten, validate_config
+    from mnist.data import ensure_mnist, load_mnist
+    from mnist.device import configure_torch, resolve_device
+    from mnist.job import prepare_split
+    from mnist.seeding import seed_everything
+
+    validate_config(cfg)
+    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    tracking.check_store(uri)
+    device = resolve_device(cfg.device.name)
+    configure_torch(device, cfg.device.num_threads, deterministic=False)
+    seed_everything(cfg.seed)
+    data = load_mnist(ensure_mnist(cfg.data.root, cfg.data.verify_checksums), device)
+    train_idx, val_idx = prepare_split(cfg, data.train_labels)
+    results = run_benchmark(cfg, data, train_idx, val_idx, device)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = format_table(results, cfg.benchmark.target_acc)
+    machine = tracking.run_tags(cfg.seed, device, [], "")["device.name"]
+    header = (
+        f"model={cfg.model._target_.rsplit('.', 1)[-1]}, augmentation={cfg.augmentation.name}, "
+        f"batch {cfg.trainer.batch_size}, {cfg.benchmark.steps} steps, device {device} "
+        f"({machine}, {torch.get_num_threads()} threads)\n\n"
+    )
+    path = output_dir / "benchmark.md"
+    path.write_text(header + table)
+    print(header + table)
+    tags = tracking.run_tags(cfg.seed, device, [], cfg.model._target_)
+    with tracking.mlflow_run(uri, cfg.logger.experiment, "benchmark", tags, flatten(cfg)):
+        for r in results:
+            metrics = {f"{r.name}/train_img_s": r.train_img_s, f"{r.name}/eval_img_s": r.eval_img_s,
+                       f"{r.name}/peak_rss_mb": r.peak_rss_mb}  # fmt: skip
+            if r.time_to_target_s is not None:
+                metrics[f"{r.name}/time_to_target_s"] = r.time_to_target_s
+            tracking.log_metrics(metrics)
+        tracking.log_metrics({"speedup/train": results[0].train_img_s / results[1].train_img_s})
+        tracking.log_artifacts([path])
+    return results

@@ -1,0 +1,120 @@
+"""Re-run a logged run from its own resolved config and compare, metric by metric, what
+the two runs recorded: the check behind "bit-reproducible on CPU"."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mnist import tracking
+from mnist.config import ConfigError
+from mnist.job import JobContext, run_training
+
+log = logging.getLogger(__name__)
+
+# Wall-clock measurements differ between any two runs; they are not part of the verdict.
+TIMING_METRICS = {"epoch_time_s", "throughput_img_s", "train_time_s", "time_to_target_s"}
+WEIGHTS_TAG = "best.weights_sha256"
+
+
+@dataclass
+class Comparison:
+    name: str
+    original: float | str
+    reproduced: float | str | None
+
+    def matches(self, tolerance: float) -> bool:
+        if isinstance(self.original, str) or self.reproduced is None:
+            return self.original == self.reproduced
+        if isinstance(self.reproduced, str):
+            return False
+        return math.isclose(self.original, self.reproduced, rel_tol=0, abs_tol=tolerance)
+
+
+def _histories(client, run_id: str, names) -> dict[str, list[float]]:
+    return {
+        name: [
+            m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        ]
+        for name in names
+    }
+
+
+def compare_runs(client, original_id: str, reproduced_id: str) -> list[Comparison]:
+    """Every non-timing metric, epoch by epoch, and the hash of the best weights."""
+    original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
+    names = sorted(set(original.data.metrics) - TIMING_METRICS)
+    first = _histories(client, original_id, names)
+    second = _histories(client, reproduced_id, names)
+    rows = []
+    for name in names:
+        for step, value in enumerate(first[name]):
+            other = second[name][step] if step < len(second[name]) else None
+            label = name if len(first[name]) == 1 else f"{name}[{step + 1}]"
+            rows.append(Comparison(label, value, other))
+        if len(second[name]) > len(first[name]):
+            rows.append(Comparison(f"{name} (extra steps)", "none", "present"))
+    rows.append(
+        Comparison(
+            WEIGHTS_TAG,
+            original.data.tags.get(WEIGHTS_TAG, "missing"),
+            reproduced.data.tags.get(WEIGHTS_TAG),
+        )
+    )
+    return rows
+
+
+def format_comparison(rows: list[Comparison], tolerance: float) -> str:
+    def show(value):
+        return f"{value:.6g}" if isinstance(value, float) else str(value)[:16]
+
+    lines = [f"{'metric':<24} {'original':>16} {'reproduced':>16}  verdict"]
+    for row in rows:
+        verdict = "ok" if row.matches(tolerance) else "DIFFERS"
+        lines.append(
+            f"{row.name:<24} {show(row.original):>16} {show(row.reproduced):>16}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def reproduce(run_id: str, output_dir: Path, tolerance: float, tracking_uri: str | None) -> bool:
+    """Re-run `run_id` as a new run tagged `reproduced_from`; print the comparison and
+    return whether every metric matched within `tolerance` (0: bit for bit)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking.tracking_uri(tracking_uri, tracking.REPO_ROOT / "mlruns")
+    client = MlflowClient(uri)
+    try:
+        source = client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+    except (MlflowException, OSError) as e:
+        raise ConfigError(f"run_id={run_id}: cannot read the run's config from {uri} ({e})") from e
+    tags = source.data.tags
+    commit, dirty = tracking.git_state()
+    if tags.get("git.commit") != commit:
+        log.warning("The run was made at commit %s; this checkout is at %s",
+                    tags.get("git.commit"), commit)  # fmt: skip
+    if dirty != "false":
+        log.warning("The working tree has uncommitted changes: the code may differ from the run's")
+    cfg.logger.tracking_uri = uri
+    ctx = JobContext(
+        output_dir=output_dir,
+        overrides=tags.get("hydra.overrides", "").split(),
+        choices={"model": tags.get("model", "")},
+        override_dirname=f"reproduce:{source.info.run_name}",
+        extra_tags={"reproduced_from": run_id},
+    )
+    result = run_training(cfg, ctx)
+    rows = compare_runs(client, run_id, result["run_id"])
+    passed = all(row.matches(tolerance) for row in rows)
+    print(format_comparison(rows, tolerance))
+    print(f"{'PASS' if passed else 'FAIL'}: run {result['run_id']} reproduces {run_id}"
+          f"{'' if passed else ' NOT'} within tolerance {tolerance:g}")  # fmt: skip
+    return passed

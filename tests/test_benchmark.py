@@ -1,0 +1,54 @@
+import itertools
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mnist.augment import BatchAugment
+from mnist.benchmark import benchmark, classic_batches, epoch_orders, project_batches
+from mnist.data import load_mnist
+from tests.conftest import compose_config, tiny_overrides, write_synthetic_mnist
+
+
+@pytest.fixture(scope="module")
+def torchvision_layout(tmp_path_factory):
+    """Synthetic IDX files where torchvision's datasets.MNIST looks for them."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("data") / "MNIST" / "raw", 300, 100)
+
+
+def test_both_pipelines_serve_the_same_batches_without_augmentation(torchvision_layout):
+    cfg = compose_config(["augmentation=none"])
+    data = load_mnist(torchvision_layout)
+    train_idx = torch.arange(40, 300)
+    ours = project_batches(data, train_idx, 32, BatchAugment(), seed=4)
+    classic = classic_batches(
+        torchvision_layout, cfg.augmentation, epoch_orders(train_idx, 32, seed=4), 32,
+        workers=0, device=torch.device("cpu"),
+    )  # fmt: skip
+    for (a_images, a_labels), (b_images, b_labels) in itertools.islice(
+        zip(ours, classic, strict=False), 20
+    ):
+        assert torch.equal(a_labels, b_labels)
+        torch.testing.assert_close(a_images, b_images, rtol=0, atol=1e-6)
+
+
+def test_benchmark_runs_on_tiny_data_and_logs_its_table(torchvision_layout, tmp_path):
+    overrides = [
+        *tiny_overrides(torchvision_layout, tmp_path),
+        *("benchmark.steps=6", "benchmark.eval_every=3", "benchmark.target_acc=0.05"),
+        *("benchmark.classic_workers=0", "trainer.batch_size=16"),
+    ]
+    cfg = compose_config(overrides, config_name="benchmark")
+    assert cfg.augmentation.name == "shift_rotate"  # the benchmark's default
+    results = benchmark(cfg, tmp_path / "out")
+    assert [r.name for r in results] == ["project", "classic"]
+    assert all(r.train_img_s > 0 and r.eval_img_s > 0 for r in results)
+    assert all(r.time_to_target_s is not None for r in results)  # 5% is always reached
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| project |" in table and "| classic |" in table and "speed-up" in table
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("benchmark").experiment_id])
+    assert run.data.metrics["speedup/train"] == pytest.approx(
+        results[0].train_img_s / results[1].train_img_s
+    )
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md"}

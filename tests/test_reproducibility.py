@@ -1,0 +1,218 @@
+"""Determinism, crash safety and resume, reproduce.py, and hostile input (issue 6)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
+
+import mnist.checkpoint as checkpoint_module
+from mnist.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
+from mnist.config import REPO_ROOT, ConfigError, validate_config
+from mnist.idx import IdxError, parse_idx
+from mnist.job import JobContext, run_training
+from mnist.models import UnsafeModelConfig, build_model
+from mnist.tracking import TrackingError
+from tests.conftest import TRAIN_SCRIPT, compose_config, tiny_overrides
+
+TIMING = {"epoch_time_s", "throughput_img_s", "train_time_s"}
+
+
+def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
+    run = client.get_run(run_id)
+    return {
+        name: [
+            m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        ]
+        for name in set(run.data.metrics) - TIMING
+    }
+
+
+def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
+    synthetic_root, tmp_path, tiny_cfg
+):
+    recipe = ["trainer.epochs=8", "trainer.batch_size=10", "augmentation=shift_rotate",
+              "model=gap20k", "seed=5"]  # fmt: skip
+    reference = run_training(tiny_cfg(*recipe), JobContext(output_dir=tmp_path / "reference"))
+
+    run_dir = tmp_path / "interrupted"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
+               *recipe, f"hydra.run.dir={run_dir}"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - stopped_at < 10
+    assert f"trainer.resume={last}" in stderr
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist").experiment_id
+    killed = [r for r in client.search_runs([experiment]) if r.info.run_id != reference["run_id"]]
+    assert [r.info.status for r in killed] == ["KILLED"]
+
+    resumed = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), f"trainer.resume={last}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = [r for r in client.search_runs([experiment]) if r.info.run_id != reference["run_id"]]
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(killed[0].info.run_id, "FINISHED")]
+    assert histories(client, runs[0].info.run_id) == histories(client, reference["run_id"])
+    tag = "best.weights_sha256"
+    assert runs[0].data.tags[tag] == client.get_run(reference["run_id"]).data.tags[tag]
+
+
+def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("augmentation=crop_rotate", "seed=11")
+    original = run_training(cfg, JobContext(output_dir=tmp_path / "original"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"),
+         f"run_id={original['run_id']}",
+         f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+         f"hydra.run.dir={tmp_path / 'reproduction'}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PASS: run" in result.stdout and "DIFFERS" not in result.stdout
+    assert "best.weights_sha256" in result.stdout and "val/acc[2]" in result.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    copy = next(r for r in runs if r.info.run_id != original["run_id"])
+    assert copy.data.tags["reproduced_from"] == original["run_id"]
+
+
+def test_unreachable_tracking_server_fails_before_anything_else(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    data_root = tmp_path / "never-created"
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is unreachable"):
+        run_training(tiny_cfg(f"data.root={data_root}"), JobContext(output_dir=tmp_path / "o"))
+    assert time.monotonic() - started < 10
+    assert not data_root.exists()
+
+
+def test_read_only_store_fails_before_training(tiny_cfg, tmp_path):
+    store = tmp_path / "readonly"
+    store.mkdir()
+    store.chmod(0o500)
+    try:
+        if os.access(store, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        with pytest.raises(TrackingError, match="not writable"):
+            run_training(tiny_cfg(f"paths.mlruns={store}"), JobContext(output_dir=tmp_path / "o"))
+    finally:
+        store.chmod(0o700)
+
+
+def foreign_checkpoint(tmp_path, target: str):
+    state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32,
+             "config": {"model": {"_target_": target}}}  # fmt: skip
+    return save_checkpoint(state, tmp_path / "last.pt")
+
+
+def test_resume_refuses_a_checkpoint_naming_a_foreign_target(tiny_cfg, tmp_path):
+    path = foreign_checkpoint(tmp_path, "os.system")
+    cfg = tiny_cfg(f"trainer.resume={path}")
+    with pytest.raises((UnsafeModelConfig, ConfigError), match=r"os\.system"):
+        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+
+
+@pytest.mark.parametrize(
+    "model_cfg",
+    [
+        {"_target_": "subprocess.call", "args": ["true"]},
+        {"_target_": "mnist.models.count_parameters"},
+        {"_target_": "mnist.models.ConvNet", "stages": {"_target_": "os.system"}},
+    ],
+)
+def test_model_configs_can_only_build_this_packages_models(model_cfg):
+    with pytest.raises(UnsafeModelConfig):
+        build_model(model_cfg)
+
+
+def test_best_checkpoint_cannot_be_resumed_and_says_why(tiny_cfg, tmp_path):
+    path = save_checkpoint({"model": {}, "config": {}}, tmp_path / "best.pt")
+    with pytest.raises(ConfigError, match="not a resumable checkpoint"):
+        run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    path = save_checkpoint({"weights": torch.ones(3)}, tmp_path / "last.pt")
+
+    def crash_midway(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"weights": torch.zeros(3)}, path)
+    assert torch.equal(load_checkpoint(path)["weights"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_weight_hash_sees_every_value_and_ignores_file_layout():
+    weights = {"a": torch.arange(4.0), "b": torch.tensor(3)}
+    same = {"b": torch.tensor(3), "a": torch.arange(4.0).clone()}
+    assert state_dict_sha256(weights) == state_dict_sha256(same)
+    changed = {**weights, "a": torch.tensor([0.0, 1.0, 2.0, 3.0000002])}
+    assert state_dict_sha256(changed) != state_dict_sha256(weights)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_idx_parser_survives_random_bytes(data):
+    try:
+        array = parse_idx(data)
+    except IdxError:
+        return
+    assert isinstance(array, np.ndarray)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_idx_parser_refuses_any_truncation(draw):
+    from mnist.idx import encode_idx
+
+    shape = draw.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+    encoded = encode_idx(np.zeros(shape, np.uint8))
+    cut = draw.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(IdxError):
+        parse_idx(encoded[:cut])
+
+
+BAD_VALUES = {
+    "trainer.epochs": st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.text()),
+    "trainer.batch_size": st.one_of(st.integers(max_value=0), st.booleans(), st.text()),
+    "trainer.label_smoothing": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-9)),
+    "data.val_size": st.one_of(st.integers(max_value=0), st.integers(min_value=60_000)),
+    "optimizer.lr": st.one_of(st.floats(max_value=0.0), st.just("fast")),
+    "augmentation.translate": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-0.01)),
+    "trainer.precision": st.text().filter(lambda t: t not in ("fp32", "bf16", "fp16")),
+}
+_BASE = compose_config(["device=cpu"])
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(sorted(BAD_VALUES)).flatmap(lambda k: st.tuples(st.just(k), BAD_VALUES[k])))
+def test_fuzzed_bad_values_get_one_clear_config_error(key_and_value):
+    key, value = key_and_value
+    cfg = _BASE.copy()
+    group, name = key.split(".")
+    cfg[group][name] = value
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    assert key in str(e.value) and "\n" not in str(e.value)
