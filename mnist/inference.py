@@ -1,0 +1,275 @@
+"""Trained models back for prediction: from a checkpoint file, an MLflow model URI or run
+id, or by default the best checkpoint of the latest finished run. Only weights are read
+(weights_only=True) and the architecture is rebuilt from the run's own config, restricted
+to the classes of mnist.models: a checkpoint is data, never code. MLflow URIs are resolved
+to the run that logged the model and that run's checkpoint, for the same reason: the
+MLflow pytorch flavour is a pickle, and loading it would run whatever it contains."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnist import tracking
+from mnist.checkpoint import load_checkpoint
+from mnist.config import REPO_ROOT, ConfigError
+from mnist.device import resolve_device
+from mnist.models import UnsafeModelConfig, build_model
+from mnist.preprocess import ImageSource, model_input, to_mnist
+
+CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+# How many of the most recent finished runs are searched for one with a checkpoint.
+RECENT_RUNS = 100
+FORMS = "a checkpoint path, runs:/<run id>/model, models:/<name>/<version>, or a run id"
+
+
+class CheckpointError(ConfigError):
+    """A model that cannot be loaded; the message names it, the problem and the fix. A
+    ConfigError, as the checkpoint is a value the user chose (ckpt=), and the scripts'
+    exit_on_user_error turns it into one line."""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _build(config: dict[str, Any], source: str) -> nn.Module:
+    """The model the run's config describes, built by mnist.models.build_model, which
+    refuses any `_target_` outside this package's models before importing anything."""
+    section = config.get("model")
+    if not isinstance(section, dict) or "_target_" not in section:
+        raise CheckpointError(f"{source}: its config has no model._target_ to build the model")
+    try:
+        return build_model(section)
+    except UnsafeModelConfig as e:
+        raise CheckpointError(f"{source}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{source}: cannot build {section['_target_']} from its config ({e})"
+        ) from e
+
+
+def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{source}: no such checkpoint file; pass {FORMS}")
+    try:
+        checkpoint = load_checkpoint(path)
+    except pickle.UnpicklingError as e:
+        # torch's weights-only unpickler names the first global it refused to import.
+        if refused := re.search(r"Unsupported global: GLOBAL (\S+)", str(e)):
+            raise CheckpointError(
+                f"{source}: refused, loading it would unpickle {refused[1]}; a checkpoint may "
+                "only hold weights and plain data"
+            ) from e
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        raise CheckpointError(
+            f"{source}: not a readable checkpoint, the file is corrupt or truncated "
+            f"({reason[1] if reason else _first_line(e)})"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"{source}: not a readable checkpoint, the file is corrupt or truncated "
+            f"({_first_line(e)})"
+        ) from e
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("model"), dict)
+        and isinstance(checkpoint.get("config"), dict)
+    ):
+        raise CheckpointError(
+            f"{source}: not a checkpoint of this project (expected the 'model' weights and "
+            "the run's 'config', as scripts/train.py writes them)"
+        )
+    return checkpoint
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module  # in eval mode, on the CPU
+    source: str  # where it came from, for messages and reports
+    config: dict[str, Any]  # the resolved config of the run that trained it
+
+
+def load_model_file(path: str | Path, source: str | None = None) -> LoadedModel:
+    """The model of a best.pt / last.pt written by the trainer."""
+    source = source or str(path)
+    checkpoint = _read_checkpoint(Path(path), source)
+    model = _build(checkpoint["config"], source)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        reason = _first_line(str(e).split("\n", 1)[-1])
+        raise CheckpointError(
+            f"{source}: its weights do not fit {checkpoint['config']['model']['_target_']} "
+            f"as its config describes it, so they come from another architecture ({reason})"
+        ) from e
+    return LoadedModel(model.eval(), source, checkpoint["config"])
+
+
+def store_uri(configured: str | None = None) -> str:
+    """The MLflow store, located as training locates it; refused early if it is a local
+    SQLite file that does not exist (MLflow would create an empty store)."""
+    uri = tracking.tracking_uri(configured, REPO_ROOT / "mlruns")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise CheckpointError(
+            f"no MLflow store at {uri}; train a model first (python scripts/train.py) or "
+            f"pass {FORMS}"
+        )
+    return uri
+
+
+def latest_finished_run(uri: str) -> str:
+    """The most recent FINISHED run that has a checkpoint (evaluation runs have none)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=RECENT_RUNS,
+    )
+    for run in runs:
+        artifacts = client.list_artifacts(run.info.run_id, "checkpoints")
+        if any(artifact.path == CHECKPOINT_ARTIFACT for artifact in artifacts):
+            return run.info.run_id
+    raise CheckpointError(
+        f"no finished run with a {CHECKPOINT_ARTIFACT} in {uri}; train a model first "
+        f"(python scripts/train.py) or pass {FORMS}"
+    )
+
+
+def _registered_run(model_uri: str, uri: str) -> str:
+    """The run behind models:/<name>/<version>, models:/<name>@<alias> or models:/<id>."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri, registry_uri=uri)
+    name, slash, version = model_uri.removeprefix("models:/").partition("/")
+    if slash and version.isdigit():
+        return client.get_model_version(name, version).run_id
+    if not slash and "@" in name:
+        return client.get_model_version_by_alias(*name.split("@", 1)).run_id
+    if not slash and name.startswith("m-"):
+        return client.get_logged_model(name).source_run_id
+    raise CheckpointError(
+        f"{model_uri}: expected models:/<name>/<version>, models:/<name>@<alias> or "
+        "models:/<model id>"
+    )
+
+
+def _load_from_run(spec: str | None, uri: str) -> LoadedModel:
+    # One small file: a progress bar on stderr would only clutter predict.py's output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if spec is None:
+            run_id = latest_finished_run(uri)
+        elif spec.startswith("runs:/"):
+            run_id = spec.removeprefix("runs:/").split("/", 1)[0]
+        elif spec.startswith("models:/"):
+            run_id = _registered_run(spec, uri)
+        else:
+            run_id = spec
+        source = f"run {run_id} ({CHECKPOINT_ARTIFACT})"
+        with tempfile.TemporaryDirectory(prefix="mnist-checkpoint-") as tmp:
+            path = download_artifacts(
+                run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=uri
+            )
+            return load_model_file(path, source)
+    except (MlflowException, OSError) as e:
+        raise CheckpointError(
+            f"{spec or 'latest finished run'}: cannot fetch its checkpoint from {uri} "
+            f"({_first_line(e)}); pass {FORMS}"
+        ) from e
+
+
+def load_model(
+    checkpoint: str | Path | None = None, tracking_uri: str | None = None
+) -> LoadedModel:
+    """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a run
+    id, or None for the best checkpoint of the latest finished run. MLflow is imported
+    only when it is not a path."""
+    spec = None if checkpoint is None else str(checkpoint)
+    if spec is not None and not spec.startswith(("runs:/", "models:/")):
+        path = Path(spec).expanduser()
+        if path.exists() or not RUN_ID.fullmatch(spec):
+            return load_model_file(path, spec)
+    return _load_from_run(spec, store_uri(tracking_uri))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int
+    probability: float
+    # The three most probable digits, best first, as (digit, probability).
+    top3: tuple[tuple[int, float], ...]
+
+
+class Classifier:
+    """A trained model with the preprocessing it needs: what predict.py and the Python
+    API share, so both give the same answer for the same image.
+
+        clf = Classifier.load("outputs/.../checkpoints/best.pt")  # or a run id, or None
+        clf.predict("digit.jpg").digit
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", source: str = ""):
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.source = source
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path | None = None,
+        device: str = "cpu",
+        tracking_uri: str | None = None,
+    ) -> Classifier:
+        """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a
+        run id, or None for the best checkpoint of the latest finished run."""
+        loaded = load_model(checkpoint, tracking_uri)
+        return cls(loaded.model, device, loaded.source)
+
+    @torch.inference_mode()
+    def classify(self, digits: np.ndarray | torch.Tensor) -> list[Prediction]:
+        """Predictions for already preprocessed uint8 (B, 28, 28) digits."""
+        if len(digits) == 0:
+            return []
+        logits = self.model(model_input(digits).to(self.device)).float()
+        probabilities, ranked = logits.softmax(1).cpu().topk(3, dim=1)
+        return [
+            Prediction(
+                digit=best[0],
+                probability=probs[0],
+                top3=tuple(zip(best, probs, strict=True)),
+            )
+            for best, probs in zip(ranked.tolist(), probabilities.tolist(), strict=True)
+        ]
+
+    def predict(self, image: ImageSource) -> Prediction:
+        """The digit in one image: a path, file object, PIL image, numpy array or tensor.
+        Raises mnist.preprocess.ImageError when the image cannot be read."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
+        """One forward pass for all images; raises ImageError on the first unreadable one
+        (predict.py instead reports each bad file and goes on)."""
+        if not images:
+            return []
+        return self.classify(np.stack([to_mnist(image) for image in images]))

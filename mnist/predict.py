@@ -1,0 +1,137 @@
+"""scripts/predict.py: the digit in each image named by img= (files, directories, globs).
+Every image gets one line of output, a prediction or the reason it has none; one bad file
+never stops the others, and the exit status says whether any failed."""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig
+from PIL import Image
+
+from mnist.config import ConfigError
+from mnist.inference import Classifier, Prediction
+from mnist.preprocess import ImageError, to_mnist
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FORMATS = ("text", "json")
+# Images preprocessed and classified together: bounds memory on large directories.
+CHUNK = 256
+
+
+@dataclass
+class Outcome:
+    name: str
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+def expand(specs: list[str]) -> list[Outcome]:
+    """One Outcome per image file named by `specs`, in order (a directory's images and a
+    glob's matches sorted by name), and one carrying an error for a spec naming none."""
+    found = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            why = f"directory has no images ({', '.join(IMAGE_SUFFIXES)})"
+        elif path.exists():
+            files, why = [path], ""
+        elif glob.has_magic(spec):
+            files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+            files, why = [p for p in files if p.is_file()], "no file matches this pattern"
+        else:
+            files, why = [], "no such file or directory"
+        found += [Outcome(str(p)) for p in files] or [Outcome(spec, error=f"{spec}: {why}")]
+    return found
+
+
+def _save(digit: np.ndarray, name: str, directory: Path, used: set[str]) -> None:
+    """The 28x28 image the model saw, as <stem>.png (numbered when stems repeat)."""
+    stem, n = Path(name).stem, 1
+    while (file_name := f"{stem}.png" if n == 1 else f"{stem}-{n}.png") in used:
+        n += 1
+    used.add(file_name)
+    Image.fromarray(digit).save(directory / file_name)
+
+
+def predict_all(
+    classifier: Classifier, outcomes: list[Outcome], save_dir: Path | None = None
+) -> list[Outcome]:
+    """Fill in each outcome without an error: preprocess (an unreadable image becomes its
+    error) then classify, CHUNK images per forward pass."""
+    todo = [outcome for outcome in outcomes if outcome.error is None]
+    used: set[str] = set()
+    for start in range(0, len(todo), CHUNK):
+        readable, digits = [], []
+        for outcome in todo[start : start + CHUNK]:
+            try:
+                digit = to_mnist(outcome.name)
+            except ImageError as e:
+                outcome.error = str(e)
+                continue
+            readable.append(outcome)
+            digits.append(digit)
+            if save_dir is not None:
+                _save(digit, outcome.name, save_dir, used)
+        if digits:
+            for outcome, prediction in zip(
+                readable, classifier.classify(np.stack(digits)), strict=True
+            ):
+                outcome.prediction = prediction
+    return outcomes
+
+
+def as_json(outcome: Outcome) -> str:
+    p = outcome.prediction
+    return json.dumps({
+        "path": outcome.name,
+        "digit": p.digit if p else None,
+        "probability": round(p.probability, 6) if p else None,
+        "top3": [{"digit": d, "probability": round(q, 6)} for d, q in p.top3] if p else None,
+        "error": outcome.error,
+    })  # fmt: skip
+
+
+def as_text(outcome: Outcome) -> str:
+    p = outcome.prediction
+    top3 = ", ".join(f"{d} {q:.3f}" for d, q in p.top3)
+    return f"{outcome.name}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})"
+
+
+def _specs(img: str | ListConfig | None) -> list[str]:
+    specs = [str(s) for s in img] if isinstance(img, (list, ListConfig)) else [img]
+    if img is None or not all(specs):
+        raise ConfigError(
+            "img= is required: an image file, a directory of images or a glob, e.g. "
+            "img=digit.png, img=photos/ or 'img=photos/*.jpg' (or a list: img=[a.png,b.png])"
+        )
+    return specs
+
+
+def run_prediction(cfg: DictConfig) -> int:
+    """Prints one line per image (text or JSON Lines); returns the exit status: 0 if
+    every image was predicted, 1 if any failed. A bad config or checkpoint raises
+    ConfigError before anything is printed."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
+    outcomes = expand(_specs(cfg.img))
+    classifier = Classifier.load(cfg.ckpt, cfg.device, cfg.tracking_uri)
+    save_dir = Path(cfg.save_preprocessed) if cfg.save_preprocessed else None
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    for outcome in predict_all(classifier, outcomes, save_dir):
+        if cfg.format == "json":
+            print(as_json(outcome), flush=True)
+        elif outcome.error:
+            print(f"error: {outcome.error}", file=sys.stderr, flush=True)
+        else:
+            print(as_text(outcome), flush=True)
+    return 1 if any(outcome.error for outcome in outcomes) else 0

@@ -1,0 +1,20 @@
+"""The digit in each image: python scripts/predict.py img=digit.jpg [ckpt=...] [format=json]"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mnist.cli import exit_on_user_error
+from mnist.predict import run_prediction
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        status = run_prediction(cfg)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
