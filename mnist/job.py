@@ -30,7 +30,7 @@ from mnist.device import configure_torch, resolve_device
 from mnist.metrics import classification_report, confusion_matrix, format_report
 from mnist.models import build_model, count_parameters
 from mnist.optim import build_optimizer, build_scheduler
-from mnist.resume import load_resume_checkpoint
+from mnist.resume import load_resume_checkpoint, resume_config
 from mnist.seeding import derive_seed, generator, seed_everything
 from mnist.trainer import evaluate, fit
 
@@ -91,7 +91,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     if cfg.trainer.resume:
         checkpoint_path, resume_state = load_resume_checkpoint(cfg.trainer.resume, uri)
         log.info("Resuming %s with the run's own config", checkpoint_path)
-        cfg = OmegaConf.create(resume_state["config"])
+        cfg = resume_config(resume_state, checkpoint_path)
         ctx.output_dir = checkpoint_path.parent.parent
         uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     tracking.check_store(uri)

@@ -5,8 +5,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from mnist.checkpoint import load_checkpoint
-from mnist.config import ConfigError
+from mnist.config import ConfigError, validate_config
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -48,3 +51,13 @@ def load_resume_checkpoint(target: str, uri: str) -> tuple[Path, dict[str, Any]]
             "(best.pt holds weights only; resume from last.pt)"
         )
     return path, state
+
+
+def resume_config(state: dict[str, Any], path: Path) -> DictConfig:
+    """The interrupted run's own config, validated like one from the command line."""
+    try:
+        cfg = OmegaConf.create(state["config"])
+        validate_config(cfg)
+    except (OmegaConfBaseException, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: the checkpoint's config is incomplete or invalid ({e})") from e
+    return cfg

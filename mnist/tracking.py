@@ -183,6 +183,10 @@ def check_store(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         existing = next(p for p in (db, *db.parents) if p.exists())
+        if existing != db and not existing.is_dir():
+            raise TrackingError(
+                f"MLflow store {uri} cannot be created: {existing} is a file, not a directory"
+            )
         if not os.access(existing, os.W_OK):
             raise TrackingError(
                 f"MLflow store {uri} is not writable ({existing}); fix its permissions or "

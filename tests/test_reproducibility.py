@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 import mnist.checkpoint as checkpoint_module
 from mnist.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
@@ -105,30 +106,30 @@ def test_unreachable_tracking_server_fails_before_anything_else(tiny_cfg, tmp_pa
     assert not data_root.exists()
 
 
-def test_read_only_store_fails_before_training(tiny_cfg, tmp_path):
-    store = tmp_path / "readonly"
-    store.mkdir()
-    store.chmod(0o500)
-    try:
-        if os.access(store, os.W_OK):
-            pytest.skip("running as a user that can write anywhere")
-        with pytest.raises(TrackingError, match="not writable"):
-            run_training(tiny_cfg(f"paths.mlruns={store}"), JobContext(output_dir=tmp_path / "o"))
-    finally:
-        store.chmod(0o700)
-
-
-def foreign_checkpoint(tmp_path, target: str):
-    state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32,
-             "config": {"model": {"_target_": target}}}  # fmt: skip
-    return save_checkpoint(state, tmp_path / "last.pt")
+def test_store_that_cannot_be_created_fails_before_training(tiny_cfg, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cfg = tiny_cfg(f"paths.mlruns={blocker / 'mlruns'}")
+    with pytest.raises(TrackingError, match="is a file, not a directory"):
+        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+    assert blocker.read_text() == "not a directory"
 
 
 def test_resume_refuses_a_checkpoint_naming_a_foreign_target(tiny_cfg, tmp_path):
-    path = foreign_checkpoint(tmp_path, "os.system")
-    cfg = tiny_cfg(f"trainer.resume={path}")
-    with pytest.raises((UnsafeModelConfig, ConfigError), match=r"os\.system"):
-        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+    config = OmegaConf.to_container(tiny_cfg(), resolve=True)
+    config["model"] = {"_target_": "os.system", "command": "touch pwned"}
+    state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32, "config": config}
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(UnsafeModelConfig, match=r"'os\.system' is not one of this package"):
+        run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
+    assert not (REPO_ROOT / "pwned").exists()
+
+
+def test_resume_refuses_a_checkpoint_with_an_incomplete_config(tiny_cfg, tmp_path):
+    state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32, "config": {"seed": 1}}
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match="incomplete or invalid"):
+        run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,11 @@ def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg, tmp_path):
     weights_a = load_checkpoint(tmp_path / "a" / "checkpoints" / "best.pt")["model"]
     weights_b = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    tag = "best.weights_sha256"
+    assert (
+        client.get_run(first["run_id"]).data.tags[tag]
+        == client.get_run(second["run_id"]).data.tags[tag]
+    )
     other = _run_in_process(tiny_cfg, tmp_path, "c", *augmented[:-1], "seed=4")
     assert (
         other["best/val_acc"] != first["best/val_acc"] or other["test/loss"] != first["test/loss"]
