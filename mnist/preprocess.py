@@ -33,6 +33,9 @@ MAX_PIXELS = 50_000_000
 # Images are shrunk to this long side before the search for the digit: a digit that
 # ends up 20 px tall needs no 12-MP photo, and every step below is linear in pixels.
 WORK_SIZE = 512
+# A digit found smaller than this (in pixels of the shrunk image) is searched again in a
+# full-resolution crop around it: a small digit in a large photo keeps its detail.
+DETAIL_SIZE = 96
 # Ink must stand this many noise deviations above the background, so that paper texture
 # and sensor noise never become strokes, even when the digit is a tiny part of the image.
 NOISE_SIGMAS = 4.0
@@ -79,7 +82,8 @@ def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
                         f"{name}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,} "
                         "(refused as a possible decompression bomb); shrink the image first"
                     )
-                image.draft(None, (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced scale
+                # JPEG: decode at a reduced scale, still fine enough for a second look.
+                image.draft(None, (2 * WORK_SIZE, 2 * WORK_SIZE))
                 image.load()
                 return ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -315,10 +319,10 @@ def _digit_mask(strong: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _ink(gray: np.ndarray, name: str) -> np.ndarray:
+def _ink(gray: np.ndarray) -> np.ndarray:
     """The digit's ink in [0, 1] (white on black, background exactly 0), same shape."""
     if np.ptp(gray) < 1 / 255:
-        raise ImageError(f"{name}: no digit found, the image is a single flat colour")
+        raise ImageError("no digit found, the image is a single flat colour")
     bright = 1.0 - gray if _ink_is_dark(gray) else gray
     radius = max(1, round(max(gray.shape) / 300))
     smooth = _box_mean(bright, radius)
@@ -329,7 +333,7 @@ def _ink(gray: np.ndarray, name: str) -> np.ndarray:
         strong = smooth > _ink_threshold(smooth, ~exclude)
         exclude = _dilate(strong, radius)
     if not strong.any():
-        raise ImageError(f"{name}: no digit found, nothing stands out from the background")
+        raise ImageError("no digit found, nothing stands out from the background")
     digit = _digit_mask(strong, np.clip(smooth, 0, None))
     rows, cols = np.nonzero(digit)
     size = max(np.ptp(rows), np.ptp(cols)) + 1
@@ -362,15 +366,29 @@ def _centred(ink: np.ndarray) -> np.ndarray:
     return canvas
 
 
+def _digit_ink(image: Image.Image) -> np.ndarray:
+    """The digit's ink, found in the image shrunk to WORK_SIZE; found again in a
+    full-resolution crop around it (three times its size) when it came out small."""
+    ink = _ink(_flatten_alpha(*_gray_and_alpha(image)))
+    shrink = max(image.size) / max(ink.shape)
+    rows, cols = np.nonzero(ink)
+    size = max(np.ptp(rows), np.ptp(cols)) + 1
+    if shrink <= 1 or size >= DETAIL_SIZE:
+        return ink
+    box = np.array([cols.min() - size, rows.min() - size, cols.max() + size, rows.max() + size])
+    left, top, right, bottom = np.clip(np.round(box * shrink), 0, [*image.size, *image.size])
+    crop = image.crop((int(left), int(top), int(right) + 1, int(bottom) + 1))
+    return _ink(_flatten_alpha(*_gray_and_alpha(crop)))
+
+
 def to_mnist(source: ImageSource) -> np.ndarray:
     """The digit in `source` as MNIST stores digits: uint8 (28, 28), white on black.
     Raises ImageError, naming the input, when it cannot be read or holds no digit."""
-    name = describe(source)
-    gray, alpha = _gray_and_alpha(_as_image(source))
+    image = _as_image(source)
     try:
-        canvas = _centred(_ink(_flatten_alpha(gray, alpha), name))
+        canvas = _centred(_digit_ink(image))
     except ImageError as e:
-        raise ImageError(str(e) if str(e).startswith(name) else f"{name}: {e}") from e
+        raise ImageError(f"{describe(source)}: {e}") from e
     return np.round(canvas * 255).astype(np.uint8)
 
 
