@@ -123,7 +123,7 @@ def run_prediction(cfg: DictConfig) -> int:
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
     outcomes = expand(_specs(cfg.img))
-    classifier = Classifier.load(cfg.ckpt, cfg.device, cfg.tracking_uri)
+    classifier = Classifier.load(cfg.ckpt, cfg.device.name, cfg.tracking_uri)
     save_dir = Path(cfg.save_preprocessed) if cfg.save_preprocessed else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
