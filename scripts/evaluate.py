@@ -1,0 +1,18 @@
+"""A trained model on the test set: python scripts/evaluate.py ckpt=... [tta=true] [log=true]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from mnist.cli import exit_on_user_error
+from mnist.evaluation import run_evaluation
+from mnist.job import JobContext
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    with exit_on_user_error():
+        return run_evaluation(cfg, JobContext.from_hydra())["test/acc"]
+
+
+if __name__ == "__main__":
+    main()
