@@ -1,0 +1,94 @@
+"""scripts/evaluate.py and scripts/photo_eval.py on the synthetic dataset, reading back a
+real local MLflow store; photo renderings decoded as predict.py would read them."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from mnist.evaluation import run_evaluation, shifted
+from mnist.job import JobContext
+from mnist.photo_eval import photo_digits, run_photo_eval
+from mnist.photos import STYLES, render
+from mnist.preprocess import to_mnist
+from tests.conftest import CONF_DIR
+from tests.test_predict import save_model_checkpoint
+from tests.test_preprocess import seven, to_uint8
+
+
+def compose_named(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def test_shifted_moves_images_and_fills_with_zeros():
+    images = torch.arange(1, 10, dtype=torch.uint8).reshape(1, 3, 3)
+    assert shifted(images, 1, 0)[0].tolist() == [[0, 0, 0], [1, 2, 3], [4, 5, 6]]
+    assert shifted(images, 0, -1)[0].tolist() == [[2, 3, 0], [5, 6, 0], [8, 9, 0]]
+    assert torch.equal(shifted(images, 0, 0), images)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_evaluation_writes_reports_and_logs_a_run(tta, synthetic_root, tmp_path, empty_mlflow_db):
+    checkpoint = save_model_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    cfg = compose_named("evaluate", [
+        f"ckpt={checkpoint}", f"data.root={synthetic_root}", "data.verify_checksums=false",
+        f"paths.mlruns={tmp_path / 'mlruns'}", "device=cpu", "log=true", f"tta={tta}",
+    ])  # fmt: skip
+    out = tmp_path / "eval"
+    metrics = run_evaluation(cfg, JobContext(output_dir=out))
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["test/loss"] > 0
+    assert metrics["test/errors"] == round((1 - metrics["test/acc"]) * 200)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    report = (out / "classification_report.txt").read_text()
+    assert "precision" in report and "macro avg" in report
+    for png in ("confusion_matrix.png", "misclassified.png"):
+        assert Image.open(out / png).size[0] > 100
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist-evaluate")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert run.data.params["tta"] == str(tta)
+    assert run.data.params["trained.model._target_"] == "mnist.models.ConvNet"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"classification_report.txt", "confusion_matrix.png", "metrics.json"} <= logged
+
+
+def test_every_photo_style_decodes_to_the_digit_it_shows():
+    # MNIST-like digits: drawn 7s of two stroke widths, through the preprocessing.
+    images = np.stack([to_mnist(to_uint8(seven(scale=s))) for s in (1.0, 0.6, 1.4)])
+    for style in STYLES:
+        rng = np.random.default_rng(0)
+        photo = Image.open(io.BytesIO(render(images[0], style, rng)))
+        assert photo.format in ("PNG", "JPEG")
+        digits = photo_digits(images, style, seed=0)
+        assert digits.shape == (3, 28, 28) and digits.dtype == np.uint8
+        for digit, image in zip(digits, images, strict=True):
+            clean = to_mnist(image).ravel().astype(float)
+            assert np.corrcoef(digit.ravel().astype(float), clean)[0, 1] > 0.8, style
+    assert np.array_equal(photo_digits(images, "paper", 0), photo_digits(images, "paper", 0))
+
+
+def test_photo_eval_reports_each_style_next_to_the_originals(synthetic_root, tmp_path):
+    checkpoint = save_model_checkpoint(tmp_path / "best.pt")
+    cfg = compose_named("photo_eval", [
+        f"ckpt={checkpoint}", f"data.root={synthetic_root}", "data.verify_checksums=false",
+        "n=6", "styles=[paper,transparent_png]",
+    ])  # fmt: skip
+    rows = run_photo_eval(cfg, tmp_path / "out")
+    assert [row["images"] for row in rows] == [
+        "original 28x28 MNIST", "paper", "transparent_png", "all photo styles",
+    ]  # fmt: skip
+    table = (tmp_path / "out" / "photo_eval.md").read_text()
+    assert all(row["images"] in table for row in rows)
+    with pytest.raises(ValueError, match="styles"):
+        run_photo_eval(compose_named("photo_eval", ["styles=[watercolour]"]), tmp_path)
