@@ -217,3 +217,32 @@ def test_fuzzed_bad_values_get_one_clear_config_error(key_and_value):
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
     assert key in str(e.value) and "\n" not in str(e.value)
+
+
+@st.composite
+def random_images(draw) -> np.ndarray:
+    height, width = draw(st.integers(1, 120)), draw(st.integers(1, 120))
+    channels = draw(st.sampled_from([None, 1, 3, 4]))
+    shape = (height, width) if channels is None else (height, width, channels)
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if draw(st.booleans()):  # sparse blobs: something digit-like to find
+        array = (rng.random(shape) > draw(st.floats(0.5, 0.999))).astype(np.float64)
+    else:
+        array = rng.random(shape) * draw(st.sampled_from([0.0, 1e-6, 1.0]))
+    scale = {np.uint8: 255, np.uint16: 65535}.get(dtype, 1)
+    return (array * scale).astype(dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_images())
+def test_preprocessing_gives_an_mnist_digit_or_a_clean_error(array):
+    from mnist.preprocess import ImageError, to_mnist
+
+    try:
+        digit = to_mnist(array)
+    except ImageError as e:
+        assert str(e)
+        return
+    assert digit.shape == (28, 28) and digit.dtype == np.uint8
