@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mnist.data import load_mnist
 from mnist.evaluation import run_evaluation, shifted
 from mnist.job import JobContext
 from mnist.photo_eval import photo_digits, run_photo_eval
@@ -92,3 +93,13 @@ def test_photo_eval_reports_each_style_next_to_the_originals(synthetic_root, tmp
     assert all(row["images"] in table for row in rows)
     with pytest.raises(ValueError, match="styles"):
         run_photo_eval(compose_named("photo_eval", ["styles=[watercolour]"]), tmp_path)
+
+
+@pytest.mark.slow
+def test_real_test_digits_survive_every_photo_style(mnist_root):
+    images = load_mnist(mnist_root).test_images[:30].numpy()
+    originals = np.stack([to_mnist(image) for image in images]).reshape(30, -1).astype(float)
+    for style in STYLES:
+        photos = photo_digits(images, style, seed=0).reshape(30, -1).astype(float)
+        similarity = [np.corrcoef(a, b)[0, 1] for a, b in zip(photos, originals, strict=True)]
+        assert np.mean(similarity) > 0.8, style  # the marker style thickens strokes
