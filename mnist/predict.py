@@ -124,6 +124,7 @@ def run_prediction(cfg: DictConfig) -> int:
         raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
     outcomes = expand(_specs(cfg.img))
     classifier = Classifier.load(cfg.ckpt, cfg.device.name, cfg.tracking_uri)
+    print(f"model: {classifier.source}", file=sys.stderr, flush=True)  # not in the JSON stream
     save_dir = Path(cfg.save_preprocessed) if cfg.save_preprocessed else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)

@@ -181,6 +181,7 @@ def test_script_predicts_every_good_file_and_names_each_bad_one(checkpoint, tmp_
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert f"model: {checkpoint}" in result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     by_path = {record["path"]: record for record in records}
     # The good files are predicted despite the bad ones, as the API predicts them.
