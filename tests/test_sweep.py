@@ -1,0 +1,170 @@
+"""Sweeps end to end on tiny synthetic data, through the real scripts and launchers: one MLflow
+experiment with a parent run per sweep, each job a child run, read back from a SQLite store
+or over HTTP from a real `mlflow server`."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import joblib
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnist.compare import compare
+from mnist.sweep import PARENT_RUN_FILE
+from tests.conftest import TRAIN_SCRIPT, run_train_script, tiny_overrides
+from tests.test_compare import compare_config, read_csv
+
+PARENT_TAG = "mlflow.parentRunId"
+# A model whose head has 5 outputs for 10 classes: it builds, then fails in its first batch,
+# inside its MLflow run, as a crashing job would.
+BROKEN_MODEL = "_target_: mnist.models.ConvNet\nstages: [[4]]\nhidden: null\nnum_classes: 5\n"
+
+
+def sweep_overrides(data_root: Path, tmp_path: Path) -> list[str]:
+    one_epoch = [o for o in tiny_overrides(data_root, tmp_path) if o != "trainer.epochs=2"]
+    return ["-m", *one_epoch, "trainer.epochs=1", "logger.experiment=sweep"]
+
+
+def parent_and_children(client: MlflowClient, experiment: str = "sweep"):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [run for run in runs if "model" not in run.data.tags]
+    assert len(parents) == 1, [run.info.run_name for run in parents]
+    children = [run for run in runs if "model" in run.data.tags]
+    assert {run.data.tags[PARENT_TAG] for run in children} == {parents[0].info.run_id}
+    return parents[0], children
+
+
+def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
+    synthetic_root, tmp_path, empty_mlflow_db
+):
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "broken.yaml").write_text(BROKEN_MODEL)
+    sweep = run_train_script(
+        "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
+        "model=fast,cnn24k,broken", "trainer.test_every_epoch=true",
+    )  # fmt: skip
+    assert sweep.returncode != 0  # the broken job fails the sweep...
+    assert "out of bounds" in sweep.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent, children = parent_and_children(client)
+    # ...after every job ran: the failure is recorded, not lost.
+    assert [(r.data.tags["model"], r.info.status) for r in children] == [
+        ("fast", "FINISHED"),
+        ("cnn24k", "FINISHED"),
+        ("broken", "FAILED"),
+    ]
+    (parent_file,) = tmp_path.glob(f"outputs/multirun/*/*/{PARENT_RUN_FILE}")
+    assert parent_file.read_text() == parent.info.run_id
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("3", "1")
+
+    # In process: scripts/compare.py only adds Hydra's output directory, and another
+    # interpreter would cost this 2-core test machine half a minute of imports.
+    config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
+    compare(config, tmp_path / "compare")
+    rows = read_csv(tmp_path / "compare" / "table.csv")
+    assert [(r["model"], r["runs"], r["failed"]) for r in rows] == [
+        ("fast", "1", "0"),
+        ("cnn24k", "1", "0"),
+        ("broken", "0", "1"),
+    ]
+    for row, run in zip(rows[:2], children[:2], strict=True):
+        last_epoch = client.get_metric_history(run.info.run_id, "test/acc_epoch")[-1].value
+        assert float(row["final_acc_mean"]) == 100 * last_epoch
+        assert float(row["best_val_ckpt_acc_mean"]) == 100 * run.data.metrics["test/acc"]
+        assert float(row["params"]) == run.data.metrics["params_count"]
+        assert float(row["train_time_s"]) == run.data.metrics["train_time_s"]
+    table = (tmp_path / "compare" / "table.md").read_text()
+    broken = children[2]
+    assert "| 1 | MaxPool | n/a | 0 + 1 failed | n/a | n/a | n/a |" in table
+    assert f"| broken | {broken.info.run_name} | FAILED | {broken.info.run_id} |" in table
+    assert (tmp_path / "compare" / "chart.png").stat().st_size > 10_000
+    summary = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'compare'")
+    assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {
+        "table.md", "table.csv", "chart.png",
+    }  # fmt: skip
+
+
+def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path):
+    sweep = run_train_script(
+        *sweep_overrides(synthetic_root, tmp_path), "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "seed=0,1",
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "database is locked" not in sweep.stderr
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    parent, children = parent_and_children(MlflowClient(store))
+    assert parent.info.status == "FINISHED"
+    assert sorted((r.data.tags["seed"], r.info.status) for r in children) == [
+        ("0", "FINISHED"),
+        ("1", "FINISHED"),
+    ]
+    # joblib caps each worker's threads at cores // n_jobs: two jobs never oversubscribe.
+    for run in children:
+        assert int(run.data.tags["torch.num_threads"]) <= max(joblib.cpu_count() // 2, 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"mlflow server at {url} did not come up in {timeout_s} s")
+
+
+# Three interpreters (server, two submitit jobs) besides the sweep's: minutes on 2 cores.
+@pytest.mark.slow
+def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_until_up(url, server, log)
+        sweep = subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *sweep_overrides(synthetic_root, tmp_path),
+             "hydra/launcher=submitit_local", "seed=0,1"],
+            env={**os.environ, "MLFLOW_TRACKING_URI": url},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        client = MlflowClient(url)
+        parent, children = parent_and_children(client)
+        assert parent.info.status == "FINISHED"
+        assert sorted((r.data.tags["seed"], r.info.status) for r in children) == [
+            ("0", "FINISHED"),
+            ("1", "FINISHED"),
+        ]
+        config = client.download_artifacts(children[0].info.run_id, "config.yaml", str(tmp_path))
+        assert "experiment: sweep" in Path(config).read_text()
+        # Everything went to the server: the jobs did not fall back to a local store.
+        assert not (tmp_path / "mlruns").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
