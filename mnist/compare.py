@@ -109,16 +109,16 @@ def _literal(text: str) -> Any:
 
 
 def describe_model(params: dict[str, str]) -> tuple[int | None, str]:
-    """Conv layers and downsampling of the model a run logged, rebuilt from its params;
-    (None, "n/a") when the code can no longer build it."""
-    from hydra.utils import instantiate
-
+    """Conv layers and downsampling of the model a run logged, rebuilt from its params with
+    build_model, which builds only this package's models: a shared store must not be able
+    to make compare run code. (None, "n/a") when the model cannot be rebuilt."""
+    from mnist.models import build_model
     from mnist.models.describe import conv_layers, downsampling
 
     model_cfg = {k.removeprefix("model."): _literal(v) for k, v in params.items()}
     try:
-        model = instantiate({k: v for k, v in model_cfg.items() if "." not in k})
-    except Exception as e:  # a run logged by older code may name a class or argument gone since
+        model = build_model({k: v for k, v in model_cfg.items() if "." not in k})
+    except Exception as e:  # a class or argument gone since, or a foreign _target_
         log.warning("Cannot rebuild %s to describe it: %s", model_cfg.get("_target_"), e)
         return None, "n/a"
     return conv_layers(model), downsampling(model)

@@ -77,10 +77,12 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
     log_run(store, exp, "linear", 0, LINEAR_PARAMS, test__acc=0.9, train_time_s=1.0,
             epoch_time_s=[1.0], throughput_img_s=[50.0])  # fmt: skip
     store.create_run(exp, run_name="sweep parent")  # no model tag: not a training run
+    log_run(store, exp, "foreign", 0, {"model._target_": "os.system", "model.command": "false"},
+            test__acc=0.5, train_time_s=1.0)  # fmt: skip
 
     paths = compare(compare_config(tmp_path), tmp_path / "out")
 
-    cnn3, linear = read_csv(tmp_path / "out" / "table.csv")
+    cnn3, linear, foreign = read_csv(tmp_path / "out" / "table.csv")
     assert (cnn3["model"], cnn3["runs"], cnn3["failed"]) == ("cnn3", "2", "1")
     assert float(cnn3["final_acc_mean"]) == pytest.approx(100 * (0.99 + 0.991) / 2)
     assert float(cnn3["final_acc_std"]) == pytest.approx(100 * statistics.stdev([0.99, 0.991]))
@@ -95,6 +97,8 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
     assert (linear["final_acc_mean"], linear["max_acc"]) == ("", "")
     assert float(linear["best_val_ckpt_acc_mean"]) == pytest.approx(90.0)
     assert (linear["conv_layers"], linear["pooling"]) == ("0", "none")
+    # A foreign _target_ in the store is described as unknown, never instantiated.
+    assert (foreign["conv_layers"], foreign["pooling"]) == ("", "n/a")
 
     markdown = (tmp_path / "out" / "table.md").read_text()
     assert "| cnn3 | 1,234 | 3 | MaxPool | 2 | 2 + 1 failed | 99.05 ± 0.07 | 99.30 |" in markdown
@@ -102,7 +106,7 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
     assert (tmp_path / "out" / "chart.png").stat().st_size > 10_000
     summary = store.search_runs([exp], "attributes.run_name = 'compare'")
     assert len(summary) == 1 and summary[0].info.status == "FINISHED"
-    assert summary[0].data.tags["compare.runs"] == "4"
+    assert summary[0].data.tags["compare.runs"] == "5"
     logged = {a.path for a in store.list_artifacts(summary[0].info.run_id)}
     assert logged == {p.name for p in paths} == {"table.md", "table.csv", "chart.png"}
 
