@@ -17,18 +17,23 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from mnist import tracking
 from mnist.augment import BatchAugment
+from mnist.config import flatten, validate_config
 from mnist.data import (
     MNIST_MEAN,
     MNIST_STD,
     DataError,
     MnistTensors,
     batch_indices,
+    ensure_mnist,
+    load_mnist,
     training_batches,
 )
-from mnist.models import build_model
+from mnist.device import configure_torch, resolve_device
+from mnist.job import initial_model, prepare_split
 from mnist.optim import build_optimizer
-from mnist.seeding import derive_seed, generator
+from mnist.seeding import generator, seed_everything
 from mnist.trainer import evaluate
 
 Batches = Iterator[tuple[Tensor, Tensor]]
@@ -173,8 +178,7 @@ def run_benchmark(
     val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
     results = []
     for name in ("project", "classic"):
-        torch.manual_seed(derive_seed(cfg.seed, "model"))
-        model = build_model(cfg.model).to(device)
+        model = initial_model(cfg, device)
         optimizer = build_optimizer(cfg.optimizer, model)
         if name == "project":
             augment = BatchAugment(
@@ -237,13 +241,6 @@ def format_table(results: list[PipelineResult], target_acc: float | None) -> str
 def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     """Validate, prepare the data as a training run would, time both pipelines, then write
     the Markdown table and log it with the numbers to MLflow."""
-    from mnist import tracking
-    from mnist.config import flatten, validate_config
-    from mnist.data import ensure_mnist, load_mnist
-    from mnist.device import configure_torch, resolve_device
-    from mnist.job import prepare_split
-    from mnist.seeding import seed_everything
-
     validate_config(cfg)
     uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     tracking.check_store(uri)

@@ -82,6 +82,16 @@ def prepare_split(cfg: DictConfig, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return train_idx.to(labels.device), val_idx.to(labels.device)
 
 
+def initial_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The model before training: weights from the seed alone, on `device`, in the memory
+    layout the trainer config asks for."""
+    torch.manual_seed(derive_seed(cfg.seed, "model"))
+    model = build_model(cfg.model).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
     side effect in mlruns/ when the config, the data or the store cannot work."""
@@ -103,10 +113,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     data = load_mnist(root, device)
     train_idx, val_idx = prepare_split(cfg, data.train_labels)
 
-    torch.manual_seed(derive_seed(cfg.seed, "model"))
-    model = build_model(cfg.model).to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = initial_model(cfg, device)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = max(1, len(train_idx) // cfg.trainer.batch_size)
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
