@@ -36,6 +36,8 @@ def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
     }
 
 
+# Slow: three trainings, two in subprocesses (~45 s on 2 cores).
+@pytest.mark.slow
 def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
     synthetic_root, tmp_path, tiny_cfg
 ):

@@ -95,6 +95,8 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     }  # fmt: skip
 
 
+# Slow: two worker processes each import torch and MLflow (~35 s on 2 cores).
+@pytest.mark.slow
 def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path):
     sweep = run_train_script(
         *sweep_overrides(synthetic_root, tmp_path), "hydra/launcher=joblib",
