@@ -4,7 +4,16 @@ import torch
 from mnist.config import ConfigError, validate_config
 from tests.conftest import CONF_DIR, compose_config, run_train_script
 
-GROUPS = ["model", "optimizer", "scheduler", "augmentation", "device", "trainer", "data", "logger"]
+GROUPS = [
+    "model",
+    "optimizer",
+    "scheduler",
+    "augmentation",
+    "device",
+    "trainer",
+    "dataset",
+    "logger",
+]
 OPTIONS = [
     (group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))
 ]
@@ -13,7 +22,7 @@ OPTIONS = [
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_of_every_group_composes(group, option):
     cfg = compose_config([f"{group}={option}"])
-    assert cfg[group] is not None
+    assert cfg["data" if group == "dataset" else group] is not None
     if group != "device" or option in ("auto", "cpu"):
         validate_config(cfg)
 
