@@ -2,10 +2,13 @@
 (rotation, translation, zoom-in crop), applied to the whole batch with a single
 affine_grid + grid_sample, so no per-sample Python or PIL runs in the hot path."""
 
+from __future__ import annotations
+
 import math
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 IMAGE_SIZE = 28
@@ -34,6 +37,11 @@ class BatchAugment:
         self.crop_prob = crop_prob
         self.crop_scale = crop_size / IMAGE_SIZE
         self.generator = generator
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, generator: torch.Generator | None) -> BatchAugment:
+        """From an `augmentation` config group option (conf/augmentation/*.yaml)."""
+        return cls(cfg.rotate_deg, cfg.translate, cfg.crop_prob, cfg.crop_size, generator)
 
     @property
     def active(self) -> bool:

@@ -181,11 +181,9 @@ def run_benchmark(
         model = initial_model(cfg, device)
         optimizer = build_optimizer(cfg.optimizer, model)
         if name == "project":
-            augment = BatchAugment(
-                cfg.augmentation.rotate_deg, cfg.augmentation.translate,
-                cfg.augmentation.crop_prob, cfg.augmentation.crop_size,
-                generator(cfg.seed, "augment", device),
-            )  # fmt: skip
+            augment = BatchAugment.from_config(
+                cfg.augmentation, generator(cfg.seed, "augment", device)
+            )
             batches = project_batches(data, train_idx, batch_size, augment, cfg.seed)
         else:
             orders = epoch_orders(train_idx, batch_size, cfg.seed)
@@ -253,16 +251,15 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(results, cfg.benchmark.target_acc)
-    machine = tracking.run_tags(cfg.seed, device, [], "")["device.name"]
+    tags = tracking.run_tags(cfg.seed, device, [], cfg.model._target_)
     header = (
         f"model={cfg.model._target_.rsplit('.', 1)[-1]}, augmentation={cfg.augmentation.name}, "
         f"batch {cfg.trainer.batch_size}, {cfg.benchmark.steps} steps, device {device} "
-        f"({machine}, {torch.get_num_threads()} threads)\n\n"
+        f"({tags['device.name']}, {torch.get_num_threads()} threads)\n\n"
     )
     path = output_dir / "benchmark.md"
     path.write_text(header + table)
     print(header + table)
-    tags = tracking.run_tags(cfg.seed, device, [], cfg.model._target_)
     with tracking.mlflow_run(uri, cfg.logger.experiment, "benchmark", tags, flatten(cfg)):
         for r in results:
             metrics = {f"{r.name}/train_img_s": r.train_img_s, f"{r.name}/eval_img_s": r.eval_img_s,

@@ -19,8 +19,7 @@ from mnist.config import ConfigError, flatten
 from mnist.data import ensure_mnist, load_mnist
 from mnist.device import configure_torch, resolve_device
 from mnist.inference import LoadedModel, load_model
-from mnist.job import JobContext
-from mnist.metrics import classification_report, confusion_matrix, format_report
+from mnist.job import JobContext, write_test_reports
 from mnist.trainer import Evaluation, evaluate
 
 log = logging.getLogger(__name__)
@@ -62,14 +61,7 @@ def evaluate_tta(
 def _reports(
     images: Tensor, labels: Tensor, result: Evaluation, output_dir: Path, grid: int
 ) -> tuple[dict[str, Any], str, list[Path]]:
-    matrix = confusion_matrix(result.predictions, labels)
-    report = classification_report(matrix)
-    table = format_report(report)
-    (output_dir / "classification_report.txt").write_text(table)
-    paths = [
-        output_dir / "classification_report.txt",
-        plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png"),
-    ]
+    report, table, paths = write_test_reports(output_dir, result.predictions, labels)
     wrong = (result.predictions != labels).nonzero().squeeze(1)[:grid]
     if len(wrong):
         paths.append(

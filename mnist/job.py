@@ -19,7 +19,6 @@ from mnist.augment import BatchAugment
 from mnist.checkpoint import load_checkpoint, state_dict_sha256
 from mnist.config import ConfigError, flatten, validate_config
 from mnist.data import (
-    DataError,
     ensure_mnist,
     load_mnist,
     normalize,
@@ -73,9 +72,6 @@ class JobContext:
 
 
 def prepare_split(cfg: DictConfig, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(labels)
-    if cfg.data.val_size >= n:
-        raise DataError(f"data.val_size={cfg.data.val_size} leaves no training images of {n}")
     train_idx, val_idx = split_indices(labels, cfg.data.val_size, cfg.seed, cfg.data.stratify)
     if cfg.data.train_subset is not None:
         train_idx = train_idx[: cfg.data.train_subset]
@@ -117,13 +113,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = max(1, len(train_idx) // cfg.trainer.batch_size)
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
-    augment = BatchAugment(
-        rotate_deg=cfg.augmentation.rotate_deg,
-        translate=cfg.augmentation.translate,
-        crop_prob=cfg.augmentation.crop_prob,
-        crop_size=cfg.augmentation.crop_size,
-        generator=generator(cfg.seed, "augment", device),
-    )
+    augment = BatchAugment.from_config(cfg.augmentation, generator(cfg.seed, "augment", device))
     n_params = count_parameters(model)
     model_name = ctx.choices.get("model", type(model).__name__)
     log.info(
@@ -233,14 +223,25 @@ def _explain_nondeterminism() -> Iterator[None]:
         ) from e
 
 
-def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
-    matrix = confusion_matrix(test.predictions, data.test_labels)
+def write_test_reports(
+    output_dir: Path, predictions: torch.Tensor, labels: torch.Tensor
+) -> tuple[dict[str, Any], str, list[Path]]:
+    """The per-class table and the confusion matrix of a test-set evaluation, as written by
+    training runs and scripts/evaluate.py alike: (report, its text table, files written)."""
+    matrix = confusion_matrix(predictions, labels)
+    report = classification_report(matrix)
+    table = format_report(report)
     report_path = output_dir / "classification_report.txt"
-    report_path.write_text(format_report(classification_report(matrix)))
+    report_path.write_text(table)
+    matrix_path = plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png")
+    return report, table, [report_path, matrix_path]
+
+
+def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
+    _, _, paths = write_test_reports(output_dir, test.predictions, data.test_labels)
     n = min(SAMPLE_GRID_SIZE, len(data.test_labels))
     return [
-        report_path,
-        plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png"),
+        *paths,
         plots.plot_training_curves(history, output_dir / "training_curves.png"),
         plots.plot_predictions(
             data.test_images[:n].float() / 255,

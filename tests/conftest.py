@@ -1,7 +1,6 @@
 """Shared fixtures: small synthetic IDX datasets (tests never need the network) and
 composed configs shrunk to seconds, with every output under tmp_path."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -95,16 +94,20 @@ def tiny_cfg(synthetic_root, tmp_path, empty_mlflow_db) -> Callable[..., DictCon
     )
 
 
-def run_train_script(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """scripts/<name>.py in a subprocess from the repository root. It inherits the test's
+    environment, from which `_local_tracking` has removed MLFLOW_TRACKING_URI."""
     return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args],
-        cwd=cwd,
-        env=env,
+        [sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *args],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def run_train_script(*args: str) -> subprocess.CompletedProcess:
+    return run_script("train", *args)
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,9 @@ from mnist.inference import CheckpointError, load_model
 from mnist.job import JobContext, run_training
 from mnist.models import build_model
 from mnist.preprocess import to_mnist
+from tests.conftest import run_script
 from tests.test_preprocess import bad_files, seven, to_uint8
 
-PREDICT_SCRIPT = REPO_ROOT / "scripts" / "predict.py"
 SMALL_CONVNET = {
     "_target_": "mnist.models.ConvNet",
     "stages": [[4], [8]],
@@ -154,15 +154,7 @@ def test_mlflow_uris_run_ids_and_the_default_load_the_run_checkpoint(tiny_cfg, t
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, str(PREDICT_SCRIPT), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_script("predict", *args)
 
 
 def test_script_predicts_every_good_file_and_names_each_bad_one(checkpoint, tmp_path):

@@ -1,6 +1,5 @@
 """Determinism, crash safety and resume, reproduce.py, and hostile input (issue 6)."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,13 @@ from mnist.idx import IdxError, parse_idx
 from mnist.job import JobContext, run_training
 from mnist.models import UnsafeModelConfig, build_model
 from mnist.tracking import TrackingError
-from tests.conftest import TRAIN_SCRIPT, compose_config, tiny_overrides
+from tests.conftest import (
+    TRAIN_SCRIPT,
+    compose_config,
+    run_script,
+    run_train_script,
+    tiny_overrides,
+)
 
 TIMING = {"epoch_time_s", "throughput_img_s", "train_time_s"}
 
@@ -46,10 +51,9 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
     reference = run_training(tiny_cfg(*recipe), JobContext(output_dir=tmp_path / "reference"))
 
     run_dir = tmp_path / "interrupted"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     command = [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
                *recipe, f"hydra.run.dir={run_dir}"]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     last = run_dir / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -66,10 +70,7 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
     killed = [r for r in client.search_runs([experiment]) if r.info.run_id != reference["run_id"]]
     assert [r.info.status for r in killed] == ["KILLED"]
 
-    resumed = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), f"trainer.resume={last}"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    resumed = run_train_script(f"trainer.resume={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = [r for r in client.search_runs([experiment]) if r.info.run_id != reference["run_id"]]
     assert [(r.info.run_id, r.info.status) for r in runs] == [(killed[0].info.run_id, "FINISHED")]
@@ -81,14 +82,12 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
 def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
     cfg = tiny_cfg("augmentation=crop_rotate", "seed=11")
     original = run_training(cfg, JobContext(output_dir=tmp_path / "original"))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"),
-         f"run_id={original['run_id']}",
-         f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-         f"hydra.run.dir={tmp_path / 'reproduction'}"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run_script(
+        "reproduce",
+        f"run_id={original['run_id']}",
+        f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        f"hydra.run.dir={tmp_path / 'reproduction'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PASS: run" in result.stdout and "DIFFERS" not in result.stdout
     assert "best.weights_sha256" in result.stdout and "val/acc[2]" in result.stdout
