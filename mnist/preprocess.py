@@ -341,7 +341,10 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     # below the threshold: it is the anti-aliasing MNIST has too.
     edge = _dilate(digit, max(1, round(size / (2 * DIGIT_BOX))))
     level = np.percentile(residual[digit], INK_PERCENTILE)
-    return np.where(edge, np.clip(residual / max(level, 1e-6), 0, 1), 0.0)
+    ink = np.where(edge, np.clip(residual / max(level, 1e-6), 0, 1), 0.0)
+    if not ink.any():
+        raise ImageError("no digit found, nothing stands out from the background")
+    return ink
 
 
 def _centred(ink: np.ndarray) -> np.ndarray:
