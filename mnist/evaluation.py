@@ -1,20 +1,23 @@
-"""scripts/evaluate.py: a trained model on the MNIST test set, with the reports of a
-training run (per-class table, confusion matrix, misclassified digits), optionally with
-test-time augmentation, optionally logged to MLflow as a run of its own."""
+"""scripts/evaluate.py: a trained model, or an ensemble of several, on the MNIST test set,
+with the reports of a training run (per-class table, confusion matrix, misclassified
+digits), optionally with test-time augmentation, optionally logged to MLflow as a run of
+its own. Ensembles because the best MNIST results are ensembles: averaging the softmax of
+models trained from different seeds removes part of each one's errors."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import Tensor, nn
 
-from mnist import plots, tracking
+from mnist import tracking
 from mnist.config import ConfigError, flatten
 from mnist.data import ensure_mnist, load_mnist
 from mnist.device import configure_torch, resolve_device
@@ -40,15 +43,10 @@ def shifted(images: Tensor, dy: int, dx: int) -> Tensor:
     return out
 
 
-def evaluate_tta(
-    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, device: torch.device
-) -> Evaluation:
-    """`mnist.trainer.evaluate` on each shifted copy, softmax outputs averaged."""
-    runs = [
-        evaluate(model, shifted(images, dy, dx), labels, batch_size, device)
-        for dy, dx in TTA_SHIFTS
-    ]
-    probabilities = torch.stack([run.probabilities for run in runs]).mean(0)
+def averaged(results: Sequence[Evaluation], labels: Tensor) -> Evaluation:
+    """One evaluation from several of the same images (shifted copies, ensemble members):
+    their softmax outputs averaged, the loss that of the averaged probabilities."""
+    probabilities = torch.stack([result.probabilities for result in results]).mean(0)
     predictions = probabilities.argmax(1)
     return Evaluation(
         loss=F.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item(),
@@ -58,60 +56,86 @@ def evaluate_tta(
     )
 
 
-def _reports(
-    images: Tensor, labels: Tensor, result: Evaluation, output_dir: Path, grid: int
-) -> tuple[dict[str, Any], str, list[Path]]:
-    report, table, paths = write_test_reports(output_dir, result.predictions, labels)
-    wrong = (result.predictions != labels).nonzero().squeeze(1)[:grid]
-    if len(wrong):
-        paths.append(
-            plots.plot_predictions(
-                images[wrong].float() / 255,
-                labels[wrong],
-                result.predictions[wrong],
-                result.probabilities[wrong].max(1).values,
-                output_dir / "misclassified.png",
-            )
+def evaluate_model(
+    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, device: torch.device,
+    tta: bool,
+) -> Evaluation:  # fmt: skip
+    """`mnist.trainer.evaluate`; with `tta`, averaged over the image and its shifts."""
+    if not tta:
+        return evaluate(model, images, labels, batch_size, device)
+    shifts = [shifted(images, dy, dx) for dy, dx in TTA_SHIFTS]
+    return averaged([evaluate(model, s, labels, batch_size, device) for s in shifts], labels)
+
+
+def checkpoint_specs(ckpt: Any) -> list[str | None]:
+    """The `ckpt` option as a list: one checkpoint (or null, the latest run) or several,
+    `ckpt=[a,b,c]`, for an ensemble."""
+    if isinstance(ckpt, ListConfig | list | tuple):
+        if not ckpt:
+            raise ConfigError("ckpt=[] names no model; give one checkpoint or several")
+        return [str(spec) for spec in ckpt]
+    return [None if ckpt is None else str(ckpt)]
+
+
+def _members_table(members: list[LoadedModel], results: list[Evaluation]) -> str:
+    lines = ["| model | test accuracy | errors | loss |", "|---|---:|---:|---:|"]
+    for member, result in zip(members, results, strict=True):
+        errors = round((1 - result.accuracy) * len(result.predictions))
+        lines.append(
+            f"| {member.source} | {100 * result.accuracy:.2f}% | {errors} | {result.loss:.4f} |"
         )
-    return report, table, paths
+    return "\n".join(lines) + "\n"
 
 
 def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     """Returns the metrics; writes the reports to ctx.output_dir and, with cfg.log, logs
-    everything to MLflow. Raises ConfigError or DataError before any side effect."""
+    everything to MLflow. Several checkpoints are evaluated one by one and as an ensemble
+    (softmax outputs averaged); the reports are the ensemble's. Raises ConfigError or
+    DataError before any side effect."""
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
     if not isinstance(cfg.grid_size, int) or cfg.grid_size < 0:
         raise ConfigError(f"grid_size={cfg.grid_size!r} must be an integer >= 0")
+    specs = checkpoint_specs(cfg.ckpt)
     uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    loaded = load_model(cfg.ckpt, uri)
+    members = [load_model(spec, uri) for spec in specs]
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device.num_threads, deterministic=False)
-    model = loaded.model.to(device)
     data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums), device)
     images, labels = data.test_images, data.test_labels
-    if cfg.tta:
-        result = evaluate_tta(model, images, labels, cfg.batch_size, device)
-    else:
-        result = evaluate(model, images, labels, cfg.batch_size, device)
+    results = [
+        evaluate_model(member.model.to(device), images, labels, cfg.batch_size, device, cfg.tta)
+        for member in members
+    ]
+    result = results[0] if len(results) == 1 else averaged(results, labels)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    report, table, artifacts = _reports(images, labels, result, ctx.output_dir, cfg.grid_size)
+    report, table, artifacts = write_test_reports(
+        ctx.output_dir, images, labels, result, cfg.grid_size
+    )
     metrics = {
         "test/acc": result.accuracy,
         "test/loss": result.loss,
         "test/errors": int((result.predictions != labels).sum()),
         "test/macro_f1": report["macro_avg"]["f1"],
     }
+    tta = " with test-time augmentation (5 shifts)" if cfg.tta else ""
+    if len(members) > 1:
+        for i, member_result in enumerate(results):
+            metrics[f"member{i}/test/acc"] = member_result.accuracy
+        members_path = ctx.output_dir / "members.md"
+        members_path.write_text(_members_table(members, results))
+        artifacts.append(members_path)
+        print(f"Ensemble of {len(members)} models{tta}:\n\n{members_path.read_text()}")
     (ctx.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     artifacts.append(ctx.output_dir / "metrics.json")
+    name = members[0].source if len(members) == 1 else f"ensemble of {len(members)}"
     print(
-        f"Model: {loaded.source}\nTest set: {len(labels)} images"
-        f"{' with test-time augmentation (5 shifts)' if cfg.tta else ''}\n"
+        f"Model: {name}\nTest set: {len(labels)} images{tta}\n"
         f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  errors {metrics['test/errors']}"
         f"\n\n{table}\nReports in {ctx.output_dir}"
     )
     if cfg.log:
-        _log_to_mlflow(cfg, ctx, uri, loaded, metrics, artifacts, device)
+        _log_to_mlflow(cfg, ctx, uri, members, metrics, artifacts, device)
     return metrics
 
 
@@ -119,19 +143,26 @@ def _log_to_mlflow(
     cfg: DictConfig,
     ctx: JobContext,
     uri: str,
-    loaded: LoadedModel,
+    members: list[LoadedModel],
     metrics: dict[str, float],
     artifacts: list[Path],
     device: torch.device,
 ) -> None:
     """A run of its own (in logger.experiment, not the training experiment), tagged like a
-    training run and with the trained run's config as `trained.*` params."""
-    trained = loaded.config
+    training run, with the trained run's config as `trained.*` params (the first member's,
+    for an ensemble, and each member's checkpoint and model as `member<i>.*`)."""
+    trained = members[0].config
     model_name = str(trained["model"]["_target_"]).rsplit(".", 1)[-1]
     tags = tracking.run_tags(int(trained.get("seed", 0)), device, ctx.overrides, model_name)
-    tags["evaluated.checkpoint"] = loaded.source
-    params = {"checkpoint": loaded.source, "tta": cfg.tta, **flatten({"trained": trained})}
-    run_name = cfg.logger.run_name or f"evaluate {model_name}"
+    tags["evaluated.checkpoint"] = ", ".join(member.source for member in members)
+    params = {"checkpoint": tags["evaluated.checkpoint"], "tta": cfg.tta, "members": len(members)}
+    params.update(flatten({"trained": trained}))
+    if len(members) > 1:
+        for i, member in enumerate(members):
+            params[f"member{i}.checkpoint"] = member.source
+            params[f"member{i}.model"] = member.config["model"]["_target_"]
+    default_name = f"evaluate {model_name}" if len(members) == 1 else "evaluate ensemble"
+    run_name = cfg.logger.run_name or default_name
     with tracking.mlflow_run(uri, cfg.logger.experiment, run_name, tags, params) as run:
         tracking.log_metrics(metrics)
         tracking.log_artifacts(artifacts)

@@ -31,7 +31,7 @@ from mnist.models import build_model, count_parameters
 from mnist.optim import build_optimizer, build_scheduler
 from mnist.resume import load_resume_checkpoint, resume_config
 from mnist.seeding import derive_seed, generator, seed_everything
-from mnist.trainer import evaluate, fit
+from mnist.trainer import Evaluation, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -224,21 +224,30 @@ def _explain_nondeterminism() -> Iterator[None]:
 
 
 def write_test_reports(
-    output_dir: Path, predictions: torch.Tensor, labels: torch.Tensor
+    output_dir: Path, images: torch.Tensor, labels: torch.Tensor, result: Evaluation, grid: int
 ) -> tuple[dict[str, Any], str, list[Path]]:
-    """The per-class table and the confusion matrix of a test-set evaluation, as written by
-    training runs and scripts/evaluate.py alike: (report, its text table, files written)."""
-    matrix = confusion_matrix(predictions, labels)
+    """The reports of a test-set evaluation, as written by training runs and
+    scripts/evaluate.py alike: the per-class table, the confusion matrix and up to `grid`
+    misclassified digits with their probabilities. Returns (report, its text table, files)."""
+    matrix = confusion_matrix(result.predictions, labels)
     report = classification_report(matrix)
     table = format_report(report)
     report_path = output_dir / "classification_report.txt"
     report_path.write_text(table)
-    matrix_path = plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png")
-    return report, table, [report_path, matrix_path]
+    paths = [report_path, plots.plot_confusion_matrix(matrix, output_dir / "confusion_matrix.png")]
+    wrong = plots.plot_misclassified(
+        images, labels, result.predictions, result.probabilities,
+        output_dir / "misclassified.png", grid,
+    )  # fmt: skip
+    if wrong:
+        paths.append(wrong)
+    return report, table, paths
 
 
-def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
-    _, _, paths = write_test_reports(output_dir, test.predictions, data.test_labels)
+def _write_reports(output_dir: Path, data, test: Evaluation, history) -> list[Path]:
+    _, _, paths = write_test_reports(
+        output_dir, data.test_images, data.test_labels, test, SAMPLE_GRID_SIZE
+    )
     n = min(SAMPLE_GRID_SIZE, len(data.test_labels))
     return [
         *paths,
@@ -247,7 +256,8 @@ def _write_reports(output_dir: Path, data, test, history) -> list[Path]:
             data.test_images[:n].float() / 255,
             data.test_labels[:n],
             test.predictions[:n],
-            test.probabilities[:n].max(1).values,
+            test.probabilities[:n],
             output_dir / "sample_predictions.png",
+            title="first test digits",
         ),
     ]

@@ -21,7 +21,7 @@ from mnist.inference import load_model
 from mnist.photos import STYLES, render
 from mnist.preprocess import to_mnist
 from mnist.seeding import derive_seed, generator
-from mnist.trainer import Evaluation, evaluate
+from mnist.trainer import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _misclassified_grid(
-    digits: torch.Tensor, labels: torch.Tensor, result: Evaluation, path: Path
-) -> Path | None:
-    wrong = (result.predictions != labels).nonzero().squeeze(1)[:GRID_SIZE]
-    if len(wrong) == 0:
-        return None
-    return plots.plot_predictions(
-        digits[wrong].float() / 255,
-        labels[wrong],
-        result.predictions[wrong],
-        result.probabilities[wrong].max(1).values,
-        path,
-    )
-
-
 def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
     """Accuracy per style on `cfg.n` test digits (a seeded random subset, as the test
     set's two halves differ in difficulty), written as a Markdown table to output_dir."""
@@ -95,7 +80,10 @@ def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
         all_correct += int((result.predictions == labels).sum())
         ms = f"{1000 * seconds / len(labels):.0f}"
         rows.append(_row(style, result.accuracy, original.accuracy, ms))
-        _misclassified_grid(digits, labels, result, output_dir / f"misclassified_{style}.png")
+        plots.plot_misclassified(
+            digits, labels, result.predictions, result.probabilities,
+            output_dir / f"misclassified_{style}.png", GRID_SIZE, f"misclassified: {style}",
+        )  # fmt: skip
         log.info("%s: accuracy %.4f (%.1fs)", style, result.accuracy, seconds)
     photo_accuracy = all_correct / (len(labels) * len(cfg.styles))
     rows.append(_row("all photo styles", photo_accuracy, original.accuracy))

@@ -64,35 +64,68 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
 
 
 def plot_predictions(
-    images: Tensor, labels: Tensor, predictions: Tensor, probabilities: Tensor, path: Path
+    images: Tensor,
+    labels: Tensor,
+    predictions: Tensor,
+    probabilities: Tensor,
+    path: Path,
+    title: str = "test digits",
 ) -> Path:
-    """A grid of digits captioned "pred (prob) / true", wrong predictions in red. Drawn as
-    one mosaic image rather than one axes per digit, which is several times faster."""
+    """A grid of digits captioned "pred p / true p" with the model's probability of each
+    (so a confident mistake stands out from a near tie), wrong predictions in red. Drawn as
+    one mosaic image rather than one axes per digit, which is several times faster.
+    `probabilities`: the (N, 10) softmax outputs."""
     plt = _pyplot()
     n = len(images)
     columns = min(8, n)
     rows = (n + columns - 1) // columns
     # Each cell: a white caption band above a 28x28 digit, with a white margin.
-    width, height, band = 28 + 4, 28 + 12, 10
+    width, height, band = 28 + 8, 28 + 12, 10
     mosaic = torch.ones(rows * height, columns * width)
     for i, image in enumerate(images.cpu().float()):
         r, c = divmod(i, columns)
-        top, left = r * height + band, c * width + 2
+        top, left = r * height + band, c * width + 4
         mosaic[top : top + 28, left : left + 28] = image.squeeze()
-    fig, ax = plt.subplots(figsize=(1.3 * columns, 1.6 * rows + 0.4))
+    fig, ax = plt.subplots(figsize=(1.5 * columns, 1.6 * rows + 0.5))
     ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
-    for i, (label, pred, prob) in enumerate(
-        zip(labels.tolist(), predictions.tolist(), probabilities.tolist(), strict=True)
-    ):
+    probabilities = probabilities.cpu()
+    for i, (label, pred) in enumerate(zip(labels.tolist(), predictions.tolist(), strict=True)):
         r, c = divmod(i, columns)
+        p_pred, p_true = probabilities[i, pred].item(), probabilities[i, label].item()
+        caption = f"{pred} {p_pred:.2f}"
+        if pred != label:
+            caption += f" / {label} {p_true:.2f}"
         ax.text(
-            c * width + width / 2, r * height + band - 1.5, f"{pred} ({prob:.2f}) / {label}",
-            ha="center", va="bottom", fontsize=7,
+            c * width + width / 2, r * height + band - 1.5, caption,
+            ha="center", va="bottom", fontsize=6.5,
             color="black" if pred == label else "red",
         )  # fmt: skip
-    ax.set_title("predicted (probability) / true; wrong in red", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93)
+    ax.set_title(f"{title}\npredicted p / true p (probabilities); wrong in red", fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / (1.6 * rows + 0.5))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_misclassified(
+    images: Tensor,
+    labels: Tensor,
+    predictions: Tensor,
+    probabilities: Tensor,
+    path: Path,
+    limit: int,
+    title: str = "misclassified test digits",
+) -> Path | None:
+    """The first `limit` wrong predictions among uint8 `images`; None when there are none."""
+    wrong = (predictions != labels).nonzero().squeeze(1)[:limit]
+    if len(wrong) == 0:
+        return None
+    return plot_predictions(
+        images[wrong].float() / 255,
+        labels[wrong],
+        predictions[wrong],
+        probabilities[wrong],
+        path,
+        title,
+    )

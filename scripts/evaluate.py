@@ -1,4 +1,5 @@
-"""A trained model on the test set: python scripts/evaluate.py ckpt=... [tta=true] [log=true]"""
+"""A trained model (or an ensemble, ckpt=[a,b,c]) on the test set:
+python scripts/evaluate.py ckpt=... [tta=true] [log=true]"""
 
 import hydra
 from omegaconf import DictConfig

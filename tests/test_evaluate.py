@@ -12,14 +12,18 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mnist.checkpoint import save_checkpoint
+from mnist.config import ConfigError
 from mnist.data import load_mnist
 from mnist.evaluation import run_evaluation, shifted
 from mnist.job import JobContext
+from mnist.models import build_model
 from mnist.photo_eval import photo_digits, run_photo_eval
 from mnist.photos import STYLES, render
 from mnist.preprocess import to_mnist
+from mnist.trainer import evaluate
 from tests.conftest import CONF_DIR
-from tests.test_predict import save_model_checkpoint
+from tests.test_predict import SMALL_CONVNET, save_model_checkpoint
 from tests.test_preprocess import seven, to_uint8
 
 
@@ -62,6 +66,48 @@ def test_evaluation_writes_reports_and_logs_a_run(tta, synthetic_root, tmp_path,
     assert run.data.params["trained.model._target_"] == "mnist.models.ConvNet"
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"classification_report.txt", "confusion_matrix.png", "metrics.json"} <= logged
+
+
+def test_an_ensemble_averages_its_members_softmax_and_reports_each(
+    synthetic_root, tmp_path, empty_mlflow_db
+):
+    paths, models = [], []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(build_model(SMALL_CONVNET).eval())
+        state = {"model": models[-1].state_dict(), "config": {"model": SMALL_CONVNET, "seed": seed}}
+        paths.append(save_checkpoint(state, tmp_path / f"seed{seed}.pt"))
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    cfg = compose_named("evaluate", [
+        f"ckpt=[{','.join(map(str, paths))}]", f"data.root={synthetic_root}",
+        "data.verify_checksums=false", f"paths.mlruns={tmp_path / 'mlruns'}", "device=cpu",
+        "log=true",
+    ])  # fmt: skip
+    out = tmp_path / "eval"
+    metrics = run_evaluation(cfg, JobContext(output_dir=out))
+
+    data = load_mnist(synthetic_root)
+    members = [evaluate(m, data.test_images, data.test_labels, 64, "cpu") for m in models]
+    mean = torch.stack([m.probabilities for m in members]).mean(0)
+    expected = (mean.argmax(1) == data.test_labels).double().mean().item()
+    assert metrics["test/acc"] == pytest.approx(expected)
+    for i, member in enumerate(members):
+        assert metrics[f"member{i}/test/acc"] == pytest.approx(member.accuracy)
+    table = (out / "members.md").read_text()
+    assert all(str(path) in table for path in paths)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-evaluate").experiment_id])
+    assert run.info.run_name == "evaluate ensemble" and run.data.params["members"] == "3"
+    assert run.data.params["member2.checkpoint"] == str(paths[2])
+    assert "members.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_an_empty_ensemble_is_refused_before_anything_is_written(tmp_path):
+    cfg = compose_named("evaluate", ["ckpt=[]", f"paths.mlruns={tmp_path / 'mlruns'}"])
+    with pytest.raises(ConfigError, match="names no model"):
+        run_evaluation(cfg, JobContext(output_dir=tmp_path / "eval"))
+    assert not list(tmp_path.iterdir())
 
 
 def test_every_photo_style_decodes_to_the_digit_it_shows():
