@@ -8,6 +8,7 @@ from torch import nn
 
 from mnist.models.cnn import CNN2, ConvNet
 from mnist.models.dense import DenseNet
+from mnist.models.summary import LayerSummary, ModelSummary, format_summary, summarize
 from mnist.models.tiny import CNN24k, GAP20k
 from mnist.models.vgg import TinyVGG
 
@@ -18,10 +19,14 @@ __all__ = [
     "ConvNet",
     "DenseNet",
     "GAP20k",
+    "LayerSummary",
+    "ModelSummary",
     "TinyVGG",
     "UnsafeModelConfig",
     "build_model",
     "count_parameters",
+    "format_summary",
+    "summarize",
 ]
 
 
