@@ -47,6 +47,17 @@ class BatchAugment:
     def active(self) -> bool:
         return bool(self.rotate_rad or self.translate or (self.crop_prob and self.crop_scale != 1))
 
+    def describe(self) -> str:
+        """The transforms in words, for the title of the augmentation preview."""
+        parts = []
+        if self.rotate_rad:
+            parts.append(f"rotation ±{math.degrees(self.rotate_rad):g}°")
+        if self.translate:
+            parts.append(f"translation ±{100 * self.translate:g}%")
+        if self.crop_prob and self.crop_scale != 1:
+            parts.append(f"zoom x{1 / self.crop_scale:.2f} with p={self.crop_prob:g}")
+        return ", ".join(parts) or "none"
+
     def _uniform(self, batch: int, low: float, high: float, device: torch.device) -> Tensor:
         draw = torch.rand(batch, generator=self.generator, device=device)
         return low + (high - low) * draw

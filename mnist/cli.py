@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from mnist.config import ConfigError
 from mnist.data import DataError
-from mnist.models import UnsafeModelConfig
+from mnist.models import ModelConfigError
 from mnist.tracking import TrackingError
 from mnist.trainer import TrainingInterrupted
 
@@ -17,7 +17,7 @@ def exit_on_user_error() -> Iterator[None]:
     message and exit with status 2 instead of a traceback."""
     try:
         yield
-    except (ConfigError, DataError, TrackingError, UnsafeModelConfig) as e:
+    except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as e:

@@ -5,10 +5,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.data import MNIST_TRAIN_SIZE
 from mnist.device import available, precision_problem, resolve_device
+from mnist.models import ModelConfigError, build_model
 from mnist.optim import SCHEDULERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +74,13 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
         yield f"optimizer.lr={cfg.optimizer.lr!r} must be > 0"
     if cfg.scheduler.name not in SCHEDULERS:
         yield f"scheduler.name={cfg.scheduler.name!r} is not one of {', '.join(SCHEDULERS)}"
+    try:
+        with torch.device("meta"):  # checks the arguments; allocates and draws nothing
+            build_model(cfg.model)
+    except ModelConfigError as e:
+        yield str(e)
+    if not isinstance(cfg.logger.tensorboard, bool):
+        yield f"logger.tensorboard={cfg.logger.tensorboard!r} must be true or false"
     threads = cfg.device.num_threads
     if threads is not None and (not _is_int(threads) or threads < 1):
         yield f"device.num_threads={threads!r} must be >= 1, or null for PyTorch's default"

@@ -25,7 +25,7 @@ from mnist import tracking
 from mnist.checkpoint import load_checkpoint
 from mnist.config import REPO_ROOT, ConfigError
 from mnist.device import resolve_device
-from mnist.models import UnsafeModelConfig, build_model
+from mnist.models import ModelConfigError, build_model
 from mnist.preprocess import ImageSource, model_input, to_mnist
 
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
@@ -54,12 +54,8 @@ def _build(config: dict[str, Any], source: str) -> nn.Module:
         raise CheckpointError(f"{source}: its config has no model._target_ to build the model")
     try:
         return build_model(section)
-    except UnsafeModelConfig as e:
+    except ModelConfigError as e:
         raise CheckpointError(f"{source}: {e}") from e
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"{source}: cannot build {section['_target_']} from its config ({e})"
-        ) from e
 
 
 def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from mnist.data import (
 )
 from mnist.device import configure_torch, resolve_device
 from mnist.metrics import classification_report, confusion_matrix, format_report
-from mnist.models import build_model, count_parameters
+from mnist.models import build_model, count_parameters, format_summary, summarize
 from mnist.optim import build_optimizer, build_scheduler
 from mnist.resume import load_resume_checkpoint, resume_config
 from mnist.seeding import derive_seed, generator, seed_everything
@@ -36,6 +36,8 @@ from mnist.trainer import Evaluation, evaluate, fit
 log = logging.getLogger(__name__)
 
 SAMPLE_GRID_SIZE = 32
+# The augmentation preview: this many training digits, each with this many random draws.
+PREVIEW_DIGITS, PREVIEW_DRAWS = 8, 7
 
 
 @dataclass
@@ -88,6 +90,21 @@ def initial_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def augmentation_preview(
+    cfg: DictConfig, images: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(originals (N, 28, 28), augmented draws (N, K, 28, 28), a description): what the
+    model is trained on. Drawn from a generator of its own, so the run's training stream
+    of random numbers is the same whether or not anyone looks."""
+    augment = BatchAugment.from_config(
+        cfg.augmentation, generator(cfg.seed, "augment-preview", images.device)
+    )
+    originals = to_unit_float(images[indices[:PREVIEW_DIGITS]])
+    draws = augment(originals.repeat_interleave(PREVIEW_DRAWS, 0))
+    description = f"augmentation={cfg.augmentation.name}: {augment.describe()}"
+    return originals[:, 0], draws.view(len(originals), PREVIEW_DRAWS, 28, 28), description
+
+
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
     side effect in mlruns/ when the config, the data or the store cannot work."""
@@ -116,20 +133,29 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     augment = BatchAugment.from_config(cfg.augmentation, generator(cfg.seed, "augment", device))
     n_params = count_parameters(model)
     model_name = ctx.choices.get("model", type(model).__name__)
+    summary = summarize(model)
     log.info(
-        "%s: %d parameters on %s; %d train / %d val / %d test images",
+        "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images\n%s",
         model_name,
         n_params,
+        summary.macs / 1e6,
         device,
         len(train_idx),
         len(val_idx),
         len(data.test_labels),
+        format_summary(summary),
     )
 
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = ctx.output_dir / "model_summary.txt"
+    summary_path.write_text(format_summary(summary) + "\n")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_path = ctx.output_dir / "config.yaml"
     OmegaConf.save(resolved, config_path)
+    originals, draws, description = augmentation_preview(cfg, data.train_images, train_idx)
+    preview_path = plots.plot_augmented_inputs(
+        originals, draws, ctx.output_dir / "augmented_inputs.png", description
+    )
     tags = tracking.run_tags(cfg.seed, device, ctx.overrides, model_name)
     tags["output_dir"] = str(ctx.output_dir)
     tags.update(ctx.extra_tags)
@@ -145,49 +171,49 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         uri, cfg.logger.experiment, run_name, tags, flatten(cfg), resume_run_id
     ) as run:
         if not resume_state:
-            tracking.log_metrics({"params_count": n_params})
-        with _explain_nondeterminism():
-            result = fit(
-                torch.compile(model) if cfg.trainer.compile else model,
-                optimizer,
-                schedule,
-                data,
-                train_idx,
-                val_idx,
-                cfg.trainer,
-                augment,
-                generator(cfg.seed, "shuffle"),
+            tracking.log_metrics({"params_count": n_params, "macs_per_image": summary.macs})
+        with _epoch_logger(cfg, ctx.output_dir, model, draws) as log_metrics:
+            with _explain_nondeterminism():
+                result = fit(
+                    torch.compile(model) if cfg.trainer.compile else model,
+                    optimizer,
+                    schedule,
+                    data,
+                    train_idx,
+                    val_idx,
+                    cfg.trainer,
+                    augment,
+                    generator(cfg.seed, "shuffle"),
+                    device,
+                    checkpoint_dir,
+                    {"config": resolved, "mlflow_run_id": run.info.run_id},
+                    log_metrics,
+                    resume_state,
+                )
+            best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
+            model.load_state_dict(best["model"])
+            tracking.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
+            test = evaluate(
+                model,
+                data.test_images,
+                data.test_labels,
+                cfg.trainer.eval_batch_size,
                 device,
-                checkpoint_dir,
-                {"config": resolved, "mlflow_run_id": run.info.run_id},
-                tracking.log_metrics,
-                resume_state,
+                cfg.trainer.precision,
             )
-        best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
-        model.load_state_dict(best["model"])
-        tracking.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
-        test = evaluate(
-            model,
-            data.test_images,
-            data.test_labels,
-            cfg.trainer.eval_batch_size,
-            device,
-            cfg.trainer.precision,
-        )
-        final = {
-            "test/acc": test.accuracy,
-            "test/loss": test.loss,
-            "best/val_acc": result.best_val_acc,
-            "best/epoch": result.best_epoch,
-            "train_time_s": result.train_time_s,
-        }
-        tracking.log_metrics(final)
+            final = {
+                "test/acc": test.accuracy,
+                "test/loss": test.loss,
+                "best/val_acc": result.best_val_acc,
+                "best/epoch": result.best_epoch,
+                "train_time_s": result.train_time_s,
+            }
+            log_metrics(final, len(result.history))
         artifacts = _write_reports(ctx.output_dir, data, test, result.history)
-        hydra_dir = ctx.output_dir / ".hydra"
+        files = [config_path, summary_path, preview_path, *artifacts]
+        folders = [ctx.output_dir / ".hydra", ctx.output_dir / "tensorboard"]
         try:
-            tracking.log_artifacts(
-                [config_path, *artifacts, *([hydra_dir] if hydra_dir.is_dir() else [])]
-            )
+            tracking.log_artifacts([*files, *filter(Path.is_dir, folders)])
             tracking.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
             if cfg.logger.log_model:
                 example = normalize(to_unit_float(data.test_images[:4])).cpu()
@@ -206,6 +232,30 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
             uri,
         )
     return {**final, "run_id": run.info.run_id, "params_count": n_params}
+
+
+@contextmanager
+def _epoch_logger(
+    cfg: DictConfig, output_dir: Path, model: torch.nn.Module, draws: torch.Tensor
+) -> Iterator[Callable[[dict[str, float], int], None]]:
+    """Where metrics go: MLflow, and TensorBoard too with logger.tensorboard=true (which
+    also gets the augmented inputs once and weight histograms every epoch)."""
+    if not cfg.logger.tensorboard:
+        yield tracking.log_metrics
+        return
+    from mnist.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(output_dir / "tensorboard", model)
+    board.log_images("inputs/augmented", draws.reshape(-1, 1, 28, 28))
+
+    def log_both(metrics: dict[str, float], step: int) -> None:
+        tracking.log_metrics(metrics, step)
+        board.log_metrics(metrics, step)
+
+    try:
+        yield log_both
+    finally:
+        board.close()
 
 
 @contextmanager

@@ -129,3 +129,31 @@ def plot_misclassified(
         path,
         title,
     )
+
+
+def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title: str) -> Path:
+    """What the model is trained on: each row a training digit as stored, then random
+    draws of the run's augmentation. originals (N, 28, 28), variants (N, K, 28, 28), in
+    [0, 1]."""
+    plt = _pyplot()
+    n, k = variants.shape[:2]
+    cell, gap = 30, 10  # a 1-px margin around each digit; a gap after the originals
+    mosaic = torch.ones(n * cell, (k + 1) * cell + gap)
+    for row in range(n):
+        top = row * cell + 1
+        mosaic[top : top + 28, 1:29] = originals[row].cpu()
+        for column in range(k):
+            left = (column + 1) * cell + gap + 1
+            mosaic[top : top + 28, left : left + 28] = variants[row, column].cpu()
+    fig, ax = plt.subplots(figsize=(0.55 * (k + 1) + 0.6, 0.55 * n + 0.9))
+    ax.imshow(mosaic.numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_xticks([cell / 2, cell + gap + k * cell / 2], ["stored", "augmented (random draws)"])
+    ax.tick_params(length=0, labelsize=8)
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -50,6 +50,9 @@ def test_defaults_train_the_fast_model_on_a_validation_split():
         ("augmentation.crop_size=40", "crop_size"),
         ("scheduler.name=warmup", "scheduler.name='warmup'"),
         ("seed=-1", "seed=-1"),
+        ("model.dropout=2", "cannot build mnist.models.ConvNet from model.* (dropout"),
+        ("+model.width=8", "unexpected keyword argument 'width'"),
+        ("logger.tensorboard=maybe", "logger.tensorboard='maybe' must be true or false"),
     ],
 )
 def test_invalid_values_are_named_in_one_line(override, message):
@@ -75,6 +78,7 @@ def test_script_exits_non_zero_before_any_side_effect(tmp_path):
     result = run_train_script(
         "trainer.epochs=0",
         "data.val_size=70000",
+        "model.dropout=2",
         f"data.root={data_root}",
         f"paths.mlruns={tmp_path / 'mlruns'}",
         f"paths.outputs={tmp_path / 'outputs'}",
@@ -82,7 +86,8 @@ def test_script_exits_non_zero_before_any_side_effect(tmp_path):
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert error_lines == [error_lines[0]] and error_lines[0].startswith("error: Invalid config")
-    assert "trainer.epochs=0" in error_lines[0] and "data.val_size=70000" in error_lines[0]
+    for problem in ("trainer.epochs=0", "data.val_size=70000", "dropout probability"):
+        assert problem in error_lines[0]
     assert not data_root.exists()  # nothing downloaded
     assert not (tmp_path / "mlruns").exists()  # no MLflow run
 

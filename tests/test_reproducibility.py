@@ -121,7 +121,8 @@ def test_resume_refuses_a_checkpoint_naming_a_foreign_target(tiny_cfg, tmp_path)
     config["model"] = {"_target_": "os.system", "command": "touch pwned"}
     state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32, "config": config}
     path = save_checkpoint(state, tmp_path / "last.pt")
-    with pytest.raises(UnsafeModelConfig, match=r"'os\.system' is not one of this package"):
+    # Refused while the resumed config is validated, before anything is built or written.
+    with pytest.raises(ConfigError, match=r"'os\.system' is not one of this package"):
         run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
     assert not (REPO_ROOT / "pwned").exists()
 

@@ -14,7 +14,7 @@ from tests.conftest import run_train_script, tiny_overrides
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s",
                  "throughput_img_s"]  # fmt: skip
 FINAL_METRICS = ["test/acc", "test/loss", "best/val_acc", "best/epoch", "params_count",
-                 "train_time_s"]  # fmt: skip
+                 "macs_per_image", "train_time_s"]  # fmt: skip
 RUN_TAGS = ["git.commit", "git.dirty", "hydra.overrides", "seed", "device", "torch.version",
             "torchvision.version", "cuda.version", "hostname"]  # fmt: skip
 
@@ -65,7 +65,9 @@ def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path)
         artifacts = artifact_paths(client, run.info.run_id)
         assert {
             "config.yaml", "classification_report.txt", "confusion_matrix.png",
-            "training_curves.png", "sample_predictions.png", "checkpoints/best.pt",
+            "training_curves.png", "sample_predictions.png", "augmented_inputs.png",
+            "model_summary.txt",
+            "checkpoints/best.pt",
             ".hydra/config.yaml", ".hydra/overrides.yaml",
         } <= artifacts  # fmt: skip
         assert "model/MLmodel" in artifacts or client.search_logged_models(
@@ -141,3 +143,49 @@ def test_a_failing_job_closes_its_run_as_failed(tiny_cfg, tmp_path, monkeypatch)
         _run_in_process(tiny_cfg, tmp_path, "run")
     assert mlflow.active_run() is None
     assert [r.info.status for r in runs_of(store(tmp_path))] == ["FAILED"]
+
+
+def test_tensorboard_mirrors_the_metrics_without_changing_the_run(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    augmented = ("augmentation=shift_rotate", "seed=5")
+    with_board = _run_in_process(tiny_cfg, tmp_path, "tb", *augmented, "logger.tensorboard=true")
+    without = _run_in_process(tiny_cfg, tmp_path, "plain", *augmented)
+    assert with_board["best/val_acc"] == without["best/val_acc"]
+    assert with_board["test/loss"] == without["test/loss"]
+    assert not (tmp_path / "plain" / "tensorboard").exists()
+
+    events = EventAccumulator(
+        str(tmp_path / "tb" / "tensorboard"), {"scalars": 0, "histograms": 0, "images": 0}
+    ).Reload()
+    val = [(e.step, e.value) for e in events.Scalars("val/acc")]
+    history = store(tmp_path).get_metric_history(with_board["run_id"], "val/acc")
+    assert val == [(m.step, pytest.approx(m.value)) for m in history]
+    assert events.Scalars("test/acc")[0].value == pytest.approx(with_board["test/acc"])
+    histograms = events.Tags()["histograms"]
+    assert "weights/features.0.weight" in histograms
+    assert [e.step for e in events.Histograms("weights/features.0.weight")] == [1, 2]
+    assert events.Tags()["images"] == ["inputs/augmented"]
+    logged = artifact_paths(store(tmp_path), with_board["run_id"])
+    assert any(path.startswith("tensorboard/events.out.tfevents") for path in logged)
+
+
+@pytest.mark.parametrize("augmentation", ["none", "shift_rotate"])
+def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
+    tiny_cfg, synthetic_root, augmentation
+):
+    from mnist.data import load_mnist
+    from mnist.job import PREVIEW_DIGITS, PREVIEW_DRAWS, augmentation_preview
+
+    cfg = tiny_cfg(f"augmentation={augmentation}")
+    images = load_mnist(synthetic_root).train_images
+    indices = torch.arange(20, 40)
+    originals, draws, description = augmentation_preview(cfg, images, indices)
+    assert torch.equal(originals, images[20 : 20 + PREVIEW_DIGITS].float() / 255)
+    assert draws.shape == (PREVIEW_DIGITS, PREVIEW_DRAWS, 28, 28)
+    unchanged = torch.isclose(draws, originals[:, None], atol=1e-6).flatten(2).all(2)
+    if augmentation == "none":
+        assert unchanged.all() and description == "augmentation=none: none"
+    else:
+        assert not unchanged.any() and "rotation ±10°" in description
+        assert not torch.equal(draws[:, 0], draws[:, 1])  # every draw is a new transform

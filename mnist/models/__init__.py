@@ -20,6 +20,7 @@ __all__ = [
     "DenseNet",
     "GAP20k",
     "LayerSummary",
+    "ModelConfigError",
     "ModelSummary",
     "TinyVGG",
     "UnsafeModelConfig",
@@ -35,7 +36,11 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-class UnsafeModelConfig(ValueError):
+class ModelConfigError(ValueError):
+    """A model config that cannot be built; the message says why."""
+
+
+class UnsafeModelConfig(ModelConfigError):
     """A model config that would instantiate something other than this package's models."""
 
 
@@ -64,7 +69,10 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         )
     if _nested_targets(kwargs):
         raise UnsafeModelConfig(f"model config for {target} nests a _target_; refusing it")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2, model.foo=1
+        raise ModelConfigError(f"cannot build {target} from model.* ({e})") from e
 
 
 def count_parameters(model: nn.Module) -> int:
