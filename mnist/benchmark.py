@@ -243,7 +243,7 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     tracking.check_store(uri)
     device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device.num_threads, deterministic=False)
+    configure_torch(device, cfg.device, deterministic=False)
     seed_everything(cfg.seed)
     data = load_mnist(ensure_mnist(cfg.data.root, cfg.data.verify_checksums), device)
     train_idx, val_idx = prepare_split(cfg, data.train_labels)

@@ -1,9 +1,12 @@
 """Device, precision and determinism: the hardware-facing choices of a run, in one place."""
 
 import contextlib
+import ctypes
 import os
+import sys
 
 import torch
+from omegaconf import DictConfig
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,9 +46,33 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def configure_torch(device: torch.device, num_threads: int | None, deterministic: bool) -> None:
-    if num_threads:
-        torch.set_num_threads(num_threads)
+# glibc mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc malloc to serve allocations up to 32 MiB from the heap and keep freed
+    memory. By default each large tensor of a training step (activations, gradients: a few
+    MiB each) gets fresh mmap pages and returns them when freed, so every step pays page
+    faults; glibc only raises that threshold gradually, one of the reasons the first epoch
+    is slower. Measured on the 2-core CPU: +15-20% training throughput (README,
+    Performance). Returns False where malloc is not glibc's (nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def configure_torch(device: torch.device, settings: DictConfig, deterministic: bool) -> None:
+    """`settings`: the `device` config group (conf/device/*.yaml)."""
+    if settings.malloc_tuning:
+        keep_freed_memory()
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
     if deterministic:
         # cuBLAS needs this workspace setting for deterministic matmuls (CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

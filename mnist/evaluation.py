@@ -100,7 +100,7 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     members = [load_model(spec, uri) for spec in specs]
     device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device.num_threads, deterministic=False)
+    configure_torch(device, cfg.device, deterministic=False)
     data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums), device)
     images, labels = data.test_images, data.test_labels
     results = [

@@ -119,7 +119,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     tracking.check_store(uri)
     device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device.num_threads, cfg.trainer.deterministic)
+    configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
 
     root = ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums)

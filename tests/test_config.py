@@ -1,7 +1,10 @@
+import platform
+
 import pytest
 import torch
 
 from mnist.config import ConfigError, validate_config
+from mnist.device import keep_freed_memory
 from tests.conftest import CONF_DIR, compose_config, run_train_script
 
 GROUPS = [
@@ -53,6 +56,7 @@ def test_defaults_train_the_fast_model_on_a_validation_split():
         ("model.dropout=2", "cannot build mnist.models.ConvNet from model.* (dropout"),
         ("+model.width=8", "unexpected keyword argument 'width'"),
         ("logger.tensorboard=maybe", "logger.tensorboard='maybe' must be true or false"),
+        ("device.malloc_tuning=1", "device.malloc_tuning=1 must be true or false"),
     ],
 )
 def test_invalid_values_are_named_in_one_line(override, message):
@@ -99,3 +103,8 @@ def test_unknown_keys_get_hydras_error(tmp_path):
     result = run_train_script("model=resnet152", f"paths.outputs={tmp_path}")
     assert result.returncode != 0
     assert "resnet152" in result.stderr
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_tuning_is_accepted_by_glibc():
+    assert keep_freed_memory() is True
