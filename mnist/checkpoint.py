@@ -3,27 +3,18 @@ crash mid-write leaves the previous checkpoint intact, and read with `weights_on
 so loading a checkpoint never unpickles arbitrary objects."""
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mnist.atomic import written_atomically
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_atomically(path) as staged:
+        torch.save(state, staged)
     return path
 
 

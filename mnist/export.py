@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from mnist import tracking
+from mnist.atomic import written_atomically
 from mnist.config import ConfigError
 from mnist.data import MNIST_MEAN, MNIST_STD
 from mnist.inference import load_model
@@ -48,22 +49,6 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     run anywhere on the plain float32 input it documents. The caller's model is untouched."""
     plain = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
     return plain.eval()
-
-
-@contextmanager
-def _written_atomically(path: Path) -> Iterator[Path]:
-    """A temporary name next to `path` to write; renamed to `path` once the block succeeds
-    and the file is on disk, deleted otherwise, so that `path` is never half-written.
-    The same directory keeps the rename atomic (no copy across file systems)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield staged
-        with open(staged, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -123,7 +108,7 @@ def export_model(model: nn.Module, path: str | Path, fmt: str) -> Path:
     if fmt not in SUFFIXES:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(SUFFIXES)}")
     path = Path(path)
-    with _written_atomically(path) as staged:
+    with written_atomically(path) as staged:
         _write(model, staged, fmt)
     return path
 
@@ -202,7 +187,7 @@ def run_export(cfg: DictConfig, output_dir: Path) -> Path:
     if ckpt is not None and path.exists() and ckpt.exists() and path.samefile(ckpt):
         raise ConfigError(f"out={cfg.out} is the checkpoint itself; name another file")
     loaded = load_model(cfg.ckpt, tracking.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns))
-    with _written_atomically(path) as staged:
+    with written_atomically(path) as staged:
         _write(loaded.model, staged, fmt)
         difference = check_export(staged, fmt, loaded.model, _check_batches())
         if difference > TOLERANCE:

@@ -156,8 +156,8 @@ def test_best_checkpoint_cannot_be_resumed_and_says_why(tiny_cfg, tmp_path):
 def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     path = save_checkpoint({"weights": torch.ones(3)}, tmp_path / "last.pt")
 
-    def crash_midway(obj, f):
-        f.write(b"partial")
+    def crash_midway(obj, staged):
+        staged.write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash_midway)
