@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
             best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
             model.load_state_dict(best["model"])
             tracking.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
+            test_start = time.perf_counter()
             test = evaluate(
                 model,
                 data.test_images,
@@ -204,6 +206,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
             final = {
                 "test/acc": test.accuracy,
                 "test/loss": test.loss,
+                "test/eval_time_s": time.perf_counter() - test_start,
                 "best/val_acc": result.best_val_acc,
                 "best/epoch": result.best_epoch,
                 "train_time_s": result.train_time_s,

@@ -14,7 +14,7 @@ from tests.conftest import run_train_script, tiny_overrides
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s",
                  "throughput_img_s"]  # fmt: skip
 FINAL_METRICS = ["test/acc", "test/loss", "best/val_acc", "best/epoch", "params_count",
-                 "macs_per_image", "train_time_s"]  # fmt: skip
+                 "macs_per_image", "train_time_s", "test/eval_time_s"]  # fmt: skip
 RUN_TAGS = ["git.commit", "git.dirty", "hydra.overrides", "seed", "device", "torch.version",
             "torchvision.version", "cuda.version", "hostname"]  # fmt: skip
 
