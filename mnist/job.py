@@ -28,7 +28,7 @@ from mnist.data import (
 )
 from mnist.device import configure_torch, resolve_device
 from mnist.metrics import classification_report, confusion_matrix, format_report
-from mnist.models import build_model, count_parameters, format_summary, summarize
+from mnist.models import build_model, format_summary, summarize
 from mnist.optim import build_optimizer, build_scheduler
 from mnist.resume import load_resume_checkpoint, resume_config
 from mnist.seeding import derive_seed, generator, seed_everything
@@ -132,9 +132,9 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     steps_per_epoch = max(1, len(train_idx) // cfg.trainer.batch_size)
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
     augment = BatchAugment.from_config(cfg.augmentation, generator(cfg.seed, "augment", device))
-    n_params = count_parameters(model)
-    model_name = ctx.choices.get("model", type(model).__name__)
     summary = summarize(model)
+    n_params, table = summary.total_params, format_summary(summary)
+    model_name = ctx.choices.get("model", type(model).__name__)
     log.info(
         "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images\n%s",
         model_name,
@@ -144,12 +144,12 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         len(train_idx),
         len(val_idx),
         len(data.test_labels),
-        format_summary(summary),
+        table,
     )
 
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     summary_path = ctx.output_dir / "model_summary.txt"
-    summary_path.write_text(format_summary(summary) + "\n")
+    summary_path.write_text(table + "\n")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_path = ctx.output_dir / "config.yaml"
     OmegaConf.save(resolved, config_path)
