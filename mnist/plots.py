@@ -17,6 +17,12 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_confusion_matrix(matrix: Tensor, path: Path, title: str = "Confusion matrix") -> Path:
     plt = _pyplot()
     counts = matrix.cpu().numpy()
@@ -37,9 +43,7 @@ def plot_confusion_matrix(matrix: Tensor, path: Path, title: str = "Confusion ma
             color = "white" if counts[i, j] > threshold else "black"
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
@@ -58,9 +62,7 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
     axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate at epoch start")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_predictions(
@@ -103,9 +105,7 @@ def plot_predictions(
         )  # fmt: skip
     ax.set_title(f"{title}\npredicted p / true p (probabilities); wrong in red", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / (1.6 * rows + 0.5))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_misclassified(
@@ -154,6 +154,4 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
         spine.set_visible(False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
