@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,8 +38,8 @@ from mnist.trainer import Evaluation, evaluate, fit
 log = logging.getLogger(__name__)
 
 SAMPLE_GRID_SIZE = 32
-# The augmentation preview: this many training digits, each with this many random draws.
-PREVIEW_DIGITS, PREVIEW_DRAWS = 8, 7
+# The augmentation preview: random draws of the augmentation per digit.
+PREVIEW_DRAWS = 7
 
 
 @dataclass
@@ -92,15 +93,17 @@ def initial_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
 
 
 def augmentation_preview(
-    cfg: DictConfig, images: torch.Tensor, indices: torch.Tensor
+    cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(originals (N, 28, 28), augmented draws (N, K, 28, 28), a description): what the
-    model is trained on. Drawn from a generator of its own, so the run's training stream
-    of random numbers is the same whether or not anyone looks."""
+    model is trained on, for the first training image of each digit. Drawn from a
+    generator of its own, so the run's training stream of random numbers is the same
+    whether or not anyone looks."""
     augment = BatchAugment.from_config(
         cfg.augmentation, generator(cfg.seed, "augment-preview", images.device)
     )
-    originals = to_unit_float(images[indices[:PREVIEW_DIGITS]])
+    _, first = np.unique(labels[indices].cpu().numpy(), return_index=True)
+    originals = to_unit_float(images[indices[torch.from_numpy(first).to(indices.device)]])
     draws = augment(originals.repeat_interleave(PREVIEW_DRAWS, 0))
     description = f"augmentation={cfg.augmentation.name}: {augment.describe()}"
     return originals[:, 0], draws.view(len(originals), PREVIEW_DRAWS, 28, 28), description
@@ -153,7 +156,9 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_path = ctx.output_dir / "config.yaml"
     OmegaConf.save(resolved, config_path)
-    originals, draws, description = augmentation_preview(cfg, data.train_images, train_idx)
+    originals, draws, description = augmentation_preview(
+        cfg, data.train_images, data.train_labels, train_idx
+    )
     preview_path = plots.plot_augmented_inputs(
         originals, draws, ctx.output_dir / "augmented_inputs.png", description
     )

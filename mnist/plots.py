@@ -138,7 +138,8 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
     plt = _pyplot()
     n, k = variants.shape[:2]
     cell, gap = 30, 10  # a 1-px margin around each digit; a gap after the originals
-    mosaic = torch.ones(n * cell, (k + 1) * cell + gap)
+    # Ink dark on white (the gray_r colour map); margins light grey to frame each digit.
+    mosaic = torch.full((n * cell, (k + 1) * cell + gap), 0.15)
     for row in range(n):
         top = row * cell + 1
         mosaic[top : top + 28, 1:29] = originals[row].cpu()

@@ -175,14 +175,20 @@ def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     tiny_cfg, synthetic_root, augmentation
 ):
     from mnist.data import load_mnist
-    from mnist.job import PREVIEW_DIGITS, PREVIEW_DRAWS, augmentation_preview
+    from mnist.job import PREVIEW_DRAWS, augmentation_preview
 
     cfg = tiny_cfg(f"augmentation={augmentation}")
-    images = load_mnist(synthetic_root).train_images
-    indices = torch.arange(20, 40)
-    originals, draws, description = augmentation_preview(cfg, images, indices)
-    assert torch.equal(originals, images[20 : 20 + PREVIEW_DIGITS].float() / 255)
-    assert draws.shape == (PREVIEW_DIGITS, PREVIEW_DRAWS, 28, 28)
+    data = load_mnist(synthetic_root)
+    indices = torch.arange(20, 60)
+    originals, draws, description = augmentation_preview(
+        cfg, data.train_images, data.train_labels, indices
+    )
+    # The first image of each digit among `indices`, in digit order.
+    labels = data.train_labels[indices].tolist()
+    first = [20 + labels.index(digit) for digit in sorted(set(labels))]
+    assert len(first) >= 8
+    assert torch.equal(originals, data.train_images[first].float() / 255)
+    assert draws.shape == (len(first), PREVIEW_DRAWS, 28, 28)
     unchanged = torch.isclose(draws, originals[:, None], atol=1e-6).flatten(2).all(2)
     if augmentation == "none":
         assert unchanged.all() and description == "augmentation=none: none"
