@@ -81,8 +81,8 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
         yield str(e)
     if not isinstance(cfg.logger.tensorboard, bool):
         yield f"logger.tensorboard={cfg.logger.tensorboard!r} must be true or false"
-    if not isinstance(cfg.device.malloc_tuning, bool):
-        yield f"device.malloc_tuning={cfg.device.malloc_tuning!r} must be true or false"
+    if not (isinstance(cfg.device.malloc_tuning, bool) or cfg.device.malloc_tuning == "auto"):
+        yield f"device.malloc_tuning={cfg.device.malloc_tuning!r} must be auto, true or false"
     threads = cfg.device.num_threads
     if threads is not None and (not _is_int(threads) or threads < 1):
         yield f"device.num_threads={threads!r} must be >= 1, or null for PyTorch's default"

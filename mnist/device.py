@@ -55,8 +55,9 @@ def keep_freed_memory() -> bool:
     memory. By default each large tensor of a training step (activations, gradients: a few
     MiB each) gets fresh mmap pages and returns them when freed, so every step pays page
     faults; glibc only raises that threshold gradually, one of the reasons the first epoch
-    is slower. Measured on the 2-core CPU: +15-20% training throughput (README,
-    Performance). Returns False where malloc is not glibc's (nothing changes)."""
+    is slower. Measured on the 2-core CPU: +25-30% training throughput with one thread (as
+    in parallel sweeps), none with two (README, Performance). Returns False where malloc
+    is not glibc's (nothing changes)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -69,10 +70,11 @@ def keep_freed_memory() -> bool:
 
 def configure_torch(device: torch.device, settings: DictConfig, deterministic: bool) -> None:
     """`settings`: the `device` config group (conf/device/*.yaml)."""
-    if settings.malloc_tuning:
-        keep_freed_memory()
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    tuning = settings.malloc_tuning
+    if tuning is True or (tuning == "auto" and torch.get_num_threads() == 1):
+        keep_freed_memory()
     if deterministic:
         # cuBLAS needs this workspace setting for deterministic matmuls (CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

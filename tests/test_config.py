@@ -56,7 +56,7 @@ def test_defaults_train_the_fast_model_on_a_validation_split():
         ("model.dropout=2", "cannot build mnist.models.ConvNet from model.* (dropout"),
         ("+model.width=8", "unexpected keyword argument 'width'"),
         ("logger.tensorboard=maybe", "logger.tensorboard='maybe' must be true or false"),
-        ("device.malloc_tuning=1", "device.malloc_tuning=1 must be true or false"),
+        ("device.malloc_tuning=1", "device.malloc_tuning=1 must be auto, true or false"),
     ],
 )
 def test_invalid_values_are_named_in_one_line(override, message):
