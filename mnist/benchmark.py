@@ -1,7 +1,9 @@
 """This project's input pipeline against the classic torchvision one, in one process:
-same model, optimizer, batch size, step count and image order, so the difference in
-images per second is the pipeline's. The classic side is what the PyTorch MNIST examples
-do: `datasets.MNIST` + per-sample PIL `transforms` + `DataLoader`."""
+same model (architecture and initial weights), optimizer, batch size, step count and image
+order, so the difference in images per second is the pipeline's. The classic side is what
+the PyTorch MNIST examples do: `datasets.MNIST` + per-sample PIL `transforms` +
+`DataLoader`, with the model in PyTorch's default memory layout
+(`benchmark.classic_channels_last=true` gives it this project's NHWC layout too)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mnist import tracking
@@ -177,8 +179,12 @@ def run_benchmark(
     batch_size = cfg.trainer.batch_size
     val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
     results = []
+    classic_cfg = OmegaConf.merge(
+        cfg, {"trainer": {"channels_last": cfg.benchmark.classic_channels_last}}
+    )
     for name in ("project", "classic"):
-        model = initial_model(cfg, device)
+        # Same architecture and initial weights; the memory layout is each pipeline's own.
+        model = initial_model(cfg if name == "project" else classic_cfg, device)
         optimizer = build_optimizer(cfg.optimizer, model)
         if name == "project":
             augment = BatchAugment.from_config(
