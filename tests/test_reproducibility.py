@@ -79,6 +79,7 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
     assert runs[0].data.tags[tag] == client.get_run(reference["run_id"]).data.tags[tag]
 
 
+@pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
 def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
     cfg = tiny_cfg("augmentation=crop_rotate", "seed=11")
     original = run_training(cfg, JobContext(output_dir=tmp_path / "original"))

@@ -41,6 +41,7 @@ def parent_and_children(client: MlflowClient, experiment: str = "sweep"):
     return parents[0], children
 
 
+@pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
 def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     synthetic_root, tmp_path, empty_mlflow_db
 ):

@@ -37,6 +37,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
     return found
 
 
+@pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
 def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path):
     overrides = [o for o in tiny_overrides(synthetic_root, tmp_path) if "log_model" not in o]
     result = run_train_script(
