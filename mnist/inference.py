@@ -11,7 +11,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,9 @@ def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
             f"{source}: not a readable checkpoint, the file is corrupt or truncated "
             f"({reason[1] if reason else _first_line(e)})"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:
+        # Arbitrary bytes fail in arbitrary ways inside the unpickler (IndexError,
+        # KeyError, UnicodeDecodeError, ...): all of them mean the file is not a checkpoint.
         raise CheckpointError(
             f"{source}: not a readable checkpoint, the file is corrupt or truncated "
             f"({_first_line(e)})"

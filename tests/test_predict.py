@@ -2,7 +2,6 @@
 broken), the Python API, and scripts/predict.py end to end."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -121,7 +122,7 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(case, message, tmp_pat
     elif case == "another architecture":
         save_model_checkpoint(path, {"_target_": "mnist.models.CNN24k"}, SMALL_CONVNET)
     elif case == "corrupt":
-        path.write_bytes(os.urandom(2048))
+        path.write_bytes(np.random.default_rng(0).bytes(2048))
     elif case == "truncated":
         data = save_model_checkpoint(tmp_path / "good.pt").read_bytes()
         path.write_bytes(data[: len(data) // 2])
@@ -202,3 +203,15 @@ def test_script_refuses_a_broken_checkpoint_in_one_line(tmp_path):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.pt" in lines[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=4096), st.sampled_from([b"", b"\x80\x02", b"PK\x03\x04"]))
+def test_any_bytes_are_a_checkpoint_or_a_clear_refusal(tmp_path_factory, data, prefix):
+    # A pickle protocol header or a zip signature first takes the unpickler deeper.
+    path = tmp_path_factory.mktemp("bytes") / "model.pt"
+    path.write_bytes(prefix + data)
+    with pytest.raises(
+        CheckpointError, match=r"not a readable checkpoint|not a checkpoint|refused"
+    ):
+        load_model(path)

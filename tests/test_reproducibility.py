@@ -19,6 +19,7 @@ from mnist.config import REPO_ROOT, ConfigError, validate_config
 from mnist.idx import IdxError, parse_idx
 from mnist.job import JobContext, run_training
 from mnist.models import UnsafeModelConfig, build_model
+from mnist.reproduce import TIMING_METRICS
 from mnist.tracking import TrackingError
 from tests.conftest import (
     TRAIN_SCRIPT,
@@ -28,8 +29,6 @@ from tests.conftest import (
     tiny_overrides,
 )
 
-TIMING = {"epoch_time_s", "throughput_img_s", "train_time_s"}
-
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
     run = client.get_run(run_id)
@@ -37,7 +36,7 @@ def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
         name: [
             m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
         ]
-        for name in set(run.data.metrics) - TIMING
+        for name in set(run.data.metrics) - TIMING_METRICS
     }
 
 
