@@ -54,10 +54,9 @@ def keep_freed_memory() -> bool:
     """Tell glibc malloc to serve allocations up to 32 MiB from the heap and keep freed
     memory. By default each large tensor of a training step (activations, gradients: a few
     MiB each) gets fresh mmap pages and returns them when freed, so every step pays page
-    faults; glibc only raises that threshold gradually, one of the reasons the first epoch
-    is slower. Measured on the 2-core CPU: +25-30% training throughput with one thread (as
-    in parallel sweeps), none with two (README, Performance). Returns False where malloc
-    is not glibc's (nothing changes)."""
+    faults (glibc only raises that threshold gradually). Measured on the 2-core CPU:
+    +25-30% training throughput with one thread (as in parallel sweeps), none with two
+    (README, Performance). Returns False where malloc is not glibc's (nothing changes)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
