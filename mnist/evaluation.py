@@ -122,10 +122,11 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     if len(members) > 1:
         for i, member_result in enumerate(results):
             metrics[f"member{i}/test/acc"] = member_result.accuracy
+        members_table = _members_table(members, results)
         members_path = ctx.output_dir / "members.md"
-        members_path.write_text(_members_table(members, results))
+        members_path.write_text(members_table)
         artifacts.append(members_path)
-        print(f"Ensemble of {len(members)} models{tta}:\n\n{members_path.read_text()}")
+        print(f"Ensemble of {len(members)} models{tta}:\n\n{members_table}")
     (ctx.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     artifacts.append(ctx.output_dir / "metrics.json")
     name = members[0].source if len(members) == 1 else f"ensemble of {len(members)}"
