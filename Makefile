@@ -1,10 +1,12 @@
 # Two commands on a fresh machine with Python 3.10+ and git: `make train`, `make test`.
-# Both bootstrap uv (with pip, if missing) and the locked environment first.
+# Both bootstrap uv (with pip, if missing) and the locked environment first: `make train`
+# what training needs, `make test` every optional extra too (export, tensorboard, launchers,
+# dev). Extras for your own use: uv sync --extra export (see README, Installation).
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
-RUN := $(UV) run --frozen --extra dev
+RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help setup train test test-fast lint format ui server clean
+.PHONY: help uv setup setup-all train test test-fast lint format ui server clean
 
 help:
 	@echo "make train      train the default model (fetches MNIST first); ARGS='model=cnn4 ...'"
@@ -14,29 +16,37 @@ help:
 	@echo "make ui         MLflow UI on the repository's store (http://127.0.0.1:5000)"
 	@echo "make server     MLflow tracking server on the store for jobs elsewhere; PORT=5000"
 
-.venv/.synced: pyproject.toml uv.lock
+uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
 		|| $(PYTHON) -m pip install --quiet --user uv \
 		|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv
-	$(UV) sync --frozen --extra dev
+
+# --inexact: extras installed by `make test` (or by hand) stay installed.
+.venv/.synced: pyproject.toml uv.lock | uv
+	$(UV) sync --frozen --inexact
 	@touch $@
 
+.venv/.synced-all: pyproject.toml uv.lock | uv
+	$(UV) sync --frozen --all-extras
+	@touch $@ .venv/.synced
+
 setup: .venv/.synced
+setup-all: .venv/.synced-all
 
 train: setup
 	$(RUN) python scripts/train.py $(ARGS)
 
-test: setup
+test: setup-all
 	$(RUN) pytest $(ARGS)
 
-test-fast: setup
+test-fast: setup-all
 	$(RUN) pytest -m "not slow" $(ARGS)
 
-lint: setup
+lint: setup-all
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 
-format: setup
+format: setup-all
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 

@@ -1,14 +1,18 @@
-"""Shared behaviour of the entry points in scripts/."""
+"""Shared behaviour of the entry points in scripts/. Imports only mnist.errors and
+mnist.paths, so that Hydra answers --help and --cfg before torch is ever imported."""
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mnist.config import ConfigError
-from mnist.data import DataError
-from mnist.models import ModelConfigError
-from mnist.tracking import TrackingError
-from mnist.trainer import TrainingInterrupted
+from mnist import paths  # noqa: F401  (registers the ${repo_root:} resolver the configs use)
+from mnist.errors import (
+    ConfigError,
+    DataError,
+    ModelConfigError,
+    TrackingError,
+    TrainingInterrupted,
+)
 
 
 @contextmanager

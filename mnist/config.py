@@ -1,26 +1,18 @@
-"""Config helpers: the `${repo_root:}` resolver the YAML tree relies on, and validation of
-a composed config, run before anything is downloaded, built or logged."""
+"""Validation of a composed training config, run before anything is downloaded, built or
+logged, and its flat form for MLflow params."""
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist.data import MNIST_TRAIN_SIZE
-from mnist.device import available, precision_problem, resolve_device
-from mnist.models import ModelConfigError, build_model
-from mnist.optim import SCHEDULERS
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-if not OmegaConf.has_resolver("repo_root"):
-    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and the fix."""
+from mnist.data.tensors import MNIST_TRAIN_SIZE
+from mnist.errors import ConfigError, ModelConfigError
+from mnist.extras import missing
+from mnist.models import build_model
+from mnist.training.device import available, precision_problem, resolve_device
+from mnist.training.optim import SCHEDULERS
 
 
 def _is_int(value: Any) -> bool:
@@ -32,13 +24,21 @@ def _is_number(value: Any) -> bool:
 
 
 def _problems(cfg: DictConfig) -> Iterator[str]:
-    trainer, data, aug = cfg.trainer, cfg.data, cfg.augmentation
+    if not _is_int(cfg.seed) or cfg.seed < 0:
+        yield f"seed={cfg.seed!r} must be an integer >= 0"
+    yield from _trainer_problems(cfg.trainer)
+    yield from _data_problems(cfg.data)
+    yield from _augmentation_problems(cfg.augmentation)
+    yield from _optimization_and_model_problems(cfg)
+    yield from _logger_problems(cfg.logger)
+    yield from _device_problems(cfg.device, cfg.trainer.precision)
+
+
+def _trainer_problems(trainer: DictConfig) -> Iterator[str]:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         value = trainer[key]
         if not _is_int(value) or value < 1:
             yield f"trainer.{key}={value!r} must be an integer >= 1"
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        yield f"seed={cfg.seed!r} must be an integer >= 0"
     if not (_is_number(trainer.label_smoothing) and 0 <= trainer.label_smoothing < 1):
         yield f"trainer.label_smoothing={trainer.label_smoothing!r} must be in [0, 1)"
     if trainer.grad_clip is not None and not (
@@ -54,6 +54,9 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     target = trainer.target_acc
     if target is not None and not (_is_number(target) and 0 < target <= 1):
         yield f"trainer.target_acc={target!r} must be in (0, 1], or null to train all epochs"
+
+
+def _data_problems(data: DictConfig) -> Iterator[str]:
     if not _is_int(data.val_size) or not 1 <= data.val_size < MNIST_TRAIN_SIZE:
         yield (
             f"data.val_size={data.val_size!r} must be an integer between 1 and "
@@ -62,6 +65,9 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     subset = data.train_subset
     if subset is not None and (not _is_int(subset) or subset < 1):
         yield f"data.train_subset={subset!r} must be an integer >= 1, or null for all images"
+
+
+def _augmentation_problems(aug: DictConfig) -> Iterator[str]:
     if not (_is_number(aug.rotate_deg) and aug.rotate_deg >= 0) or not (
         _is_number(aug.translate) and 0 <= aug.translate < 1
     ):
@@ -70,6 +76,9 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
         _is_int(aug.crop_size) and 1 <= aug.crop_size <= 28
     ):
         yield "augmentation.crop_prob must be in [0, 1] and augmentation.crop_size in [1, 28]"
+
+
+def _optimization_and_model_problems(cfg: DictConfig) -> Iterator[str]:
     if not (_is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0):
         yield f"optimizer.lr={cfg.optimizer.lr!r} must be > 0"
     if cfg.scheduler.name not in SCHEDULERS:
@@ -79,14 +88,24 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
             build_model(cfg.model)
     except ModelConfigError as e:
         yield str(e)
-    if not isinstance(cfg.logger.tensorboard, bool):
-        yield f"logger.tensorboard={cfg.logger.tensorboard!r} must be true or false"
-    if not (isinstance(cfg.device.malloc_tuning, bool) or cfg.device.malloc_tuning == "auto"):
-        yield f"device.malloc_tuning={cfg.device.malloc_tuning!r} must be auto, true or false"
-    threads = cfg.device.num_threads
+
+
+def _logger_problems(logger: DictConfig) -> Iterator[str]:
+    if not isinstance(logger.tensorboard, bool):
+        yield f"logger.tensorboard={logger.tensorboard!r} must be true or false"
+    elif logger.tensorboard and (
+        problem := missing("tensorboard", "tensorboard", "logger.tensorboard=true")
+    ):
+        yield problem
+
+
+def _device_problems(device: DictConfig, precision: str) -> Iterator[str]:
+    if not (isinstance(device.malloc_tuning, bool) or device.malloc_tuning == "auto"):
+        yield f"device.malloc_tuning={device.malloc_tuning!r} must be auto, true or false"
+    threads = device.num_threads
     if threads is not None and (not _is_int(threads) or threads < 1):
         yield f"device.num_threads={threads!r} must be >= 1, or null for PyTorch's default"
-    name = cfg.device.name
+    name = device.name
     if name != "auto" and not available(name):
         yield (
             f"device={name} is not available on this machine "
@@ -94,7 +113,7 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
             if name in ("cpu", "cuda", "mps")
             else f"device.name={name!r} is not one of auto, cpu, cuda, mps"
         )
-    elif problem := precision_problem(trainer.precision, resolve_device(name)):
+    elif problem := precision_problem(precision, resolve_device(name)):
         yield problem
 
 

@@ -6,12 +6,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mnist.benchmark import benchmark
 from mnist.cli import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
+    from mnist.tools.benchmark import benchmark
+
     with exit_on_user_error():
         benchmark(cfg, Path(HydraConfig.get().runtime.output_dir))
 

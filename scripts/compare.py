@@ -7,11 +7,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.compare import compare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
+    from mnist.reporting.compare import compare
+
     with exit_on_user_error():
         compare(cfg, Path(HydraConfig.get().runtime.output_dir))
 

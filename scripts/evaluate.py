@@ -5,12 +5,13 @@ import hydra
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.evaluation import run_evaluation
-from mnist.job import JobContext
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
+    from mnist.context import JobContext
+    from mnist.inference.evaluate_checkpoints import run_evaluation
+
     with exit_on_user_error():
         return run_evaluation(cfg, JobContext.from_hydra())["test/acc"]
 

@@ -8,11 +8,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.export import ExportError, run_export
+from mnist.errors import ExportError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    from mnist.inference.export import run_export
+
     with exit_on_user_error():
         try:
             run_export(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -7,11 +7,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.photo_eval import run_photo_eval
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="photo_eval")
 def main(cfg: DictConfig) -> None:
+    from mnist.tools.photo_eval import run_photo_eval
+
     with exit_on_user_error():
         run_photo_eval(cfg, Path(HydraConfig.get().runtime.output_dir))
 

@@ -6,11 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.predict import run_prediction
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    from mnist.inference.predict import run_prediction
+
     with exit_on_user_error():
         status = run_prediction(cfg)
     sys.exit(status)

@@ -4,18 +4,20 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.reproduce import reproduce
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnist.tools.reproduce import reproduce
+    from mnist.training.job import run_training
+
     with exit_on_user_error():
-        output_dir = Path(HydraConfig.get().runtime.output_dir)
-        passed = reproduce(cfg.run_id, output_dir, cfg.tolerance, cfg.tracking_uri)
+        passed = reproduce(cfg, Path(HydraConfig.get().runtime.output_dir), run_training)
     sys.exit(0 if passed else 1)
 
 

@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.models import build_model, format_summary, summarize
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="summary")
 def main(cfg: DictConfig) -> None:
+    from mnist.models import build_model, format_summary, summarize
+
     with exit_on_user_error():
         print(format_summary(summarize(build_model(cfg.model))))
 

@@ -4,11 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
-from mnist.job import JobContext, run_training
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    from mnist.context import JobContext
+    from mnist.training.job import run_training
+
     with exit_on_user_error():
         return run_training(cfg, JobContext.from_hydra())["best/val_acc"]
 

@@ -1,6 +1,6 @@
 import torch
 
-from mnist.augment import BatchAugment
+from mnist.data.augment import BatchAugment
 
 
 def digit_batch(n: int = 16) -> torch.Tensor:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mnist.augment import BatchAugment
-from mnist.benchmark import benchmark, classic_batches, epoch_orders, project_batches
-from mnist.data import load_mnist
-from tests.conftest import compose_config, tiny_overrides, write_synthetic_mnist
+from mnist.data.augment import BatchAugment
+from mnist.data.tensors import load_mnist
+from mnist.tools.benchmark import benchmark, classic_batches, epoch_orders, project_batches
+from tests.helpers import compose_config, tiny_overrides, write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")

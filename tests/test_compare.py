@@ -1,19 +1,16 @@
 """compare on runs written by hand into a real MLflow store, with numbers known in advance:
 seeds aggregate into one row, failed runs are counted and listed, bad input is one error."""
 
-import csv
 import shutil
 import statistics
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mnist.compare import compare
-from mnist.config import ConfigError
-from tests.conftest import CONF_DIR
+from mnist.errors import ConfigError
+from mnist.reporting.compare import compare
+from tests.helpers.compare import compare_config, read_csv
 
 # Params as the trainer logs them: str() of the resolved config values.
 CNN3_PARAMS = {
@@ -53,17 +50,6 @@ def log_run(client, experiment_id, model, seed, params, status="FINISHED", **his
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
-
-
-def compare_config(tmp_path, *overrides, experiment="table"):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        store = f"paths.mlruns={tmp_path / 'mlruns'}"
-        return compose("compare", overrides=[store, f"logger.experiment={experiment}", *overrides])
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):

@@ -1,11 +1,14 @@
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from mnist.config import ConfigError, validate_config
-from mnist.device import keep_freed_memory
-from tests.conftest import CONF_DIR, compose_config, run_train_script
+from mnist.config import validate_config
+from mnist.errors import ConfigError
+from mnist.training.device import keep_freed_memory
+from tests.helpers import CONF_DIR, TRAIN_SCRIPT, compose_config, run_train_script
 
 GROUPS = [
     "model",
@@ -108,3 +111,14 @@ def test_unknown_keys_get_hydras_error(tmp_path):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_malloc_tuning_is_accepted_by_glibc():
     assert keep_freed_memory() is True
+
+
+def test_help_answers_without_importing_torch_or_mlflow():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(TRAIN_SCRIPT), "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Powered by Hydra" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "hydra" in imported
+    assert not imported & {"torch", "mlflow", "mnist.training.job"}

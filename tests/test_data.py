@@ -5,16 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import mnist.data as data_module
-from mnist.data import (
-    DataError,
-    batch_indices,
-    ensure_mnist,
-    load_mnist,
-    split_indices,
-)
-from mnist.idx import IdxError, encode_idx, parse_idx
-from tests.conftest import write_synthetic_mnist
+import mnist.data.fetch as data_module
+from mnist.data.batches import batch_indices
+from mnist.data.fetch import ensure_mnist
+from mnist.data.idx import IdxError, encode_idx, parse_idx
+from mnist.data.tensors import load_mnist, split_indices
+from mnist.errors import DataError
+from tests.helpers import write_synthetic_mnist
 
 
 @pytest.mark.parametrize(

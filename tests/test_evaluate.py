@@ -12,19 +12,19 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from mnist.checkpoint import save_checkpoint
-from mnist.config import ConfigError
-from mnist.data import load_mnist
-from mnist.evaluation import run_evaluation, shifted
-from mnist.job import JobContext
+from mnist.context import JobContext
+from mnist.data.tensors import load_mnist
+from mnist.errors import ConfigError
+from mnist.inference.digits import to_mnist
+from mnist.inference.evaluate_checkpoints import run_evaluation, shifted
 from mnist.models import build_model
-from mnist.photo_eval import photo_digits, run_photo_eval
-from mnist.photos import STYLES, render
-from mnist.preprocess import to_mnist
-from mnist.trainer import evaluate
-from tests.conftest import CONF_DIR
-from tests.test_predict import SMALL_CONVNET, save_model_checkpoint
-from tests.test_preprocess import seven, to_uint8
+from mnist.tools.photo_eval import photo_digits, run_photo_eval
+from mnist.tools.photos import STYLES, render
+from mnist.training.checkpoint import save_checkpoint
+from mnist.training.evaluation import evaluate
+from tests.helpers import CONF_DIR
+from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
+from tests.helpers.images import seven, to_uint8
 
 
 def compose_named(config_name: str, overrides: list[str]):

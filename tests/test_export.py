@@ -1,4 +1,4 @@
-"""scripts/export.py and mnist.export: a trained model written as ONNX and as TorchScript,
+"""scripts/export.py and mnist.inference.export: a trained model written as ONNX and as TorchScript,
 run against PyTorch and in a fresh process without this package, and the failures that
 must leave no file behind. An ONNX export takes ~10 s on a small CPU, so the script's
 export of each format is shared by the tests of this module."""
@@ -15,13 +15,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mnist.config import ConfigError
-from mnist.export import SUFFIXES, TOLERANCE, ExportError, check_export, export_model, run_export
-from mnist.inference import load_model
-from mnist.job import JobContext, run_training
+from mnist.context import JobContext
+from mnist.errors import ConfigError, ExportError
+from mnist.inference.digits import model_input
+from mnist.inference.export import SUFFIXES, TOLERANCE, check_export, run_export, write_model
+from mnist.inference.loading import load_model
 from mnist.models import MODELS, build_model
-from mnist.preprocess import model_input
-from tests.conftest import CONF_DIR, compose_config, run_script, synthetic_digits, tiny_overrides
+from mnist.training.job import run_training
+from tests.helpers import CONF_DIR, compose_config, run_script, synthetic_digits, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_a_failed_check_or_an_interrupted_export_keeps_the_previous_file(
     target = tmp_path / "model.pt"
     target.write_bytes(b"previous")
     cfg = export_config(checkpoint, f"out={target}", "format=torchscript")
-    monkeypatch.setattr("mnist.export.check_export", lambda *args: 0.5)
+    monkeypatch.setattr("mnist.inference.export.check_export", lambda *args: 0.5)
     with pytest.raises(ExportError, match=r"differs from PyTorch by up to 0\.5 "):
         run_export(cfg, tmp_path / "run")
 
@@ -186,13 +187,14 @@ def test_a_failed_check_or_an_interrupted_export_keeps_the_previous_file(
 
     monkeypatch.setattr(torch.jit, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_model(load_model(checkpoint).model, target, "torchscript")
+        run_export(cfg, tmp_path / "run")
     assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"previous"
 
 
 def test_a_channels_last_model_exports_as_a_plain_one_and_stays_as_it_was(checkpoint, tmp_path):
     model = load_model(checkpoint).model.to(memory_format=torch.channels_last)
-    path = export_model(model, tmp_path / "model.pt", "torchscript")
+    path = tmp_path / "model.pt"
+    write_model(model, path, "torchscript")
     assert check_export(path, "torchscript", model, batches()) <= TOLERANCE
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -208,7 +210,8 @@ def test_every_model_config_exports_and_matches(fmt, tmp_path):
         with torch.no_grad():  # BatchNorm statistics other than the initial 0 and 1
             model.train()(torch.randn(64, 1, 28, 28) * 2 + 1)
         model = model.eval().to(memory_format=torch.channels_last)
-        path = export_model(model, tmp_path / f"{config.stem}{SUFFIXES[fmt]}", fmt)
+        path = tmp_path / f"{config.stem}{SUFFIXES[fmt]}"
+        write_model(model, path, fmt)
         assert check_export(path, fmt, model, batches()) <= TOLERANCE, config.stem
         built.add(type(model).__name__)
     assert built == set(MODELS)

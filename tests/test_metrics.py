@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnist.metrics import classification_report, confusion_matrix, format_report
+from mnist.reporting.metrics import classification_report, confusion_matrix, format_report
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():

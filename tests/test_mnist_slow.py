@@ -4,8 +4,8 @@ reason when no source can provide it."""
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist.data import MNIST_SHA256, sha256_of
-from tests.conftest import run_train_script
+from mnist.data.fetch import MNIST_SHA256, sha256_of
+from tests.helpers import run_train_script
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from mnist.models import count_parameters
-from tests.conftest import CONF_DIR
+from mnist.models import summarize
+from tests.helpers import CONF_DIR
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
@@ -37,13 +37,13 @@ def test_backward_reaches_every_parameter(name):
 
 
 def test_cnn24k_has_exactly_the_reference_parameter_count():
-    assert count_parameters(build("cnn24k")) == 24_488
+    assert summarize(build("cnn24k")).total_params == 24_488
 
 
 def test_gap20k_is_a_sub_20k_gap_net_without_linear_layers():
     model = build("gap20k")
     kinds = {type(m) for m in model.modules()}
-    assert count_parameters(model) < 20_000
+    assert summarize(model).total_params < 20_000
     assert nn.BatchNorm2d in kinds and nn.Dropout in kinds and nn.AdaptiveAvgPool2d in kinds
     assert nn.Linear not in kinds
 
@@ -73,7 +73,7 @@ def test_reference_layer_sizes(name, flat_features, total):
     first_linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     assert first_linear.in_features == flat_features
     if total:
-        assert total[0] <= count_parameters(model) <= total[1]
+        assert total[0] <= summarize(model).total_params <= total[1]
 
 
 def test_linear_baseline_is_a_linear_map_and_mlp_is_not():

@@ -15,29 +15,17 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from mnist import Classifier, Prediction
-from mnist.checkpoint import load_checkpoint, save_checkpoint
-from mnist.config import REPO_ROOT
-from mnist.inference import CheckpointError, load_model
-from mnist.job import JobContext, run_training
+from mnist.context import JobContext
+from mnist.errors import CheckpointError
+from mnist.inference.digits import to_mnist
+from mnist.inference.loading import load_model
 from mnist.models import build_model
-from mnist.preprocess import to_mnist
-from tests.conftest import run_script
-from tests.test_preprocess import bad_files, seven, to_uint8
-
-SMALL_CONVNET = {
-    "_target_": "mnist.models.ConvNet",
-    "stages": [[4], [8]],
-    "downsample": "pool",
-    "hidden": None,
-    "dropout": 0.0,
-}
-
-
-def save_model_checkpoint(path, model_config=SMALL_CONVNET, weights_from=None, **extra):
-    torch.manual_seed(0)
-    model = build_model(weights_from or model_config)
-    state = {"model": model.state_dict(), "config": {"model": model_config, "seed": 0}}
-    return save_checkpoint({**state, **extra}, path)
+from mnist.paths import REPO_ROOT
+from mnist.training.checkpoint import load_checkpoint
+from mnist.training.job import run_training
+from tests.helpers import run_script
+from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
+from tests.helpers.images import bad_files, seven, to_uint8
 
 
 @pytest.fixture

@@ -1,42 +1,16 @@
 """Preprocessing of images the tests draw: whatever the paper, ink, light, noise, size,
 position, transparency or file format, the output is the same MNIST-like digit."""
 
-import io
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from mnist.data import MNIST_MEAN, MNIST_STD
-from mnist.preprocess import MAX_PIXELS, ImageError, preprocess, to_mnist
-from tests.conftest import synthetic_digits
-
-
-def seven(width: int = 240, height: int = 180, left: int = 30, top: int = 20, scale=1.0):
-    """The ink of a hand-drawn-looking 7, in [0, 1], off-centre on a width x height canvas."""
-    canvas = Image.new("L", (width, height), 0)
-    points = [(0, 8), (70, 0), (62, 12), (28, 110)]
-    ImageDraw.Draw(canvas).line(
-        [(left + scale * x, top + scale * y) for x, y in points],
-        fill=255,
-        width=max(2, round(9 * scale)),
-        joint="curve",
-    )
-    return np.asarray(canvas, dtype=np.float64) / 255
-
-
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
-
-
-def encoded(image: Image.Image, file_format: str, **options) -> io.BytesIO:
-    buffer = io.BytesIO()
-    image.save(buffer, file_format, **options)
-    buffer.seek(0)
-    return buffer
+from mnist.data.batches import MNIST_MEAN, MNIST_STD
+from mnist.errors import ImageError
+from mnist.inference.digits import model_input, to_mnist
+from tests.helpers import synthetic_digits
+from tests.helpers.images import bad_files, encoded, seven, to_uint8
 
 
 def lit_noisy_paper(ink: np.ndarray, paper, pen, seed: int = 0) -> np.ndarray:
@@ -133,38 +107,11 @@ def test_synthetic_idx_digit_keeps_its_stroke_and_loses_its_noise():
     assert np.ptp(rows) + 1 == 20  # the 8x4 block, scaled to the 20 px box
 
 
-def test_preprocess_normalises_exactly_like_training(reference):
-    tensor = preprocess(to_uint8(seven()))
+def test_model_input_normalises_exactly_like_training(reference):
+    tensor = model_input(to_mnist(to_uint8(seven()))[None])[0]
     assert tensor.shape == (1, 28, 28) and tensor.dtype == torch.float32
     expected = (torch.from_numpy(reference).float() / 255 - MNIST_MEAN) / MNIST_STD
     torch.testing.assert_close(tensor[0], expected)
-
-
-def _bomb_png() -> bytes:
-    """A valid small PNG whose header claims a canvas far over MAX_PIXELS."""
-    png = encoded(Image.new("L", (8, 8)), "PNG").getvalue()
-    side = int(MAX_PIXELS**0.5) + 1000
-    header = b"IHDR" + struct.pack(">II", side, side) + png[24:29]
-    return png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
-
-
-def bad_files(tmp_path) -> dict:
-    good = encoded(Image.fromarray(to_uint8(1 - seven())), "PNG").getvalue()
-    files = {
-        "no such file": tmp_path / "missing.png",
-        "is a directory": tmp_path,
-        "empty file (0 bytes)": tmp_path / "empty.png",
-        "not an image": tmp_path / "notes.png",
-        "truncated or corrupt": tmp_path / "truncated.png",
-        "decompression bomb": tmp_path / "bomb.png",
-        "no digit found": tmp_path / "blank.png",
-    }
-    files["empty file (0 bytes)"].write_bytes(b"")
-    files["not an image"].write_text("a shopping list, not a picture\n")
-    files["truncated or corrupt"].write_bytes(good[: len(good) // 2])
-    files["decompression bomb"].write_bytes(_bomb_png())
-    Image.new("RGB", (50, 40), (200, 180, 20)).save(files["no digit found"])
-    return files
 
 
 def test_each_bad_input_raises_one_clear_error(tmp_path):

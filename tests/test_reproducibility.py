@@ -13,15 +13,17 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-import mnist.checkpoint as checkpoint_module
-from mnist.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
-from mnist.config import REPO_ROOT, ConfigError, validate_config
-from mnist.idx import IdxError, parse_idx
-from mnist.job import JobContext, run_training
-from mnist.models import UnsafeModelConfig, build_model
-from mnist.reproduce import TIMING_METRICS
-from mnist.tracking import TrackingError
-from tests.conftest import (
+import mnist.training.checkpoint as checkpoint_module
+from mnist.config import validate_config
+from mnist.context import JobContext
+from mnist.data.idx import IdxError, parse_idx
+from mnist.errors import ConfigError, TrackingError, UnsafeModelConfig
+from mnist.models import build_model
+from mnist.paths import REPO_ROOT
+from mnist.tools.reproduce import TIMING_METRICS
+from mnist.training.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
+from mnist.training.job import run_training
+from tests.helpers import (
     TRAIN_SCRIPT,
     compose_config,
     run_script,
@@ -138,7 +140,7 @@ def test_resume_refuses_a_checkpoint_with_an_incomplete_config(tiny_cfg, tmp_pat
     "model_cfg",
     [
         {"_target_": "subprocess.call", "args": ["true"]},
-        {"_target_": "mnist.models.count_parameters"},
+        {"_target_": "mnist.models.summarize"},
         {"_target_": "mnist.models.ConvNet", "stages": {"_target_": "os.system"}},
     ],
 )
@@ -188,7 +190,7 @@ def test_idx_parser_survives_random_bytes(data):
 @settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_idx_parser_refuses_any_truncation(draw):
-    from mnist.idx import encode_idx
+    from mnist.data.idx import encode_idx
 
     shape = draw.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
     encoded = encode_idx(np.zeros(shape, np.uint8))
@@ -243,7 +245,8 @@ def random_images(draw) -> np.ndarray:
     np.array([[255, 0, 0, 0], [255, 255, 255, 255], [255, 255, 255, 0], [255, 0, 255, 0]], np.uint8)
 )
 def test_preprocessing_gives_an_mnist_digit_or_a_clean_error(array):
-    from mnist.preprocess import ImageError, to_mnist
+    from mnist.errors import ImageError
+    from mnist.inference.digits import to_mnist
 
     try:
         digit = to_mnist(array)

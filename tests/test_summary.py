@@ -8,11 +8,10 @@ from mnist.models import (
     DenseNet,
     LayerSummary,
     build_model,
-    count_parameters,
     format_summary,
     summarize,
 )
-from tests.conftest import CONF_DIR, run_script
+from tests.helpers import CONF_DIR, run_script
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
@@ -22,10 +21,14 @@ def build(name: str) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_parameters_match_count_parameters_and_every_one_is_in_a_row(name):
+def test_parameters_match_the_model_and_every_one_is_in_a_row(name):
     model = build(name)
     summary = summarize(model)
-    assert summary.total_params == summary.trainable_params == count_parameters(model)
+    assert (
+        summary.total_params
+        == summary.trainable_params
+        == sum(p.numel() for p in model.parameters())
+    )
     assert sum(layer.params for layer in summary.layers) == summary.total_params
     assert summary.layers[-1].output_shape == (10,)
     assert summary.macs > 0

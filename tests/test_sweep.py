@@ -15,10 +15,10 @@ import joblib
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist.compare import compare
-from mnist.sweep import PARENT_RUN_FILE
-from tests.conftest import TRAIN_SCRIPT, run_train_script, tiny_overrides
-from tests.test_compare import compare_config, read_csv
+from mnist.reporting.compare import compare
+from mnist.tracking.sweep import PARENT_RUN_FILE
+from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
+from tests.helpers.compare import compare_config, read_csv
 
 PARENT_TAG = "mlflow.parentRunId"
 # A model whose head has 5 outputs for 10 classes: it builds, then fails in its first batch,

@@ -6,10 +6,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import mnist.job as job_module
-from mnist.checkpoint import load_checkpoint
-from mnist.job import JobContext, run_training
-from tests.conftest import run_train_script, tiny_overrides
+import mnist.training.job as job_module
+from mnist.context import JobContext
+from mnist.training.checkpoint import load_checkpoint
+from mnist.training.job import run_training
+from tests.helpers import run_train_script, tiny_overrides
 
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s",
                  "throughput_img_s"]  # fmt: skip
@@ -40,11 +41,15 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 @pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
 def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path):
     overrides = [o for o in tiny_overrides(synthetic_root, tmp_path) if "log_model" not in o]
+    elsewhere = tmp_path / "working_directory"
+    elsewhere.mkdir()
     result = run_train_script(
         "-m", *overrides, "model=fast,cnn24k", "trainer.test_every_epoch=true",
-        "logger.experiment=sweep",
+        "logger.experiment=sweep", cwd=elsewhere,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # Every MLflow call names the store: none is created where the command ran.
+    assert list(elsewhere.iterdir()) == []
     client = store(tmp_path)
     runs = [r for r in runs_of(client, "sweep") if "mlflow.parentRunId" in r.data.tags]
     assert [r.data.tags["model"] for r in runs] == ["fast", "cnn24k"]
@@ -175,8 +180,8 @@ def test_tensorboard_mirrors_the_metrics_without_changing_the_run(tiny_cfg, tmp_
 def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     tiny_cfg, synthetic_root, augmentation
 ):
-    from mnist.data import load_mnist
-    from mnist.job import PREVIEW_DRAWS, augmentation_preview
+    from mnist.data.tensors import load_mnist
+    from mnist.training.job import PREVIEW_DRAWS, augmentation_preview
 
     cfg = tiny_cfg(f"augmentation={augmentation}")
     data = load_mnist(synthetic_root)

@@ -6,6 +6,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mnist.errors import ModelConfigError, UnsafeModelConfig
 from mnist.models.cnn import CNN2, ConvNet
 from mnist.models.dense import DenseNet
 from mnist.models.summary import LayerSummary, ModelSummary, format_summary, summarize
@@ -25,7 +26,6 @@ __all__ = [
     "TinyVGG",
     "UnsafeModelConfig",
     "build_model",
-    "count_parameters",
     "format_summary",
     "summarize",
 ]
@@ -34,14 +34,6 @@ __all__ = [
 MODELS: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (CNN2, CNN24k, ConvNet, DenseNet, GAP20k, TinyVGG)
 }
-
-
-class ModelConfigError(ValueError):
-    """A model config that cannot be built; the message says why."""
-
-
-class UnsafeModelConfig(ModelConfigError):
-    """A model config that would instantiate something other than this package's models."""
 
 
 def _nested_targets(value: Any) -> bool:
@@ -73,8 +65,3 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2, model.foo=1
         raise ModelConfigError(f"cannot build {target} from model.* ({e})") from e
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, the number the reference tables report."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,5 +1,5 @@
 """Measured, not promised: a model's accuracy on photo-like renderings of MNIST test digits
-(mnist.photos), each saved as a PNG or JPEG file and read back through the preprocessing
+(mnist.tools.photos), each saved as a PNG or JPEG file and read back through the preprocessing
 of predict.py, next to the same model's accuracy on the original 28x28 images."""
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from mnist import plots
-from mnist.config import ConfigError
-from mnist.data import ensure_mnist, load_mnist
-from mnist.inference import load_model
-from mnist.photos import STYLES, render
-from mnist.preprocess import to_mnist
+from mnist.data.fetch import ensure_mnist
+from mnist.data.tensors import load_mnist
+from mnist.errors import ConfigError
+from mnist.inference.digits import to_mnist
+from mnist.inference.loading import load_model
+from mnist.reporting import plots
 from mnist.seeding import derive_seed, generator
-from mnist.trainer import evaluate
+from mnist.tools.photos import STYLES, render
+from mnist.tracking import store
+from mnist.training.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"styles={list(cfg.styles)} must be a non-empty list of {list(STYLES)}")
     if not isinstance(cfg.n, int) or cfg.n < 1:
         raise ConfigError(f"n={cfg.n!r} must be an integer >= 1 (test digits to render)")
-    loaded = load_model(cfg.ckpt, cfg.tracking_uri)
+    loaded = load_model(cfg.ckpt, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns))
     model, source = loaded.model, loaded.source
     device = torch.device("cpu")
     data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums))

@@ -11,33 +11,23 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-from mnist import tracking
-from mnist.checkpoint import load_checkpoint
-from mnist.config import REPO_ROOT, ConfigError
-from mnist.device import resolve_device
-from mnist.models import ModelConfigError, build_model
-from mnist.preprocess import ImageSource, model_input, to_mnist
+from mnist.errors import CheckpointError, ModelConfigError
+from mnist.models import build_model
+from mnist.paths import DEFAULT_MLRUNS
+from mnist.tracking import store
+from mnist.training.checkpoint import load_checkpoint
 
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 # How many of the most recent finished runs are searched for one with a checkpoint.
 RECENT_RUNS = 100
 FORMS = "a checkpoint path, runs:/<run id>/model, models:/<name>/<version>, or a run id"
-
-
-class CheckpointError(ConfigError):
-    """A model that cannot be loaded; the message names it, the problem and the fix. A
-    ConfigError, as the checkpoint is a value the user chose (ckpt=), and the scripts'
-    exit_on_user_error turns it into one line."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -116,10 +106,10 @@ def load_model_file(path: str | Path, source: str | None = None) -> LoadedModel:
     return LoadedModel(model.eval(), source, checkpoint["config"])
 
 
-def store_uri(configured: str | None = None) -> str:
+def store_uri(configured: str | None = None, mlruns: str | Path = DEFAULT_MLRUNS) -> str:
     """The MLflow store, located as training locates it; refused early if it is a local
     SQLite file that does not exist (MLflow would create an empty store)."""
-    uri = tracking.tracking_uri(configured, REPO_ROOT / "mlruns")
+    uri = store.tracking_uri(configured, mlruns)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise CheckpointError(
             f"no MLflow store at {uri}; train a model first (python scripts/train.py) or "
@@ -208,65 +198,3 @@ def load_model(
         if path.exists() or not RUN_ID.fullmatch(spec):
             return load_model_file(path, spec)
     return _load_from_run(spec, store_uri(tracking_uri))
-
-
-@dataclass(frozen=True)
-class Prediction:
-    digit: int
-    probability: float
-    # The three most probable digits, best first, as (digit, probability).
-    top3: tuple[tuple[int, float], ...]
-
-
-class Classifier:
-    """A trained model with the preprocessing it needs: what predict.py and the Python
-    API share, so both give the same answer for the same image.
-
-        clf = Classifier.load("outputs/.../checkpoints/best.pt")  # or a run id, or None
-        clf.predict("digit.jpg").digit
-    """
-
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", source: str = ""):
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
-        self.source = source
-
-    @classmethod
-    def load(
-        cls,
-        checkpoint: str | Path | None = None,
-        device: str = "cpu",
-        tracking_uri: str | None = None,
-    ) -> Classifier:
-        """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a
-        run id, or None for the best checkpoint of the latest finished run."""
-        loaded = load_model(checkpoint, tracking_uri)
-        return cls(loaded.model, device, loaded.source)
-
-    @torch.inference_mode()
-    def classify(self, digits: np.ndarray | torch.Tensor) -> list[Prediction]:
-        """Predictions for already preprocessed uint8 (B, 28, 28) digits."""
-        if len(digits) == 0:
-            return []
-        logits = self.model(model_input(digits).to(self.device)).float()
-        probabilities, ranked = logits.softmax(1).cpu().topk(3, dim=1)
-        return [
-            Prediction(
-                digit=best[0],
-                probability=probs[0],
-                top3=tuple(zip(best, probs, strict=True)),
-            )
-            for best, probs in zip(ranked.tolist(), probabilities.tolist(), strict=True)
-        ]
-
-    def predict(self, image: ImageSource) -> Prediction:
-        """The digit in one image: a path, file object, PIL image, numpy array or tensor.
-        Raises mnist.preprocess.ImageError when the image cannot be read."""
-        return self.predict_batch([image])[0]
-
-    def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
-        """One forward pass for all images; raises ImageError on the first unreadable one
-        (predict.py instead reports each bad file and goes on)."""
-        if not images:
-            return []
-        return self.classify(np.stack([to_mnist(image) for image in images]))

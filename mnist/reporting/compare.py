@@ -6,41 +6,21 @@ from __future__ import annotations
 
 import ast
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist import table, tracking
-from mnist.config import ConfigError
+from mnist.errors import ConfigError
+from mnist.reporting import table
+from mnist.reporting.table import Row
+from mnist.tracking import store
+from mnist.tracking.runs import log_artifacts, mlflow_run
 
 log = logging.getLogger(__name__)
 
-# The child runs of a sweep point at their parent with this tag (see mnist/sweep.py).
+# The child runs of a sweep point at their parent with this tag (see mnist/tracking/sweep.py).
 PARENT_TAG = "mlflow.parentRunId"
-
-
-@dataclass
-class Row:
-    """One model (and one value of each group_by key): its finished runs' numbers, the
-    number of runs that did not finish, and the reference it is measured against."""
-
-    model: str
-    groups: dict[str, str]
-    finished: int = 0
-    params: int | None = None
-    conv_layers: int | None = None
-    pooling: str = "n/a"
-    epochs: list[int] = field(default_factory=list)
-    final_acc: list[float] = field(default_factory=list)  # last-epoch test acc, per run
-    max_acc: list[float] = field(default_factory=list)  # best test acc over epochs, per run
-    checkpoint_acc: list[float] = field(default_factory=list)  # test acc of best-val weights
-    epoch_time_s: list[float] = field(default_factory=list)  # every epoch of every run
-    train_time_s: list[float] = field(default_factory=list)
-    img_per_s: list[float] = field(default_factory=list)
-    unfinished: list[Any] = field(default_factory=list)  # MLflow runs
-    reference: dict[str, Any] | None = None
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -184,7 +164,7 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
     from mlflow.tracking import MlflowClient
 
     experiment = cfg.logger.experiment
-    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     client = MlflowClient(uri)
     filter_string = search_filter(cfg.parent_run_id, cfg.filter)
     runs = load_runs(client, experiment, filter_string)
@@ -205,7 +185,7 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
         tags = {"compare.filter": filter_string, "compare.runs": str(len(runs))}
         params = {"group_by": ",".join(["model", *group_by])}
         run_name = cfg.logger.run_name or "compare"
-        with tracking.mlflow_run(uri, experiment, run_name, tags, params) as run:
-            tracking.log_artifacts(paths)
+        with mlflow_run(uri, experiment, run_name, tags, params) as run:
+            log_artifacts(paths)
         log.info("Logged as artifacts of run %s", run.info.run_id)
     return paths

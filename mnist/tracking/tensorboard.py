@@ -9,11 +9,14 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from mnist.extras import require
+
 
 class TensorBoardLog:
     """Event files in `log_dir`; `tensorboard --logdir <log_dir>` shows them."""
 
     def __init__(self, log_dir: Path, model: nn.Module) -> None:
+        require("tensorboard", "tensorboard", "logger.tensorboard=true")
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir

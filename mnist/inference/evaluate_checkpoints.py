@@ -17,13 +17,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor, nn
 
-from mnist import tracking
-from mnist.config import ConfigError, flatten
-from mnist.data import ensure_mnist, load_mnist
-from mnist.device import configure_torch, resolve_device
-from mnist.inference import LoadedModel, load_model
-from mnist.job import JobContext, write_test_reports
-from mnist.trainer import Evaluation, evaluate
+from mnist.config import flatten
+from mnist.context import JobContext
+from mnist.data.fetch import ensure_mnist
+from mnist.data.tensors import load_mnist
+from mnist.errors import ConfigError
+from mnist.inference.loading import LoadedModel, load_model
+from mnist.reporting.reports import write_test_reports
+from mnist.tracking import runs, store
+from mnist.training.device import configure_torch, resolve_device
+from mnist.training.evaluation import Evaluation, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def evaluate_model(
     model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, device: torch.device,
     tta: bool,
 ) -> Evaluation:  # fmt: skip
-    """`mnist.trainer.evaluate`; with `tta`, averaged over the image and its shifts."""
+    """`mnist.training.evaluation.evaluate`; with `tta`, averaged over the image and its shifts."""
     if not tta:
         return evaluate(model, images, labels, batch_size, device)
     shifts = [shifted(images, dy, dx) for dy, dx in TTA_SHIFTS]
@@ -97,7 +100,7 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     if not isinstance(cfg.grid_size, int) or cfg.grid_size < 0:
         raise ConfigError(f"grid_size={cfg.grid_size!r} must be an integer >= 0")
     specs = checkpoint_specs(cfg.ckpt)
-    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     members = [load_model(spec, uri) for spec in specs]
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, deterministic=False)
@@ -154,7 +157,7 @@ def _log_to_mlflow(
     for an ensemble, and each member's checkpoint and model as `member<i>.*`)."""
     trained = members[0].config
     model_name = str(trained["model"]["_target_"]).rsplit(".", 1)[-1]
-    tags = tracking.run_tags(int(trained.get("seed", 0)), device, ctx.overrides, model_name)
+    tags = runs.run_tags(int(trained.get("seed", 0)), device, ctx.overrides, model_name)
     tags["evaluated.checkpoint"] = ", ".join(member.source for member in members)
     params = {"checkpoint": tags["evaluated.checkpoint"], "tta": cfg.tta, "members": len(members)}
     params.update(flatten({"trained": trained}))
@@ -164,7 +167,7 @@ def _log_to_mlflow(
             params[f"member{i}.model"] = member.config["model"]["_target_"]
     default_name = f"evaluate {model_name}" if len(members) == 1 else "evaluate ensemble"
     run_name = cfg.logger.run_name or default_name
-    with tracking.mlflow_run(uri, cfg.logger.experiment, run_name, tags, params) as run:
-        tracking.log_metrics(metrics)
-        tracking.log_artifacts(artifacts)
+    with runs.mlflow_run(uri, cfg.logger.experiment, run_name, tags, params) as run:
+        runs.log_metrics(metrics)
+        runs.log_artifacts(artifacts)
         log.info("Logged to MLflow run %s in %s", run.info.run_id, uri)

@@ -14,9 +14,10 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 from PIL import Image
 
-from mnist.config import ConfigError
-from mnist.inference import Classifier, Prediction
-from mnist.preprocess import ImageError, to_mnist
+from mnist.errors import ConfigError, ImageError
+from mnist.inference.classifier import Classifier, Prediction
+from mnist.inference.digits import to_mnist
+from mnist.tracking import store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FORMATS = ("text", "json")
@@ -123,7 +124,9 @@ def run_prediction(cfg: DictConfig) -> int:
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
     outcomes = expand(_specs(cfg.img))
-    classifier = Classifier.load(cfg.ckpt, cfg.device.name, cfg.tracking_uri)
+    classifier = Classifier.load(
+        cfg.ckpt, cfg.device.name, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
+    )
     print(f"model: {classifier.source}", file=sys.stderr, flush=True)  # not in the JSON stream
     save_dir = Path(cfg.save_preprocessed) if cfg.save_preprocessed else None
     if save_dir is not None:

@@ -1,17 +1,39 @@
-"""The comparison rows of mnist/compare.py as a reader gets them: a Markdown table with its
-footnotes, a CSV of the raw numbers, and a PNG chart of accuracy and cost."""
+"""The comparison of many runs as a reader gets it: `Row` (one model, filled by
+mnist/reporting/compare.py from MLflow), rendered as a Markdown table with its footnotes, a
+CSV of the raw numbers, and a PNG chart of accuracy and cost."""
 
 from __future__ import annotations
 
 import csv
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from mnist.plots import _pyplot
+from mnist.reporting.plots import pyplot
 
-if TYPE_CHECKING:
-    from mnist.compare import Row
+
+@dataclass
+class Row:
+    """One model (and one value of each group_by key): its finished runs' numbers, the
+    number of runs that did not finish, and the reference it is measured against."""
+
+    model: str
+    groups: dict[str, str]
+    finished: int = 0
+    params: int | None = None
+    conv_layers: int | None = None
+    pooling: str = "n/a"
+    epochs: list[int] = field(default_factory=list)
+    final_acc: list[float] = field(default_factory=list)  # last-epoch test acc, per run
+    max_acc: list[float] = field(default_factory=list)  # best test acc over epochs, per run
+    checkpoint_acc: list[float] = field(default_factory=list)  # test acc of best-val weights
+    epoch_time_s: list[float] = field(default_factory=list)  # every epoch of every run
+    train_time_s: list[float] = field(default_factory=list)
+    img_per_s: list[float] = field(default_factory=list)
+    unfinished: list[Any] = field(default_factory=list)  # MLflow runs
+    reference: dict[str, Any] | None = None
+
 
 NOTES = """\
 - **final**: test accuracy after the last epoch (`test/acc_epoch`, logged with
@@ -138,7 +160,7 @@ def write_csv(rows: list[Row], group_by: list[str], path: Path) -> Path:
 def plot(rows: list[Row], title: str, path: Path) -> Path:
     """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
     markers, beside the seconds per epoch: what each model buys and what it costs."""
-    plt = _pyplot()
+    plt = pyplot()
     y = list(range(len(rows)))
     fig, (acc_ax, time_ax) = plt.subplots(
         1, 2, figsize=(11, 1.8 + 0.5 * len(rows)), sharey=True, width_ratios=[3, 2]

@@ -1,6 +1,6 @@
 """scripts/export.py: a trained model as one file that runs without this package, as ONNX
 (onnxruntime, from any language) or TorchScript (torch.jit.load, no Python class needed).
-Either takes the normalised float (N, 1, 28, 28) batch that mnist.preprocess.model_input
+Either takes the normalised float (N, 1, 28, 28) batch that mnist.inference.digits.model_input
 makes, for any N, and returns the (N, 10) logits. A file is only ever kept after it has
 been loaded back and run against PyTorch: a file that is shipped cannot be fixed later."""
 
@@ -19,12 +19,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from mnist import tracking
 from mnist.atomic import written_atomically
-from mnist.config import ConfigError
-from mnist.data import MNIST_MEAN, MNIST_STD
-from mnist.inference import load_model
-from mnist.preprocess import model_input
+from mnist.data.batches import MNIST_MEAN, MNIST_STD
+from mnist.errors import ConfigError, ExportError
+from mnist.extras import require
+from mnist.inference.digits import model_input
+from mnist.inference.loading import load_model
+from mnist.tracking import store
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 # float32 kernels that sum in another order differ by ~1e-6 on these logits; a wrongly
@@ -36,11 +37,6 @@ EXAMPLE_BATCH = 2
 # Batches the script checks the written file on: two sizes, so a batch size baked into
 # the file would show.
 CHECK_BATCHES = (1, 32)
-
-
-class ExportError(RuntimeError):
-    """The written file does not compute what the model computes: a fault of the exporter
-    or the runtime, not of the config, so the file is deleted rather than shipped."""
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
@@ -76,10 +72,14 @@ def _torchscript_without_deprecation_warnings() -> Iterator[None]:
         yield
 
 
-def _write(model: nn.Module, path: Path, fmt: str) -> None:
+def write_model(model: nn.Module, path: Path, fmt: str) -> None:
+    """`model` as one file in format `fmt` at `path` (not atomically: run_export writes
+    under a temporary name and keeps the file only once it is checked)."""
     plain = _plain_copy(model)
     example = model_input(torch.zeros(EXAMPLE_BATCH, 28, 28, dtype=torch.uint8))
     if fmt == "onnx":
+        for module in ("onnx", "onnxscript"):
+            require(module, "export", "ONNX export")
         with _quiet_onnx_exporter():
             torch.onnx.export(
                 plain,
@@ -102,22 +102,10 @@ def _write(model: nn.Module, path: Path, fmt: str) -> None:
             torch.jit.save(torch.jit.trace(plain, (example,)), str(path))
 
 
-def export_model(model: nn.Module, path: str | Path, fmt: str) -> Path:
-    """Writes `model` to `path` in format `fmt` ("onnx" or "torchscript") atomically:
-    an interrupted export leaves whatever was at `path` before."""
-    if fmt not in SUFFIXES:
-        raise ValueError(f"format {fmt!r} is not one of {', '.join(SUFFIXES)}")
-    path = Path(path)
-    with written_atomically(path) as staged:
-        _write(model, staged, fmt)
-    return path
-
-
 def _runner(path: Path, fmt: str) -> Callable[[Tensor], Tensor]:
     """The exported file loaded as a user would load it, as a function of a batch."""
     if fmt == "onnx":
-        import onnxruntime
-
+        onnxruntime = require("onnxruntime", "export", "Checking an ONNX export")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda batch: torch.from_numpy(session.run(["logits"], {"images": batch.numpy()})[0])
     with _torchscript_without_deprecation_warnings():
@@ -186,9 +174,9 @@ def run_export(cfg: DictConfig, output_dir: Path) -> Path:
     ckpt = None if cfg.ckpt is None else Path(str(cfg.ckpt)).expanduser()
     if ckpt is not None and path.exists() and ckpt.exists() and path.samefile(ckpt):
         raise ConfigError(f"out={cfg.out} is the checkpoint itself; name another file")
-    loaded = load_model(cfg.ckpt, tracking.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns))
+    loaded = load_model(cfg.ckpt, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns))
     with written_atomically(path) as staged:
-        _write(loaded.model, staged, fmt)
+        write_model(loaded.model, staged, fmt)
         difference = check_export(staged, fmt, loaded.model, _check_batches())
         if difference > TOLERANCE:
             raise ExportError(

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,12 +19,12 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_confusion_matrix(matrix: Tensor, path: Path, title: str = "Confusion matrix") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     counts = matrix.cpu().numpy()
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(counts, cmap="Blues")
@@ -48,7 +48,7 @@ def plot_confusion_matrix(matrix: Tensor, path: Path, title: str = "Confusion ma
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     """Loss and accuracy (train vs validation) and the learning rate, per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     panels = [("loss", "loss"), ("acc", "accuracy")]
@@ -77,7 +77,7 @@ def plot_predictions(
     (so a confident mistake stands out from a near tie), wrong predictions in red. Drawn as
     one mosaic image rather than one axes per digit, which is several times faster.
     `probabilities`: the (N, 10) softmax outputs."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     columns = min(8, n)
     rows = (n + columns - 1) // columns
@@ -135,7 +135,7 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
     """What the model is trained on: each row a training digit as stored, then random
     draws of the run's augmentation. originals (N, 28, 28), variants (N, K, 28, 28), in
     [0, 1]."""
-    plt = _pyplot()
+    plt = pyplot()
     n, k = variants.shape[:2]
     cell, gap = 30, 10  # a 1-px margin around each digit; a gap after the originals
     # Ink dark on white (the gray_r colour map); margins light grey to frame each digit.

@@ -19,24 +19,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from mnist import tracking
-from mnist.augment import BatchAugment
 from mnist.config import flatten, validate_config
-from mnist.data import (
-    MNIST_MEAN,
-    MNIST_STD,
-    DataError,
-    MnistTensors,
-    batch_indices,
-    ensure_mnist,
-    load_mnist,
-    training_batches,
-)
-from mnist.device import configure_torch, resolve_device
-from mnist.job import initial_model, prepare_split
-from mnist.optim import build_optimizer
+from mnist.data.augment import BatchAugment
+from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices, training_batches
+from mnist.data.fetch import ensure_mnist
+from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
+from mnist.errors import DataError
 from mnist.seeding import generator, seed_everything
-from mnist.trainer import evaluate
+from mnist.tracking import runs, store
+from mnist.training.build import initial_model
+from mnist.training.device import configure_torch, resolve_device
+from mnist.training.evaluation import evaluate
+from mnist.training.optim import build_optimizer
 
 Batches = Iterator[tuple[Tensor, Tensor]]
 
@@ -246,8 +240,8 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     """Validate, prepare the data as a training run would, time both pipelines, then write
     the Markdown table and log it with the numbers to MLflow."""
     validate_config(cfg)
-    uri = tracking.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    tracking.check_store(uri)
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, deterministic=False)
     seed_everything(cfg.seed)
@@ -257,7 +251,7 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(results, cfg.benchmark.target_acc)
-    tags = tracking.run_tags(cfg.seed, device, [], cfg.model._target_)
+    tags = runs.run_tags(cfg.seed, device, [], cfg.model._target_)
     header = (
         f"model={cfg.model._target_.rsplit('.', 1)[-1]}, augmentation={cfg.augmentation.name}, "
         f"batch {cfg.trainer.batch_size}, {cfg.benchmark.steps} steps, device {device} "
@@ -266,13 +260,13 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     path = output_dir / "benchmark.md"
     path.write_text(header + table)
     print(header + table)
-    with tracking.mlflow_run(uri, cfg.logger.experiment, "benchmark", tags, flatten(cfg)):
+    with runs.mlflow_run(uri, cfg.logger.experiment, "benchmark", tags, flatten(cfg)):
         for r in results:
             metrics = {f"{r.name}/train_img_s": r.train_img_s, f"{r.name}/eval_img_s": r.eval_img_s,
                        f"{r.name}/peak_rss_mb": r.peak_rss_mb}  # fmt: skip
             if r.time_to_target_s is not None:
                 metrics[f"{r.name}/time_to_target_s"] = r.time_to_target_s
-            tracking.log_metrics(metrics)
-        tracking.log_metrics({"speedup/train": results[0].train_img_s / results[1].train_img_s})
-        tracking.log_artifacts([path])
+            runs.log_metrics(metrics)
+        runs.log_metrics({"speedup/train": results[0].train_img_s / results[1].train_img_s})
+        runs.log_artifacts([path])
     return results

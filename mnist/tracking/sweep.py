@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist import tracking
+from mnist.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = tracking.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
+        uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.
-        experiment_id = tracking.get_or_create_experiment(uri, config.logger.experiment)
+        experiment_id = store.get_or_create_experiment(uri, config.logger.experiment)
         sweep_dir = Path(config.hydra.sweep.dir)
         run = MlflowClient(uri).create_run(
             experiment_id,

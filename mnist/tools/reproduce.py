@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from mnist import tracking
-from mnist.config import ConfigError
-from mnist.job import JobContext, run_training
+from mnist.context import JobContext
+from mnist.errors import ConfigError
+from mnist.tracking import runs, store
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ TIMING_METRICS = {
     "test/eval_time_s",
 }
 WEIGHTS_TAG = "best.weights_sha256"
+
+# run_training of mnist/training/job.py, passed in by scripts/reproduce.py.
+TrainingCommand = Callable[[DictConfig, JobContext], dict[str, Any]]
 
 
 @dataclass
@@ -88,28 +93,30 @@ def format_comparison(rows: list[Comparison], tolerance: float) -> str:
     return "\n".join(lines)
 
 
-def reproduce(run_id: str, output_dir: Path, tolerance: float, tracking_uri: str | None) -> bool:
-    """Re-run `run_id` as a new run tagged `reproduced_from`; print the comparison and
-    return whether every metric matched within `tolerance` (0: bit for bit)."""
+def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool:
+    """Re-run `cfg.run_id` with `train` (scripts/reproduce.py passes the training command)
+    as a new run tagged `reproduced_from`; print the comparison and return whether every
+    metric matched within `cfg.tolerance` (0: bit for bit)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = tracking.tracking_uri(tracking_uri, tracking.REPO_ROOT / "mlruns")
+    run_id, tolerance = cfg.run_id, cfg.tolerance
+    uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     client = MlflowClient(uri)
     try:
         source = client.get_run(run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+            run_cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
     except (MlflowException, OSError) as e:
         raise ConfigError(f"run_id={run_id}: cannot read the run's config from {uri} ({e})") from e
     tags = source.data.tags
-    commit, dirty = tracking.git_state()
+    commit, dirty = runs.git_state()
     if tags.get("git.commit") != commit:
         log.warning("The run was made at commit %s; this checkout is at %s",
                     tags.get("git.commit"), commit)  # fmt: skip
     if dirty != "false":
         log.warning("The working tree has uncommitted changes: the code may differ from the run's")
-    cfg.logger.tracking_uri = uri
+    run_cfg.logger.tracking_uri = uri
     ctx = JobContext(
         output_dir=output_dir,
         overrides=tags.get("hydra.overrides", "").split(),
@@ -117,7 +124,7 @@ def reproduce(run_id: str, output_dir: Path, tolerance: float, tracking_uri: str
         override_dirname=f"reproduce:{source.info.run_name}",
         extra_tags={"reproduced_from": run_id},
     )
-    result = run_training(cfg, ctx)
+    result = train(run_cfg, ctx)
     rows = compare_runs(client, run_id, result["run_id"])
     passed = all(row.matches(tolerance) for row in rows)
     print(format_comparison(rows, tolerance))

@@ -1,0 +1,42 @@
+"""JobContext: what Hydra knows about a job and its config does not. Shared by every
+command that writes a run (training, evaluation, reproduction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class JobContext:
+    """Where to write, how the job was asked for, and which option of each config group
+    was chosen."""
+
+    output_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
+    # Hydra's override_dirname: the overrides minus where-to-write keys, e.g. "model=cnn2,seed=1".
+    override_dirname: str = ""
+    # The MLflow run of the sweep this job is part of (mnist/tracking/sweep.py); None outside one.
+    parent_run_id: str | None = None
+    # Added to the run's tags, e.g. the source run of a reproduction.
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_hydra(cls) -> JobContext:
+        from hydra.core.hydra_config import HydraConfig
+
+        from mnist.tracking.sweep import parent_run_id
+
+        hydra = HydraConfig.get()
+        return cls(
+            output_dir=Path(hydra.runtime.output_dir),
+            overrides=list(hydra.overrides.task),
+            choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
+            override_dirname=hydra.job.override_dirname,
+            parent_run_id=parent_run_id(hydra),
+        )
+
+    @property
+    def run_name(self) -> str:
+        return self.override_dirname or self.choices.get("model", "run")

@@ -1,0 +1,93 @@
+"""MNIST on the training device: the IDX files parsed once into uint8 tensors, and a
+seeded validation split of the training images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from mnist.data.idx import IdxError, read_idx
+from mnist.errors import DataError
+
+MNIST_TRAIN_SIZE = 60_000
+
+
+@dataclass(frozen=True)
+class MnistTensors:
+    """The whole dataset, resident on one device: images uint8 (N, 28, 28), labels int64."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+
+
+def _read_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte")
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise DataError(f"{prefix} images: expected uint8 (N, 28, 28), got {images.shape}")
+    if labels.shape != (len(images),) or labels.max(initial=0) > 9:
+        raise DataError(f"{prefix} labels: expected {len(images)} digits 0-9")
+    return images, labels
+
+
+def load_mnist(root: str | Path, device: torch.device | str = "cpu") -> MnistTensors:
+    root = Path(root)
+    try:
+        train_images, train_labels = _read_pair(root, "train")
+        test_images, test_labels = _read_pair(root, "t10k")
+    except IdxError as e:
+        raise DataError(str(e)) from e
+
+    def to_device(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+        return torch.from_numpy(array).to(device=device, dtype=dtype)
+
+    return MnistTensors(
+        to_device(train_images, torch.uint8),
+        to_device(train_labels, torch.int64),
+        to_device(test_images, torch.uint8),
+        to_device(test_labels, torch.int64),
+    )
+
+
+def split_indices(
+    labels: Tensor, val_size: int, seed: int, stratify: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Shuffled (train, validation) indices. The split depends only on the labels, the
+    seed and `val_size`, so changing the model or optimizer never changes it."""
+    n = len(labels)
+    if not 0 < val_size < n:
+        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    if not stratify:
+        return order[val_size:], order[:val_size]
+    shuffled_labels = labels.cpu()[order]
+    counts = torch.bincount(shuffled_labels, minlength=10).double()
+    quota = counts * val_size / n
+    take = quota.floor().long()
+    # Largest remainders get the leftover slots, so the quotas sum to val_size exactly.
+    leftover = val_size - int(take.sum())
+    take[torch.argsort(quota - take, descending=True, stable=True)[:leftover]] += 1
+    # Rank of each sample among the shuffled samples of its class.
+    rank = torch.empty(n, dtype=torch.long)
+    for digit in range(10):
+        members = (shuffled_labels == digit).nonzero().squeeze(1)
+        rank[members] = torch.arange(len(members))
+    in_val = rank < take[shuffled_labels]
+    return order[~in_val], order[in_val]
+
+
+def prepare_split(cfg: DictConfig, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The run's (train, validation) indices on the labels' device: `data.val_size`
+    held out, `data.train_subset` of the rest kept."""
+    train_idx, val_idx = split_indices(labels, cfg.data.val_size, cfg.seed, cfg.data.stratify)
+    if cfg.data.train_subset is not None:
+        train_idx = train_idx[: cfg.data.train_subset]
+    return train_idx.to(labels.device), val_idx.to(labels.device)

@@ -1,0 +1,48 @@
+"""Every exception type the package raises on purpose, in one module that imports nothing
+heavy: the entry points catch these (mnist/cli.py) without importing torch or MLflow, and
+each stage raises the one that names whose problem it is."""
+
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+class CheckpointError(ConfigError):
+    """A model that cannot be loaded; the message names it, the problem and the fix. A
+    ConfigError, as the checkpoint is a value the user chose (ckpt=, trainer.resume=)."""
+
+
+class ModelConfigError(ValueError):
+    """A model config that cannot be built; the message says why."""
+
+
+class UnsafeModelConfig(ModelConfigError):
+    """A model config that would instantiate something other than this package's models."""
+
+
+class DataError(RuntimeError):
+    """The dataset cannot be obtained or does not match what was asked for."""
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be reached or written."""
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image of a digit; the message names it and why."""
+
+
+class ExportError(RuntimeError):
+    """The written file does not compute what the model computes: a fault of the exporter
+    or the runtime, not of the config, so the file is deleted rather than shipped."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal after writing a resumable checkpoint. A
+    KeyboardInterrupt, so the MLflow run is closed as KILLED, not FAILED."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"training interrupted; resume with trainer.resume={checkpoint}")
+        self.checkpoint = checkpoint

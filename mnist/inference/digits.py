@@ -1,0 +1,172 @@
+"""Any image of a digit -> the 28x28 input the model was trained on, made the way MNIST was
+made: the digit's ink, white on black with the background at exactly zero, scaled so its
+longest side is 20 px with anti-aliasing, placed in 28x28 with its centre of mass at the
+centre. A model that scores 99% on MNIST has only seen such images, so whatever a photo
+adds (paper colour, uneven light, noise, polarity, position, size) is taken away here.
+
+numpy and PIL only: the few image operations needed (box blur, connected components, a
+least-squares background) are short in numpy and not worth a scipy/OpenCV dependency."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mnist.data.batches import normalize, to_unit_float
+from mnist.errors import ImageError
+from mnist.inference.imageops import box_mean, components, dilate, fit_background, otsu, sample
+from mnist.inference.images import ImageSource, as_image, describe, grey_levels
+
+IMAGE_SIZE = 28
+DIGIT_BOX = 20
+# Where MNIST put the centre of mass (row, column in pixel indices): the mean over the
+# training set is (14.00, 14.01).
+CENTRE = 14.0
+# A digit found smaller than this (in pixels of the shrunk image) is searched again in a
+# full-resolution crop around it: a small digit in a large photo keeps its detail.
+DETAIL_SIZE = 96
+# Ink must stand this many noise deviations above the background, so that paper texture
+# and sensor noise never become strokes, even when the digit is a tiny part of the image.
+NOISE_SIGMAS = 4.0
+# Pieces of a digit (a broken stroke, the bar of a 5) are kept when they carry this
+# fraction of the main stroke's ink and lie near it; smaller specks are noise.
+PIECE_FRACTION = 0.05
+# The ink level that maps to white: this percentile of the stroke pixels, so the core
+# of a stroke saturates as in MNIST, where ~45% of the stroke pixels are >= 0.9.
+INK_PERCENTILE = 75
+
+
+def _ink_is_dark(gray: np.ndarray) -> bool:
+    """Dark ink on light paper, or light ink on a dark background? The border is mostly
+    background; the ink is the extreme furthest from it. Extremes are taken after a blur,
+    where strokes survive and pixel noise does not."""
+    h, w = gray.shape
+    ring = max(1, round(0.03 * min(h, w)))
+    border = np.concatenate(
+        [gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()]
+    )
+    background = np.median(sample(border))
+    smooth = box_mean(gray, max(1, round(max(h, w) / 300)))
+    return background - smooth.min() > smooth.max() - background
+
+
+def _ink_threshold(smooth: np.ndarray, background: np.ndarray) -> float:
+    """Otsu's threshold, raised to the noise floor of the background where Otsu would cut
+    into the noise (it does when the ink is a tiny fraction of the image)."""
+    values = sample(smooth[background] if background.any() else smooth)
+    centre = np.median(values)
+    noise = 1.4826 * np.median(np.abs(values - centre))  # a robust standard deviation
+    return max(otsu(sample(smooth, 50_000)), centre + NOISE_SIGMAS * noise)
+
+
+def _digit_mask(strong: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The strokes of the digit among all ink blobs: the heaviest blob that does not touch
+    the image border (paper edges and shadows do), plus nearby pieces of real weight."""
+    component = components(strong)
+    rows, cols = np.nonzero(strong)
+    n = component.max() + 1
+    mass = np.bincount(component, weights=weight[rows, cols], minlength=n)
+    top, left = np.full(n, rows.max()), np.full(n, cols.max())
+    bottom, right = np.zeros(n, int), np.zeros(n, int)
+    np.minimum.at(top, component, rows)
+    np.minimum.at(left, component, cols)
+    np.maximum.at(bottom, component, rows)
+    np.maximum.at(right, component, cols)
+    h, w = strong.shape
+    inner = (top > 0) & (left > 0) & (bottom < h - 1) & (right < w - 1)
+    candidates = inner if inner.any() else np.ones(n, bool)
+    main = np.argmax(np.where(candidates, mass, -1.0))
+    margin = 0.5 * max(bottom[main] - top[main], right[main] - left[main]) + 1
+    near = (
+        (top >= top[main] - margin)
+        & (bottom <= bottom[main] + margin)
+        & (left >= left[main] - margin)
+        & (right <= right[main] + margin)
+    )
+    keep = (mass >= PIECE_FRACTION * mass[main]) & near & (candidates | (np.arange(n) == main))
+    mask = np.zeros_like(strong)
+    mask[rows, cols] = keep[component]
+    return mask
+
+
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """The digit's ink in [0, 1] (white on black, background exactly 0), same shape."""
+    if np.ptp(gray) < 1 / 255:
+        raise ImageError("no digit found, the image is a single flat colour")
+    bright = 1.0 - gray if _ink_is_dark(gray) else gray
+    radius = max(1, round(max(gray.shape) / 300))
+    smooth = box_mean(bright, radius)
+    exclude = dilate(smooth > otsu(smooth), radius)
+    for _ in range(2):  # fit the background without the ink, then refit without what it revealed
+        residual = bright - fit_background(bright, exclude)
+        smooth = box_mean(residual, radius)
+        strong = smooth > _ink_threshold(smooth, ~exclude)
+        exclude = dilate(strong, radius)
+    if not strong.any():
+        raise ImageError("no digit found, nothing stands out from the background")
+    digit = _digit_mask(strong, np.clip(smooth, 0, None))
+    rows, cols = np.nonzero(digit)
+    size = max(np.ptp(rows), np.ptp(cols)) + 1
+    # Keep the soft edge of the strokes (a fraction of an MNIST pixel wide) that lies
+    # below the threshold: it is the anti-aliasing MNIST has too.
+    edge = dilate(digit, max(1, round(size / (2 * DIGIT_BOX))))
+    level = np.percentile(residual[digit], INK_PERCENTILE)
+    ink = np.where(edge, np.clip(residual / max(level, 1e-6), 0, 1), 0.0)
+    if not ink.any():
+        raise ImageError("no digit found, nothing stands out from the background")
+    return ink
+
+
+def _centred(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink, scale the long side to 20 px (anti-aliased, aspect kept), and
+    place in 28x28 with the centre of mass at the centre, as MNIST did."""
+    rows, cols = np.nonzero(ink)
+    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].astype(np.float32)
+    h, w = crop.shape
+    scale = DIGIT_BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
+    digit = np.clip(digit, 0, 1)
+    mass = digit.sum()
+    if mass <= 0:
+        raise ImageError("no digit found after scaling")
+    cy = (digit.sum(1) * np.arange(digit.shape[0])).sum() / mass
+    cx = (digit.sum(0) * np.arange(digit.shape[1])).sum() / mass
+    top = int(np.clip(round(CENTRE - cy), 0, IMAGE_SIZE - digit.shape[0]))
+    left = int(np.clip(round(CENTRE - cx), 0, IMAGE_SIZE - digit.shape[1]))
+    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return canvas
+
+
+def _digit_ink(image: Image.Image) -> np.ndarray:
+    """The digit's ink, found in the image shrunk to WORK_SIZE; found again in a
+    full-resolution crop around it (three times its size) when it came out small."""
+    ink = _ink(grey_levels(image))
+    shrink = max(image.size) / max(ink.shape)
+    rows, cols = np.nonzero(ink)
+    size = max(np.ptp(rows), np.ptp(cols)) + 1
+    if shrink <= 1 or size >= DETAIL_SIZE:
+        return ink
+    box = np.array([cols.min() - size, rows.min() - size, cols.max() + size, rows.max() + size])
+    left, top, right, bottom = np.clip(np.round(box * shrink), 0, [*image.size, *image.size])
+    crop = image.crop((int(left), int(top), int(right) + 1, int(bottom) + 1))
+    return _ink(grey_levels(crop))
+
+
+def to_mnist(source: ImageSource) -> np.ndarray:
+    """The digit in `source` as MNIST stores digits: uint8 (28, 28), white on black.
+    Raises ImageError, naming the input, when it cannot be read or holds no digit."""
+    image = as_image(source)
+    try:
+        canvas = _centred(_digit_ink(image))
+    except ImageError as e:
+        raise ImageError(f"{describe(source)}: {e}") from e
+    return np.round(canvas * 255).astype(np.uint8)
+
+
+def model_input(digits: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) digits -> the normalised float (B, 1, 28, 28) batch, exactly as
+    the training loop builds its batches."""
+    return normalize(to_unit_float(torch.as_tensor(digits)))

@@ -1,0 +1,252 @@
+"""One training job, start to finish: validate the config, prepare data and model, train
+inside an MLflow run, then test the best-validation checkpoint and log the reports. Only
+scripts/train.py imports this module; what other commands share lives in the stages."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mnist.config import flatten, validate_config
+from mnist.context import JobContext
+from mnist.data.augment import BatchAugment
+from mnist.data.batches import normalize, to_unit_float
+from mnist.data.fetch import ensure_mnist
+from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
+from mnist.errors import ConfigError, TrackingError
+from mnist.models import ModelSummary, format_summary, summarize
+from mnist.reporting import plots
+from mnist.reporting.reports import write_training_reports
+from mnist.seeding import generator, seed_everything
+from mnist.tracking import runs, store
+from mnist.training.build import build_learner, initial_model
+from mnist.training.checkpoint import load_checkpoint, state_dict_sha256
+from mnist.training.device import configure_torch, resolve_device
+from mnist.training.evaluation import Evaluation, evaluate
+from mnist.training.loop import Checkpoints, FitResult, MetricsLogger, fit
+from mnist.training.resume import load_resume_checkpoint, resume_config
+
+log = logging.getLogger(__name__)
+
+# The augmentation preview: random draws of the augmentation per digit.
+PREVIEW_DRAWS = 7
+
+
+def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
+    """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
+    side effect in mlruns/ when the config, the data or the store cannot work."""
+    cfg, uri, resume_state = _resolve(cfg, ctx)
+    device = resolve_device(cfg.device.name)
+    configure_torch(device, cfg.device, cfg.trainer.deterministic)
+    seed_everything(cfg.seed)
+
+    data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums), device)
+    train_idx, val_idx = prepare_split(cfg, data.train_labels)
+    model = initial_model(cfg, device)
+    learner = build_learner(cfg, model, device, len(train_idx))
+    summary = summarize(model)
+    model_name = ctx.choices.get("model", type(model).__name__)
+    log.info(
+        "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images\n%s",
+        model_name, summary.total_params, summary.macs / 1e6, device, len(train_idx),
+        len(val_idx), len(data.test_labels), format_summary(summary),
+    )  # fmt: skip
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, data, train_idx)
+    checkpoint_dir = ctx.output_dir / "checkpoints"
+
+    with runs.mlflow_run(
+        uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name,
+        _tags(cfg, ctx, device, model_name), flatten(cfg),
+        resume_state["mlflow_run_id"] if resume_state else None,
+    ) as run:  # fmt: skip
+        if not resume_state:
+            runs.log_metrics({"params_count": summary.total_params, "macs_per_image": summary.macs})
+        with _epoch_logger(cfg, ctx.output_dir, model, draws) as log_metrics:
+            with _explain_nondeterminism():
+                checkpoints = Checkpoints(
+                    checkpoint_dir, {"config": resolved, "mlflow_run_id": run.info.run_id}
+                )
+                result = fit(
+                    learner, data, train_idx, val_idx, cfg.trainer, device, checkpoints,
+                    log_metrics, resume_state,
+                )  # fmt: skip
+            test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
+            log_metrics(final, len(result.history))
+        files += write_training_reports(
+            ctx.output_dir, data.test_images, data.test_labels, test, result.history
+        )
+        _log_outputs(cfg, uri, ctx.output_dir, files, model, data.test_images)
+        log.info(
+            "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",
+            result.best_epoch, result.best_val_acc, test.accuracy, run.info.run_id, uri,
+        )  # fmt: skip
+    return {**final, "run_id": run.info.run_id, "params_count": summary.total_params}
+
+
+def _resolve(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, str, dict[str, Any] | None]:
+    """(the config to run, the store URI, the last.pt state to resume from or None): a
+    resumed run continues with its own config, in its own output directory."""
+    validate_config(cfg)
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    resume_state = None
+    if cfg.trainer.resume:
+        checkpoint_path, resume_state = load_resume_checkpoint(cfg.trainer.resume, uri)
+        log.info("Resuming %s with the run's own config", checkpoint_path)
+        cfg = resume_config(resume_state, checkpoint_path)
+        ctx.output_dir = checkpoint_path.parent.parent
+        uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
+    return cfg, uri, resume_state
+
+
+def _write_run_files(
+    cfg: DictConfig,
+    output_dir: Path,
+    resolved: dict[str, Any],
+    summary: ModelSummary,
+    data: MnistTensors,
+    train_idx: torch.Tensor,
+) -> tuple[list[Path], torch.Tensor]:
+    """The run's resolved config, model summary and augmentation preview; returns the
+    files and the augmented draws (TensorBoard shows them too)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / "config.yaml"
+    OmegaConf.save(resolved, config_path)
+    summary_path = output_dir / "model_summary.txt"
+    summary_path.write_text(format_summary(summary) + "\n")
+    originals, draws, description = augmentation_preview(
+        cfg, data.train_images, data.train_labels, train_idx
+    )
+    preview = plots.plot_augmented_inputs(
+        originals, draws, output_dir / "augmented_inputs.png", description
+    )
+    return [config_path, summary_path, preview], draws
+
+
+def _test_best_checkpoint(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    data: MnistTensors,
+    device: torch.device,
+    checkpoint_dir: Path,
+    result: FitResult,
+) -> tuple[Evaluation, dict[str, float]]:
+    """The best-validation weights on the test set (the only time a run looks at it,
+    unless trainer.test_every_epoch), and the run's final metrics."""
+    best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
+    model.load_state_dict(best["model"])
+    runs.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
+    test_start = time.perf_counter()
+    test = evaluate(
+        model, data.test_images, data.test_labels, cfg.trainer.eval_batch_size, device,
+        cfg.trainer.precision,
+    )  # fmt: skip
+    return test, {
+        "test/acc": test.accuracy,
+        "test/loss": test.loss,
+        "test/eval_time_s": time.perf_counter() - test_start,
+        "best/val_acc": result.best_val_acc,
+        "best/epoch": result.best_epoch,
+        "train_time_s": result.train_time_s,
+    }
+
+
+def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) -> dict[str, str]:
+    tags = runs.run_tags(cfg.seed, device, ctx.overrides, model)
+    tags["output_dir"] = str(ctx.output_dir)
+    tags.update(ctx.extra_tags)
+    # Parallel jobs share the cores: their timings only compare with the thread count.
+    tags["torch.num_threads"] = str(torch.get_num_threads())
+    if ctx.parent_run_id:
+        tags["mlflow.parentRunId"] = ctx.parent_run_id
+    return tags
+
+
+def _log_outputs(
+    cfg: DictConfig,
+    uri: str,
+    output_dir: Path,
+    files: list[Path],
+    model: torch.nn.Module,
+    test_images: torch.Tensor,
+) -> None:
+    """The run's files, its best checkpoint and (logger.log_model) the model, to MLflow."""
+    folders = [output_dir / ".hydra", output_dir / "tensorboard"]
+    try:
+        runs.log_artifacts([*files, *filter(Path.is_dir, folders)])
+        runs.log_artifacts([output_dir / "checkpoints" / "best.pt"], artifact_path="checkpoints")
+        if cfg.logger.log_model:
+            example = normalize(to_unit_float(test_images[:4])).cpu()
+            runs.log_pytorch_model(copy.deepcopy(model).cpu(), example)
+    except Exception as e:
+        raise TrackingError(
+            f"uploading artifacts to {uri} failed ({e}); the checkpoints and reports "
+            f"are kept in {output_dir}"
+        ) from e
+
+
+def augmentation_preview(
+    cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(originals (N, 28, 28), augmented draws (N, K, 28, 28), a description): what the
+    model is trained on, for the first training image of each digit. Drawn from a
+    generator of its own, so the run's training stream of random numbers is the same
+    whether or not anyone looks."""
+    augment = BatchAugment.from_config(
+        cfg.augmentation, generator(cfg.seed, "augment-preview", images.device)
+    )
+    _, first = np.unique(labels[indices].cpu().numpy(), return_index=True)
+    originals = to_unit_float(images[indices[torch.from_numpy(first).to(indices.device)]])
+    draws = augment(originals.repeat_interleave(PREVIEW_DRAWS, 0))
+    description = f"augmentation={cfg.augmentation.name}: {augment.describe()}"
+    return originals[:, 0], draws.view(len(originals), PREVIEW_DRAWS, 28, 28), description
+
+
+@contextmanager
+def _epoch_logger(
+    cfg: DictConfig, output_dir: Path, model: torch.nn.Module, draws: torch.Tensor
+) -> Iterator[MetricsLogger]:
+    """Where metrics go: MLflow, and TensorBoard too with logger.tensorboard=true (which
+    also gets the augmented inputs once and weight histograms every epoch)."""
+    if not cfg.logger.tensorboard:
+        yield runs.log_metrics
+        return
+    from mnist.tracking.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(output_dir / "tensorboard", model)
+    board.log_images("inputs/augmented", draws.reshape(-1, 1, 28, 28))
+
+    def log_both(metrics: dict[str, float], step: int) -> None:
+        runs.log_metrics(metrics, step)
+        board.log_metrics(metrics, step)
+
+    try:
+        yield log_both
+    finally:
+        board.close()
+
+
+@contextmanager
+def _explain_nondeterminism() -> Iterator[None]:
+    """torch.use_deterministic_algorithms raises deep inside an op; say what to do."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "deterministic" not in str(e):
+            raise
+        raise ConfigError(
+            f"trainer.deterministic=true, but an operation has no deterministic kernel on "
+            f"this device: {str(e).splitlines()[0]} Set trainer.deterministic=false, or use "
+            "another model or device."
+        ) from e

@@ -1,0 +1,217 @@
+"""The training loop, visible top to bottom: `fit` runs epochs of `train_one_epoch` and
+`validate`; the best checkpoint is chosen on validation accuracy only, last.pt is written
+every epoch, and a SIGINT/SIGTERM stops after the current step with a last.pt from which
+the run resumes exactly where it stopped (mnist/training/resume.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mnist.data.batches import training_batches
+from mnist.data.tensors import MnistTensors
+from mnist.errors import TrainingInterrupted
+from mnist.training.checkpoint import save_checkpoint
+from mnist.training.device import autocast
+from mnist.training.evaluation import evaluate
+from mnist.training.resume import Learner, Progress, eager
+from mnist.training.signals import stop_on_signals
+
+log = logging.getLogger(__name__)
+
+MetricsLogger = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_acc: float
+    train_time_s: float
+    stopped_early: bool
+
+
+@dataclass
+class Checkpoints:
+    """best.pt (weights of the best validation epoch) and last.pt (everything needed to
+    resume) in `directory`; `extra` (the run's config and MLflow run id) goes into both."""
+
+    directory: Path
+    extra: dict[str, Any]
+
+    def save_best(self, model: nn.Module, epoch: int, val_acc: float) -> Path:
+        best = {"model": eager(model).state_dict(), "epoch": epoch, "val_acc": val_acc}
+        return save_checkpoint({**best, **self.extra}, self.directory / "best.pt")
+
+    def save_last(self, state: dict[str, Any]) -> Path:
+        return save_checkpoint({**state, **self.extra}, self.directory / "last.pt")
+
+
+def fit(
+    learner: Learner,
+    data: MnistTensors,
+    train_idx: Tensor,
+    val_idx: Tensor,
+    cfg: DictConfig,
+    device: torch.device,
+    checkpoints: Checkpoints,
+    log_metrics: MetricsLogger,
+    resume_from: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train for `cfg.epochs` (the `trainer` config group), or what remains of them when
+    `resume_from` holds a last.pt."""
+    progress = learner.restore(resume_from) if resume_from is not None else Progress()
+    if resume_from is not None:
+        log.info("Resuming at epoch %d, step %d", progress.epoch, progress.step)
+    progress.loss_sum, progress.correct = progress.loss_sum.to(device), progress.correct.to(device)
+    fit_start = time.perf_counter() - progress.elapsed_s
+
+    def save_last(shuffle_state: Tensor) -> Path:
+        progress.elapsed_s = time.perf_counter() - fit_start
+        return checkpoints.save_last(learner.state(progress, shuffle_state))
+
+    with stop_on_signals() as stop_requested:
+        while progress.epoch <= cfg.epochs and not progress.stopped_early:
+            epoch_start = time.perf_counter() - progress.epoch_train_s
+            shuffle_state = learner.shuffle.get_state()
+            if not train_one_epoch(learner, data, train_idx, cfg, device, progress, stop_requested):
+                progress.epoch_train_s = time.perf_counter() - epoch_start
+                raise TrainingInterrupted(save_last(shuffle_state))
+            train_seconds = time.perf_counter() - epoch_start
+            metrics = end_of_epoch(learner, data, val_idx, cfg, device, progress, checkpoints)
+            if cfg.target_acc is not None and metrics["val/acc"] >= cfg.target_acc:
+                metrics["time_to_target_s"] = time.perf_counter() - fit_start
+                log.info("Target val/acc %g reached in %.1f s", cfg.target_acc,
+                         metrics["time_to_target_s"])  # fmt: skip
+                progress.stopped_early = True
+            metrics["epoch_time_s"] = time.perf_counter() - epoch_start
+            metrics["throughput_img_s"] = progress.seen / train_seconds
+            _record(metrics, progress, cfg.epochs, log_metrics)
+            progress.start_next_epoch()
+            last = save_last(learner.shuffle.get_state())
+            if stop_requested() and progress.epoch <= cfg.epochs and not progress.stopped_early:
+                raise TrainingInterrupted(last)
+
+    return FitResult(
+        history=progress.history,
+        best_epoch=progress.best_epoch,
+        best_val_acc=progress.best_val_acc,
+        train_time_s=time.perf_counter() - fit_start,
+        stopped_early=progress.stopped_early,
+    )
+
+
+def train_one_epoch(
+    learner: Learner,
+    data: MnistTensors,
+    train_idx: Tensor,
+    cfg: DictConfig,
+    device: torch.device,
+    progress: Progress,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """The batches of `progress.epoch` from `progress.step` on (earlier ones were trained
+    before an interruption). False when a stop was requested before the epoch ended."""
+    model, optimizer, scaler, schedule = (
+        learner.model, learner.optimizer, learner.scaler, learner.schedule,
+    )  # fmt: skip
+    if progress.step == 0:
+        progress.epoch_lr = optimizer.param_groups[0]["lr"]
+    batches = training_batches(
+        data.train_images, data.train_labels, train_idx, cfg.batch_size, learner.shuffle,
+        learner.augment, skip=progress.step,
+    )  # fmt: skip
+    model.train()
+    bar = tqdm(
+        batches, total=max(1, len(train_idx) // cfg.batch_size), initial=progress.step,
+        leave=False, desc=f"epoch {progress.epoch}/{cfg.epochs}",
+        disable=None if cfg.progress else True,
+    )  # fmt: skip
+    for step, (images, labels) in enumerate(bar, start=progress.step):
+        with autocast(device, cfg.precision):
+            logits = model(images).float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if schedule and schedule.interval == "step":
+            schedule.scheduler.step()
+        progress.loss_sum += loss.detach() * len(labels)
+        progress.correct += (logits.argmax(1) == labels).sum()
+        progress.seen += len(labels)
+        progress.step = step + 1
+        if stop_requested():
+            return False
+    bar.close()
+    return True
+
+
+def end_of_epoch(
+    learner: Learner,
+    data: MnistTensors,
+    val_idx: Tensor,
+    cfg: DictConfig,
+    device: torch.device,
+    progress: Progress,
+    checkpoints: Checkpoints,
+) -> dict[str, float]:
+    """Validate, step an epoch-wise schedule, keep the best checkpoint (chosen on
+    validation accuracy only) and decide early stopping. Returns the epoch's metrics."""
+    model, schedule = learner.model, learner.schedule
+    val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
+    val = evaluate(model, val_images, val_labels, cfg.eval_batch_size, device, cfg.precision)
+    if schedule and schedule.interval == "epoch":
+        schedule.scheduler.step()
+    elif schedule and schedule.interval == "plateau":
+        schedule.scheduler.step(val.accuracy)
+    metrics = {
+        "train/loss": (progress.loss_sum / progress.seen).item(),
+        "train/acc": (progress.correct.double() / progress.seen).item(),
+        "val/loss": val.loss,
+        "val/acc": val.accuracy,
+        "lr": progress.epoch_lr,
+    }
+    if cfg.test_every_epoch:
+        test = evaluate(
+            model, data.test_images, data.test_labels, cfg.eval_batch_size, device, cfg.precision
+        )
+        metrics["test/acc_epoch"] = test.accuracy
+    if val.accuracy > progress.best_val_acc:
+        progress.best_val_acc, progress.best_epoch = val.accuracy, progress.epoch
+        checkpoints.save_best(model, progress.epoch, val.accuracy)
+    min_delta, patience = cfg.early_stopping.min_delta, cfg.early_stopping.patience
+    if val.accuracy >= progress.best_for_patience + min_delta:
+        progress.best_for_patience, progress.epochs_without_gain = val.accuracy, 0
+    else:
+        progress.epochs_without_gain += 1
+    if patience is not None and progress.epochs_without_gain >= patience:
+        log.info("Early stopping: no val/acc gain >= %g for %d epochs", min_delta, patience)
+        progress.stopped_early = True
+    return metrics
+
+
+def _record(
+    metrics: dict[str, float], progress: Progress, epochs: int, log_metrics: MetricsLogger
+) -> None:
+    log_metrics(metrics, progress.epoch)
+    progress.history.append({"epoch": progress.epoch, **metrics})
+    log.info(
+        "epoch %d/%d train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs %.0f img/s",
+        progress.epoch, epochs, metrics["train/loss"], metrics["train/acc"],
+        metrics["val/loss"], metrics["val/acc"], metrics["epoch_time_s"],
+        metrics["throughput_img_s"],
+    )  # fmt: skip

@@ -1,0 +1,148 @@
+"""Exact resume. `Progress` is where training stands; `Learner` is everything training
+changes (model, optimizer, schedule, gradient scaler, random generators) and turns that
+into one last.pt state and back, so that a resumed run replays exactly what an
+uninterrupted one would have done. `trainer.resume=<checkpoint path | MLflow run id>`
+finds the last.pt of an interrupted run, so it continues in the same MLflow run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from mnist.config import validate_config
+from mnist.data.augment import BatchAugment
+from mnist.errors import ConfigError
+from mnist.training.checkpoint import load_checkpoint
+from mnist.training.optim import Schedule
+
+
+@dataclass
+class Progress:
+    """Where training stands, saved in last.pt."""
+
+    epoch: int = 1  # the epoch in progress, 1-based
+    step: int = 0  # batches of `epoch` already trained
+    loss_sum: Tensor = field(default_factory=lambda: torch.zeros(()))
+    correct: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    seen: int = 0
+    epoch_train_s: float = 0.0  # training time of the epoch in progress, so far
+    epoch_lr: float = 0.0  # learning rate when the epoch in progress started
+    elapsed_s: float = 0.0  # wall time of fit() in earlier processes of this run
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    best_for_patience: float = -1.0
+    epochs_without_gain: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def start_next_epoch(self) -> None:
+        self.epoch, self.step, self.seen, self.epoch_train_s = self.epoch + 1, 0, 0, 0
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+
+def eager(model: nn.Module) -> nn.Module:
+    """The module itself under a torch.compile wrapper: checkpoints hold its plain keys."""
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class Learner:
+    """What training changes. `shuffle` draws each epoch's order; a mid-epoch resume
+    needs it as it was when that epoch started, which the loop passes to `state`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule | None
+    scaler: torch.amp.GradScaler
+    augment: BatchAugment
+    shuffle: torch.Generator
+
+    def state(self, progress: Progress, shuffle_state: Tensor) -> dict[str, Any]:
+        return {
+            "model": eager(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.scheduler.state_dict() if self.schedule else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "shuffle_epoch_start": shuffle_state,
+                "augment": self.augment.generator.get_state() if self.augment.generator else None,
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "progress": asdict(progress),
+        }
+
+    def restore(self, state: dict[str, Any]) -> Progress:
+        eager(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule:
+            self.schedule.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        self.shuffle.set_state(rng["shuffle_epoch_start"])
+        if self.augment.generator is not None:
+            self.augment.generator.set_state(rng["augment"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return Progress(**state["progress"])
+
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _checkpoint_of_run(run_id: str, uri: str) -> Path:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(f"trainer.resume={run_id}: no such MLflow run in {uri}") from e
+    output_dir = run.data.tags.get("output_dir")
+    checkpoint = Path(output_dir) / "checkpoints" / "last.pt" if output_dir else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise ConfigError(
+            f"trainer.resume={run_id}: the run's last checkpoint is not on this machine "
+            f"({checkpoint or 'no output_dir tag'}); pass its path as trainer.resume"
+        )
+    return checkpoint
+
+
+def load_resume_checkpoint(target: str, uri: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint path and its contents; ConfigError if it cannot be resumed."""
+    path = Path(target).expanduser()
+    if not path.is_file():
+        if not _RUN_ID.fullmatch(target):
+            raise ConfigError(
+                f"trainer.resume={target!r} is neither a checkpoint file nor an MLflow run id"
+            )
+        path = _checkpoint_of_run(target, uri)
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise ConfigError(f"trainer.resume={target}: cannot read {path} ({e})") from e
+    if "progress" not in state or "mlflow_run_id" not in state:
+        raise ConfigError(
+            f"trainer.resume={target}: {path} is not a resumable checkpoint "
+            "(best.pt holds weights only; resume from last.pt)"
+        )
+    return path, state
+
+
+def resume_config(state: dict[str, Any], path: Path) -> DictConfig:
+    """The interrupted run's own config, validated like one from the command line."""
+    try:
+        cfg = OmegaConf.create(state["config"])
+        validate_config(cfg)
+    except (OmegaConfBaseException, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: the checkpoint's config is incomplete or invalid ({e})") from e
+    return cfg
