@@ -3,6 +3,7 @@ broken), the Python API, and scripts/predict.py end to end."""
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -11,19 +12,22 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from mnist import Classifier, Prediction
 from mnist.context import JobContext
-from mnist.errors import CheckpointError
+from mnist.errors import CheckpointError, ConfigError
 from mnist.inference.digits import to_mnist
 from mnist.inference.loading import load_model
+from mnist.inference.predict import run_prediction
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
+from mnist.tracking.registry import promote_sweep
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.job import run_training
-from tests.helpers import run_script
+from tests.helpers import compose_config, run_script
 from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
 from tests.helpers.images import bad_files, seven, to_uint8
 
@@ -123,7 +127,7 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(case, message, tmp_pat
     assert str(caught.value).startswith(str(path)) and message in str(caught.value)
 
 
-def test_mlflow_uris_run_ids_and_the_default_load_the_run_checkpoint(tiny_cfg, tmp_path):
+def test_mlflow_uris_run_ids_and_the_default_load_the_run_checkpoint(tiny_cfg, tmp_path, capsys):
     result = run_training(tiny_cfg(), JobContext(output_dir=tmp_path / "run"))
     run_id = result["run_id"]
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
@@ -140,6 +144,24 @@ def test_mlflow_uris_run_ids_and_the_default_load_the_run_checkpoint(tiny_cfg, t
         load_model("0" * 32, uri)
     with pytest.raises(CheckpointError, match="no MLflow store"):
         load_model(None, f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
+
+    # A later run with a checkpoint is the latest; the default is the champion, where
+    # models:/mnist@champion exists (scripts/promote.py), in the API and in predict.py.
+    later = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    client.log_artifact(later, str(tmp_path / "run" / "checkpoints" / "best.pt"), "checkpoints")
+    client.set_terminated(later)
+    assert later in Classifier.load(tracking_uri=uri).source
+    client.create_registered_model("mnist")
+    client.create_model_version("mnist", f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("mnist", "champion", "1")
+    assert run_id in Classifier.load(tracking_uri=uri).source
+    assert later in Classifier.load(tracking_uri=uri, registered_model="other").source
+    digit_images(tmp_path / "images")
+    cfg = compose_config(
+        [f"img={tmp_path / 'images'}", f"paths.mlruns={tmp_path / 'mlruns'}"], "predict"
+    )
+    assert run_prediction(cfg) == 0
+    assert f"model: models:/mnist@champion, run {run_id}" in capsys.readouterr().err
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
@@ -203,3 +225,36 @@ def test_any_bytes_are_a_checkpoint_or_a_clear_refusal(tmp_path_factory, data, p
         CheckpointError, match=r"not a readable checkpoint|not a checkpoint|refused"
     ):
         load_model(path)
+
+
+def _sweep_child(client, experiment_id, parent, name, val_acc, test_acc, status="FINISHED"):
+    """A run of a sweep with a logged model, as training leaves one (without its files)."""
+    run = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent})
+    model = client.create_logged_model(experiment_id, name="fast", source_run_id=run.info.run_id)
+    client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step=1)])
+    client.log_batch(run.info.run_id, [Metric("best/val_acc", val_acc, 0, 1),
+                                       Metric("test/acc", test_acc, 0, 1)])  # fmt: skip
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def test_promote_picks_the_sweep_best_by_validation_never_test(tmp_path, empty_mlflow_db):
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.create_experiment("sweep")
+    parent = client.create_run(exp, tags={"sweep.dir": "x"}).info.run_id
+    best_val = _sweep_child(client, exp, parent, "a", val_acc=0.99, test_acc=0.95)
+    _sweep_child(client, exp, parent, "b", val_acc=0.98, test_acc=0.99)  # better on test only
+    _sweep_child(client, exp, parent, "c", val_acc=1.0, test_acc=1.0, status="FAILED")
+
+    promotion = promote_sweep(uri, "sweep", None, "digits")  # the latest sweep
+
+    assert promotion.run.info.run_id == best_val
+    version = client.get_model_version_by_alias("digits", "champion")
+    assert version.run_id == best_val and str(version.version) == promotion.version
+    # Promoting again moves nothing and registers nothing new.
+    assert promote_sweep(uri, "sweep", parent, "digits").version == promotion.version
+    assert len(client.search_model_versions("name = 'digits'")) == 1
+    with pytest.raises(ConfigError, match="no such run"):
+        promote_sweep(uri, "sweep", "0" * 32, "digits")

@@ -13,7 +13,7 @@ from torch import nn
 
 from mnist.inference.digits import model_input, to_mnist
 from mnist.inference.images import ImageSource
-from mnist.inference.loading import load_model
+from mnist.inference.loading import DEFAULT_REGISTERED_MODEL, load_model
 from mnist.training.device import resolve_device
 
 
@@ -44,10 +44,12 @@ class Classifier:
         checkpoint: str | Path | None = None,
         device: str = "cpu",
         tracking_uri: str | None = None,
+        registered_model: str | None = DEFAULT_REGISTERED_MODEL,
     ) -> Classifier:
         """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a
-        run id, or None for the best checkpoint of the latest finished run."""
-        loaded = load_model(checkpoint, tracking_uri)
+        run id, or None for models:/<registered_model>@champion where it exists (see
+        scripts/promote.py), else the best checkpoint of the latest finished run."""
+        loaded = load_model(checkpoint, tracking_uri, registered_model)
         return cls(loaded.model, device, loaded.source)
 
     @torch.inference_mode()

@@ -1,5 +1,6 @@
 """Trained models back for prediction: from a checkpoint file, an MLflow model URI or run
-id, or by default the best checkpoint of the latest finished run. Only weights are read
+id, or by default the registered champion (models:/<name>@champion, scripts/promote.py)
+and without one the best checkpoint of the latest finished run. Only weights are read
 (weights_only=True) and the architecture is rebuilt from the run's own config, restricted
 to the classes of mnist.models: a checkpoint is data, never code. MLflow URIs are resolved
 to the run that logged the model and that run's checkpoint, for the same reason: the
@@ -7,7 +8,6 @@ MLflow pytorch flavour is a pickle, and loading it would run whatever it contain
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import tempfile
@@ -21,6 +21,7 @@ from mnist.errors import CheckpointError, ModelConfigError
 from mnist.models import build_model
 from mnist.paths import DEFAULT_MLRUNS
 from mnist.tracking import store
+from mnist.tracking.registry import CHAMPION
 from mnist.training.checkpoint import load_checkpoint
 
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
@@ -28,6 +29,8 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 # How many of the most recent finished runs are searched for one with a checkpoint.
 RECENT_RUNS = 100
 FORMS = "a checkpoint path, runs:/<run id>/model, models:/<name>/<version>, or a run id"
+# The registered model whose champion prediction uses when no model is named.
+DEFAULT_REGISTERED_MODEL = "mnist"
 
 
 def _first_line(error: BaseException) -> str:
@@ -158,15 +161,28 @@ def _registered_run(model_uri: str, uri: str) -> str:
     )
 
 
-def _load_from_run(spec: str | None, uri: str) -> LoadedModel:
-    # One small file: a progress bar on stderr would only clutter predict.py's output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+def champion_run(uri: str, name: str) -> str | None:
+    """The run of models:/<name>@champion; None when there is no such model or alias."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
+    return _registered_run(f"models:/{name}@{CHAMPION}", uri)
+
+
+def _load_from_run(spec: str | None, uri: str, registered_model: str | None) -> LoadedModel:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
     try:
         if spec is None:
-            run_id = latest_finished_run(uri)
+            champion = registered_model and champion_run(uri, registered_model)
+            run_id = champion or latest_finished_run(uri)
         elif spec.startswith("runs:/"):
             run_id = spec.removeprefix("runs:/").split("/", 1)[0]
         elif spec.startswith("models:/"):
@@ -174,6 +190,8 @@ def _load_from_run(spec: str | None, uri: str) -> LoadedModel:
         else:
             run_id = spec
         source = f"run {run_id} ({CHECKPOINT_ARTIFACT})"
+        if spec is None and champion:
+            source = f"models:/{registered_model}@{CHAMPION}, {source}"
         with tempfile.TemporaryDirectory(prefix="mnist-checkpoint-") as tmp:
             path = download_artifacts(
                 run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=uri
@@ -187,14 +205,16 @@ def _load_from_run(spec: str | None, uri: str) -> LoadedModel:
 
 
 def load_model(
-    checkpoint: str | Path | None = None, tracking_uri: str | None = None
+    checkpoint: str | Path | None = None,
+    tracking_uri: str | None = None,
+    registered_model: str | None = DEFAULT_REGISTERED_MODEL,
 ) -> LoadedModel:
     """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a run
-    id, or None for the best checkpoint of the latest finished run. MLflow is imported
-    only when it is not a path."""
+    id, or None for models:/<registered_model>@champion where it exists, else the best
+    checkpoint of the latest finished run. MLflow is imported only when it is not a path."""
     spec = None if checkpoint is None else str(checkpoint)
     if spec is not None and not spec.startswith(("runs:/", "models:/")):
         path = Path(spec).expanduser()
         if path.exists() or not RUN_ID.fullmatch(spec):
             return load_model_file(path, spec)
-    return _load_from_run(spec, store_uri(tracking_uri))
+    return _load_from_run(spec, store_uri(tracking_uri), registered_model)

@@ -125,8 +125,9 @@ def run_prediction(cfg: DictConfig) -> int:
         raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
     outcomes = expand(_specs(cfg.img))
     classifier = Classifier.load(
-        cfg.ckpt, cfg.device.name, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
-    )
+        cfg.ckpt, cfg.device.name, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns),
+        cfg.registered_model,
+    )  # fmt: skip
     print(f"model: {classifier.source}", file=sys.stderr, flush=True)  # not in the JSON stream
     save_dir = Path(cfg.save_preprocessed) if cfg.save_preprocessed else None
     if save_dir is not None:

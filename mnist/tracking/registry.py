@@ -1,0 +1,104 @@
+"""Registered models: the best model of a sweep, chosen by validation accuracy (never the
+test set), promoted to an alias of a registered model; and the run an alias points at, so
+prediction can default to it (mnist/inference/loading.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mnist.errors import ConfigError
+from mnist.tracking.runs import MODEL_CONTRACT
+
+CHAMPION = "champion"
+# What picks the best model of a sweep: the checkpoint's own validation accuracy.
+SELECTION_METRIC = "best/val_acc"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    alias: str
+    run: Any  # the MLflow run whose model it is
+
+    def __str__(self) -> str:
+        metrics = self.run.data.metrics
+        return (
+            f"models:/{self.name}@{self.alias} -> version {self.version}: run "
+            f"{self.run.info.run_name!r} ({self.run.info.run_id}), {SELECTION_METRIC} "
+            f"{metrics[SELECTION_METRIC]:.4f}, test/acc {metrics.get('test/acc', float('nan')):.4f}"
+        )
+
+
+def latest_sweep(client: Any, experiment: str) -> str:
+    """The parent run of the most recent sweep in `experiment`."""
+    found = client.get_experiment_by_name(experiment)
+    parents = found and client.search_runs(
+        [found.experiment_id], "tags.`sweep.dir` LIKE '%'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    if not parents:
+        raise ConfigError(
+            f"no sweep in MLflow experiment {experiment!r} of {client.tracking_uri}; run one "
+            "(python scripts/train.py -m ...) or pass parent_run_id and logger.experiment"
+        )
+    return parents[0].info.run_id
+
+
+def best_run(client: Any, parent_run_id: str) -> Any:
+    """The finished child of the sweep with the highest validation accuracy (the earliest
+    of equals) that logged a model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent = client.get_run(parent_run_id)
+    except MlflowException as e:
+        raise ConfigError(f"parent_run_id={parent_run_id}: no such run in the store") from e
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+    )
+    candidates = [
+        run for run in children
+        if SELECTION_METRIC in run.data.metrics and run.outputs and run.outputs.model_outputs
+    ]  # fmt: skip
+    if not candidates:
+        raise ConfigError(
+            f"sweep {parent_run_id} has no finished run with a logged model and "
+            f"{SELECTION_METRIC} (logger.log_model=true logs one)"
+        )
+    return max(candidates, key=lambda run: run.data.metrics[SELECTION_METRIC])
+
+
+def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -> Promotion:
+    """Points `name@alias` at the sweep's best model: its version of `name` if registered
+    (logger.register), else a new version registered now."""
+    run = best_run(client, parent_run_id)
+    source = f"models:/{run.outputs.model_outputs[-1].model_id}"
+    versions = client.search_model_versions(f"name = '{name}'")
+    version = next((v for v in versions if v.source == source), None)
+    if version is None:
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name)
+        version = client.create_model_version(
+            name, source, run_id=run.info.run_id, description=MODEL_CONTRACT
+        )
+    client.set_registered_model_alias(name, alias, version.version)
+    return Promotion(name, str(version.version), alias, run)
+
+
+def promote_sweep(
+    uri: str, experiment: str, parent_run_id: str | None, name: str, alias: str = CHAMPION
+) -> Promotion:
+    """promote() on the sweep `parent_run_id`, or on the latest sweep of `experiment`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    # Registering models:/<id> reads the logged model through the global store: this one,
+    # not an mlflow.db in the working directory.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    return promote(client, parent_run_id or latest_sweep(client, experiment), name, alias)
