@@ -9,22 +9,13 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mnist.errors import ConfigError
-from mnist.reporting.compare import compare
+from mnist.reporting.compare import compare, summarize_sweep
 from tests.helpers.compare import compare_config, read_csv
 
-# Params as the trainer logs them: str() of the resolved config values.
-CNN3_PARAMS = {
-    "model._target_": "mnist.models.ConvNet",
-    "model.stages": "[[32], [64], [128]]",
-    "model.downsample": "pool",
-    "model.hidden": "128",
-    "model.dropout": "0.3",
-}
-LINEAR_PARAMS = {
-    "model._target_": "mnist.models.DenseNet",
-    "model.hidden": "10",
-    "model.relu": "False",
-}
+# The model sections of the runs' config.yaml, as the trainer logs it.
+CNN3 = {"_target_": "mnist.models.ConvNet", "stages": [[32], [64], [128]], "downsample": "pool",
+        "hidden": 128, "dropout": 0.3}  # fmt: skip
+LINEAR = {"_target_": "mnist.models.DenseNet", "hidden": 10, "relu": False}
 
 
 @pytest.fixture
@@ -34,20 +25,24 @@ def store(tmp_path, empty_mlflow_db) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
 
 
-def log_run(client, experiment_id, model, seed, params, status="FINISHED", **histories) -> str:
-    """A run as the trainer logs one: per-epoch histories (steps 1..n), final metrics."""
+def log_run(client, experiment_id, model, seed, model_cfg, status="FINISHED", parent=None,
+            **histories) -> str:  # fmt: skip
+    """A run as the trainer logs one: its params, its config.yaml, per-epoch histories
+    (steps 1..n) and final metrics."""
+    tags = {"model": model, "seed": str(seed), "hydra.overrides": f"model={model} optimizer=sgd"}
     run = client.create_run(
         experiment_id,
-        run_name=f"model={model},seed={seed}",
-        tags={"model": model, "seed": str(seed), "hydra.overrides": f"model={model} optimizer=sgd"},
+        run_name=f"{model} seed={seed}",
+        tags={**tags, **({"mlflow.parentRunId": parent} if parent else {})},
     )
     metrics = [
         Metric(name.replace("__", "/"), value, 0, step)
         for name, values in histories.items()
         for step, value in enumerate(values if isinstance(values, list) else [values], 1)
     ]
-    params = [Param(k, v) for k, v in params.items()]
+    params = [Param("model", model), Param("optimizer", "sgd"), Param("seed", str(seed))]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.log_dict(run.info.run_id, {"model": model_cfg, "seed": seed}, "config.yaml")
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
 
@@ -55,15 +50,15 @@ def log_run(client, experiment_id, model, seed, params, status="FINISHED", **his
 def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
     exp = store.create_experiment("table")
     per_epoch = {"epoch_time_s": [2.0, 4.0], "throughput_img_s": [100.0, 300.0]}
-    log_run(store, exp, "cnn3", 0, CNN3_PARAMS, test__acc_epoch=[0.98, 0.99], test__acc=0.989,
+    log_run(store, exp, "cnn3", 0, CNN3, test__acc_epoch=[0.98, 0.99], test__acc=0.989,
             train_time_s=6.0, params_count=1234.0, **per_epoch)  # fmt: skip
-    log_run(store, exp, "cnn3", 1, CNN3_PARAMS, test__acc_epoch=[0.993, 0.991], test__acc=0.992,
+    log_run(store, exp, "cnn3", 1, CNN3, test__acc_epoch=[0.993, 0.991], test__acc=0.992,
             train_time_s=8.0, params_count=1234.0, **per_epoch)  # fmt: skip
-    failed = log_run(store, exp, "cnn3", 2, CNN3_PARAMS, status="FAILED", params_count=1234.0)
-    log_run(store, exp, "linear", 0, LINEAR_PARAMS, test__acc=0.9, train_time_s=1.0,
+    failed = log_run(store, exp, "cnn3", 2, CNN3, status="FAILED", params_count=1234.0)
+    log_run(store, exp, "linear", 0, LINEAR, test__acc=0.9, train_time_s=1.0,
             epoch_time_s=[1.0], throughput_img_s=[50.0])  # fmt: skip
     store.create_run(exp, run_name="sweep parent")  # no model tag: not a training run
-    log_run(store, exp, "foreign", 0, {"model._target_": "os.system", "model.command": "false"},
+    log_run(store, exp, "foreign", 0, {"_target_": "os.system", "command": "false"},
             test__acc=0.5, train_time_s=1.0)  # fmt: skip
 
     paths = compare(compare_config(tmp_path), tmp_path / "out")
@@ -88,7 +83,7 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
 
     markdown = (tmp_path / "out" / "table.md").read_text()
     assert "| cnn3 | 1,234 | 3 | MaxPool | 2 | 2 + 1 failed | 99.05 ± 0.07 | 99.30 |" in markdown
-    assert f"| cnn3 | model=cnn3,seed=2 | FAILED | {failed} |" in markdown
+    assert f"| cnn3 | cnn3 seed=2 | FAILED | {failed} |" in markdown
     assert (tmp_path / "out" / "chart.png").stat().st_size > 10_000
     summary = store.search_runs([exp], "attributes.run_name = 'compare'")
     assert len(summary) == 1 and summary[0].info.status == "FINISHED"
@@ -100,7 +95,7 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
 def test_group_by_splits_rows_by_a_swept_key(store, tmp_path):
     exp = store.create_experiment("table")
     for seed in (0, 1):
-        log_run(store, exp, "linear", seed, LINEAR_PARAMS, test__acc=0.9, train_time_s=1.0)
+        log_run(store, exp, "linear", seed, LINEAR, test__acc=0.9, train_time_s=1.0)
     config = compare_config(tmp_path, "group_by=[seed,optimizer]", "log_summary=false")
     compare(config, tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "table.csv")
@@ -124,7 +119,51 @@ def test_group_by_splits_rows_by_a_swept_key(store, tmp_path):
 )
 def test_bad_input_is_one_clear_error(store, tmp_path, overrides, message):
     exp = store.create_experiment("table")
-    log_run(store, exp, "linear", 0, LINEAR_PARAMS, test__acc=0.9, train_time_s=1.0)
+    log_run(store, exp, "linear", 0, LINEAR, test__acc=0.9, train_time_s=1.0)
     with pytest.raises(ConfigError, match=message):
         compare(compare_config(tmp_path, *overrides), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_columns_that_need_test_every_epoch_are_left_out_and_said_so(store, tmp_path):
+    exp = store.create_experiment("table")
+    log_run(store, exp, "linear", 0, LINEAR, test__acc=0.9, train_time_s=1.0)
+    compare(compare_config(tmp_path, "log_summary=false"), tmp_path / "out")
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    assert "final test acc %" not in markdown and "max test acc %" not in markdown
+    assert "test accuracy per epoch (`trainer.test_every_epoch=true`)" in markdown
+    assert "| linear | 7,960 |" not in markdown  # params_count was not logged: n/a
+    assert "| linear | n/a | 0 | none |" in markdown
+
+
+def test_a_sweep_parent_becomes_its_summary_and_compare_logs_under_it(store, tmp_path):
+    exp = store.create_experiment("table")
+    parent = store.create_run(exp, run_name="sweep").info.run_id
+    store.log_batch(parent, params=[Param("model", "cnn3,linear"), Param("seed", "0,1")])
+    for seed, acc, val in ((0, 0.98, 0.97), (1, 0.99, 0.985)):
+        log_run(store, exp, "cnn3", seed, CNN3, parent=parent, test__acc=acc,
+                best__val_acc=val, train_time_s=10.0 + seed)  # fmt: skip
+    log_run(store, exp, "linear", 0, LINEAR, parent=parent, test__acc=0.9, best__val_acc=0.91,
+            train_time_s=1.0)  # fmt: skip
+    log_run(store, exp, "linear", 9, LINEAR, test__acc=0.1)  # another sweep's: not summarised
+
+    summarize_sweep(store.tracking_uri, exp, parent, tmp_path / "summary")
+
+    run = store.get_run(parent)
+    metrics = run.data.metrics
+    assert metrics["cnn3/test/acc_mean"] == pytest.approx(0.985)
+    assert metrics["cnn3/test/acc_std"] == pytest.approx(statistics.stdev([0.98, 0.99]))
+    assert metrics["cnn3/best/val_acc_mean"] == pytest.approx(0.9775)
+    assert metrics["cnn3/train_time_s_mean"] == pytest.approx(10.5)
+    assert metrics["linear/test/acc_mean"] == pytest.approx(0.9)
+    assert "linear/test/acc_std" not in metrics  # one run has no spread
+    assert {a.path for a in store.list_artifacts(parent)} == {"table.md", "table.csv", "chart.png"}
+    assert (
+        "| cnn3 | n/a | 3 | MaxPool | n/a | 2 | 98.50 ± 0.71 |"
+        in run.data.tags["mlflow.note.content"]
+    )
+
+    compare(compare_config(tmp_path, f"parent_run_id={parent}"), tmp_path / "out")
+    (summary,) = store.search_runs([exp], "attributes.run_name = 'compare'")
+    assert summary.data.tags["mlflow.parentRunId"] == parent
+    assert summary.data.tags["compare.runs"] == "3"

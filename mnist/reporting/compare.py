@@ -1,17 +1,22 @@
 """The comparison table of a finished sweep, from MLflow alone: a model's runs (one per seed)
 become one row, with accuracy over seeds, cost per epoch and the reference numbers beside
-it. Runs that did not finish are counted and listed, never dropped."""
+it. Runs that did not finish are counted and listed, never dropped. A sweep's parent run
+gets the table, the chart and each row's mean ± std as its summary (summarize_sweep)."""
 
 from __future__ import annotations
 
-import ast
 import logging
+import re
+import statistics
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.errors import ConfigError
+from mnist.paths import REPO_ROOT
 from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.tracking import store
@@ -21,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # The child runs of a sweep point at their parent with this tag (see mnist/tracking/sweep.py).
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow keeps tag values (a run's description) of up to 8000 characters.
+MAX_DESCRIPTION = 8000
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -67,8 +74,8 @@ def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
 
 
 def group_value(run: Any, key: str) -> str | None:
-    """A swept key's value in a run: a tag (seed), a param of the resolved config
-    (trainer.epochs), else a config-group choice from the Hydra overrides (optimizer)."""
+    """A swept key's value in a run: a tag (seed), a param (optimizer, trainer.epochs),
+    else a value from the run's Hydra overrides (keys that are no param)."""
     if key in run.data.tags:
         return run.data.tags[key]
     if key in run.data.params:
@@ -80,26 +87,19 @@ def group_value(run: Any, key: str) -> str | None:
     return None
 
 
-def _literal(text: str) -> Any:
-    """MLflow params are str() of the config values: read lists, numbers, None back."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def describe_model(params: dict[str, str]) -> tuple[int | None, str]:
-    """Conv layers and downsampling of the model a run logged, rebuilt from its params with
-    build_model, which builds only this package's models: a shared store must not be able
-    to make compare run code. (None, "n/a") when the model cannot be rebuilt."""
+def describe_model(client: Any, run_id: str) -> tuple[int | None, str]:
+    """Conv layers and downsampling of the model a run trained, rebuilt from the run's
+    config.yaml with build_model, which builds only this package's models: a shared store
+    must not be able to make compare run code. (None, "n/a") when it cannot be rebuilt."""
     from mnist.models import build_model
     from mnist.models.describe import conv_layers, downsampling
 
-    model_cfg = {k.removeprefix("model."): _literal(v) for k, v in params.items()}
     try:
-        model = build_model({k: v for k, v in model_cfg.items() if "." not in k})
-    except Exception as e:  # a class or argument gone since, or a foreign _target_
-        log.warning("Cannot rebuild %s to describe it: %s", model_cfg.get("_target_"), e)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+        model = build_model(config.model)
+    except Exception as e:  # no config, a class or argument gone since, a foreign _target_
+        log.warning("Cannot rebuild the model of run %s to describe it: %s", run_id, e)
         return None, "n/a"
     return conv_layers(model), downsampling(model)
 
@@ -122,7 +122,8 @@ def _add_finished(row: Row, client: Any, run: Any) -> None:
     if epoch_times:
         row.epochs.append(len(epoch_times))
         row.epoch_time_s += epoch_times
-    for name, values in (("test/acc", row.checkpoint_acc), ("train_time_s", row.train_time_s)):
+    for name, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
+                         ("train_time_s", row.train_time_s)):  # fmt: skip
         if name in metrics:
             values.append(metrics[name])
     row.img_per_s += _history(client, run_id, "throughput_img_s")
@@ -136,7 +137,7 @@ def build_rows(
         if all(group_value(run, key) is None for run in runs):
             raise ConfigError(
                 f"group_by key {key!r} is no tag, param or override of any run; use e.g. "
-                "seed, trainer.epochs, optimizer._target_ or a swept config group"
+                "seed, optimizer, trainer.epochs or another swept key"
             )
     rows: dict[tuple[str, ...], Row] = {}
     for run in runs:
@@ -145,9 +146,7 @@ def build_rows(
         row = rows.get((model, *groups.values()))
         if row is None:
             row = rows[(model, *groups.values())] = Row(model, groups)
-            row.conv_layers, row.pooling = describe_model(
-                {k: v for k, v in run.data.params.items() if k.startswith("model.")}
-            )
+            row.conv_layers, row.pooling = describe_model(client, run.info.run_id)
             row.reference = references.get(model)
         if "params_count" in run.data.metrics:
             row.params = int(run.data.metrics["params_count"])
@@ -158,20 +157,13 @@ def build_rows(
     return list(rows.values())
 
 
-def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
-    """Writes table.md, table.csv and chart.png into `output_dir` (and logs them to a
-    summary run in the same experiment when cfg.log_summary); returns their paths."""
-    from mlflow.tracking import MlflowClient
-
-    experiment = cfg.logger.experiment
-    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    client = MlflowClient(uri)
-    filter_string = search_filter(cfg.parent_run_id, cfg.filter)
+def write_comparison(
+    client: Any, experiment: str, filter_string: str, group_by: list[str],
+    references: dict[str, Any], output_dir: Path,
+) -> tuple[list[Row], list[Path], str]:  # fmt: skip
+    """(rows, [table.md, table.csv, chart.png] written into `output_dir`, the Markdown)."""
     runs = load_runs(client, experiment, filter_string)
-    group_by = list(cfg.group_by)
-    references = OmegaConf.to_container(cfg.references, resolve=True)
     rows = build_rows(client, runs, group_by, references)
-
     output_dir.mkdir(parents=True, exist_ok=True)
     title = experiment + (f" ({filter_string})" if filter_string else "")
     markdown = table.markdown(rows, group_by, title)
@@ -180,12 +172,86 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
         table.write_csv(rows, group_by, output_dir / "table.csv"),
         table.plot(rows, title, output_dir / "chart.png"),
     ]
-    log.info("%d runs of %r in %d rows:\n%s", len(runs), experiment, len(rows), markdown)
+    return rows, paths, markdown
+
+
+def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
+    """Writes table.md, table.csv and chart.png into `output_dir` (and logs them to a
+    summary run in the same experiment when cfg.log_summary: a child of the sweep's parent
+    run with parent_run_id); returns their paths."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = cfg.logger.experiment
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    client = MlflowClient(uri)
+    filter_string = search_filter(cfg.parent_run_id, cfg.filter)
+    group_by = list(cfg.group_by)
+    references = OmegaConf.to_container(cfg.references, resolve=True)
+    rows, paths, markdown = write_comparison(
+        client, experiment, filter_string, group_by, references, output_dir
+    )
+    log.info("%s", markdown)
     if cfg.log_summary:
-        tags = {"compare.filter": filter_string, "compare.runs": str(len(runs))}
+        tags = {
+            "compare.filter": filter_string,
+            "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
+        }
+        if cfg.parent_run_id:
+            tags[PARENT_TAG] = cfg.parent_run_id
         params = {"group_by": ",".join(["model", *group_by])}
         run_name = cfg.logger.run_name or "compare"
         with mlflow_run(uri, experiment, run_name, tags, params) as run:
             log_artifacts(paths)
         log.info("Logged as artifacts of run %s", run.info.run_id)
     return paths
+
+
+def _metric_label(row: Row) -> str:
+    """A row's name as MLflow metric names allow it ("fast", "fast adamw")."""
+    return re.sub(r"[^\w./ -]", "_", " ".join([row.model, *row.groups.values()]))
+
+
+def summary_metrics(rows: list[Row]) -> dict[str, float]:
+    """Each row's mean (and, over 2 runs or more, sample std) of the key metrics, e.g.
+    fast/test/acc_mean, fast/test/acc_std."""
+    metrics = {}
+    for row in rows:
+        for name, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
+                             ("train_time_s", row.train_time_s)):  # fmt: skip
+            if values:
+                metrics[f"{_metric_label(row)}/{name}_mean"] = statistics.fmean(values)
+            if len(values) > 1:
+                metrics[f"{_metric_label(row)}/{name}_std"] = statistics.stdev(values)
+    return metrics
+
+
+def summarize_sweep(uri: str, experiment_id: str, parent_run_id: str, output_dir: Path) -> None:
+    """Makes the parent run the sweep's summary: its comparison (one row per model and
+    value of every swept key but the seed) as artifacts and description, and each row's
+    mean ± std as metrics. A sweep whose summary fails still ends: it is only logged."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        experiment = client.get_experiment(experiment_id).name
+        swept = client.get_run(parent_run_id).data.params
+        group_by = [key for key in swept if key not in ("model", "seed")]
+        references = OmegaConf.to_container(
+            OmegaConf.load(REPO_ROOT / "conf" / "compare.yaml").references
+        )
+        rows, paths, markdown = write_comparison(
+            client, experiment, search_filter(parent_run_id, None), group_by, references,
+            output_dir,
+        )  # fmt: skip
+        # The table itself, without its notes: which model won, at the end of the sweep.
+        log.info("%s", markdown.split("\n\n")[1])
+        for path in paths:
+            client.log_artifact(parent_run_id, str(path))
+        timestamp = int(1000 * time.time())
+        metrics = [Metric(k, v, timestamp, 0) for k, v in summary_metrics(rows).items()]
+        client.log_batch(parent_run_id, metrics=metrics)
+        if len(markdown) <= MAX_DESCRIPTION:
+            client.set_tag(parent_run_id, "mlflow.note.content", markdown)
+    except Exception as e:  # the parent must still end with its status
+        log.warning("The sweep's summary could not be made: %s", e)

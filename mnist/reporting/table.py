@@ -28,6 +28,7 @@ class Row:
     final_acc: list[float] = field(default_factory=list)  # last-epoch test acc, per run
     max_acc: list[float] = field(default_factory=list)  # best test acc over epochs, per run
     checkpoint_acc: list[float] = field(default_factory=list)  # test acc of best-val weights
+    val_acc: list[float] = field(default_factory=list)  # their validation acc, per run
     epoch_time_s: list[float] = field(default_factory=list)  # every epoch of every run
     train_time_s: list[float] = field(default_factory=list)
     img_per_s: list[float] = field(default_factory=list)
@@ -39,7 +40,11 @@ NOTES = """\
 - **final**: test accuracy after the last epoch (`test/acc_epoch`, logged with
   `trainer.test_every_epoch=true`), mean ± sample std over the finished runs (seeds).
 - **max**: the best test accuracy of any epoch of any run: what the reference tables call
-  "max acc". It peeks at the test set, like the references do.
+  "max acc". It peeks at the test set, like the references do."""
+NO_EPOCH_NOTE = """\
+- No run logged the test accuracy per epoch (`trainer.test_every_epoch=true`), so the
+  final and max test accuracy columns are left out."""
+COMMON_NOTES = """\
 - **best-val ckpt**: test accuracy of the weights with the best validation accuracy
   (`test/acc`), mean ± std: the number chosen without looking at the test set.
 - **s / epoch** includes evaluation and checkpointing; **img/s** is training throughput.
@@ -90,30 +95,31 @@ def _label(row: Row) -> str:
 
 
 def markdown(rows: list[Row], group_by: list[str], title: str) -> str:
-    header = ["model", *group_by, "params", "conv layers", "pooling", "epochs", "runs",
-              "final test acc %", "max test acc %", "best-val ckpt test acc %", "s / epoch",
-              "train time s", "img/s", "ref final %", "ref max %"]  # fmt: skip
+    """The table; the final and max test accuracy columns only where some run logged the
+    test accuracy per epoch (trainer.test_every_epoch), with a note saying so otherwise."""
+    per_epoch = any(row.final_acc for row in rows)
+    columns: list[tuple[str, Any]] = [
+        ("params", lambda row: _number(row.params, 0)),
+        ("conv layers", lambda row: "n/a" if row.conv_layers is None else str(row.conv_layers)),
+        ("pooling", lambda row: row.pooling),
+        ("epochs", _epochs),
+        ("runs", _runs),
+        *([("final test acc %", lambda row: _percent_spread(row.final_acc)),
+           ("max test acc %", lambda row: _percent(max(row.max_acc, default=None)))]
+          if per_epoch else []),
+        ("best-val ckpt test acc %", lambda row: _percent_spread(row.checkpoint_acc)),
+        ("s / epoch", lambda row: _number(_mean(row.epoch_time_s))),
+        ("train time s", lambda row: _number(_mean(row.train_time_s))),
+        ("img/s", lambda row: _number(_mean(row.img_per_s), 0)),
+        ("ref final %", lambda row: _reference(row, "final")),
+        ("ref max %", lambda row: _reference(row, "max")),
+    ]  # fmt: skip
+    header = ["model", *group_by, *(name for name, _ in columns)]
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [
-            row.model,
-            *row.groups.values(),
-            _number(row.params, 0),
-            "n/a" if row.conv_layers is None else str(row.conv_layers),
-            row.pooling,
-            _epochs(row),
-            _runs(row),
-            _percent_spread(row.final_acc),
-            _percent(max(row.max_acc, default=None)),
-            _percent_spread(row.checkpoint_acc),
-            _number(_mean(row.epoch_time_s)),
-            _number(_mean(row.train_time_s)),
-            _number(_mean(row.img_per_s), 0),
-            _reference(row, "final"),
-            _reference(row, "max"),
-        ]
+        cells = [row.model, *row.groups.values(), *(cell(row) for _, cell in columns)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", NOTES]
+    lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES]
     sources = [f"- {row.model}: {row.reference['source']}" for row in rows if row.reference]
     if sources:
         lines += ["", "References:", *dict.fromkeys(sources)]
@@ -159,21 +165,30 @@ def write_csv(rows: list[Row], group_by: list[str], path: Path) -> Path:
 
 def plot(rows: list[Row], title: str, path: Path) -> Path:
     """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
-    markers, beside the seconds per epoch: what each model buys and what it costs."""
+    markers, beside the seconds per epoch: what each model buys and what it costs. A series
+    no run logged (final: trainer.test_every_epoch) is left out, legend included."""
     plt = pyplot()
     y = list(range(len(rows)))
     fig, (acc_ax, time_ax) = plt.subplots(
         1, 2, figsize=(11, 1.8 + 0.5 * len(rows)), sharey=True, width_ratios=[3, 2]
     )
+    series = [
+        (attribute, color, name)
+        for attribute, color, name in (
+            ("final_acc", "tab:blue", "final test acc"),
+            ("checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
+        )
+        if any(getattr(row, attribute) for row in rows)
+    ]
+    height = 0.8 / max(len(series), 1)
     shown = []
-    for offset, attribute, color, name in (
-        (-0.2, "final_acc", "tab:blue", "final test acc"),
-        (0.2, "checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
-    ):
-        values = [getattr(row, attribute) for row in rows]
-        shown += [100 * _mean(v) for v in values if v]
-        acc_ax.barh([i + offset for i in y], [100 * (_mean(v) or 0) for v in values], 0.4,
-                    xerr=[100 * (_std(v) or 0) for v in values], color=color,
+    for n, (attribute, color, name) in enumerate(series):
+        offset = (n - (len(series) - 1) / 2) * height
+        bars = [(i + offset, getattr(row, attribute)) for i, row in enumerate(rows)]
+        bars = [(bar_y, values) for bar_y, values in bars if values]
+        shown += [100 * _mean(values) for _, values in bars]
+        acc_ax.barh([bar_y for bar_y, _ in bars], [100 * _mean(v) for _, v in bars], height,
+                    xerr=[100 * (_std(v) or 0) for _, v in bars], color=color,
                     label=f"{name} (mean ± std)")  # fmt: skip
     for key, marker, color in (("final", "x", "tab:red"), ("max", "|", "black")):
         points = [(r.reference[key], i) for i, r in enumerate(rows) if (r.reference or {}).get(key)]
