@@ -90,13 +90,21 @@ def _optimization_and_model_problems(cfg: DictConfig) -> Iterator[str]:
         yield str(e)
 
 
+# logger switches: (the module each needs, the extra that installs it).
+LOGGER_SWITCHES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "system_metrics": ("psutil", "monitoring"),
+}
+
+
 def _logger_problems(logger: DictConfig) -> Iterator[str]:
-    if not isinstance(logger.tensorboard, bool):
-        yield f"logger.tensorboard={logger.tensorboard!r} must be true or false"
-    elif logger.tensorboard and (
-        problem := missing("tensorboard", "tensorboard", "logger.tensorboard=true")
-    ):
-        yield problem
+    for key, (module, extra) in LOGGER_SWITCHES.items():
+        if not isinstance(logger[key], bool):
+            yield f"logger.{key}={logger[key]!r} must be true or false"
+        elif logger[key] and (problem := missing(module, extra, f"logger.{key}=true")):
+            yield problem
+    if logger.register is not None and not (isinstance(logger.register, str) and logger.register):
+        yield f"logger.register={logger.register!r} must be a model name, or null"
 
 
 def _device_problems(device: DictConfig, precision: str) -> Iterator[str]:

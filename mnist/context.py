@@ -19,14 +19,21 @@ class JobContext:
     override_dirname: str = ""
     # The MLflow run of the sweep this job is part of (mnist/tracking/sweep.py); None outside one.
     parent_run_id: str | None = None
+    # The keys the sweep varies, in the order it gave them (e.g. ["model", "seed"]); empty
+    # outside a sweep.
+    swept_keys: list[str] = field(default_factory=list)
+    # The job's number in its sweep (0 for a single run): what is said once per sweep is
+    # said by job 0.
+    job_num: int = 0
     # Added to the run's tags, e.g. the source run of a reproduction.
     extra_tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hydra(cls) -> JobContext:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-        from mnist.tracking.sweep import parent_run_id
+        from mnist.tracking.sweep import parent_run_id, swept_keys
 
         hydra = HydraConfig.get()
         return cls(
@@ -35,8 +42,19 @@ class JobContext:
             choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
             override_dirname=hydra.job.override_dirname,
             parent_run_id=parent_run_id(hydra),
+            swept_keys=swept_keys(hydra),
+            job_num=hydra.job.num if hydra.mode == RunMode.MULTIRUN else 0,
         )
 
     @property
     def run_name(self) -> str:
-        return self.override_dirname or self.choices.get("model", "run")
+        """In a sweep, what tells this job from the others: the values of the swept keys,
+        a config group by its option alone ("fast seed=0"); a single run by its overrides,
+        else its model."""
+        values = dict(override.lstrip("+~").partition("=")[::2] for override in self.overrides)
+        swept = [
+            value if key in self.choices else f"{key}={value}"
+            for key in self.swept_keys
+            if (value := values.get(key)) is not None
+        ]
+        return " ".join(swept) or self.override_dirname or self.choices.get("model", "run")

@@ -6,18 +6,36 @@ pay."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mnist.data.batches import MNIST_MEAN, MNIST_STD
 from mnist.paths import REPO_ROOT
 from mnist.tracking.store import get_or_create_experiment, retry_when_locked
+
+# What a logged model expects and returns: its description in MLflow, and its metadata.
+MODEL_CONTRACT = (
+    f"Input: float32 (N, 1, 28, 28), any N: MNIST-style digits, white on black, pixels scaled "
+    f"to [0, 1] then normalised as (x - {MNIST_MEAN}) / {MNIST_STD}. Output: (N, 10) logits of "
+    "the digits 0-9. scripts/predict.py makes this input from any image "
+    "(mnist.inference.digits.to_mnist, then model_input)."
+)
+
+# MLflow's notes on every job that the user cannot act on: that the project uses uv, that
+# pip's version cannot be read in a uv environment without pip (a warning), and the start
+# and stop of system metrics.
+for _name, _level in (("mlflow.utils.uv_utils", logging.WARNING),
+                      ("mlflow.utils.environment", logging.ERROR),
+                      ("mlflow.system_metrics.system_metrics_monitor", logging.WARNING)):  # fmt: skip
+    logging.getLogger(_name).setLevel(_level)
 
 
 def _end_run(status: str) -> None:
@@ -83,19 +101,32 @@ def mlflow_run(
     tags: dict[str, str],
     params: dict[str, Any],
     resume_run_id: str | None = None,
+    experiment_tags: Callable[[str], dict[str, str]] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Any]:
     """An active MLflow run that always ends: FINISHED, KILLED on Ctrl-C, FAILED on any
     other exception (re-raised), so a crashed job never leaves a run RUNNING. With
-    `resume_run_id`, the interrupted run is continued instead (its params stay as logged)."""
+    `resume_run_id`, the interrupted run is continued instead (its params stay as logged).
+    `experiment_tags`: see store.get_or_create_experiment; `system_metrics`: MLflow's
+    CPU, memory, disk, network (and GPU, with nvidia-ml-py) metrics under system/."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     if resume_run_id:
-        run = retry_when_locked(lambda: mlflow.start_run(run_id=resume_run_id))
-    else:
-        experiment_id = retry_when_locked(lambda: get_or_create_experiment(uri, experiment))
         run = retry_when_locked(
-            lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+            lambda: mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
+        )
+    else:
+        experiment_id = retry_when_locked(
+            lambda: get_or_create_experiment(uri, experiment, experiment_tags)
+        )
+        run = retry_when_locked(
+            lambda: mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=run_name,
+                tags=tags,
+                log_system_metrics=system_metrics,
+            )
         )
     try:
         if not resume_run_id:
@@ -118,10 +149,13 @@ def set_tags(tags: dict[str, str]) -> None:
     retry_when_locked(lambda: mlflow.set_tags(tags))
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+def log_metrics(
+    metrics: dict[str, float], step: int | None = None, model_id: str | None = None
+) -> None:
+    """`model_id`: the logged model these metrics describe (shown with the model too)."""
     import mlflow
 
-    retry_when_locked(lambda: mlflow.log_metrics(metrics, step=step))
+    retry_when_locked(lambda: mlflow.log_metrics(metrics, step=step, model_id=model_id))
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
@@ -134,22 +168,41 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_pytorch_model(model: torch.nn.Module, example: torch.Tensor) -> None:
-    """The model in MLflow's pytorch flavour, with a signature from `example`. Requirements
-    are given rather than inferred: inference imports the model in a subprocess (slow)."""
+def log_pytorch_model(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    name: str,
+    registered_name: str | None = None,
+    step: int = 0,
+) -> str:
+    """The model as MLflow 3 logs it, named `name` (the model option), and returns its id:
+    torch.export's pt2 graph, which loads without this package and without unpickling
+    code; the batch dimension stays dynamic (`example` needs a batch of 2 or more). With
+    `registered_name`, also a new version of that registered model. Metrics logged at
+    `step` afterwards are the model's too (MLflow links them). Requirements are given
+    rather than inferred: inference imports the model in a subprocess (slow)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    model = model.eval()
+    # The standard layout: torch.export cannot store channels_last weights whole.
+    model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         output = model(example)
-    signature = infer_signature(example.cpu().numpy(), output.cpu().numpy())
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         model,
-        name="model",
-        signature=signature,
+        name=name,
+        signature=infer_signature(example.cpu().numpy(), output.cpu().numpy()),
         input_example=example.cpu().numpy(),
-        # Pickle keeps any batch size working; "pt2" would trace a fixed example shape.
-        serialization_format="pickle",
+        serialization_format="pt2",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        metadata={"contract": MODEL_CONTRACT},
+        tags={"mlflow.note.content": MODEL_CONTRACT},
+        registered_model_name=registered_name,
+        step=step,
     )
+    if registered_name:
+        from mlflow.tracking import MlflowClient
+
+        version = info.registered_model_version
+        MlflowClient().update_model_version(registered_name, version, MODEL_CONTRACT)
+    return info.model_id

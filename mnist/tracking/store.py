@@ -17,6 +17,8 @@ from mnist.errors import TrackingError
 
 # Runs must not phone home (and machines without internet must not wait on it).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Artifacts read back here are small files: a progress bar each would only clutter the output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
@@ -55,7 +57,11 @@ def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: fl
     return call()
 
 
-def get_or_create_experiment(uri: str, name: str) -> str:
+def get_or_create_experiment(
+    uri: str, name: str, tags: Callable[[str], dict[str, str]] | None = None
+) -> str:
+    """The id of experiment `name`, created if needed. `tags(experiment_id)`: tags it must
+    carry, set where they differ (an experiment made before them gets them too)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -63,16 +69,18 @@ def get_or_create_experiment(uri: str, name: str) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-    except MlflowException:
-        # Another job of a sweep created it first.
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        except MlflowException:
+            # Another job of a sweep created it first.
+            if client.get_experiment_by_name(name) is None:
+                raise
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    for key, value in (tags(experiment.experiment_id) if tags else {}).items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def check_store(uri: str) -> None:

@@ -1,7 +1,8 @@
 """A multirun as one MLflow experiment: a parent run opened before the first job starts and
-closed after the last one ends, with every job's run as its child. A Hydra callback, so
-every launcher (basic, joblib, submitit) gets it without the jobs knowing which one ran them.
-"""
+closed after the last one ends, with every job's run as its child, named by the keys the
+sweep varies. A Hydra callback, so every launcher (basic, joblib, submitit) gets it without
+the jobs knowing which one ran them. The parent ends as the sweep's summary
+(mnist/reporting/compare.py: summarize_sweep)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist.tracking import store
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 # Written into the sweep directory: a file reaches the jobs of every launcher, Slurm jobs on
 # other nodes included (they share the sweep directory), where an environment variable may not.
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+# The keys the sweep varies, one a line: each job's run is named by their values.
+SWEPT_KEYS_FILE = "swept_keys"
 
 
 def parent_run_id(hydra_cfg: DictConfig) -> str | None:
@@ -32,23 +35,55 @@ def parent_run_id(hydra_cfg: DictConfig) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def swept_keys(hydra_cfg: DictConfig) -> list[str]:
+    """The keys the sweep of this job varies; empty outside a multirun."""
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return []
+    path = Path(hydra_cfg.sweep.dir) / SWEPT_KEYS_FILE
+    return path.read_text().split() if path.is_file() else []
+
+
+def swept_overrides(config: DictConfig) -> dict[str, str]:
+    """{key: its values} for each key the sweep varies, e.g. {"model": "linear,fast"}: the
+    command line's sweeps, then those of hydra.sweeper.params (experiment presets) that it
+    does not override. Keys that only say where to write (override_dirname's exclude_keys)
+    tell no two runs apart, so they are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [*config.hydra.overrides.task, *(f"{key}={value}" for key, value in params.items())]
+    excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
+    swept: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        if override.is_sweep_override() and override.key_or_group not in excluded:
+            swept.setdefault(override.key_or_group, ",".join(override.sweep_string_iterator()))
+    return swept
+
+
 class MlflowSweep(Callback):
     """Opens the parent run in `on_multirun_start` and ends it in `on_multirun_end`:
     FINISHED only when every child finished. Hydra skips `on_multirun_end` when a job
     raises, so an exit hook ends the parent (FAILED) in that case too."""
 
     def __init__(self) -> None:
-        self._parent: tuple[str, str, str] | None = None  # tracking URI, experiment, run
+        # tracking URI, experiment id, parent run id, sweep directory
+        self._parent: tuple[str, str, str, Path] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
+
+        from mnist.tracking.ui import experiment_tags
 
         uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.
-        experiment_id = store.get_or_create_experiment(uri, config.logger.experiment)
+        experiment_id = store.get_or_create_experiment(
+            uri, config.logger.experiment, experiment_tags
+        )
         sweep_dir = Path(config.hydra.sweep.dir)
-        run = MlflowClient(uri).create_run(
+        client = MlflowClient(uri)
+        run = client.create_run(
             experiment_id,
             run_name=f"sweep {'/'.join(sweep_dir.parts[-2:])}",
             tags={
@@ -56,9 +91,12 @@ class MlflowSweep(Callback):
                 "hydra.overrides": " ".join(config.hydra.overrides.task),
             },
         )
+        swept = swept_overrides(config)
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in swept.items()])
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key in swept))
         (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
-        self._parent = (uri, experiment_id, run.info.run_id)
+        self._parent = (uri, experiment_id, run.info.run_id, sweep_dir)
         atexit.register(self._end_parent)
         log.info(
             "Sweep parent run %s in MLflow experiment %r (%s)",
@@ -76,7 +114,10 @@ class MlflowSweep(Callback):
             return
         from mlflow.tracking import MlflowClient
 
-        uri, experiment_id, run_id = self._parent
+        from mnist.reporting.compare import summarize_sweep
+        from mnist.tracking.ui import how_to_open
+
+        uri, experiment_id, run_id, sweep_dir = self._parent
         self._parent = None
         client = MlflowClient(uri)
         children = client.search_runs(
@@ -85,6 +126,9 @@ class MlflowSweep(Callback):
         failed = sum(child.info.status != "FINISHED" for child in children)
         client.set_tag(run_id, "sweep.jobs", str(len(children)))
         client.set_tag(run_id, "sweep.failed_jobs", str(failed))
+        summarize_sweep(uri, experiment_id, run_id, sweep_dir / "compare")
         finished = sweep_completed and children and not failed
         client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
         log.info("Sweep parent run %s: %d jobs, %d not finished", run_id, len(children), failed)
+        if hint := how_to_open(uri, experiment_id):
+            log.info("Compare the runs: %s", hint)

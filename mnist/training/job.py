@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist.config import flatten, validate_config
+from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.augment import BatchAugment
 from mnist.data.batches import normalize, to_unit_float
@@ -27,7 +27,9 @@ from mnist.models import ModelSummary, format_summary, summarize
 from mnist.reporting import plots
 from mnist.reporting.reports import write_training_reports
 from mnist.seeding import generator, seed_everything
-from mnist.tracking import runs, store
+from mnist.tracking import runs, store, ui
+from mnist.tracking.datasets import log_datasets
+from mnist.tracking.params import run_params
 from mnist.training.build import build_learner, initial_model
 from mnist.training.checkpoint import load_checkpoint, state_dict_sha256
 from mnist.training.device import configure_torch, resolve_device
@@ -49,16 +51,19 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
 
-    data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums), device)
+    data_root = ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums)
+    data = load_mnist(data_root, device)
     train_idx, val_idx = prepare_split(cfg, data.train_labels)
     model = initial_model(cfg, device)
     learner = build_learner(cfg, model, device, len(train_idx))
     summary = summarize(model)
     model_name = ctx.choices.get("model", type(model).__name__)
     log.info(
-        "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images\n%s",
+        "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images%s",
         model_name, summary.total_params, summary.macs / 1e6, device, len(train_idx),
-        len(val_idx), len(data.test_labels), format_summary(summary),
+        len(val_idx), len(data.test_labels),
+        # Once per sweep: every run logs its own model_summary.txt.
+        "\n" + format_summary(summary) if ctx.job_num == 0 else "",
     )  # fmt: skip
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -67,11 +72,16 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
 
     with runs.mlflow_run(
         uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name,
-        _tags(cfg, ctx, device, model_name), flatten(cfg),
+        _tags(cfg, ctx, device, model_name), run_params(cfg, ctx.choices),
         resume_state["mlflow_run_id"] if resume_state else None,
+        experiment_tags=ui.experiment_tags, system_metrics=cfg.logger.system_metrics,
     ) as run:  # fmt: skip
         if not resume_state:
             runs.log_metrics({"params_count": summary.total_params, "macs_per_image": summary.macs})
+            sizes = {"training": len(train_idx), "validation": len(val_idx),
+                     "test": len(data.test_labels)}  # fmt: skip
+            log_datasets(data_root, cfg.data, cfg.seed, sizes)
+            runs.log_artifacts(files)  # the config first: a run that fails keeps it
         with _epoch_logger(cfg, ctx.output_dir, model, draws) as log_metrics:
             with _explain_nondeterminism():
                 checkpoints = Checkpoints(
@@ -82,11 +92,18 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
                     log_metrics, resume_state,
                 )  # fmt: skip
             test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
+            if cfg.logger.log_model:
+                with _uploading(uri, ctx.output_dir):
+                    # Before the final metrics: logged at its step, they describe it.
+                    _log_model(cfg, model, model_name, data.test_images, len(result.history))
             log_metrics(final, len(result.history))
-        files += write_training_reports(
+        reports = write_training_reports(
             ctx.output_dir, data.test_images, data.test_labels, test, result.history
         )
-        _log_outputs(cfg, uri, ctx.output_dir, files, model, data.test_images)
+        with _uploading(uri, ctx.output_dir):
+            folders = [ctx.output_dir / ".hydra", ctx.output_dir / "tensorboard"]
+            runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
+            runs.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
         log.info(
             "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",
             result.best_epoch, result.best_val_acc, test.accuracy, run.info.run_id, uri,
@@ -173,27 +190,24 @@ def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) ->
     return tags
 
 
-def _log_outputs(
-    cfg: DictConfig,
-    uri: str,
-    output_dir: Path,
-    files: list[Path],
-    model: torch.nn.Module,
-    test_images: torch.Tensor,
-) -> None:
-    """The run's files, its best checkpoint and (logger.log_model) the model, to MLflow."""
-    folders = [output_dir / ".hydra", output_dir / "tensorboard"]
+@contextmanager
+def _uploading(uri: str, output_dir: Path) -> Iterator[None]:
+    """A failed upload says where the run's files are kept."""
     try:
-        runs.log_artifacts([*files, *filter(Path.is_dir, folders)])
-        runs.log_artifacts([output_dir / "checkpoints" / "best.pt"], artifact_path="checkpoints")
-        if cfg.logger.log_model:
-            example = normalize(to_unit_float(test_images[:4])).cpu()
-            runs.log_pytorch_model(copy.deepcopy(model).cpu(), example)
+        yield
     except Exception as e:
         raise TrackingError(
             f"uploading artifacts to {uri} failed ({e}); the checkpoints and reports "
             f"are kept in {output_dir}"
         ) from e
+
+
+def _log_model(
+    cfg: DictConfig, model: torch.nn.Module, name: str, test_images: torch.Tensor, step: int
+) -> None:
+    """The best-validation model in MLflow (logger.register: also a registered version)."""
+    example = normalize(to_unit_float(test_images[:4])).cpu()
+    runs.log_pytorch_model(copy.deepcopy(model).cpu(), example, name, cfg.logger.register, step)
 
 
 def augmentation_preview(

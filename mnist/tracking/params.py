@@ -1,0 +1,49 @@
+"""A training run's MLflow params: what makes its result differ from another run's, in the
+form the UI compares and searches (`params.model = "fast"`). The whole resolved config
+stays the run's config.yaml artifact; params leave out where a run wrote, how it
+reported, and Hydra's internals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mnist.config import flatten
+
+# Config groups whose chosen option is a param of its own, e.g. model=fast.
+GROUPS = ("model", "optimizer", "scheduler", "augmentation", "device", "experiment")
+# Keys (or key prefixes ending in ".") that change where or how a run is recorded, or only
+# its speed, never its numbers.
+NOT_COMPARED = (
+    "paths.",
+    "logger.",
+    "data.root",
+    "data.verify_checksums",
+    "trainer.progress",
+    "trainer.resume",
+    "trainer.eval_batch_size",
+    "device.malloc_tuning",
+)
+# Hydra's instructions to instantiate: the group's option says the same in a word.
+HYDRA_KEYS = ("_target_", "_partial_")
+
+
+def _compared(key: str) -> bool:
+    if key.rsplit(".", 1)[-1] in HYDRA_KEYS:
+        return False
+    return not any(
+        key == name or (name.endswith(".") and key.startswith(name)) for name in NOT_COMPARED
+    )
+
+
+def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """The option of each config group (`model`, `optimizer`, ...), then every config value
+    that can change the run's numbers, flattened (`trainer.epochs`, `model.dropout`)."""
+    groups = {group: choices[group] for group in GROUPS if group in choices}
+    values = {key: value for key, value in flatten(cfg).items() if _compared(key)}
+    for group, option in groups.items():
+        # A group's `name` repeats its option, unless set on its own (scheduler.name=step).
+        if values.get(f"{group}.name") == option:
+            del values[f"{group}.name"]
+    return {**groups, **values}
