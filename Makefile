@@ -13,8 +13,8 @@ help:
 	@echo "make test       full test suite; tests needing real MNIST fetch it or say why they skip"
 	@echo "make test-fast  the suite without tests marked slow"
 	@echo "make lint       ruff check + ruff format --check"
-	@echo "make ui         MLflow UI on the repository's store (http://127.0.0.1:5000)"
-	@echo "make server     MLflow tracking server on the store for jobs elsewhere; PORT=5000"
+	@echo "make ui         MLflow UI on the repository's store (http://127.0.0.1:5000); PORT, WORKERS=1"
+	@echo "make server     MLflow tracking server on the store for jobs elsewhere; PORT=5000, WORKERS=1"
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
@@ -50,14 +50,19 @@ format: setup-all
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
+# One server worker by default: MLflow's default of 4 made the first page take about two
+# minutes on a busy 2-core machine. WORKERS=4 for a server many people use.
+PORT ?= 5000
+WORKERS ?= 1
 ui: setup
-	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 \
+		--port $(PORT) --workers $(WORKERS)
 
 # The repository's store behind a tracking server, for jobs in other processes or on other
 # machines: MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT) python scripts/train.py -m ...
 # Artifacts go through the server into mlruns/artifacts. Loopback only: reach it from a
 # cluster through an SSH tunnel (see README).
-PORT ?= 5000
 server: setup
 	$(RUN) mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--artifacts-destination $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+		--artifacts-destination $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT) \
+		--workers $(WORKERS)

@@ -4,11 +4,8 @@ or over HTTP from a real `mlflow server`."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import joblib
@@ -19,6 +16,7 @@ from mnist.reporting.compare import compare
 from mnist.tracking.sweep import PARENT_RUN_FILE
 from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
+from tests.helpers.server import free_port, wait_until_up
 
 PARENT_TAG = "mlflow.parentRunId"
 # A model whose head has 5 outputs for 10 classes: it builds, then fails in its first batch,
@@ -68,6 +66,16 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FAILED"
     assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("3", "1")
+    # Each child named by the one key the sweep varies; the parent is the sweep's summary.
+    assert [r.info.run_name for r in children] == ["fast", "cnn24k", "broken"]
+    assert parent.data.params == {"model": "fast,cnn24k,broken"}
+    for model, run in zip(("fast", "cnn24k"), children, strict=False):
+        assert parent.data.metrics[f"{model}/test/acc_mean"] == run.data.metrics["test/acc"]
+        assert parent.data.metrics[f"{model}/best/val_acc_mean"] == run.data.metrics["best/val_acc"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "table.md", "table.csv", "chart.png",
+    }  # fmt: skip
+    assert "| fast | 29,178 | 3 | MaxPool |" in parent.data.tags["mlflow.note.content"]
 
     # In process: scripts/compare.py only adds Hydra's output directory, and another
     # interpreter would cost this 2-core test machine half a minute of imports.
@@ -90,8 +98,9 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     assert "| 1 | MaxPool | n/a | 0 + 1 failed | n/a | n/a | n/a |" in table
     assert f"| broken | {broken.info.run_name} | FAILED | {broken.info.run_id} |" in table
     assert (tmp_path / "compare" / "chart.png").stat().st_size > 10_000
-    summary = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'compare'")
-    assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {
+    (summary,) = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'compare'")
+    assert summary.data.tags[PARENT_TAG] == parent.info.run_id  # under the sweep it summarises
+    assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {
         "table.md", "table.csv", "chart.png",
     }  # fmt: skip
 
@@ -117,29 +126,10 @@ def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path)
         assert int(run.data.tags["torch.num_threads"]) <= max(joblib.cpu_count() // 2, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"mlflow server at {url} did not come up in {timeout_s} s")
-
-
 # Three interpreters (server, two submitit jobs) besides the sweep's: minutes on 2 cores.
 @pytest.mark.slow
 def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     server = subprocess.Popen(
@@ -149,7 +139,7 @@ def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_pa
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        _wait_until_up(url, server, log)
+        wait_until_up(url, server, log)
         sweep = subprocess.run(
             [sys.executable, str(TRAIN_SCRIPT), *sweep_overrides(synthetic_root, tmp_path),
              "hydra/launcher=submitit_local", "seed=0,1"],

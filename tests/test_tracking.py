@@ -90,6 +90,8 @@ def test_a_run_logs_params_that_compare_its_datasets_and_system_metrics(
         client.search_runs([experiment], "params.model = 'fast'")[0].info.run_id == run.info.run_id
     )
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # What compare.py says of the model, recorded by the run that trained it.
+    assert (run.data.tags["model.conv_layers"], run.data.tags["model.pooling"]) == ("3", "MaxPool")
 
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"training", "validation", "test"}

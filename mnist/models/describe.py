@@ -24,3 +24,9 @@ def downsampling(model: nn.Module) -> str:
         if present
     ]
     return " + ".join(kinds) or "none"
+
+
+def shape_tags(model: nn.Module) -> dict[str, str]:
+    """Logged with each training run, so that the comparison reads what was trained instead
+    of rebuilding a model from a store's contents."""
+    return {"model.conv_layers": str(conv_layers(model)), "model.pooling": downsampling(model)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import re
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,21 +86,12 @@ def group_value(run: Any, key: str) -> str | None:
     return None
 
 
-def describe_model(client: Any, run_id: str) -> tuple[int | None, str]:
-    """Conv layers and downsampling of the model a run trained, rebuilt from the run's
-    config.yaml with build_model, which builds only this package's models: a shared store
-    must not be able to make compare run code. (None, "n/a") when it cannot be rebuilt."""
-    from mnist.models import build_model
-    from mnist.models.describe import conv_layers, downsampling
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
-        model = build_model(config.model)
-    except Exception as e:  # no config, a class or argument gone since, a foreign _target_
-        log.warning("Cannot rebuild the model of run %s to describe it: %s", run_id, e)
-        return None, "n/a"
-    return conv_layers(model), downsampling(model)
+def describe_model(run: Any) -> tuple[int | None, str]:
+    """Conv layers and downsampling of the model a run trained, as the run recorded them
+    (mnist.models.describe.shape_tags); (None, "n/a") for a run that did not."""
+    tags = run.data.tags
+    layers = tags.get("model.conv_layers")
+    return (int(layers) if layers else None), tags.get("model.pooling", "n/a")
 
 
 def _history(client: Any, run_id: str, metric: str) -> list[float]:
@@ -146,7 +136,7 @@ def build_rows(
         row = rows.get((model, *groups.values()))
         if row is None:
             row = rows[(model, *groups.values())] = Row(model, groups)
-            row.conv_layers, row.pooling = describe_model(client, run.info.run_id)
+            row.conv_layers, row.pooling = describe_model(run)
             row.reference = references.get(model)
         if "params_count" in run.data.metrics:
             row.params = int(run.data.metrics["params_count"])

@@ -32,9 +32,12 @@ MODEL_CONTRACT = (
 # MLflow's notes on every job that the user cannot act on: that the project uses uv, that
 # pip's version cannot be read in a uv environment without pip (a warning), and the start
 # and stop of system metrics.
-for _name, _level in (("mlflow.utils.uv_utils", logging.WARNING),
-                      ("mlflow.utils.environment", logging.ERROR),
-                      ("mlflow.system_metrics.system_metrics_monitor", logging.WARNING)):  # fmt: skip
+QUIETED = {
+    "mlflow.utils.uv_utils": logging.WARNING,
+    "mlflow.utils.environment": logging.ERROR,
+    "mlflow.system_metrics.system_metrics_monitor": logging.WARNING,
+}
+for _name, _level in QUIETED.items():
     logging.getLogger(_name).setLevel(_level)
 
 

@@ -24,6 +24,7 @@ from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
 from mnist.errors import ConfigError, TrackingError
 from mnist.models import ModelSummary, format_summary, summarize
+from mnist.models.describe import shape_tags
 from mnist.reporting import plots
 from mnist.reporting.reports import write_training_reports
 from mnist.seeding import generator, seed_everything
@@ -72,7 +73,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
 
     with runs.mlflow_run(
         uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name,
-        _tags(cfg, ctx, device, model_name), run_params(cfg, ctx.choices),
+        _tags(cfg, ctx, device, model_name) | shape_tags(model), run_params(cfg, ctx.choices),
         resume_state["mlflow_run_id"] if resume_state else None,
         experiment_tags=ui.experiment_tags, system_metrics=cfg.logger.system_metrics,
     ) as run:  # fmt: skip
