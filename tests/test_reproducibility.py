@@ -83,7 +83,8 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
 @pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
 def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
     cfg = tiny_cfg("augmentation=crop_rotate", "seed=11")
-    original = run_training(cfg, JobContext(output_dir=tmp_path / "original"))
+    choices = {"model": "fast", "augmentation": "crop_rotate"}
+    original = run_training(cfg, JobContext(output_dir=tmp_path / "original", choices=choices))
     result = run_script(
         "reproduce",
         f"run_id={original['run_id']}",
@@ -97,6 +98,8 @@ def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
     copy = next(r for r in runs if r.info.run_id != original["run_id"])
     assert copy.data.tags["reproduced_from"] == original["run_id"]
+    # The same params, config-group options included: the two runs compare in the UI.
+    assert copy.data.params == client.get_run(original["run_id"]).data.params
 
 
 def test_unreachable_tracking_server_fails_before_anything_else(tiny_cfg, tmp_path, monkeypatch):

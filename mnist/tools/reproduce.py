@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.tracking import runs, store
+from mnist.tracking.params import GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,12 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     if dirty != "false":
         log.warning("The working tree has uncommitted changes: the code may differ from the run's")
     run_cfg.logger.tracking_uri = uri
+    # The config groups' options, as the source run logged them (mnist/tracking/params.py).
+    choices = {k: v for k, v in source.data.params.items() if k in GROUPS}
     ctx = JobContext(
         output_dir=output_dir,
         overrides=tags.get("hydra.overrides", "").split(),
-        choices={"model": tags.get("model", "")},
+        choices={**choices, "model": tags.get("model", "")},
         override_dirname=f"reproduce:{source.info.run_name}",
         extra_tags={"reproduced_from": run_id},
     )

@@ -82,7 +82,8 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
             sizes = {"training": len(train_idx), "validation": len(val_idx),
                      "test": len(data.test_labels)}  # fmt: skip
             log_datasets(data_root, cfg.data, cfg.seed, sizes)
-            runs.log_artifacts(files)  # the config first: a run that fails keeps it
+            with _uploading(uri, ctx.output_dir):
+                runs.log_artifacts(files)  # the config first: a run that fails keeps it
         with _epoch_logger(cfg, ctx.output_dir, model, draws) as log_metrics:
             with _explain_nondeterminism():
                 checkpoints = Checkpoints(
