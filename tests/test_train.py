@@ -52,11 +52,12 @@ def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path)
     assert list(elsewhere.iterdir()) == []
     # A quiet console: the model summary once per sweep, none of MLflow's notes the user
     # cannot act on, and how to open the comparison at the end.
-    assert result.stderr.count("Total parameters") == 1
+    console = result.stdout + result.stderr  # Hydra logs to stdout, MLflow to stderr
+    assert console.count("Total parameters") == 1
     for note in ("Detected uv project", "pip version", "Pickle", "Downloading artifacts"):
-        assert note not in result.stderr, note
-    assert "Compare the runs: mlflow ui --backend-store-uri sqlite:///" in result.stderr
-    assert "workflowType=machine_learning" in result.stderr.splitlines()[-1]
+        assert note not in console, note
+    assert "Compare the runs: mlflow ui --backend-store-uri sqlite:///" in console
+    assert "workflowType=machine_learning" in result.stdout.splitlines()[-1]
     client = store(tmp_path)
     runs = [r for r in runs_of(client, "sweep") if "mlflow.parentRunId" in r.data.tags]
     assert [r.data.tags["model"] for r in runs] == ["fast", "cnn24k"]
