@@ -89,6 +89,7 @@ def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path)
     assert runs[0].data.metrics["best/val_acc"] > 0.5
     # Loadable in MLflow's pytorch flavour, at any batch size.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (tmp_path / "loaded").mkdir()
     model = mlflow.pytorch.load_model(
         f"models:/{runs[0].outputs.model_outputs[0].model_id}",
         dst_path=str(tmp_path / "loaded"),
