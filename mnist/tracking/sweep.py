@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mnist.sweep_config import refuse_invalid_sweep
 from mnist.tracking import store
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def parent_run_id(hydra_cfg: DictConfig) -> str | None:
 
 
 class MlflowSweep(Callback):
-    """Opens the parent run in `on_multirun_start` and ends it in `on_multirun_end`:
+    """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
+    an invalid job is refused before it has a parent run) and ends it in `on_multirun_end`:
     FINISHED only when every child finished. Hydra skips `on_multirun_end` when a job
     raises, so an exit hook ends the parent (FAILED) in that case too."""
 
@@ -43,6 +45,7 @@ class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        refuse_invalid_sweep(config)
         uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.
