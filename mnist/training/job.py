@@ -60,6 +60,8 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
 def _train(
     cfg: DictConfig, ctx: JobContext, uri: str, resume_state: dict[str, Any] | None
 ) -> dict[str, Any]:
+    """The stages of a run in order, readable top to bottom; over 60 lines because the
+    steps that close the run are interleaved with the points where a signal stops it."""
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
