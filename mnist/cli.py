@@ -1,29 +1,39 @@
-"""Shared behaviour of the entry points in scripts/. Imports only mnist.errors and
-mnist.paths, so that Hydra answers --help and --cfg before torch is ever imported."""
+"""Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths
+and mnist.job_dir, so that Hydra answers --help and --cfg before torch is ever imported."""
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from omegaconf import DictConfig, OmegaConf
+
 from mnist import paths  # noqa: F401  (registers the ${repo_root:} resolver the configs use)
 from mnist.errors import (
+    CheckpointWriteError,
     ConfigError,
     DataError,
     ModelConfigError,
     TrackingError,
     TrainingInterrupted,
 )
+from mnist.job_dir import discard_job_dir
 
 
 @contextmanager
-def exit_on_user_error() -> Iterator[None]:
+def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
     """A bad config value or missing data is the user's to fix, not a bug: print one clear
-    message and exit with status 2 instead of a traceback."""
+    message and exit with status 2 instead of a traceback, leaving nothing on disk: the
+    directory Hydra made for the job goes if the job wrote nothing into it, and so do the
+    parents that leaves empty below the job config's paths.outputs."""
     try:
         yield
     except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
+        discard_job_dir(OmegaConf.select(cfg, "paths.outputs", default=None) if cfg else None)
         sys.exit(2)
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(130)

@@ -30,6 +30,11 @@ class TrackingError(RuntimeError):
     """The MLflow store cannot be reached or written."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a permission); the message names the
+    path and what was kept. The run fails, and resumes from the previous checkpoint."""
+
+
 class ImageError(ValueError):
     """An input that is not a usable image of a digit; the message names it and why."""
 

@@ -13,7 +13,7 @@ from mnist.cli import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     from mnist.tools.benchmark import benchmark
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         benchmark(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

@@ -13,7 +13,7 @@ from mnist.cli import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     from mnist.reporting.compare import compare
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         compare(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

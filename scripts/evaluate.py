@@ -12,7 +12,7 @@ def main(cfg: DictConfig) -> float:
     from mnist.context import JobContext
     from mnist.inference.evaluate_checkpoints import run_evaluation
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         return run_evaluation(cfg, JobContext.from_hydra())["test/acc"]
 
 

@@ -15,7 +15,7 @@ from mnist.errors import ExportError
 def main(cfg: DictConfig) -> None:
     from mnist.inference.export import run_export
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         try:
             run_export(cfg, Path(HydraConfig.get().runtime.output_dir))
         except ExportError as e:

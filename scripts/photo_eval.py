@@ -13,7 +13,7 @@ from mnist.cli import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     from mnist.tools.photo_eval import run_photo_eval
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         run_photo_eval(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

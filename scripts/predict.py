@@ -12,7 +12,7 @@ from mnist.cli import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     from mnist.inference.predict import run_prediction
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         status = run_prediction(cfg)
     sys.exit(status)
 

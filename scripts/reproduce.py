@@ -16,7 +16,7 @@ def main(cfg: DictConfig) -> None:
     from mnist.tools.reproduce import reproduce
     from mnist.training.job import run_training
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         passed = reproduce(cfg, Path(HydraConfig.get().runtime.output_dir), run_training)
     sys.exit(0 if passed else 1)
 

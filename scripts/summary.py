@@ -10,7 +10,7 @@ from mnist.cli import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     from mnist.models import build_model, format_summary, summarize
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         print(format_summary(summarize(build_model(cfg.model))))
 
 

@@ -11,7 +11,7 @@ def main(cfg: DictConfig) -> float:
     from mnist.context import JobContext
     from mnist.training.job import run_training
 
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         return run_training(cfg, JobContext.from_hydra())["best/val_acc"]
 
 

@@ -99,6 +99,7 @@ def test_script_exits_non_zero_before_any_side_effect(tmp_path):
         assert problem in error_lines[0]
     assert not data_root.exists()  # nothing downloaded
     assert not (tmp_path / "mlruns").exists()  # no MLflow run
+    assert list((tmp_path / "outputs").iterdir()) == []  # no run directory, no .hydra/ or log
 
 
 def test_unknown_keys_get_hydras_error(tmp_path):

@@ -1,5 +1,6 @@
 """Determinism, crash safety and resume, reproduce.py, and hostile input (issue 6)."""
 
+import errno
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import mnist.training.checkpoint as checkpoint_module
 from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.idx import IdxError, parse_idx
-from mnist.errors import ConfigError, TrackingError, UnsafeModelConfig
+from mnist.errors import CheckpointWriteError, ConfigError, TrackingError, UnsafeModelConfig
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
 from mnist.tools.reproduce import TIMING_METRICS
@@ -71,11 +72,16 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(
     killed = [r for r in client.search_runs([experiment]) if r.info.run_id != reference["run_id"]]
     assert [r.info.status for r in killed] == ["KILLED"]
 
-    resumed = run_train_script(f"trainer.resume={last}")
+    outputs = tmp_path / "outputs"
+    resumed = run_train_script(f"trainer.resume={last}", f"paths.outputs={outputs}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = [r for r in client.search_runs([experiment]) if r.info.run_id != reference["run_id"]]
     assert [(r.info.run_id, r.info.status) for r in runs] == [(killed[0].info.run_id, "FINISHED")]
     assert histories(client, runs[0].info.run_id) == histories(client, reference["run_id"])
+    # The run's own log goes on where it stopped; the resume leaves no directory of its own.
+    log = (run_dir / "train.log").read_text()
+    assert log.index("SIGTERM received") < log.index("Resuming") < log.index("epoch 8/8")
+    assert not outputs.exists() or not any(outputs.iterdir())
     tag = "best.weights_sha256"
     assert runs[0].data.tags[tag] == client.get_run(reference["run_id"]).data.tags[tag]
 
@@ -161,12 +167,12 @@ def test_best_checkpoint_cannot_be_resumed_and_says_why(tiny_cfg, tmp_path):
 def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     path = save_checkpoint({"weights": torch.ones(3)}, tmp_path / "last.pt")
 
-    def crash_midway(obj, staged):
-        staged.write_bytes(b"partial")
-        raise OSError("disk full")
+    def crash_midway(obj, file):
+        file.write(b"partial")
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match=f"cannot write {path} .Input/output error"):
         save_checkpoint({"weights": torch.zeros(3)}, path)
     assert torch.equal(load_checkpoint(path)["weights"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

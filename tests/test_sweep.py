@@ -105,6 +105,29 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     }  # fmt: skip
 
 
+def test_a_sweep_with_an_invalid_job_is_refused_before_it_starts(synthetic_root, tmp_path):
+    sweep = run_train_script(
+        *sweep_overrides(synthetic_root, tmp_path), "seed=0,1", "optimizer.lr=0.01,-1"
+    )
+    assert sweep.returncode == 2
+    assert sweep.stderr.splitlines() == [
+        "error: sweep job 1 (seed=0 optimizer.lr=-1): Invalid config: optimizer.lr=-1 must be "
+        "> 0. [2 of 4 jobs invalid; none was started]"
+    ]
+    assert not (tmp_path / "mlruns").exists()  # no parent run, no job run
+    assert not (tmp_path / "outputs").exists()  # no sweep directory
+
+
+def test_a_typo_in_a_sweep_gets_hydras_error_as_in_a_single_run(synthetic_root, tmp_path):
+    single = run_train_script(*sweep_overrides(synthetic_root, tmp_path)[1:], "trainer.epochz=1")
+    sweep = run_train_script(*sweep_overrides(synthetic_root, tmp_path), "trainer.epochz=1,2")
+    assert (single.returncode, sweep.returncode) == (1, 1)
+    assert "Could not override 'trainer.epochz'" in sweep.stderr
+    assert sweep.stderr.replace("=1,2", "=1") == single.stderr
+    assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "outputs").exists()
+
+
 # Slow: two worker processes each import torch and MLflow (~35 s on 2 cores).
 @pytest.mark.slow
 def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path):

@@ -171,22 +171,56 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def logged_steps() -> set[tuple[str, int]]:
+    """(metric, step) pairs the active run has logged: a resumed run redoes what came after
+    its last checkpoint, and leaves out what the interrupted process had logged of it."""
+    import mlflow
+
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    return {
+        (name, metric.step)
+        for name in client.get_run(run_id).data.metrics
+        for metric in client.get_metric_history(run_id, name)
+    }
+
+
+def _has_logged_model(name: str) -> bool:
+    """Whether the active run has a complete model `name`; deletes the unfinished ones an
+    interrupted process left (PENDING, with no files), which would shadow it."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    run = mlflow.active_run()
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'",
+        output_format="list",
+    )
+    for model in models:
+        if model.status != LoggedModelStatus.READY:
+            mlflow.MlflowClient().delete_logged_model(model.model_id)
+    return any(model.status == LoggedModelStatus.READY for model in models)
+
+
 def log_pytorch_model(
     model: torch.nn.Module,
     example: torch.Tensor,
     name: str,
     registered_name: str | None = None,
     step: int = 0,
-) -> str:
+) -> str | None:
     """The model as MLflow 3 logs it, named `name` (the model option), and returns its id:
     torch.export's pt2 graph, which loads without this package and without unpickling
     code; the batch dimension stays dynamic (`example` needs a batch of 2 or more). With
     `registered_name`, also a new version of that registered model. Metrics logged at
-    `step` afterwards are the model's too (MLflow links them). Requirements are given
-    rather than inferred: inference imports the model in a subprocess (slow)."""
+    `step` afterwards are the model's too (MLflow links them). Logged once per run: a
+    resumed run that had logged it keeps that one (None). Requirements are given rather
+    than inferred: inference imports the model in a subprocess (slow)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
+    if _has_logged_model(name):
+        return None
     # The standard layout: torch.export cannot store channels_last weights whole.
     model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():

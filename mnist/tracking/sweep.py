@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mnist.sweep_config import refuse_invalid_sweep
 from mnist.tracking import store
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
 
 
 class MlflowSweep(Callback):
-    """Opens the parent run in `on_multirun_start` and ends it in `on_multirun_end`:
+    """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
+    an invalid job is refused before it has a parent run) and ends it in `on_multirun_end`:
     FINISHED only when every child finished. Hydra skips `on_multirun_end` when a job
     raises, so an exit hook ends the parent (FAILED) in that case too."""
 
@@ -75,6 +77,7 @@ class MlflowSweep(Callback):
 
         from mnist.tracking.ui import experiment_tags
 
+        refuse_invalid_sweep(config)
         uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.

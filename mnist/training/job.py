@@ -22,7 +22,8 @@ from mnist.data.augment import BatchAugment
 from mnist.data.batches import normalize, to_unit_float
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
-from mnist.errors import ConfigError, TrackingError
+from mnist.errors import ConfigError, TrackingError, TrainingInterrupted
+from mnist.job_dir import continue_log_in
 from mnist.models import ModelSummary, format_summary, summarize
 from mnist.models.describe import shape_tags
 from mnist.reporting import plots
@@ -32,11 +33,18 @@ from mnist.tracking import runs, store, ui
 from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import run_params
 from mnist.training.build import build_learner, initial_model
-from mnist.training.checkpoint import load_checkpoint, state_dict_sha256
+from mnist.training.checkpoint import claimed, load_checkpoint, state_dict_sha256
 from mnist.training.device import configure_torch, resolve_device
 from mnist.training.evaluation import Evaluation, evaluate
 from mnist.training.loop import Checkpoints, FitResult, MetricsLogger, fit
-from mnist.training.resume import load_resume_checkpoint, resume_config
+from mnist.training.resume import (
+    ignored_overrides,
+    load_resume_checkpoint,
+    refuse_finished_run,
+    resume_checkpoint_path,
+    resume_config,
+)
+from mnist.training.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +54,17 @@ PREVIEW_DRAWS = 7
 
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
-    side effect in mlruns/ when the config, the data or the store cannot work."""
-    cfg, uri, resume_state = _resolve(cfg, ctx)
+    side effect in mlruns/ when the config, the data or the store cannot work, and
+    TrainingInterrupted on SIGINT/SIGTERM at any time until the MLflow run is closed."""
+    with _claimed_run(cfg, ctx) as (cfg, uri, resume_state):
+        return _train(cfg, ctx, uri, resume_state)
+
+
+def _train(
+    cfg: DictConfig, ctx: JobContext, uri: str, resume_state: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The stages of a run in order, readable top to bottom; over 60 lines because the
+    steps that close the run are interleaved with the points where a signal stops it."""
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
@@ -71,12 +88,20 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, data, train_idx)
     checkpoint_dir = ctx.output_dir / "checkpoints"
 
-    with runs.mlflow_run(
+    # From the run's start to its end, a signal stops the job where that is safe (the loop
+    # checks after each step, the rest below between its steps), so that the run ends
+    # KILLED with a last.pt that a resume finishes from.
+    with stop_on_signals() as stop_requested, runs.mlflow_run(
         uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name,
         _tags(cfg, ctx, device, model_name) | shape_tags(model), run_params(cfg, ctx.choices),
         resume_state["mlflow_run_id"] if resume_state else None,
         experiment_tags=ui.experiment_tags, system_metrics=cfg.logger.system_metrics,
     ) as run:  # fmt: skip
+
+        def stop_if_requested() -> None:
+            if stop_requested():
+                raise TrainingInterrupted(checkpoint_dir / "last.pt")
+
         if not resume_state:
             runs.log_metrics({"params_count": summary.total_params, "macs_per_image": summary.macs})
             sizes = {"training": len(train_idx), "validation": len(val_idx),
@@ -84,7 +109,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
             log_datasets(data_root, cfg.data, cfg.seed, sizes)
             with _uploading(uri, ctx.output_dir):
                 runs.log_artifacts(files)  # the config first: a run that fails keeps it
-        with _epoch_logger(cfg, ctx.output_dir, model, draws) as log_metrics:
+        with _epoch_logger(cfg, ctx.output_dir, model, draws, resume_state) as log_metrics:
             with _explain_nondeterminism():
                 checkpoints = Checkpoints(
                     checkpoint_dir, {"config": resolved, "mlflow_run_id": run.info.run_id}
@@ -93,19 +118,23 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
                     learner, data, train_idx, val_idx, cfg.trainer, device, checkpoints,
                     log_metrics, resume_state,
                 )  # fmt: skip
+            stop_if_requested()
             test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
             if cfg.logger.log_model:
                 with _uploading(uri, ctx.output_dir):
                     # Before the final metrics: logged at its step, they describe it.
                     _log_model(cfg, model, model_name, data.test_images, len(result.history))
             log_metrics(final, len(result.history))
+        stop_if_requested()
         reports = write_training_reports(
             ctx.output_dir, data.test_images, data.test_labels, test, result.history
         )
+        stop_if_requested()
         with _uploading(uri, ctx.output_dir):
             folders = [ctx.output_dir / ".hydra", ctx.output_dir / "tensorboard"]
             runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
             runs.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
+        stop_if_requested()
         log.info(
             "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",
             result.best_epoch, result.best_val_acc, test.accuracy, run.info.run_id, uri,
@@ -113,20 +142,34 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     return {**final, "run_id": run.info.run_id, "params_count": summary.total_params}
 
 
-def _resolve(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, str, dict[str, Any] | None]:
-    """(the config to run, the store URI, the last.pt state to resume from or None): a
-    resumed run continues with its own config, in its own output directory."""
+@contextmanager
+def _claimed_run(
+    cfg: DictConfig, ctx: JobContext
+) -> Iterator[tuple[DictConfig, str, dict[str, Any] | None]]:
+    """(the config to run, the store URI, the last.pt state to resume from or None), with
+    the run's checkpoint directory held by this job until the block ends. A resumed run
+    continues with its own config, in its own output directory and log; it is refused
+    when it is FINISHED or another job holds it."""
     validate_config(cfg)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    resume_state = None
-    if cfg.trainer.resume:
-        checkpoint_path, resume_state = load_resume_checkpoint(cfg.trainer.resume, uri)
-        log.info("Resuming %s with the run's own config", checkpoint_path)
-        cfg = resume_config(resume_state, checkpoint_path)
+    if not cfg.trainer.resume:
+        store.check_store(uri)
+        with claimed(ctx.output_dir / "checkpoints"):
+            yield cfg, uri, None
+        return
+    checkpoint_path = resume_checkpoint_path(cfg.trainer.resume, uri)
+    with claimed(checkpoint_path.parent):
+        resume_state = load_resume_checkpoint(cfg.trainer.resume, checkpoint_path)
+        resumed = resume_config(resume_state, checkpoint_path)
+        uri = store.tracking_uri(resumed.logger.tracking_uri, resumed.paths.mlruns)
+        store.check_store(uri)
+        refuse_finished_run(cfg.trainer.resume, resume_state["mlflow_run_id"], uri)
         ctx.output_dir = checkpoint_path.parent.parent
-        uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    store.check_store(uri)
-    return cfg, uri, resume_state
+        continue_log_in(ctx.output_dir, cfg.paths.outputs)
+        log.info("Resuming %s with the run's own config", checkpoint_path)
+        if ignored := ignored_overrides(cfg, resumed, ctx.overrides):
+            log.warning("Ignored (the resumed run keeps its own config): %s", " ".join(ignored))
+        yield resumed, uri, resume_state
 
 
 def _write_run_files(
@@ -231,12 +274,27 @@ def augmentation_preview(
 
 @contextmanager
 def _epoch_logger(
-    cfg: DictConfig, output_dir: Path, model: torch.nn.Module, draws: torch.Tensor
+    cfg: DictConfig,
+    output_dir: Path,
+    model: torch.nn.Module,
+    draws: torch.Tensor,
+    resume_state: dict[str, Any] | None,
 ) -> Iterator[MetricsLogger]:
     """Where metrics go: MLflow, and TensorBoard too with logger.tensorboard=true (which
-    also gets the augmented inputs once and weight histograms every epoch)."""
+    also gets the augmented inputs once and weight histograms every epoch). A resumed run
+    logs each metric once per step: what it redoes after its last checkpoint (an epoch, the
+    final metrics) the interrupted process may have logged already."""
+    logged = runs.logged_steps() if resume_state else set()
+
+    def log_new(sink: MetricsLogger) -> MetricsLogger:
+        def log_once(metrics: dict[str, float], step: int) -> None:
+            if new := {k: v for k, v in metrics.items() if (k, step) not in logged}:
+                sink(new, step)
+
+        return log_once
+
     if not cfg.logger.tensorboard:
-        yield runs.log_metrics
+        yield log_new(runs.log_metrics)
         return
     from mnist.tracking.tensorboard import TensorBoardLog
 
@@ -248,7 +306,7 @@ def _epoch_logger(
         board.log_metrics(metrics, step)
 
     try:
-        yield log_both
+        yield log_new(log_both)
     finally:
         board.close()
 

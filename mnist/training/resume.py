@@ -117,15 +117,20 @@ def _checkpoint_of_run(run_id: str, uri: str) -> Path:
     return checkpoint
 
 
-def load_resume_checkpoint(target: str, uri: str) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint path and its contents; ConfigError if it cannot be resumed."""
+def resume_checkpoint_path(target: str, uri: str) -> Path:
+    """The last.pt that trainer.resume=<path | run id> names; ConfigError if there is none."""
     path = Path(target).expanduser()
-    if not path.is_file():
-        if not _RUN_ID.fullmatch(target):
-            raise ConfigError(
-                f"trainer.resume={target!r} is neither a checkpoint file nor an MLflow run id"
-            )
-        path = _checkpoint_of_run(target, uri)
+    if path.is_file():
+        return path
+    if not _RUN_ID.fullmatch(target):
+        raise ConfigError(
+            f"trainer.resume={target!r} is neither a checkpoint file nor an MLflow run id"
+        )
+    return _checkpoint_of_run(target, uri)
+
+
+def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
+    """The contents of `path`; ConfigError if it cannot be resumed."""
     try:
         state = load_checkpoint(path)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
@@ -135,7 +140,7 @@ def load_resume_checkpoint(target: str, uri: str) -> tuple[Path, dict[str, Any]]
             f"trainer.resume={target}: {path} is not a resumable checkpoint "
             "(best.pt holds weights only; resume from last.pt)"
         )
-    return path, state
+    return state
 
 
 def resume_config(state: dict[str, Any], path: Path) -> DictConfig:
@@ -146,3 +151,40 @@ def resume_config(state: dict[str, Any], path: Path) -> DictConfig:
     except (OmegaConfBaseException, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: the checkpoint's config is incomplete or invalid ({e})") from e
     return cfg
+
+
+def refuse_finished_run(target: str, run_id: str, uri: str) -> None:
+    """A FINISHED run has nothing left to do: resuming it would log its final metrics and
+    model a second time. ConfigError for it, and for a run the store does not have."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        status = MlflowClient(uri).get_run(run_id).info.status
+    except MlflowException as e:
+        raise ConfigError(
+            f"trainer.resume={target}: the checkpoint's MLflow run {run_id} is not in {uri}"
+        ) from e
+    if status == "FINISHED":
+        raise ConfigError(
+            f"trainer.resume={target}: run {run_id} is FINISHED, there is nothing to resume "
+            f"(scripts/reproduce.py run_id={run_id} trains it again as a new run)"
+        )
+
+
+def ignored_overrides(given: DictConfig, resumed: DictConfig, overrides: list[str]) -> list[str]:
+    """The command-line overrides whose values differ from the resumed run's own config,
+    which is the one used: the user should hear that they do not apply."""
+    ignored = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "trainer.resume":
+            continue
+        now, then = (OmegaConf.select(c, key, default=None) for c in (given, resumed))
+        if _plain(now) != _plain(then):
+            ignored.append(override)
+    return ignored
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

@@ -1,0 +1,41 @@
+"""Reading back what a job logged, and interrupting it with real signals, for the tests of
+signals and resume."""
+
+import os
+
+from mlflow.tracking import MlflowClient
+
+
+def store(tmp_path) -> MlflowClient:
+    """The SQLite store the `tiny_cfg` fixture's runs log to."""
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_in(client: MlflowClient, experiment: str = "mnist") -> list:
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def everything_logged(client: MlflowClient, run_id: str):
+    """The run's status and every value of every metric, with its step."""
+    run = client.get_run(run_id)
+    history = {name: client.get_metric_history(run_id, name) for name in run.data.metrics}
+    return run.info.status, {name: [(m.step, m.value) for m in h] for name, h in history.items()}
+
+
+def assert_logged_once_per_step(client: MlflowClient, run_id: str) -> None:
+    for name in client.get_run(run_id).data.metrics:
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert len(steps) == len(set(steps)), (name, steps)
+
+
+def signal_then(function, *signums):
+    """`function`, its first call preceded by real signals sent to this process: they
+    arrive while the job is in that phase, as signals sent from outside would."""
+    pending = list(signums)
+
+    def wrapper(*args, **kwargs):
+        while pending:
+            os.kill(os.getpid(), pending.pop(0))
+        return function(*args, **kwargs)
+
+    return wrapper
