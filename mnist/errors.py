@@ -14,6 +14,12 @@ class CheckpointError(ConfigError):
     ConfigError, as the checkpoint is a value the user chose (ckpt=, trainer.resume=)."""
 
 
+class UnsafeConfigError(CheckpointError):
+    """A config stored with a run (in a checkpoint, as an MLflow run's config.yaml) naming
+    a `_target_` off the allowlist of mnist/targets.py: refused before anything is built,
+    as building it could run any code."""
+
+
 class ModelConfigError(ValueError):
     """A model config that cannot be built; the message says why."""
 

@@ -1,5 +1,6 @@
 """Determinism, crash safety and resume, reproduce.py, and hostile input (issue 6)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from tests.helpers import (
     run_train_script,
     tiny_overrides,
 )
+from tests.helpers.checkpoints import RunsCommand
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
@@ -123,10 +125,21 @@ def test_resume_refuses_a_checkpoint_naming_a_foreign_target(tiny_cfg, tmp_path)
     config["model"] = {"_target_": "os.system", "command": "touch pwned"}
     state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32, "config": config}
     path = save_checkpoint(state, tmp_path / "last.pt")
-    # Refused while the resumed config is validated, before anything is built or written.
-    with pytest.raises(ConfigError, match=r"'os\.system' is not one of this package"):
+    # Refused by the allowlist of stored configs, before anything is built or written.
+    with pytest.raises(ConfigError, match=r"model\._target_='os\.system'"):
         run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
     assert not (REPO_ROOT / "pwned").exists()
+
+
+def test_resume_refuses_a_pickle_that_would_run_code_and_says_so(tiny_cfg, tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"progress": {}, "mlflow_run_id": "0" * 32, "payload": RunsCommand()}, path)
+    with pytest.raises(ConfigError) as refused:
+        run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
+    message = str(refused.value)
+    assert f"refused, loading it would unpickle {os.system.__module__}.system" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert "corrupt" not in message
 
 
 def test_resume_refuses_a_checkpoint_with_an_incomplete_config(tiny_cfg, tmp_path):
