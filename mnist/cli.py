@@ -11,6 +11,7 @@ from mnist.errors import (
     DataError,
     ModelConfigError,
     TrackingError,
+    TrainingDiverged,
     TrainingInterrupted,
 )
 
@@ -24,6 +25,9 @@ def exit_on_user_error() -> Iterator[None]:
     except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:  # the run exists (FAILED): not the refusal of exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(130)

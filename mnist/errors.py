@@ -32,6 +32,11 @@ class DataError(RuntimeError):
     """The dataset cannot be obtained or does not match what was asked for."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became inf or NaN: every later step would only train on garbage,
+    so the run stops (FAILED) instead of finishing with a worthless model."""
+
+
 class TrackingError(RuntimeError):
     """The MLflow store cannot be reached or written."""
 

@@ -217,7 +217,11 @@ BAD_VALUES = {
     "trainer.batch_size": st.one_of(st.integers(max_value=0), st.booleans(), st.text()),
     "trainer.label_smoothing": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-9)),
     "data.val_size": st.one_of(st.integers(max_value=0), st.integers(min_value=60_000)),
-    "optimizer.lr": st.one_of(st.floats(max_value=0.0), st.just("fast")),
+    "optimizer.lr": st.one_of(
+        st.floats(max_value=0.0), st.just("fast"), st.sampled_from([float("inf"), float("nan")])
+    ),
+    "trainer.deterministic": st.one_of(st.text(), st.integers(), st.none()),
+    "data.stratify": st.one_of(st.text(), st.integers(), st.floats()),
     "augmentation.translate": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-0.01)),
     "trainer.precision": st.text().filter(lambda t: t not in ("fp32", "bf16", "fp16")),
 }
