@@ -103,6 +103,7 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
 
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
     client = MlflowClient(uri)
     try:
         source = client.get_run(run_id)

@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mnist.cli import exit_on_user_error
 from mnist.tracking import store
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,13 @@ class MlflowSweep(Callback):
         self._parent: tuple[str, str, str] | None = None  # tracking URI, experiment, run
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
+        # Hydra turns a callback's exception into a warning and runs the jobs anyway: a
+        # store that cannot work ends the sweep here, in one line, before any job starts.
+        with exit_on_user_error():
+            store.check_store(uri)
         from mlflow.tracking import MlflowClient
 
-        uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.
         experiment_id = store.get_or_create_experiment(uri, config.logger.experiment)
