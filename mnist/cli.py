@@ -14,6 +14,7 @@ from mnist.errors import (
     DataError,
     ModelConfigError,
     TrackingError,
+    TrainingDiverged,
     TrainingInterrupted,
 )
 from mnist.job_dir import discard_job_dir
@@ -31,7 +32,8 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         print(f"error: {e}", file=sys.stderr)
         discard_job_dir(OmegaConf.select(cfg, "paths.outputs", default=None) if cfg else None)
         sys.exit(2)
-    except CheckpointWriteError as e:
+    except (CheckpointWriteError, TrainingDiverged) as e:
+        # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except TrainingInterrupted as e:

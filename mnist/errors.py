@@ -14,6 +14,12 @@ class CheckpointError(ConfigError):
     ConfigError, as the checkpoint is a value the user chose (ckpt=, trainer.resume=)."""
 
 
+class UnsafeConfigError(CheckpointError):
+    """A config stored with a run (in a checkpoint, as an MLflow run's config.yaml) naming
+    a `_target_` off the allowlist of mnist/targets.py: refused before anything is built,
+    as building it could run any code."""
+
+
 class ModelConfigError(ValueError):
     """A model config that cannot be built; the message says why."""
 
@@ -24,6 +30,11 @@ class UnsafeModelConfig(ModelConfigError):
 
 class DataError(RuntimeError):
     """The dataset cannot be obtained or does not match what was asked for."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became inf or NaN: every later step would only train on garbage,
+    so the run stops (FAILED) instead of finishing with a worthless model."""
 
 
 class TrackingError(RuntimeError):

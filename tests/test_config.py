@@ -7,6 +7,7 @@ import torch
 
 from mnist.config import validate_config
 from mnist.errors import ConfigError
+from mnist.paths import REPO_ROOT
 from mnist.training.device import keep_freed_memory
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, compose_config, run_train_script
 
@@ -69,6 +70,72 @@ def test_invalid_values_are_named_in_one_line(override, message):
         validate_config(compose_config([override]))
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# Values that used to pass validation and failed later: a traceback after one epoch
+# (step_size=0), inside MLflow (experiment=''), in torch (momentum=-1), or a run that
+# trained on NaN losses and FINISHED (lr=inf). Strings where booleans belong passed as
+# "true" (any non-empty string is).
+LATE_FAILURES = [
+    (["optimizer.lr=inf"], "optimizer.lr=inf must be a finite number > 0"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan must be a finite number > 0"),
+    (["optimizer=sgd", "optimizer.momentum=-1"], "Invalid momentum value: -1"),
+    (["optimizer=sgd", "optimizer.momentum=0"], "Nesterov momentum requires a momentum"),
+    (["optimizer=adamw", "optimizer.weight_decay=-0.1"], "Invalid weight_decay value: -0.1"),
+    (["+optimizer.betas=[0.9,1.5]"], "Invalid beta parameter at index 1: 1.5"),
+    (["optimizer._target_=torch.optim.LBFGS"], "optimizer._target_='torch.optim.LBFGS' is not"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic='maybe' must be true or false"),
+    (["trainer.channels_last=off"], "trainer.channels_last='off' must be true or false"),
+    (["trainer.compile=1"], "trainer.compile=1 must be true or false"),
+    (["trainer.test_every_epoch=yes"], "trainer.test_every_epoch='yes' must be true or false"),
+    (["trainer.progress=null"], "trainer.progress=None must be true or false"),
+    (["data.stratify=no"], "data.stratify='no' must be true or false"),
+    (["data.verify_checksums=off"], "data.verify_checksums='off' must be true or false"),
+    (["logger.log_model=maybe"], "logger.log_model='maybe' must be true or false"),
+    (["logger.experiment="], "logger.experiment='' must be a non-empty name"),
+    (["logger.experiment=' '"], "logger.experiment=' ' must be a non-empty name"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 must be an integer >= 1"),
+    (["scheduler=step", "scheduler.gamma=0"], "scheduler.gamma=0 must be a number > 0"),
+    (["scheduler=onecycle", "scheduler.pct_start=1.5"], "scheduler.pct_start=1.5 must be"),
+    (["scheduler=onecycle", "scheduler.max_lr_factor=inf"], "scheduler.max_lr_factor=inf"),
+    (["scheduler=cosine", "scheduler.min_lr=-1"], "scheduler.min_lr=-1 must be a number >= 0"),
+    (["scheduler=plateau", "scheduler.factor=2"], "scheduler.factor=2 must be a number in (0, 1)"),
+    (["scheduler=plateau", "scheduler.patience=-1"], "scheduler.patience=-1 must be"),
+    ([f"data.root={REPO_ROOT / 'README.md'}"], "README.md is a file"),
+    ([f"data.root={REPO_ROOT / 'README.md' / 'raw'}"], "README.md is a file"),
+    (["augmentation.rotate_deg=inf"], "augmentation.rotate_deg must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"), LATE_FAILURES, ids=[" ".join(o)[-60:] for o, _ in LATE_FAILURES]
+)
+def test_values_that_used_to_fail_late_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=r"^Invalid config: ") as e:
+        validate_config(compose_config(["device=cpu", *overrides]))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_script_refuses_late_failures_before_any_side_effect(tmp_path):
+    data_root = tmp_path / "data"
+    result = run_train_script(
+        "optimizer.lr=inf",
+        "scheduler=step",
+        "scheduler.step_size=0",
+        "logger.experiment=",
+        "trainer.deterministic=maybe",
+        f"data.root={data_root}",
+        f"paths.mlruns={tmp_path / 'mlruns'}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Invalid config")
+    for key in ("optimizer.lr=inf", "step_size=0", "logger.experiment=''", "deterministic"):
+        assert key in lines[0]
+    assert not data_root.exists()
+    assert not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -2,6 +2,7 @@
 broken), the Python API, and scripts/predict.py end to end."""
 
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from mnist.tracking.registry import promote_sweep
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.job import run_training
 from tests.helpers import compose_config, run_script
-from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
+from tests.helpers.checkpoints import SMALL_CONVNET, RunsCommand, save_model_checkpoint
 from tests.helpers.images import bad_files, seven, to_uint8
 
 
@@ -98,7 +99,8 @@ HACK = {"_target_": "os.system", "command": "echo hacked"}
         ("corrupt", "not a readable checkpoint"),
         ("truncated", "not a readable checkpoint"),
         ("bare state dict", "not a checkpoint of this project"),
-        ("pickled object", "refused"),
+        ("pickled object", "refused, loading it would unpickle pathlib.PurePosixPath"),
+        ("pickled os call", f"refused, loading it would unpickle {os.system.__module__}.system"),
         ("missing", "no such checkpoint file"),
     ],
 )
@@ -122,9 +124,13 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(case, message, tmp_pat
         torch.save(build_model(SMALL_CONVNET).state_dict(), path)
     elif case == "pickled object":
         torch.save({"model": {}, "config": {}, "payload": pathlib.PurePosixPath("x")}, path)
+    elif case == "pickled os call":
+        torch.save({"model": {}, "config": {}, "payload": RunsCommand()}, path)
     with pytest.raises(CheckpointError) as caught:
         load_model(path)
     assert str(caught.value).startswith(str(path)) and message in str(caught.value)
+    # torch's advice to load with weights_only=False would run the file's code.
+    assert "weights_only" not in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_mlflow_uris_run_ids_and_the_default_load_the_run_checkpoint(tiny_cfg, tmp_path, capsys):

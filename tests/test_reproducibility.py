@@ -1,6 +1,7 @@
 """Determinism, crash safety and resume, reproduce.py, and hostile input (issue 6)."""
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.helpers import (
     run_train_script,
     tiny_overrides,
 )
+from tests.helpers.checkpoints import RunsCommand
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
@@ -132,10 +134,21 @@ def test_resume_refuses_a_checkpoint_naming_a_foreign_target(tiny_cfg, tmp_path)
     config["model"] = {"_target_": "os.system", "command": "touch pwned"}
     state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32, "config": config}
     path = save_checkpoint(state, tmp_path / "last.pt")
-    # Refused while the resumed config is validated, before anything is built or written.
-    with pytest.raises(ConfigError, match=r"'os\.system' is not one of this package"):
+    # Refused by the allowlist of stored configs, before anything is built or written.
+    with pytest.raises(ConfigError, match=r"model\._target_='os\.system'"):
         run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
     assert not (REPO_ROOT / "pwned").exists()
+
+
+def test_resume_refuses_a_pickle_that_would_run_code_and_says_so(tiny_cfg, tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"progress": {}, "mlflow_run_id": "0" * 32, "payload": RunsCommand()}, path)
+    with pytest.raises(ConfigError) as refused:
+        run_training(tiny_cfg(f"trainer.resume={path}"), JobContext(output_dir=tmp_path / "o"))
+    message = str(refused.value)
+    assert f"refused, loading it would unpickle {os.system.__module__}.system" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert "corrupt" not in message
 
 
 def test_resume_refuses_a_checkpoint_with_an_incomplete_config(tiny_cfg, tmp_path):
@@ -213,7 +226,11 @@ BAD_VALUES = {
     "trainer.batch_size": st.one_of(st.integers(max_value=0), st.booleans(), st.text()),
     "trainer.label_smoothing": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-9)),
     "data.val_size": st.one_of(st.integers(max_value=0), st.integers(min_value=60_000)),
-    "optimizer.lr": st.one_of(st.floats(max_value=0.0), st.just("fast")),
+    "optimizer.lr": st.one_of(
+        st.floats(max_value=0.0), st.just("fast"), st.sampled_from([float("inf"), float("nan")])
+    ),
+    "trainer.deterministic": st.one_of(st.text(), st.integers(), st.none()),
+    "data.stratify": st.one_of(st.text(), st.integers(), st.floats()),
     "augmentation.translate": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-0.01)),
     "trainer.precision": st.text().filter(lambda t: t not in ("fp32", "bf16", "fp16")),
 }

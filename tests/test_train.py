@@ -1,5 +1,7 @@
 """End to end on tiny synthetic data, read back from a real local MLflow store."""
 
+import re
+
 import mlflow
 import mlflow.pytorch
 import pytest
@@ -8,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 import mnist.training.job as job_module
 from mnist.context import JobContext
+from mnist.errors import TrainingDiverged
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.job import run_training
 from tests.helpers import run_train_script, tiny_overrides
@@ -156,6 +159,20 @@ def test_a_failing_job_closes_its_run_as_failed(tiny_cfg, tmp_path, monkeypatch)
         _run_in_process(tiny_cfg, tmp_path, "run")
     assert mlflow.active_run() is None
     assert [r.info.status for r in runs_of(store(tmp_path))] == ["FAILED"]
+
+
+def test_a_diverging_run_stops_as_failed_with_a_clear_message(tiny_cfg, tmp_path):
+    # A learning rate this large is valid, and overflows the weights in the first steps.
+    with pytest.raises(TrainingDiverged) as diverged:
+        _run_in_process(tiny_cfg, tmp_path, "run", "optimizer=sgd", "optimizer.lr=1e30",
+                        "scheduler=none")  # fmt: skip
+    message = str(diverged.value)
+    assert re.match(r"training diverged: train/loss is (nan|-?inf) in epoch 1 ", message)
+    assert "lower optimizer.lr" in message and "\n" not in message
+    assert mlflow.active_run() is None
+    [run] = runs_of(store(tmp_path))
+    assert run.info.status == "FAILED" and "train/loss" not in run.data.metrics
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
 def test_tensorboard_mirrors_the_metrics_without_changing_the_run(tiny_cfg, tmp_path):

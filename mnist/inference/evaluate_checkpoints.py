@@ -101,6 +101,8 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         raise ConfigError(f"grid_size={cfg.grid_size!r} must be an integer >= 0")
     specs = checkpoint_specs(cfg.ckpt)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    if cfg.log:
+        store.check_store(uri)
     members = [load_model(spec, uri) for spec in specs]
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, deterministic=False)

@@ -8,7 +8,6 @@ MLflow pytorch flavour is a pickle, and loading it would run whatever it contain
 
 from __future__ import annotations
 
-import pickle
 import re
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from torch import nn
 from mnist.errors import CheckpointError, ModelConfigError
 from mnist.models import build_model
 from mnist.paths import DEFAULT_MLRUNS
+from mnist.targets import refuse_foreign_targets
 from mnist.tracking import store
 from mnist.tracking.registry import CHAMPION
 from mnist.training.checkpoint import load_checkpoint
@@ -53,27 +53,7 @@ def _build(config: dict[str, Any], source: str) -> nn.Module:
 def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{source}: no such checkpoint file; pass {FORMS}")
-    try:
-        checkpoint = load_checkpoint(path)
-    except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler names the first global it refused to import.
-        if refused := re.search(r"Unsupported global: GLOBAL (\S+)", str(e)):
-            raise CheckpointError(
-                f"{source}: refused, loading it would unpickle {refused[1]}; a checkpoint may "
-                "only hold weights and plain data"
-            ) from e
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        raise CheckpointError(
-            f"{source}: not a readable checkpoint, the file is corrupt or truncated "
-            f"({reason[1] if reason else _first_line(e)})"
-        ) from e
-    except Exception as e:
-        # Arbitrary bytes fail in arbitrary ways inside the unpickler (IndexError,
-        # KeyError, UnicodeDecodeError, ...): all of them mean the file is not a checkpoint.
-        raise CheckpointError(
-            f"{source}: not a readable checkpoint, the file is corrupt or truncated "
-            f"({_first_line(e)})"
-        ) from e
+    checkpoint = load_checkpoint(path, source=source)
     if not (
         isinstance(checkpoint, dict)
         and isinstance(checkpoint.get("model"), dict)
@@ -83,6 +63,7 @@ def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
             f"{source}: not a checkpoint of this project (expected the 'model' weights and "
             "the run's 'config', as scripts/train.py writes them)"
         )
+    refuse_foreign_targets(checkpoint["config"], source)
     return checkpoint
 
 
@@ -111,13 +92,15 @@ def load_model_file(path: str | Path, source: str | None = None) -> LoadedModel:
 
 def store_uri(configured: str | None = None, mlruns: str | Path = DEFAULT_MLRUNS) -> str:
     """The MLflow store, located as training locates it; refused early if it is a local
-    SQLite file that does not exist (MLflow would create an empty store)."""
+    SQLite file that does not exist (MLflow would create an empty store), and checked as
+    training checks it (a corrupt file, an unreachable server: one line, at once)."""
     uri = store.tracking_uri(configured, mlruns)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise CheckpointError(
             f"no MLflow store at {uri}; train a model first (python scripts/train.py) or "
             f"pass {FORMS}"
         )
+    store.check_store(uri)
     return uri
 
 

@@ -16,6 +16,7 @@ from mnist.models.vgg import TinyVGG
 __all__ = [
     "CNN2",
     "MODELS",
+    "MODEL_TARGETS",
     "CNN24k",
     "ConvNet",
     "DenseNet",
@@ -33,6 +34,12 @@ __all__ = [
 
 MODELS: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (CNN2, CNN24k, ConvNet, DenseNet, GAP20k, TinyVGG)
+}
+# The `_target_`s a model config may name: each class by its public and its defining path.
+MODEL_TARGETS: dict[str, type[nn.Module]] = {
+    path: cls
+    for name, cls in MODELS.items()
+    for path in (f"mnist.models.{name}", f"{cls.__module__}.{name}")
 }
 
 
@@ -52,8 +59,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
     target = str(model_cfg.get("_target_", ""))
     kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
-    module, _, name = target.rpartition(".")
-    cls = MODELS.get(name) if module.startswith("mnist.models") else None
+    cls = MODEL_TARGETS.get(target)
     if cls is None:
         raise UnsafeModelConfig(
             f"model _target_ {target!r} is not one of this package's models "

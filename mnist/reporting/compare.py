@@ -173,6 +173,7 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
 
     experiment = cfg.logger.experiment
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
     client = MlflowClient(uri)
     filter_string = search_filter(cfg.parent_run_id, cfg.filter)
     group_by = list(cfg.group_by)

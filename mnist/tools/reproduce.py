@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.context import JobContext
 from mnist.errors import ConfigError
+from mnist.targets import refuse_foreign_targets
 from mnist.tracking import runs, store
 from mnist.tracking.params import GROUPS
 
@@ -103,6 +104,7 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
 
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
     client = MlflowClient(uri)
     try:
         source = client.get_run(run_id)
@@ -110,6 +112,8 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
             run_cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
     except (MlflowException, OSError) as e:
         raise ConfigError(f"run_id={run_id}: cannot read the run's config from {uri} ({e})") from e
+    # Whoever can write to the store wrote this config: nothing of it is built unchecked.
+    refuse_foreign_targets(run_cfg, f"run_id={run_id} (its config.yaml)")
     tags = source.data.tags
     commit, dirty = runs.git_state()
     if tags.get("git.commit") != commit:

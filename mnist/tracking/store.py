@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,15 +22,32 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Artifacts read back here are small files: a progress bar each would only clutter the output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+# A tracking server that is down fails a command in seconds: MLflow's defaults retry each
+# request 7 times with a doubling backoff, about 4 minutes. MLflow reads these on every
+# request; a value already in the environment wins.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+# Database servers MLflow stores runs in, through SQLAlchemy and a driver of their own.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+SUPPORTED = "sqlite:///<path>, http(s)://<server>, or a postgresql/mysql/mssql database URI"
+# Waiting longer than this for another process to create a store's schema means it hangs.
+SCHEMA_LOCK_TIMEOUT_S = 300
+
 
 def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
     """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the repository's SQLite store
-    (MLflow 3 refuses the plain file store)."""
-    if configured:
-        return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(mlruns_dir).resolve() / 'mlflow.db'}"
+    (MLflow 3 refuses the plain file store). A relative SQLite path (sqlite:///runs.db) is
+    relative to the working directory, as a shell user means it, and is made absolute
+    here: MLflow would create the database there, then fail to place its artifacts."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path(mlruns_dir).resolve() / 'mlflow.db'}"
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and path not in ("", ":memory:"):
+        return f"sqlite:///{os.path.abspath(path)}"
+    return uri
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -57,6 +76,27 @@ def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: fl
     return call()
 
 
+@contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    """MLflow creates a SQLite store's schema on a process's first call, and two processes
+    doing it at once collide ("table ... already exists"): the first call waits for a
+    lock file next to the database (<db>.lock), so one creates and the other finds it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = f"{uri.removeprefix('sqlite:///')}.lock"
+    try:
+        with FileLock(lock, timeout=SCHEMA_LOCK_TIMEOUT_S):
+            yield
+    except Timeout as e:
+        raise TrackingError(
+            f"MLflow store {uri}: another process held {lock} for {SCHEMA_LOCK_TIMEOUT_S} s "
+            "while creating the store; if none is running, delete the lock file"
+        ) from e
+
+
 def get_or_create_experiment(
     uri: str, name: str, tags: Callable[[str], dict[str, str]] | None = None
 ) -> str:
@@ -67,7 +107,8 @@ def get_or_create_experiment(
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
+    with _schema_lock(uri):  # a process's first client opens the store (and caches it)
+        client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -83,27 +124,102 @@ def get_or_create_experiment(
     return experiment.experiment_id
 
 
+def _redacted(uri: str) -> str:
+    """The URI as it may be printed: a password in it is replaced by ***."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", uri)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_problem(db: Path) -> str | None:
+    """Why the existing file `db` cannot be an MLflow store, found by reading it only:
+    MLflow would fail on it after the data is loaded, with a SQLAlchemy traceback."""
+    size = db.stat().st_size
+    if size == 0:
+        return None  # an empty file is an empty database: MLflow creates the schema in it
+    with db.open("rb") as file:
+        header = file.read(100)
+    if len(header) < 100 or not header.startswith(SQLITE_HEADER):
+        return "is not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    pages = int.from_bytes(header[28:32], "big")
+    expected = (65536 if page_size == 1 else page_size) * pages
+    if header[24:28] == header[92:96] and size < expected:  # the page count is valid
+        return f"is truncated ({size} of its {expected} bytes)"
+    try:
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as db_file:
+            rows = db_file.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {row[0] for row in rows}
+    except sqlite3.OperationalError:
+        return None  # locked, or a journal to roll back: MLflow's to handle
+    except sqlite3.DatabaseError as e:
+        return f"is corrupt ({e})"
+    if tables and not tables & {"experiments", "alembic_version"}:
+        return "is an SQLite database of something else, not an MLflow store"
+    return None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    if path in ("", ":memory:"):
+        raise TrackingError(
+            f"MLflow store {uri} would keep runs in memory and lose them; name a file: "
+            "sqlite:///<path>"
+        )
+    db = Path(path)
+    existing = next(p for p in (db, *db.parents) if p.exists())
+    if existing != db and not existing.is_dir():
+        raise TrackingError(
+            f"MLflow store {uri} cannot be created: {existing} is a file, not a directory"
+        )
+    if not os.access(existing, os.W_OK):
+        raise TrackingError(
+            f"MLflow store {uri} is not writable ({existing}); fix its permissions or "
+            "set logger.tracking_uri / MLFLOW_TRACKING_URI to a writable store"
+        )
+    if existing == db and (problem := _sqlite_problem(db)):
+        raise TrackingError(
+            f"MLflow store {db} {problem}; it was left as it is: move it aside to start a "
+            "new store, or set logger.tracking_uri / MLFLOW_TRACKING_URI to another one"
+        )
+
+
+def _check_database_driver(uri: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(uri).get_dialect()
+        (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        raise TrackingError(
+            f"MLflow store {_redacted(uri)} needs a database driver that is not installed "
+            f"({e}); install it, or name the driver in the URI (e.g. mysql+pymysql://)"
+        ) from e
+
+
 def check_store(uri: str) -> None:
-    """Fail in a second, before any training, when runs could not be recorded: MLflow
-    itself would retry for minutes, or fail only when the first metric is logged."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        existing = next(p for p in (db, *db.parents) if p.exists())
-        if existing != db and not existing.is_dir():
-            raise TrackingError(
-                f"MLflow store {uri} cannot be created: {existing} is a file, not a directory"
-            )
-        if not os.access(existing, os.W_OK):
-            raise TrackingError(
-                f"MLflow store {uri} is not writable ({existing}); fix its permissions or "
-                "set logger.tracking_uri / MLFLOW_TRACKING_URI to a writable store"
-            )
-    elif uri.startswith(("http://", "https://")):
+    """Fail in a second, before any side effect, when runs could not be recorded: MLflow
+    itself would retry for minutes, or fail only when the first metric is logged, or
+    with a traceback. Nothing is created or written here."""
+    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+    if uri.startswith("sqlite:"):
+        _check_sqlite(uri)
+    elif scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
                 pass
         except (OSError, ValueError) as e:
             raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
-                "start it (make server) or unset MLFLOW_TRACKING_URI"
+                f"MLflow tracking server {_redacted(uri)} is unreachable "
+                f"({getattr(e, 'reason', e)}); start it (make server) or unset "
+                "MLFLOW_TRACKING_URI"
             ) from e
+    elif scheme.partition("+")[0] in DATABASE_SCHEMES:
+        _check_database_driver(uri)
+    else:
+        raise TrackingError(
+            f"MLflow store {_redacted(uri)!r} is not supported (file stores and other "
+            f"schemes are not); use {SUPPORTED} in logger.tracking_uri or MLFLOW_TRACKING_URI"
+        )

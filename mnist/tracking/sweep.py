@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mnist.cli import exit_on_user_error
 from mnist.sweep_config import refuse_invalid_sweep
 from mnist.tracking import store
 
@@ -79,6 +80,10 @@ class MlflowSweep(Callback):
 
         refuse_invalid_sweep(config)
         uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
+        # Hydra turns a callback's exception into a warning and runs the jobs anyway: a
+        # store that cannot work ends the sweep here, in one line, before any job starts.
+        with exit_on_user_error():
+            store.check_store(uri)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.
         experiment_id = store.get_or_create_experiment(

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +17,14 @@ from typing import Any
 import torch
 
 from mnist.atomic import remove_temporaries, written_atomically
-from mnist.errors import CheckpointWriteError, ConfigError
+from mnist.errors import CheckpointError, CheckpointWriteError, ConfigError
 
 log = logging.getLogger(__name__)
+
+# torch's weights-only unpickler names the global it refused: "Unsupported global: GLOBAL
+# x.y was not an allowed global" (not allowlisted), or "Trying to load unsupported GLOBAL
+# x.y whose module x is blocked" (os, sys, ...).
+_REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -40,8 +46,36 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _reason(error: BaseException) -> str:
+    """The line of torch's message that says what is wrong with the file. Its advice to
+    load with weights_only=False (i.e. to run whatever the file contains) is left out."""
+    text = str(error)
+    if unpickler := re.search(r"WeightsUnpickler error:\s*(.+)", text):
+        return unpickler[1].strip()[:300]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if "weights_only" not in line]
+    return useful[0][:300] if useful else type(error).__name__
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", source: str | None = None
+) -> dict[str, Any]:
+    """The checkpoint's contents; CheckpointError naming `source` (default: the path)
+    when it holds code rather than data, or is not a readable checkpoint at all."""
+    source = source or str(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        # Arbitrary bytes fail in arbitrary ways inside the unpickler (UnpicklingError,
+        # IndexError, UnicodeDecodeError, ...): all of them mean the file is no checkpoint.
+        if refused := _REFUSED_GLOBAL.search(str(e)):
+            raise CheckpointError(
+                f"{source}: refused, loading it would unpickle {refused[1]}; a checkpoint may "
+                "only hold weights and plain data"
+            ) from e
+        raise CheckpointError(
+            f"{source}: not a readable checkpoint, the file is corrupt or truncated ({_reason(e)})"
+        ) from e
 
 
 @contextmanager

@@ -6,6 +6,7 @@ the run resumes exactly where it stopped (mnist/training/resume.py)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
-from mnist.errors import TrainingInterrupted
+from mnist.errors import TrainingDiverged, TrainingInterrupted
 from mnist.training.checkpoint import save_checkpoint
 from mnist.training.device import autocast
 from mnist.training.evaluation import evaluate
@@ -172,6 +173,12 @@ def end_of_epoch(
     """Validate, step an epoch-wise schedule, keep the best checkpoint (chosen on
     validation accuracy only) and decide early stopping. Returns the epoch's metrics."""
     model, schedule = learner.model, learner.schedule
+    train_loss = (progress.loss_sum / progress.seen).item()
+    if not math.isfinite(train_loss):  # before best.pt could keep the broken weights
+        raise TrainingDiverged(
+            f"training diverged: train/loss is {train_loss} in epoch {progress.epoch} "
+            f"(learning rate {progress.epoch_lr:g}); lower optimizer.lr or set trainer.grad_clip"
+        )
     val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
     val = evaluate(model, val_images, val_labels, cfg.eval_batch_size, device, cfg.precision)
     if schedule and schedule.interval == "epoch":
@@ -179,7 +186,7 @@ def end_of_epoch(
     elif schedule and schedule.interval == "plateau":
         schedule.scheduler.step(val.accuracy)
     metrics = {
-        "train/loss": (progress.loss_sum / progress.seen).item(),
+        "train/loss": train_loss,
         "train/acc": (progress.correct.double() / progress.seen).item(),
         "val/loss": val.loss,
         "val/acc": val.accuracy,

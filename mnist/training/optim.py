@@ -1,19 +1,80 @@
 """Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from mnist.errors import UnsafeConfigError
 
 SCHEDULERS = ("none", "step", "onecycle", "cosine", "plateau")
 
+# torch.optim's first-order optimizers, which the training step drives as it is.
+_SUPPORTED_OPTIMIZERS = (
+    torch.optim.Adadelta, torch.optim.Adagrad, torch.optim.Adam, torch.optim.AdamW,
+    torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop,
+    torch.optim.SGD,
+)  # fmt: skip
+# The `_target_`s an optimizer config may name: each class by its public and defining path.
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    path: cls
+    for cls in _SUPPORTED_OPTIMIZERS
+    for path in (f"torch.optim.{cls.__name__}", f"{cls.__module__}.{cls.__name__}")
+}
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """`cfg` is a partial `_target_` config (conf/optimizer/*.yaml)."""
-    return instantiate(cfg)(model.parameters())
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _optimizer_class_and_arguments(
+    cfg: DictConfig | Mapping[str, Any],
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    target = config.get("_target_")
+    cls = OPTIMIZERS.get(target) if isinstance(target, str) else None
+    if cls is None:
+        names = sorted({path.rsplit(".", 1)[1] for path in OPTIMIZERS})
+        raise UnsafeConfigError(
+            f"optimizer._target_={target!r} is not one of the supported optimizers "
+            f"(torch.optim.{{{', '.join(names)}}}); refusing to build it"
+        )
+    kwargs = {key: value for key, value in config.items() if not key.startswith("_")}
+    for key, value in kwargs.items():
+        if not _plain(value):
+            raise UnsafeConfigError(
+                f"optimizer.{key}={value!r} is not a plain value (a number, true/false, a "
+                "string or a list of them); refusing to build the optimizer"
+            )
+    return cls, kwargs
+
+
+def build_optimizer(cfg: DictConfig | Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """`cfg` is a `_target_` config (conf/optimizer/*.yaml). Configs also come from
+    checkpoints and MLflow runs, and Hydra's instantiate would import and call whatever
+    a `_target_` names, nested ones included: so only the optimizers above are built,
+    with plain values as keyword arguments."""
+    cls, kwargs = _optimizer_class_and_arguments(cfg)
+    return cls(model.parameters(), **kwargs)
+
+
+def check_optimizer(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Raise what build_optimizer would (UnsafeConfigError; TypeError or ValueError for
+    an unknown key or a value torch.optim refuses, e.g. momentum=-1) without building
+    one: torch.optim checks the values before it looks at the parameters, and the first
+    optimizer built imports torch._dynamo (seconds), which a refused config must not
+    wait for. Given no parameters, it stops at that check, past the values."""
+    cls, kwargs = _optimizer_class_and_arguments(cfg)
+    try:
+        cls([], **kwargs)
+    except ValueError as e:
+        if "empty parameter list" not in str(e):
+            raise
 
 
 @dataclass

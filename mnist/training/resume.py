@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from mnist.config import validate_config
 from mnist.data.augment import BatchAugment
 from mnist.errors import ConfigError
+from mnist.targets import refuse_foreign_targets
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.optim import Schedule
 
@@ -130,12 +131,9 @@ def resume_checkpoint_path(target: str, uri: str) -> Path:
 
 
 def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
-    """The contents of `path`; ConfigError if it cannot be resumed."""
-    try:
-        state = load_checkpoint(path)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise ConfigError(f"trainer.resume={target}: cannot read {path} ({e})") from e
-    if "progress" not in state or "mlflow_run_id" not in state:
+    """The contents of `path`; ConfigError (CheckpointError) if it cannot be resumed."""
+    state = load_checkpoint(path, source=f"trainer.resume={target} ({path})")
+    if not isinstance(state, dict) or "progress" not in state or "mlflow_run_id" not in state:
         raise ConfigError(
             f"trainer.resume={target}: {path} is not a resumable checkpoint "
             "(best.pt holds weights only; resume from last.pt)"
@@ -144,9 +142,12 @@ def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
 
 
 def resume_config(state: dict[str, Any], path: Path) -> DictConfig:
-    """The interrupted run's own config, validated like one from the command line."""
+    """The interrupted run's own config: refused if it names a `_target_` off the
+    allowlist (anyone may hand over a last.pt), then validated like one from the command
+    line."""
     try:
         cfg = OmegaConf.create(state["config"])
+        refuse_foreign_targets(cfg, str(path))
         validate_config(cfg)
     except (OmegaConfBaseException, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: the checkpoint's config is incomplete or invalid ({e})") from e

@@ -1,4 +1,7 @@
-"""Checkpoints written the way the trainer writes them, for tests that load models."""
+"""Checkpoints written the way the trainer writes them, for tests that load models, and a
+hostile one."""
+
+import os
 
 import torch
 
@@ -19,3 +22,11 @@ def save_model_checkpoint(path, model_config=SMALL_CONVNET, weights_from=None, *
     model = build_model(weights_from or model_config)
     state = {"model": model.state_dict(), "config": {"model": model_config, "seed": 0}}
     return save_checkpoint({**state, **extra}, path)
+
+
+class RunsCommand:
+    """Unpickled, it would call os.system: a module torch's weights-only unpickler blocks
+    ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked")."""
+
+    def __reduce__(self):
+        return os.system, ("echo hacked",)

@@ -1,0 +1,51 @@
+"""The check every config from outside the command line passes before anything is built
+from it: a checkpoint's (trainer.resume, ckpt=), an MLflow run's config.yaml (reproduce.py).
+A `_target_` is an import path that a builder imports and calls, so one stored config
+naming builtins.open or shutil.rmtree, at any depth, would run it. Only the model and the
+optimizer are built from a `_target_`, each from an explicit allowlist kept next to its
+builder; a `_target_` anywhere else, or off those lists, refuses the whole config."""
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mnist.errors import ConfigError, UnsafeConfigError
+from mnist.models import MODEL_TARGETS
+from mnist.training.optim import OPTIMIZERS
+
+# Where a config may hold a `_target_`, and which ones; nowhere else, at no other depth.
+ALLOWED_TARGETS: dict[str, Mapping[str, type]] = {"model": MODEL_TARGETS, "optimizer": OPTIMIZERS}
+
+
+def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(where, target) for every `_target_` in `value`, in dicts and lists at any depth."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key == "_target_":
+                yield path or "<top level>", item
+            else:
+                yield from targets_in(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from targets_in(item, f"{path}[{index}]")
+
+
+def refuse_foreign_targets(config: Mapping[str, Any] | DictConfig, source: str) -> None:
+    """Raise UnsafeConfigError unless every `_target_` in `config` is allowed where it is.
+    A DictConfig is checked as it resolves, since that is what would be built."""
+    if isinstance(config, DictConfig):
+        try:
+            config = OmegaConf.to_container(config, resolve=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{source}: its config does not resolve ({e})") from e
+    for where, target in targets_in(config):
+        allowed = ALLOWED_TARGETS.get(where, {})
+        if not (isinstance(target, str) and target in allowed):
+            raise UnsafeConfigError(
+                f"{source}: refusing its config, which names {where}._target_={target!r}: "
+                "a stored config may only name this package's models (model._target_="
+                "mnist.models.*) and torch.optim optimizers (optimizer._target_), so "
+                "nothing in it was built"
+            )

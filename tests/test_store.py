@@ -1,0 +1,203 @@
+"""The MLflow store as it really fails (issue 12): created by two runs at once, corrupt,
+named by a relative or unsupported URI, or a server that is down. Real SQLite files and
+real subprocesses; every refusal is one line, before any side effect."""
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mnist.context import JobContext
+from mnist.errors import TrackingError
+from mnist.paths import REPO_ROOT
+from mnist.tracking import store
+from mnist.training.job import run_training
+from tests.helpers import TRAIN_SCRIPT, run_script, run_train_script, tiny_overrides
+
+
+def closed_port() -> int:
+    """A localhost port nothing listens on: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def finished_runs(db) -> list[str]:
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("mnist").experiment_id
+    return [run.info.status for run in client.search_runs([experiment])]
+
+
+# Slow: two trainings at once, each creating the schema (~40 s on 2 cores).
+@pytest.mark.slow
+def test_two_runs_started_at_once_on_a_fresh_store_both_finish(synthetic_root, tmp_path):
+    mlruns = tmp_path / "mlruns"  # does not exist yet: both runs find no store
+    command = [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
+               "trainer.epochs=1"]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [*command, f"hydra.run.dir={tmp_path / name}"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
+    errors = [process.communicate(timeout=600)[1][-3000:] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], errors
+    assert finished_runs(mlruns / "mlflow.db") == ["FINISHED", "FINISHED"]
+
+
+def corrupt(db, how: str, template) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if how == "random bytes":
+        db.write_bytes(np.random.default_rng(0).bytes(50_000))
+    elif how == "truncated":
+        data = template.read_bytes()
+        db.write_bytes(data[: len(data) // 2])
+    elif how == "another program's database":
+        import sqlite3
+
+        db.unlink(missing_ok=True)
+        with sqlite3.connect(db) as other:
+            other.execute("CREATE TABLE contacts (name TEXT)")
+        other.close()
+
+
+@pytest.mark.parametrize("how", ["random bytes", "truncated", "another program's database"])
+def test_a_corrupt_store_is_refused_at_start_and_left_as_it_is(
+    tiny_cfg, tmp_path, empty_mlflow_db, how
+):
+    cfg = tiny_cfg()
+    db = tmp_path / "mlruns" / "mlflow.db"
+    corrupt(db, how, empty_mlflow_db)
+    before = db.read_bytes()
+    with pytest.raises(TrackingError) as refused:
+        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+    message = str(refused.value)
+    assert message.startswith(f"MLflow store {db} ") and "left as it is" in message
+    assert "\n" not in message
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]
+    assert not (tmp_path / "o").exists()  # refused before the data was even loaded
+
+
+def test_training_and_prediction_scripts_name_a_corrupt_store_in_one_line(synthetic_root, tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    corrupt(db, "random bytes", None)
+    before = db.read_bytes()
+    trained = run_train_script(*tiny_overrides(synthetic_root, tmp_path))
+    predicted = run_script("predict", f"img={REPO_ROOT / 'README.md'}",
+                           f"paths.mlruns={tmp_path / 'mlruns'}")  # fmt: skip
+    for result in (trained, predicted):
+        assert result.returncode == 2, result.stderr[-3000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: MLflow store {db} ")
+        assert "is not an SQLite database" in lines[0]
+    assert db.read_bytes() == before
+
+
+def test_a_relative_sqlite_uri_is_relative_to_the_working_directory(
+    tiny_cfg, tmp_path, monkeypatch, empty_mlflow_db
+):
+    (tmp_path / "stores").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "stores" / "relative.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/relative.db")
+    assert store.tracking_uri(None, "ignored") == f"sqlite:///{tmp_path}/stores/relative.db"
+    result = run_training(tiny_cfg("trainer.epochs=1"), JobContext(output_dir=tmp_path / "o"))
+    assert finished_runs(tmp_path / "stores" / "relative.db") == ["FINISHED"]
+    run = MlflowClient(f"sqlite:///{tmp_path}/stores/relative.db").get_run(result["run_id"])
+    assert run.info.artifact_uri.startswith((tmp_path / "stores" / "artifacts").as_uri())
+    assert not (REPO_ROOT / "relative.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("file:///{tmp}/file-store", "is not supported"),
+        ("{tmp}/plain-directory", "is not supported"),
+        ("databricks-uc", "is not supported"),
+        ("sqlite://", "would keep runs in memory"),
+        ("sqlite:///:memory:", "would keep runs in memory"),
+        ("mysql://user:secret@localhost/runs", "needs a database driver that is not installed"),
+        ("postgresql+nodriver://localhost/runs", "needs a database driver"),
+    ],
+)
+def test_unsupported_stores_are_refused_before_any_side_effect(tiny_cfg, tmp_path, uri, message):
+    if uri.startswith("mysql:") and importlib.util.find_spec("MySQLdb"):
+        pytest.skip("MySQL's default driver is installed here")
+    uri = uri.format(tmp=tmp_path)
+    cfg = tiny_cfg()
+    cfg.logger.tracking_uri = uri
+    with pytest.raises(TrackingError) as refused:
+        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert "secret" not in str(refused.value)  # a password in a URI is never printed
+    assert not (tmp_path / "o").exists()  # refused before the data was even loaded
+    assert not (tmp_path / "file-store").exists() and not (tmp_path / "plain-directory").exists()
+
+
+def test_an_unreachable_server_fails_predict_and_a_sweep_within_seconds(tmp_path):
+    """MLflow alone retried for minutes: predict.py without ckpt (>90 s), a sweep (4.5 min)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    sweep = ["-m", "seed=0,1", f"paths.outputs={tmp_path / 'outputs'}",
+             f"data.root={tmp_path / 'data'}"]  # fmt: skip
+    commands = {
+        "predict": ["predict.py", f"img={REPO_ROOT / 'README.md'}"],
+        "sweep": ["train.py", *sweep],
+    }
+    for name, (script, *args) in commands.items():
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "scripts" / script), *args],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        assert result.returncode == 2, (name, result.stderr[-3000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is unreachable" in lines[0], (name, result.stderr[-3000:])
+        # Mostly Python and torch starting on a loaded 2-core machine; MLflow's own
+        # retries would take minutes.
+        assert elapsed < 60, (name, elapsed)
+    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "outputs").exists()
+
+
+class HealthyButUnavailable(BaseHTTPRequestHandler):
+    """A tracking server that answers its health check and nothing else (503)."""
+
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 503)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_failing_after_its_health_check_fails_within_seconds():
+    """MLflow's own retries (7, doubling from 2 s) took about 4 minutes."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HealthyButUnavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    try:
+        store.check_store(uri)
+        started = time.monotonic()
+        with pytest.raises(MlflowException, match="503"):
+            store.get_or_create_experiment(uri, "mnist")
+        assert time.monotonic() - started < 20
+    finally:
+        server.shutdown()

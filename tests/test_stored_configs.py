@@ -1,0 +1,193 @@
+"""Configs that come from outside the command line (a checkpoint's, an MLflow run's
+config.yaml) build nothing unless every `_target_` in them is on the allowlist: a hostile
+last.pt, best.pt or run must not be able to run code (issue 12)."""
+
+import copy
+import itertools
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from mnist.context import JobContext
+from mnist.errors import UnsafeConfigError
+from mnist.inference.loading import load_model
+from mnist.targets import refuse_foreign_targets, targets_in
+from mnist.tools.reproduce import reproduce
+from mnist.training.checkpoint import save_checkpoint
+from mnist.training.job import run_training
+from tests.helpers import compose_config, run_train_script, tiny_overrides
+from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
+
+PRECIOUS = "precious data"
+
+
+@pytest.fixture
+def victims(tmp_path):
+    """What a foreign `_target_` would harm: a file it would empty or overwrite, and a
+    directory it would create."""
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text(PRECIOUS)
+    (tmp_path / "payload.txt").write_text("overwritten")
+    return sentinel, tmp_path / "created-by-payload"
+
+
+def payloads(tmp_path) -> dict[str, dict]:
+    sentinel, directory = tmp_path / "sentinel.txt", tmp_path / "created-by-payload"
+    return {
+        "open": {"_target_": "builtins.open", "file": str(sentinel), "mode": "w"},
+        "copyfile": {
+            "_target_": "shutil.copyfile",
+            "src": str(tmp_path / "payload.txt"),
+            "dst": str(sentinel),
+        },
+        "makedirs": {"_target_": "os.makedirs", "name": str(directory)},
+    }
+
+
+def plant(config: dict, place: str, payload: dict) -> dict:
+    """`config` with `payload` where a config can hold a `_target_`."""
+    config = copy.deepcopy(config)
+    if place == "model":  # replaces the model's own target
+        config["model"] = {**config["model"], **payload}
+    elif place == "model value":
+        config["model"]["hidden"] = payload
+    elif place == "model list":
+        config["model"]["stages"] = [[4], [payload]]
+    elif place == "optimizer":  # called at once, not later: Hydra's `_partial_: false`
+        config["optimizer"] = {**payload, "_partial_": False, "lr": 0.001}
+    elif place == "optimizer value":
+        config["optimizer"]["weight_decay"] = payload
+    elif place == "optimizer list":
+        config["optimizer"]["betas"] = [0.9, payload]
+    elif place == "scheduler":
+        config["scheduler"]["_target_"] = payload["_target_"]
+    elif place == "augmentation":
+        config["augmentation"]["extra"] = payload
+    elif place == "nested value":
+        config["trainer"]["early_stopping"]["extra"] = {"deeper": payload}
+    elif place == "top-level list":
+        config["callbacks"] = [{"ok": 1}, payload]
+    return config
+
+
+PLACES = [
+    "model",
+    "model value",
+    "model list",
+    "optimizer",
+    "optimizer value",
+    "optimizer list",
+    "scheduler",
+    "augmentation",
+    "nested value",
+    "top-level list",
+]
+CASES = list(itertools.product(PLACES, ["open", "copyfile", "makedirs"]))
+
+
+def assert_untouched(victims) -> None:
+    sentinel, directory = victims
+    assert sentinel.read_text() == PRECIOUS
+    assert not directory.exists()
+
+
+def last_pt(tmp_path, config: dict):
+    """A last.pt as a hostile user would hand it over: plain data, so it loads with
+    weights_only=True, and a config of their choosing."""
+    state = {"model": {}, "progress": {}, "mlflow_run_id": "0" * 32, "config": config}
+    return save_checkpoint(state, tmp_path / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def base_cfg(synthetic_root, tmp_path_factory):
+    """One composed tiny config for the whole table (composing takes a while)."""
+    return compose_config(tiny_overrides(synthetic_root, tmp_path_factory.mktemp("table")))
+
+
+@pytest.mark.parametrize(("place", "payload"), CASES, ids=[f"{p}-{t}" for p, t in CASES])
+def test_resume_refuses_a_foreign_target_anywhere_in_the_checkpoint(
+    base_cfg, tmp_path, victims, place, payload
+):
+    config = OmegaConf.to_container(base_cfg, resolve=True)
+    path = last_pt(tmp_path, plant(config, place, payloads(tmp_path)[payload]))
+    cfg = base_cfg.copy()
+    cfg.trainer.resume = str(path)
+    with pytest.raises(UnsafeConfigError) as refused:
+        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+    message = str(refused.value)
+    assert message.startswith(str(path)) and "refusing its config" in message
+    assert "\n" not in message
+    assert_untouched(victims)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_script_refuses_a_hostile_last_pt_in_one_line(synthetic_root, tmp_path, victims):
+    config = OmegaConf.to_container(
+        compose_config([f"data.root={synthetic_root}", "data.verify_checksums=false",
+                        f"paths.mlruns={tmp_path / 'mlruns'}", "device=cpu"]),
+        resolve=True,
+    )  # fmt: skip
+    path = last_pt(tmp_path, plant(config, "optimizer value", payloads(tmp_path)["open"]))
+    result = run_train_script(f"trainer.resume={path}", f"paths.outputs={tmp_path / 'out'}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "refusing its config" in lines[0]
+    assert "optimizer.weight_decay._target_='builtins.open'" in lines[0]
+    assert_untouched(victims)
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("place", ["optimizer", "optimizer value", "scheduler", "nested value"])
+def test_prediction_evaluation_and_export_refuse_a_hostile_checkpoint(tmp_path, victims, place):
+    """Loading a model builds the model only; a config that names anything foreign is
+    still refused as a whole, as it is no checkpoint this project wrote."""
+    config = {
+        "model": SMALL_CONVNET,
+        "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001},
+        "scheduler": {"name": "none"},
+        "trainer": {"early_stopping": {}},
+    }
+    planted = plant(config, place, payloads(tmp_path)["open"])
+    path = save_model_checkpoint(tmp_path / "best.pt", config=planted, weights_from=SMALL_CONVNET)
+    with pytest.raises(UnsafeConfigError, match=r"^.*best\.pt: refusing its config"):
+        load_model(path)
+    assert_untouched(victims)
+
+
+def test_reproduce_refuses_a_run_whose_config_yaml_names_a_foreign_target(
+    tiny_cfg, tmp_path, victims
+):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    config = OmegaConf.to_container(tiny_cfg(), resolve=True)
+    (tmp_path / "config.yaml").write_text(
+        OmegaConf.to_yaml(plant(config, "optimizer value", payloads(tmp_path)["open"]))
+    )
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("shared"))
+    client.log_artifact(run.info.run_id, str(tmp_path / "config.yaml"))
+    cfg = compose_config(
+        [f"run_id={run.info.run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
+        config_name="reproduce",
+    )
+    with pytest.raises(UnsafeConfigError, match=r"its config\.yaml\): refusing its config"):
+        reproduce(cfg, tmp_path / "reproduction", run_training)
+    assert_untouched(victims)
+
+
+def test_allowed_targets_pass_and_every_target_is_found():
+    config = OmegaConf.to_container(compose_config(["optimizer=sgd"]), resolve=True)
+    refuse_foreign_targets(config, "config")
+    assert sorted(targets_in(config)) == [
+        ("model", "mnist.models.ConvNet"),
+        ("optimizer", "torch.optim.SGD"),
+    ]
+    assert list(targets_in({"a": [{"b": {"_target_": "x"}}]})) == [("a[0].b", "x")]
+
+
+def test_an_interpolation_cannot_smuggle_a_target_past_the_check():
+    config = OmegaConf.create(
+        {"model": {"_target_": "${evil}"}, "evil": "builtins.exec", "optimizer": {}}
+    )
+    with pytest.raises(UnsafeConfigError, match=r"builtins\.exec"):
+        refuse_foreign_targets(config, "stored")
