@@ -30,7 +30,7 @@ from mnist.seeding import generator, seed_everything
 from mnist.tracking import runs, store
 from mnist.training.build import build_learner, initial_model
 from mnist.training.checkpoint import load_checkpoint, state_dict_sha256
-from mnist.training.device import configure_torch, resolve_device
+from mnist.training.device import configure_torch, resolve_device, synchronize, torch_settings
 from mnist.training.evaluation import Evaluation, evaluate
 from mnist.training.loop import Checkpoints, FitResult, MetricsLogger, fit
 from mnist.training.resume import load_resume_checkpoint, resume_config
@@ -103,7 +103,7 @@ def _resolve(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, str, dict[st
     if cfg.trainer.resume:
         checkpoint_path, resume_state = load_resume_checkpoint(cfg.trainer.resume, uri)
         log.info("Resuming %s with the run's own config", checkpoint_path)
-        cfg = resume_config(resume_state, checkpoint_path)
+        cfg = resume_config(resume_state, checkpoint_path, cfg.device)
         ctx.output_dir = checkpoint_path.parent.parent
         uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
@@ -147,6 +147,7 @@ def _test_best_checkpoint(
     best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     runs.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
+    synchronize(device)  # evaluate() ends in .item(), which waits for its own work
     test_start = time.perf_counter()
     test = evaluate(
         model, data.test_images, data.test_labels, cfg.trainer.eval_batch_size, device,
@@ -166,8 +167,7 @@ def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) ->
     tags = runs.run_tags(cfg.seed, device, ctx.overrides, model)
     tags["output_dir"] = str(ctx.output_dir)
     tags.update(ctx.extra_tags)
-    # Parallel jobs share the cores: their timings only compare with the thread count.
-    tags["torch.num_threads"] = str(torch.get_num_threads())
+    tags.update(torch_settings())
     if ctx.parent_run_id:
         tags["mlflow.parentRunId"] = ctx.parent_run_id
     return tags
