@@ -13,7 +13,12 @@ from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError, ModelConfigError, UnsafeConfigError
 from mnist.extras import missing
 from mnist.models import build_model
-from mnist.training.device import available, precision_problem, resolve_device
+from mnist.training.device import (
+    available,
+    determinism_problem,
+    precision_problem,
+    resolve_device,
+)
 from mnist.training.optim import SCHEDULERS, check_optimizer
 
 
@@ -45,6 +50,7 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     yield from _scheduler_problems(cfg.scheduler)
     yield from _logger_problems(cfg.logger)
     yield from _device_problems(cfg.device, cfg.trainer.precision)
+    yield from _determinism_problems(cfg)
 
 
 def _trainer_problems(trainer: DictConfig) -> Iterator[str]:
@@ -179,6 +185,19 @@ def _device_problems(device: DictConfig, precision: str) -> Iterator[str]:
             else f"device.name={name!r} is not one of auto, cpu, cuda, mps"
         )
     elif problem := precision_problem(precision, resolve_device(name)):
+        yield problem
+
+
+def _determinism_problems(cfg: DictConfig) -> Iterator[str]:
+    name = cfg.device.name
+    if cfg.trainer.deterministic is not True or not (name == "auto" or available(name)):
+        return
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model)
+    except ModelConfigError:
+        return  # reported with the model's other problems
+    if problem := determinism_problem(model, resolve_device(name)):
         yield problem
 
 

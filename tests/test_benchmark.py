@@ -4,9 +4,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import mnist.tools.benchmark as benchmark_module
 from mnist.data.augment import BatchAugment
-from mnist.data.tensors import load_mnist
-from mnist.tools.benchmark import benchmark, classic_batches, epoch_orders, project_batches
+from mnist.data.tensors import load_mnist, prepare_split
+from mnist.errors import ConfigError
+from mnist.tools.benchmark import (
+    benchmark,
+    classic_batches,
+    epoch_orders,
+    project_batches,
+    run_benchmark,
+)
+from mnist.training.loop import train_step
 from tests.helpers import compose_config, tiny_overrides, write_synthetic_mnist
 
 
@@ -52,3 +61,58 @@ def test_benchmark_runs_on_tiny_data_and_logs_its_table(torchvision_layout, tmp_
         results[0].train_img_s / results[1].train_img_s
     )
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md"}
+
+
+def benchmark_config(data_root, tmp_path, *overrides):
+    return compose_config(
+        [*tiny_overrides(data_root, tmp_path), "benchmark.steps=8", "benchmark.classic_workers=0",
+         "trainer.batch_size=16", *overrides],
+        config_name="benchmark",
+    )  # fmt: skip
+
+
+def test_benchmark_times_the_trainers_own_step(torchvision_layout, tmp_path, monkeypatch):
+    """Precision, clipping, label smoothing and the schedule are the trainer config's, so
+    a GPU benchmark in bf16 measures bf16, not fp32 eager; each step is waited for."""
+    cfg = benchmark_config(
+        torchvision_layout, tmp_path, "trainer.precision=bf16", "trainer.grad_clip=0.5",
+        "trainer.label_smoothing=0.1", "scheduler=onecycle",
+    )  # fmt: skip
+    steps, waits = [], []
+
+    def spy_step(learner, images, labels, trainer, device):
+        steps.append((trainer.precision, trainer.grad_clip, trainer.label_smoothing,
+                      learner.schedule.scheduler.total_steps))  # fmt: skip
+        return train_step(learner, images, labels, trainer, device)
+
+    monkeypatch.setattr(benchmark_module, "train_step", spy_step)
+    monkeypatch.setattr(benchmark_module, "synchronize", waits.append)
+    data = load_mnist(torchvision_layout)
+    train_idx, val_idx = prepare_split(cfg, data.train_labels)
+    run_benchmark(cfg, data, train_idx, val_idx, torch.device("cpu"))
+    # Both pipelines, 8 steps each; the one-cycle schedule spans the benchmark's steps.
+    assert steps == [("bf16", 0.5, 0.1, 8)] * 16
+    assert waits.count(torch.device("cpu")) >= 16
+
+
+def test_benchmark_on_cpu_never_waits_for_a_gpu(torchvision_layout, tmp_path, monkeypatch):
+    def gpu_sync(device=None):
+        raise AssertionError("torch.cuda.synchronize called for a run on the cpu")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU
+    monkeypatch.setattr(torch.cuda, "synchronize", gpu_sync)
+    # SGD: Adam's step asks a GPU that is said to exist for its stream.
+    cfg = benchmark_config(torchvision_layout, tmp_path, "optimizer=sgd")
+    data = load_mnist(torchvision_layout)
+    train_idx, val_idx = prepare_split(cfg, data.train_labels)
+    results = run_benchmark(cfg, data, train_idx, val_idx, torch.device("cpu"))
+    assert all(r.train_img_s > 0 for r in results)
+
+
+def test_benchmark_refuses_a_schedule_it_cannot_step(torchvision_layout, tmp_path):
+    with pytest.raises(ConfigError, match=r"scheduler=step \(stepped once per epoch\) would") as e:
+        benchmark(
+            benchmark_config(torchvision_layout, tmp_path, "scheduler=step"), tmp_path / "out"
+        )
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "out").exists()

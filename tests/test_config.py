@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from mnist.config import validate_config
 from mnist.errors import ConfigError
@@ -32,6 +33,19 @@ def test_every_option_of_every_group_composes(group, option):
     assert cfg["data" if group == "dataset" else group] is not None
     if group != "device" or option in ("auto", "cpu"):
         validate_config(cfg)
+
+
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_and_each_job_of_its_sweep_validates(experiment):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"experiment={experiment}"], return_hydra_config=True)
+        validate_config(cfg)
+        for key, values in (cfg.hydra.sweeper.params or {}).items():
+            for value in str(values).split(","):
+                validate_config(compose("train", [f"experiment={experiment}", f"{key}={value}"]))
 
 
 def test_defaults_train_the_fast_model_on_a_validation_split():

@@ -6,7 +6,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from mnist.models import summarize
+from mnist.errors import ModelConfigError
+from mnist.models import ConvNet, build_model, summarize
 from tests.helpers import CONF_DIR
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -95,3 +96,33 @@ def test_cnn4_has_four_batchnormed_convolutions():
     model = build("cnn4")
     assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 4
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 4
+
+
+def test_a_fresh_convnet_starts_from_batchnorms_initial_state():
+    """Building the model works out its head's input size without a training-mode forward
+    pass, which would have updated BatchNorm's running statistics once already."""
+    model = build("cnn3")
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and model.training
+    for norm in norms:
+        assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+        assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+        assert norm.num_batches_tracked.item() == 0
+
+
+@pytest.mark.parametrize(
+    ("stages", "downsample"),
+    [([[8]] * 5, "stride"), ([[4], [4, 4], [8]], "pool"), ([[4], [], [8]], "stride"), ([], "pool")],
+)
+def test_the_head_fits_the_features_of_any_depth(stages, downsample):
+    """Five stride-2 stages take 28x28 down to 1x1: the training-mode probe of one image
+    that sized the head made BatchNorm refuse that single value per channel."""
+    model = ConvNet(stages=stages, downsample=downsample, hidden=None, dropout=0.0).eval()
+    features = model.features(torch.zeros(3, 1, 28, 28))
+    assert model.classifier[-1].in_features == features[0].numel()
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_a_convnet_pooled_below_one_pixel_is_refused():
+    with pytest.raises(ModelConfigError, match="5 pooling stages take a 28x28 image below 1x1"):
+        build_model({"_target_": "mnist.models.ConvNet", "stages": [[4]] * 5})

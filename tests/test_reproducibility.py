@@ -22,7 +22,13 @@ from mnist.data.idx import IdxError, parse_idx
 from mnist.errors import CheckpointWriteError, ConfigError, TrackingError, UnsafeModelConfig
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
-from mnist.tools.reproduce import TIMING_METRICS
+from mnist.tools.reproduce import (
+    TIMING_METRICS,
+    WEIGHTS_TAG,
+    compare_runs,
+    passes,
+    reproduce,
+)
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
 from mnist.training.job import run_training
 from tests.helpers import (
@@ -108,6 +114,33 @@ def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
     assert copy.data.tags["reproduced_from"] == original["run_id"]
     # The same params, config-group options included: the two runs compare in the UI.
     assert copy.data.params == client.get_run(original["run_id"]).data.params
+
+
+def test_with_a_tolerance_reproduce_judges_metrics_and_shows_the_weights_hash(
+    tiny_cfg, tmp_path, capsys
+):
+    """GPU reruns give the same metrics within a tolerance from weights that differ in their
+    last bits: with tolerance > 0 the weights hash is information, not the verdict."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    original = run_training(tiny_cfg("seed=11"), JobContext(output_dir=tmp_path / "original"))
+
+    def rerun_with_other_last_bits(cfg, ctx):
+        result = run_training(cfg, ctx)
+        MlflowClient(uri).set_tag(result["run_id"], WEIGHTS_TAG, "0" * 64)
+        return result
+
+    overrides = [f"run_id={original['run_id']}", f"tracking_uri={uri}", "tolerance=1e-3"]
+    cfg = compose_config(overrides, config_name="reproduce")
+    assert reproduce(cfg, tmp_path / "reproduction", rerun_with_other_last_bits)
+    printed = capsys.readouterr().out
+    assert "differs (information only)" in printed and "PASS: run" in printed
+    client = MlflowClient(uri)
+    (copy,) = client.search_runs(
+        [client.get_run(original["run_id"]).info.experiment_id],
+        f"tags.reproduced_from = '{original['run_id']}'",
+    )
+    rows = compare_runs(client, original["run_id"], copy.info.run_id)
+    assert passes(rows, 1e-3) and not passes(rows, 0)  # tolerance 0: bit for bit
 
 
 def test_unreachable_tracking_server_fails_before_anything_else(tiny_cfg, tmp_path, monkeypatch):

@@ -184,3 +184,29 @@ def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_pa
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+# Slow: four jobs of a real sweep in one process (~40 s on 2 cores).
+@pytest.mark.slow
+def test_each_job_of_a_sweep_in_one_process_runs_with_its_own_torch_settings(
+    synthetic_root, tmp_path
+):
+    """The basic launcher runs jobs one after another in one process: each job's torch
+    globals, recorded as tags of its run, come from its own config, not the job before."""
+    sweep = run_train_script(
+        *sweep_overrides(synthetic_root, tmp_path), "trainer.deterministic=true,false",
+        "device.num_threads=1,2",
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    _, children = parent_and_children(
+        MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    )
+    ran_with = []
+    for run in children:
+        params, tags = run.data.params, run.data.tags
+        deterministic = params["trainer.deterministic"].lower()
+        assert tags["torch.deterministic"] == tags["cudnn.deterministic"] == deterministic
+        assert tags["torch.num_threads"] == params["device.num_threads"]
+        assert tags["cudnn.benchmark"] == "false"  # a CPU job never autotunes
+        ran_with.append((tags["torch.deterministic"], tags["torch.num_threads"]))
+    assert ran_with == [("true", "1"), ("true", "2"), ("false", "1"), ("false", "2")]

@@ -26,7 +26,7 @@ from mnist.inference.loading import LoadedModel, load_model
 from mnist.reporting.reports import write_test_reports
 from mnist.tracking import runs, store
 from mnist.training.device import configure_torch, resolve_device
-from mnist.training.evaluation import Evaluation, evaluate
+from mnist.training.evaluation import Evaluation, accuracy, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def averaged(results: Sequence[Evaluation], labels: Tensor) -> Evaluation:
     predictions = probabilities.argmax(1)
     return Evaluation(
         loss=F.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item(),
-        accuracy=(predictions == labels).double().mean().item(),
+        accuracy=accuracy(predictions, labels),
         predictions=predictions,
         probabilities=probabilities,
     )

@@ -2,7 +2,6 @@
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -44,6 +43,20 @@ def _conv_bn_relu(in_channels: int, channels: int, stride: int) -> list[nn.Modul
     ]
 
 
+def _side_after(stages: Sequence[Sequence[int]], downsample: str, side: int = 28) -> int:
+    """The side of the square feature maps, worked out rather than probed with a forward
+    pass: in train mode a probe would update BatchNorm's running statistics (and refuse a
+    1x1 map of one image), and on the meta device validation builds models on, it costs
+    seconds of imports. A padded 3x3 conv keeps the side; max pooling halves it rounding
+    down, a stride-2 conv rounding up."""
+    for stage in stages:
+        if downsample == "pool":
+            side //= 2
+        elif stage:
+            side = (side - 1) // 2 + 1
+    return side
+
+
 class ConvNet(nn.Module):
     """Stages of padded conv3x3 + BatchNorm + ReLU, each stage ending in a 2x downsample
     (max pooling, or a stride-2 last conv when `downsample="stride"`), then an optional
@@ -75,8 +88,10 @@ class ConvNet(nn.Module):
             if downsample == "pool":
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, 1, 28, 28)).numel()
+        side = _side_after(stages, downsample)
+        if side < 1:
+            raise ValueError(f"{len(stages)} pooling stages take a 28x28 image below 1x1")
+        flat = in_channels * side * side
         head: list[nn.Module] = [nn.Flatten()]
         if hidden:
             head += [nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]

@@ -1,6 +1,7 @@
 """This project's input pipeline against the classic torchvision one, in one process:
-same model (architecture and initial weights), optimizer, batch size, step count and image
-order, so the difference in images per second is the pipeline's. The classic side is what
+same model (architecture and initial weights), optimizer, batch size, step count, image
+order and training step (the trainer's own: precision, compile, clipping, label smoothing,
+schedule), so the difference in images per second is the pipeline's. The classic side is what
 the PyTorch MNIST examples do: `datasets.MNIST` + per-sample PIL `transforms` +
 `DataLoader`, with the model in PyTorch's default memory layout
 (`benchmark.classic_channels_last=true` gives it this project's NHWC layout too)."""
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -24,15 +24,19 @@ from mnist.data.augment import BatchAugment
 from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices, training_batches
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
-from mnist.errors import DataError
+from mnist.errors import ConfigError, DataError
 from mnist.seeding import generator, seed_everything
 from mnist.tracking import runs, store
-from mnist.training.build import initial_model
-from mnist.training.device import configure_torch, resolve_device
+from mnist.training.build import build_learner, initial_model
+from mnist.training.device import autocast, configure_torch, resolve_device, synchronize
 from mnist.training.evaluation import evaluate
-from mnist.training.optim import build_optimizer
+from mnist.training.loop import train_step
+from mnist.training.resume import Learner
 
 Batches = Iterator[tuple[Tensor, Tensor]]
+
+# Schedules the trainer steps once per epoch (mnist/training/optim.py).
+EPOCH_SCHEDULERS = ("step", "plateau")
 
 
 @dataclass
@@ -118,45 +122,45 @@ def classic_batches(
 
 
 def _train(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    learner: Learner,
     batches: Batches,
     steps: int,
-    batch_size: int,
+    trainer: DictConfig,
+    device: torch.device,
     validate: Callable[[], float],
     target_acc: float | None,
     eval_every: int,
 ) -> tuple[float, float | None, float | None]:
-    """(images/s, time to target, accuracy at target). Time counts waiting for the batch
-    and the step, not the periodic validation used to detect the target."""
-    model.train()
+    """(images/s, time to target, accuracy at target): `steps` steps of the training loop's
+    own step. Time counts waiting for the batch and the step, up to the end of the step's
+    work on the device, not the periodic validation used to detect the target."""
+    learner.model.train()
     seconds, time_to_target, reached = 0.0, None, None
-    device_sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for step in range(1, steps + 1):
         start = time.perf_counter()
         images, labels = next(batches)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        device_sync()
+        train_step(learner, images, labels, trainer, device)
+        synchronize(device)
         seconds += time.perf_counter() - start
         if target_acc is not None and time_to_target is None and step % eval_every == 0:
             accuracy = validate()
-            model.train()
+            learner.model.train()
             if accuracy >= target_acc:
                 time_to_target, reached = seconds, accuracy
-    return steps * batch_size / seconds, time_to_target, reached
+    return steps * trainer.batch_size / seconds, time_to_target, reached
 
 
-def _classic_eval_img_s(model: nn.Module, data_root, batch_size: int, device) -> float:
-    """The PyTorch examples' test loop: DataLoader batches under torch.no_grad."""
+def _classic_eval_img_s(
+    model: nn.Module, data_root, batch_size: int, device: torch.device, precision: str
+) -> float:
+    """The PyTorch examples' test loop: DataLoader batches under torch.no_grad (each
+    batch's .item() waits for its work)."""
     from torch.utils.data import DataLoader
 
     dataset = classic_dataset(data_root, False, classic_transform(_NO_AUGMENT))
     start = time.perf_counter()
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for images, labels in DataLoader(dataset, batch_size=batch_size):
             model(images.to(device)).argmax(1).eq(labels.to(device)).sum().item()
     return len(dataset) / (time.perf_counter() - start)
@@ -168,46 +172,56 @@ _NO_AUGMENT = DictConfig({"crop_prob": 0.0, "crop_size": 28, "rotate_deg": 0.0, 
 def run_benchmark(
     cfg: DictConfig, data: MnistTensors, train_idx: Tensor, val_idx: Tensor, device: torch.device
 ) -> list[PipelineResult]:
-    """Both pipelines, the project's first (so the peak memory it reports is its own)."""
-    bench = cfg.benchmark
-    batch_size = cfg.trainer.batch_size
+    """Both pipelines, the project's first (so the peak memory it reports is its own). Each
+    trains as the trainer config says (precision, compile, clipping, label smoothing, and
+    a per-step schedule spread over the benchmark's steps)."""
+    bench, trainer = cfg.benchmark, cfg.trainer
     val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
     results = []
+    # One "epoch" of benchmark.steps steps: the span of onecycle and cosine schedules.
+    steps_cfg = OmegaConf.merge(cfg, {"trainer": {"epochs": 1}})
     classic_cfg = OmegaConf.merge(
-        cfg, {"trainer": {"channels_last": cfg.benchmark.classic_channels_last}}
+        steps_cfg, {"trainer": {"channels_last": bench.classic_channels_last}}
     )
     for name in ("project", "classic"):
         # Same architecture and initial weights; the memory layout is each pipeline's own.
-        model = initial_model(cfg if name == "project" else classic_cfg, device)
-        optimizer = build_optimizer(cfg.optimizer, model)
+        run_cfg = steps_cfg if name == "project" else classic_cfg
+        learner = build_learner(
+            run_cfg, initial_model(run_cfg, device), device, bench.steps * trainer.batch_size
+        )
         if name == "project":
-            augment = BatchAugment.from_config(
-                cfg.augmentation, generator(cfg.seed, "augment", device)
+            batches = project_batches(
+                data, train_idx, trainer.batch_size, learner.augment, cfg.seed
             )
-            batches = project_batches(data, train_idx, batch_size, augment, cfg.seed)
         else:
-            orders = epoch_orders(train_idx, batch_size, cfg.seed)
+            orders = epoch_orders(train_idx, trainer.batch_size, cfg.seed)
             batches = classic_batches(
-                cfg.data.root, cfg.augmentation, orders, batch_size, bench.classic_workers, device
-            )
+                cfg.data.root, cfg.augmentation, orders, trainer.batch_size, bench.classic_workers,
+                device,
+            )  # fmt: skip
 
-        def validate(model=model) -> float:
+        def validate(model=learner.model) -> float:
             return evaluate(
-                model, val_images, val_labels, cfg.trainer.eval_batch_size, device
+                model, val_images, val_labels, trainer.eval_batch_size, device, trainer.precision
             ).accuracy
 
         train_img_s, time_to_target, reached = _train(
-            model, optimizer, batches, bench.steps, batch_size, validate, bench.target_acc,
+            learner, batches, bench.steps, trainer, device, validate, bench.target_acc,
             bench.eval_every,
         )  # fmt: skip
         if name == "project":
+            synchronize(device)
             start = time.perf_counter()
-            evaluate(model, data.test_images, data.test_labels, cfg.trainer.eval_batch_size, device)
+            evaluate(
+                learner.model, data.test_images, data.test_labels, trainer.eval_batch_size,
+                device, trainer.precision,
+            )  # fmt: skip
             eval_img_s = len(data.test_labels) / (time.perf_counter() - start)
         else:
             eval_img_s = _classic_eval_img_s(
-                model, cfg.data.root, bench.classic_eval_batch_size, device
-            )
+                learner.model, cfg.data.root, bench.classic_eval_batch_size, device,
+                trainer.precision,
+            )  # fmt: skip
         results.append(
             PipelineResult(name, train_img_s, eval_img_s, time_to_target, reached, peak_rss_mb())
         )
@@ -240,10 +254,15 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     """Validate, prepare the data as a training run would, time both pipelines, then write
     the Markdown table and log it with the numbers to MLflow."""
     validate_config(cfg)
+    if cfg.scheduler.name in EPOCH_SCHEDULERS:
+        raise ConfigError(
+            f"the benchmark counts steps, not epochs, so scheduler={cfg.scheduler.name} "
+            "(stepped once per epoch) would never step; use scheduler=none, onecycle or cosine"
+        )
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
     device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device, deterministic=False)
+    configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
     data = load_mnist(ensure_mnist(cfg.data.root, cfg.data.verify_checksums), device)
     train_idx, val_idx = prepare_split(cfg, data.train_labels)

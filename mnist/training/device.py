@@ -7,6 +7,7 @@ import sys
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,15 +29,57 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _cuda_bf16_native() -> bool:
+    """Whether the GPU has bf16 units. torch.cuda.is_bf16_supported() also counts GPUs
+    that only emulate bf16 (T4, V100), where it runs slower than fp32."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument: compute capability 8.0 is Ampere
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def precision_problem(precision: str, device: torch.device) -> str | None:
     """Why `precision` cannot run on `device`, or None if it can."""
     if precision not in PRECISIONS:
         return f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)}"
-    if precision == "fp16" and device.type == "cpu":
+    if precision == "fp32":
+        return None
+    if device.type == "cpu" and precision == "fp16":
         return "trainer.precision=fp16 needs a GPU; use bf16 or fp32 on cpu"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "trainer.precision=bf16 is not supported by this GPU; use fp16 or fp32"
+    if device.type == "cuda" and precision == "bf16" and not _cuda_bf16_native():
+        return (
+            "trainer.precision=bf16 is not native on this GPU (compute capability < 8.0: "
+            "it would be emulated, slower than fp32); use fp16 or fp32"
+        )
+    if device.type == "mps":
+        if not torch.amp.autocast_mode.is_autocast_available("mps"):
+            return f"trainer.precision={precision} needs a PyTorch with autocast on mps; use fp32"
+        if precision == "bf16" and not torch.backends.mps.is_macos_or_newer(14, 0):
+            return "trainer.precision=bf16 on mps needs macOS 14 or newer; use fp16 or fp32"
     return None
+
+
+# Layers whose backward pass has no deterministic kernel on a device, so that
+# torch.use_deterministic_algorithms(True) raises in the first training step (from
+# torch.use_deterministic_algorithms' documentation, for the layers mnist.models can use;
+# tests/test_accelerators.py checks every model's ops against the documented lists).
+# AdaptiveAvgPool2d(1) is not among them on CUDA: torch computes it as a mean.
+NONDETERMINISTIC_BACKWARD: dict[str, tuple[type[nn.Module], ...]] = {
+    "mps": (nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool3d, nn.Embedding, nn.EmbeddingBag),
+}
+
+
+def determinism_problem(model: nn.Module, device: torch.device) -> str | None:
+    """Why trainer.deterministic=true would fail on `device` with `model`, or None."""
+    refused = NONDETERMINISTIC_BACKWARD.get(device.type, ())
+    layers = sorted({type(m).__name__ for m in model.modules() if isinstance(m, refused)})
+    if not layers:
+        return None
+    return (
+        f"trainer.deterministic=true: {', '.join(layers)} has no deterministic backward on "
+        f"{device.type}; set trainer.deterministic=false, or use a model without it or "
+        "another device"
+    )
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -67,18 +110,50 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+# The thread count torch chose for this process (one per core, or what a launcher set in
+# the environment before torch was imported): device.num_threads=null means this.
+DEFAULT_NUM_THREADS = torch.get_num_threads()
+
+
 def configure_torch(device: torch.device, settings: DictConfig, deterministic: bool) -> None:
-    """`settings`: the `device` config group (conf/device/*.yaml)."""
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    """Set every global torch setting a run depends on from its own config, whatever the
+    previous job of the process (a basic-launcher sweep runs its jobs one after another in
+    one process) left behind. `settings`: the `device` config group (conf/device/*.yaml).
+
+    Two settings cannot be taken back within a process: glibc's malloc tuning (mallopt
+    switches off glibc's own threshold adjustment for good; it changes speed, not results)
+    and CUBLAS_WORKSPACE_CONFIG, which PyTorch reads at its first cuBLAS call. A CUDA sweep
+    that runs deterministic jobs after others should export CUBLAS_WORKSPACE_CONFIG=:4096:8
+    before it starts."""
+    torch.set_num_threads(settings.num_threads or DEFAULT_NUM_THREADS)
     tuning = settings.malloc_tuning
     if tuning is True or (tuning == "auto" and torch.get_num_threads() == 1):
         keep_freed_memory()
     if deterministic:
         # cuBLAS needs this workspace setting for deterministic matmuls (CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        # Autotuned kernels: fixed input shapes make the one-time search pay off.
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    # Autotuned kernels: fixed input shapes make the one-time search pay off, but the
+    # search may pick different kernels from run to run.
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def torch_settings() -> dict[str, str]:
+    """The global settings a job actually runs with, as MLflow tags. Parallel jobs share
+    the cores: their timings only compare with the thread count."""
+    return {
+        "torch.num_threads": str(torch.get_num_threads()),
+        "torch.deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+        "cudnn.deterministic": str(torch.backends.cudnn.deterministic).lower(),
+        "cudnn.benchmark": str(torch.backends.cudnn.benchmark).lower(),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`: GPUs run asynchronously, so a clock read
+    without this stops while the work it should time is still queued. Nothing on cpu."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

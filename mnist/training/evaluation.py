@@ -22,6 +22,12 @@ class Evaluation:
     probabilities: Tensor  # (N, 10) softmax outputs
 
 
+def accuracy(predictions: Tensor, labels: Tensor) -> float:
+    """The fraction of correct predictions, from an integer count divided in Python: MPS
+    has no float64, and a float32 mean would round the count."""
+    return (predictions == labels).sum().item() / len(labels)
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -45,7 +51,7 @@ def evaluate(
     predictions = probs.argmax(1)
     return Evaluation(
         loss=(torch.stack(losses).sum() / len(images)).item(),
-        accuracy=(predictions == labels).double().mean().item(),
+        accuracy=accuracy(predictions, labels),
         predictions=predictions,
         probabilities=probs,
     )

@@ -34,7 +34,7 @@ from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import run_params
 from mnist.training.build import build_learner, initial_model
 from mnist.training.checkpoint import claimed, load_checkpoint, state_dict_sha256
-from mnist.training.device import configure_torch, resolve_device
+from mnist.training.device import configure_torch, resolve_device, synchronize, torch_settings
 from mnist.training.evaluation import Evaluation, evaluate
 from mnist.training.loop import Checkpoints, FitResult, MetricsLogger, fit
 from mnist.training.resume import (
@@ -160,7 +160,7 @@ def _claimed_run(
     checkpoint_path = resume_checkpoint_path(cfg.trainer.resume, uri)
     with claimed(checkpoint_path.parent):
         resume_state = load_resume_checkpoint(cfg.trainer.resume, checkpoint_path)
-        resumed = resume_config(resume_state, checkpoint_path)
+        resumed = resume_config(resume_state, checkpoint_path, cfg.device)
         uri = store.tracking_uri(resumed.logger.tracking_uri, resumed.paths.mlruns)
         store.check_store(uri)
         refuse_finished_run(cfg.trainer.resume, resume_state["mlflow_run_id"], uri)
@@ -209,6 +209,7 @@ def _test_best_checkpoint(
     best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     runs.set_tags({"best.weights_sha256": state_dict_sha256(best["model"])})
+    synchronize(device)  # evaluate() ends in .item(), which waits for its own work
     test_start = time.perf_counter()
     test = evaluate(
         model, data.test_images, data.test_labels, cfg.trainer.eval_batch_size, device,
@@ -228,8 +229,7 @@ def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) ->
     tags = runs.run_tags(cfg.seed, device, ctx.overrides, model)
     tags["output_dir"] = str(ctx.output_dir)
     tags.update(ctx.extra_tags)
-    # Parallel jobs share the cores: their timings only compare with the thread count.
-    tags["torch.num_threads"] = str(torch.get_num_threads())
+    tags.update(torch_settings())
     if ctx.parent_run_id:
         tags["mlflow.parentRunId"] = ctx.parent_run_id
     return tags

@@ -23,7 +23,7 @@ from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
 from mnist.errors import TrainingDiverged, TrainingInterrupted
 from mnist.training.checkpoint import save_checkpoint
-from mnist.training.device import autocast
+from mnist.training.device import autocast, synchronize
 from mnist.training.evaluation import evaluate
 from mnist.training.resume import Learner, Progress, eager
 from mnist.training.signals import stop_on_signals
@@ -88,6 +88,7 @@ def fit(
             if not train_one_epoch(learner, data, train_idx, cfg, device, progress, stop_requested):
                 progress.epoch_train_s = time.perf_counter() - epoch_start
                 raise TrainingInterrupted(save_last(shuffle_state))
+            synchronize(device)  # the epoch's queued steps are training time, not validation
             train_seconds = time.perf_counter() - epoch_start
             metrics = end_of_epoch(learner, data, val_idx, cfg, device, progress, checkpoints)
             if cfg.target_acc is not None and metrics["val/acc"] >= cfg.target_acc:
@@ -123,34 +124,20 @@ def train_one_epoch(
 ) -> bool:
     """The batches of `progress.epoch` from `progress.step` on (earlier ones were trained
     before an interruption). False when a stop was requested before the epoch ended."""
-    model, optimizer, scaler, schedule = (
-        learner.model, learner.optimizer, learner.scaler, learner.schedule,
-    )  # fmt: skip
     if progress.step == 0:
-        progress.epoch_lr = optimizer.param_groups[0]["lr"]
+        progress.epoch_lr = learner.optimizer.param_groups[0]["lr"]
     batches = training_batches(
         data.train_images, data.train_labels, train_idx, cfg.batch_size, learner.shuffle,
         learner.augment, skip=progress.step,
     )  # fmt: skip
-    model.train()
+    learner.model.train()
     bar = tqdm(
         batches, total=max(1, len(train_idx) // cfg.batch_size), initial=progress.step,
         leave=False, desc=f"epoch {progress.epoch}/{cfg.epochs}",
         disable=None if cfg.progress else True,
     )  # fmt: skip
     for step, (images, labels) in enumerate(bar, start=progress.step):
-        with autocast(device, cfg.precision):
-            logits = model(images).float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if schedule and schedule.interval == "step":
-            schedule.scheduler.step()
+        loss, logits = train_step(learner, images, labels, cfg, device)
         progress.loss_sum += loss.detach() * len(labels)
         progress.correct += (logits.argmax(1) == labels).sum()
         progress.seen += len(labels)
@@ -159,6 +146,30 @@ def train_one_epoch(
             return False
     bar.close()
     return True
+
+
+def train_step(
+    learner: Learner, images: Tensor, labels: Tensor, cfg: DictConfig, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """One optimisation step as the `trainer` config describes it (precision, label
+    smoothing, gradient clipping, a per-step schedule); the benchmark times this same step.
+    Returns the loss and the float32 logits."""
+    model, optimizer, scaler, schedule = (
+        learner.model, learner.optimizer, learner.scaler, learner.schedule,
+    )  # fmt: skip
+    with autocast(device, cfg.precision):
+        logits = model(images).float()
+    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if schedule and schedule.interval == "step":
+        schedule.scheduler.step()
+    return loss, logits
 
 
 def end_of_epoch(
@@ -187,7 +198,7 @@ def end_of_epoch(
         schedule.scheduler.step(val.accuracy)
     metrics = {
         "train/loss": train_loss,
-        "train/acc": (progress.correct.double() / progress.seen).item(),
+        "train/acc": progress.correct.item() / progress.seen,  # no float64: MPS has none
         "val/loss": val.loss,
         "val/acc": val.accuracy,
         "lr": progress.epoch_lr,

@@ -6,6 +6,7 @@ finds the last.pt of an interrupted run, so it continues in the same MLflow run.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,10 @@ from mnist.data.augment import BatchAugment
 from mnist.errors import ConfigError
 from mnist.targets import refuse_foreign_targets
 from mnist.training.checkpoint import load_checkpoint
+from mnist.training.device import available
 from mnist.training.optim import Schedule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,9 +80,10 @@ class Learner:
                 "shuffle_epoch_start": shuffle_state,
                 "augment": self.augment.generator.get_state() if self.augment.generator else None,
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                **_accelerator_rng_states(),
             },
             "progress": asdict(progress),
+            "device": str(_device_of(self.model)),
         }
 
     def restore(self, state: dict[str, Any]) -> Progress:
@@ -89,12 +94,44 @@ class Learner:
         self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         self.shuffle.set_state(rng["shuffle_epoch_start"])
-        if self.augment.generator is not None:
-            self.augment.generator.set_state(rng["augment"])
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _restore_accelerator_rng_states(rng)
+        saved_on, here = state.get("device"), _device_of(self.model)
+        if saved_on is not None and torch.device(saved_on).type != here.type:
+            # The augmentation generator lives on the device; another device's state does
+            # not fit it, so it draws from the seed again.
+            log.warning(
+                "Resuming on %s a run that was training on %s: it goes on, but not "
+                "bit-exactly as it would have on %s (other kernels, other random streams)",
+                here, saved_on, saved_on,
+            )  # fmt: skip
+        elif self.augment.generator is not None:
+            self.augment.generator.set_state(rng["augment"])
         return Progress(**state["progress"])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _accelerator_rng_states() -> dict[str, Any]:
+    """The global random states of the accelerators this machine has (dropout on a GPU
+    draws from them)."""
+    states: dict[str, Any] = {}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def _restore_accelerator_rng_states(rng: dict[str, Any]) -> None:
+    """Those of the saved states whose device exists here; a checkpoint from another
+    machine may name GPUs this one lacks."""
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
+    if rng.get("mps") is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(rng["mps"])
 
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -141,13 +178,18 @@ def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
     return state
 
 
-def resume_config(state: dict[str, Any], path: Path) -> DictConfig:
+def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> DictConfig:
     """The interrupted run's own config: refused if it names a `_target_` off the
     allowlist (anyone may hand over a last.pt), then validated like one from the command
-    line."""
+    line, except for a device this machine lacks (a GPU run resumed on a laptop): `device`,
+    the command line's `device` group, takes its place."""
     try:
         cfg = OmegaConf.create(state["config"])
         refuse_foreign_targets(cfg, str(path))
+        if cfg.device.name in ("cuda", "mps") and not available(cfg.device.name):
+            log.warning("The run trained with device=%s, which this machine lacks: resuming "
+                        "with device=%s", cfg.device.name, device.name)  # fmt: skip
+            cfg.device = device
         validate_config(cfg)
     except (OmegaConfBaseException, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: the checkpoint's config is incomplete or invalid ({e})") from e
