@@ -3,6 +3,7 @@ command that writes a run (training, evaluation, reproduction)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ class JobContext:
     parent_run_id: str | None = None
     # Added to the run's tags, e.g. the source run of a reproduction.
     extra_tags: dict[str, str] = field(default_factory=dict)
+    # Sees each epoch's metrics after they are logged, with the epoch number; what it raises
+    # stops the training (a tuning trial reports val/acc to its pruner: mnist/tuning/).
+    epoch_observer: Callable[[dict[str, float], int], None] | None = None
 
     @classmethod
     def from_hydra(cls) -> JobContext:

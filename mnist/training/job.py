@@ -79,7 +79,7 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
                 )
                 result = fit(
                     learner, data, train_idx, val_idx, cfg.trainer, device, checkpoints,
-                    log_metrics, resume_state,
+                    _observed(log_metrics, ctx.epoch_observer), resume_state,
                 )  # fmt: skip
             test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
             log_metrics(final, len(result.history))
@@ -235,6 +235,18 @@ def _epoch_logger(
         yield log_both
     finally:
         board.close()
+
+
+def _observed(log_metrics: MetricsLogger, observer: MetricsLogger | None) -> MetricsLogger:
+    """Each epoch's metrics logged, then shown to the job's observer (JobContext)."""
+    if observer is None:
+        return log_metrics
+
+    def log_and_observe(metrics: dict[str, float], epoch: int) -> None:
+        log_metrics(metrics, epoch)
+        observer(metrics, epoch)
+
+    return log_and_observe
 
 
 @contextmanager
