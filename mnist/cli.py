@@ -10,6 +10,7 @@ from mnist.errors import (
     ConfigError,
     DataError,
     ModelConfigError,
+    SearchInterrupted,
     TrackingError,
     TrainingInterrupted,
 )
@@ -24,6 +25,6 @@ def exit_on_user_error() -> Iterator[None]:
     except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except TrainingInterrupted as e:
+    except (TrainingInterrupted, SearchInterrupted) as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(130)
