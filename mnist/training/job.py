@@ -1,6 +1,7 @@
 """One training job, start to finish: validate the config, prepare data and model, train
 inside an MLflow run, then test the best-validation checkpoint and log the reports. Only
-scripts/train.py imports this module; what other commands share lives in the stages."""
+the scripts import this module (scripts/tune.py hands it to mnist/tuning as a callable);
+what other commands share lives in the stages."""
 
 from __future__ import annotations
 

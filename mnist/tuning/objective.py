@@ -111,10 +111,11 @@ class Objective:
             epoch_times.append(metrics["epoch_time_s"])
             trial.set_user_attr("epoch_times_s", epoch_times)
             trial.report(metrics["val/acc"], epoch)
+            if epoch == epochs:  # nothing left to save: the trial completes
+                return
             if self.stop_requested():
                 raise TrialStopped(f"trial {trial.number} stopped after epoch {epoch}")
-            # A trial at its last epoch has nothing left to save: it completes.
-            if epoch < epochs and trial.should_prune():
+            if trial.should_prune():
                 raise PrunedTrial(f"val/acc {metrics['val/acc']:.4f} at epoch {epoch}/{epochs}")
 
         return observe

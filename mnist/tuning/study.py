@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist.errors import ConfigError, TrackingError
+from mnist.tuning.objective import TrialFailed
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,8 @@ def run_trials(
 ) -> None:
     """Run trials until the study has `n_trials` that ended, the deadline (time.monotonic)
     passes or a stop is requested. Trials queued again (interrupted ones) run first. When
-    the remaining trials are all running elsewhere, wait: one may be pruned away, or its
-    process may die and its trial come back to the queue."""
-    from mnist.tuning.objective import TrialFailed
-
+    the remaining trials are all running elsewhere, wait for them: a process that dies
+    leaves its trial to come back to the queue, and then this process runs it."""
     while not stop_requested() and (deadline is None or time.monotonic() < deadline):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
