@@ -13,6 +13,7 @@ from mnist.errors import (
     ConfigError,
     DataError,
     ModelConfigError,
+    SearchInterrupted,
     TrackingError,
     TrainingDiverged,
     TrainingInterrupted,
@@ -36,6 +37,6 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except TrainingInterrupted as e:
+    except (TrainingInterrupted, SearchInterrupted) as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(130)

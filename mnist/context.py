@@ -3,6 +3,7 @@ command that writes a run (training, evaluation, reproduction)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class JobContext:
     job_num: int = 0
     # Added to the run's tags, e.g. the source run of a reproduction.
     extra_tags: dict[str, str] = field(default_factory=dict)
+    # Sees each epoch's metrics after they are logged, with the epoch number; what it raises
+    # stops the training (a tuning trial reports val/acc to its pruner: mnist/tuning/).
+    epoch_observer: Callable[[dict[str, float], int], None] | None = None
 
     @classmethod
     def from_hydra(cls) -> JobContext:

@@ -62,3 +62,13 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, checkpoint: Path) -> None:
         super().__init__(f"training interrupted; resume with trainer.resume={checkpoint}")
         self.checkpoint = checkpoint
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """A hyperparameter search stopped on a signal with its study consistent: the trial
+    that was running is queued to run again when the same command continues the study."""
+
+    def __init__(self, study: str) -> None:
+        super().__init__(
+            f"search interrupted; run the same command again to continue study {study!r}"
+        )

@@ -1,6 +1,7 @@
 """Optional features ship as packaging extras (pyproject.toml): ONNX export (`export`),
-TensorBoard files (`tensorboard`) and the joblib/Slurm launchers (`launchers`). A feature
-whose extra is not installed is refused in one line that names what to install."""
+TensorBoard files (`tensorboard`), the joblib/Slurm launchers (`launchers`) and the
+hyperparameter search (`tune`). A feature whose extra is not installed is refused in one
+line that names what to install."""
 
 import importlib
 import importlib.util

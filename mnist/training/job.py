@@ -1,6 +1,7 @@
 """One training job, start to finish: validate the config, prepare data and model, train
 inside an MLflow run, then test the best-validation checkpoint and log the reports. Only
-scripts/train.py imports this module; what other commands share lives in the stages."""
+the scripts import this module (scripts/tune.py hands it to mnist/tuning as a callable);
+what other commands share lives in the stages."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def _train(
                 )
                 result = fit(
                     learner, data, train_idx, val_idx, cfg.trainer, device, checkpoints,
-                    log_metrics, resume_state,
+                    _observed(log_metrics, ctx.epoch_observer), resume_state,
                 )  # fmt: skip
             stop_if_requested()
             test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
@@ -309,6 +310,18 @@ def _epoch_logger(
         yield log_new(log_both)
     finally:
         board.close()
+
+
+def _observed(log_metrics: MetricsLogger, observer: MetricsLogger | None) -> MetricsLogger:
+    """Each epoch's metrics logged, then shown to the job's observer (JobContext)."""
+    if observer is None:
+        return log_metrics
+
+    def log_and_observe(metrics: dict[str, float], epoch: int) -> None:
+        log_metrics(metrics, epoch)
+        observer(metrics, epoch)
+
+    return log_and_observe
 
 
 @contextmanager

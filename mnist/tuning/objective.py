@@ -1,0 +1,121 @@
+"""One trial = one training job: the trial's suggestions become overrides of the training
+config, the job runs as a child of the study's MLflow run, reports its validation accuracy
+to the trial after every epoch and stops when the pruner says so. The objective is the
+job's best validation accuracy; the test set plays no part in the search."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from mnist.context import JobContext
+from mnist.errors import ConfigError, DataError, ModelConfigError, TrackingError
+from mnist.tuning.space import Param, trial_overrides
+
+log = logging.getLogger(__name__)
+
+# run_training(cfg, ctx) -> final metrics: the training command, passed in by scripts/tune.py.
+TrainFn = Callable[[DictConfig, JobContext], dict[str, Any]]
+# Overrides of the trial -> (its training config, the option chosen in each config group).
+ComposeFn = Callable[[list[str]], tuple[DictConfig, dict[str, str]]]
+
+
+class PrunedTrial(optuna.TrialPruned, KeyboardInterrupt):
+    """The pruner stopped the trial. Optuna records it PRUNED; as a KeyboardInterrupt it
+    also ends the trial's MLflow run KILLED (stopped on purpose), not FAILED."""
+
+
+class TrialStopped(KeyboardInterrupt):
+    """A stop was requested while the trial was outside its training loop's steps (the
+    loop itself raises TrainingInterrupted): the trial is re-queued and the worker stops."""
+
+
+class TrialFailed(Exception):
+    """A trial that raised: recorded FAIL and the search goes on. A user error (config,
+    data, store) is not wrapped: it stops the search, as it would fail every trial."""
+
+
+def _compact(override: str) -> str:
+    """optimizer.lr=0.0031234 -> optimizer.lr=0.00312: run names stay readable; the exact
+    values are the run's params."""
+    key, _, value = override.partition("=")
+    try:
+        return f"{key}={float(value):.3g}" if "." in value or "e-" in value else override
+    except ValueError:
+        return override
+
+
+class Objective:
+    """Called by Optuna with each trial; returns its best validation accuracy."""
+
+    def __init__(
+        self,
+        train: TrainFn,
+        compose: ComposeFn,
+        space: list[Param],
+        base_overrides: list[str],
+        trials_dir: Path,
+        parent_run_id: str,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        self.train, self.compose, self.space = train, compose, space
+        self.base_overrides, self.trials_dir = base_overrides, trials_dir
+        self.parent_run_id, self.stop_requested = parent_run_id, stop_requested
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        overrides = trial_overrides(self.space, trial)
+        cfg, choices = self.compose(overrides)
+        trial.set_user_attr("epochs", cfg.trainer.epochs)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        log.info("Trial %d: %s", trial.number, " ".join(overrides))
+        ctx = JobContext(
+            output_dir=self.trials_dir / f"trial_{trial.number:04d}",
+            overrides=[*self.base_overrides, *overrides],
+            choices=choices,
+            override_dirname=f"{trial.number}_" + ",".join(map(_compact, overrides)),
+            parent_run_id=self.parent_run_id,
+            extra_tags={
+                "optuna.study": trial.study.study_name,
+                "optuna.trial": str(trial.number),
+                "optuna.state": "RUNNING",
+            },
+            epoch_observer=self._observer(trial, cfg.trainer.epochs),
+        )
+        try:
+            return self.train(cfg, ctx)["best/val_acc"]
+        except PrunedTrial:
+            raise
+        except KeyboardInterrupt:
+            # SIGINT/SIGTERM: the same parameters run again first when the study goes on.
+            trial.set_user_attr("interrupted", True)
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
+        except (ConfigError, DataError, ModelConfigError, TrackingError):
+            raise
+        except Exception as e:
+            raise TrialFailed(f"trial {trial.number} failed: {e!r}") from e
+
+    def _observer(
+        self, trial: optuna.Trial, epochs: int
+    ) -> Callable[[dict[str, float], int], None]:
+        epoch_times: list[float] = []
+
+        def observe(metrics: dict[str, float], epoch: int) -> None:
+            epoch_times.append(metrics["epoch_time_s"])
+            trial.set_user_attr("epoch_times_s", epoch_times)
+            trial.report(metrics["val/acc"], epoch)
+            if epoch == epochs:  # nothing left to save: the trial completes
+                return
+            if self.stop_requested():
+                raise TrialStopped(f"trial {trial.number} stopped after epoch {epoch}")
+            if trial.should_prune():
+                raise PrunedTrial(f"val/acc {metrics['val/acc']:.4f} at epoch {epoch}/{epochs}")
+
+        return observe

@@ -1,0 +1,317 @@
+"""`scripts/tune.py`: check everything, join (or create) the study, run its trials here or
+in n_jobs worker processes, then sum the study up: its MLflow parent run, Optuna's plots
+and the best trial as an experiment preset. Every check that can fail on the user's input
+runs before the first trial."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mnist.config import validate_config
+from mnist.data.fetch import ensure_mnist
+from mnist.errors import ConfigError, SearchInterrupted
+from mnist.tracking import store
+from mnist.training.signals import stop_on_signals
+from mnist.tuning import tracking
+from mnist.tuning.objective import ComposeFn, Objective, TrainFn
+from mnist.tuning.preset import write_preset
+from mnist.tuning.space import (
+    Param,
+    check_space,
+    first_trials,
+    override_text,
+    parse_space,
+    space_signature,
+)
+from mnist.tuning.study import (
+    check_settings,
+    counts,
+    make_pruner,
+    make_sampler,
+    open_study,
+    run_trials,
+    storage_url,
+)
+from mnist.tuning.workers import is_worker, run_workers, worker_command
+
+log = logging.getLogger(__name__)
+
+# Keys of conf/tune.yaml that configure the search, not the training (tested to be all the
+# keys tune.yaml adds to train.yaml).
+TUNE_KEYS = ("hparams_search", "n_trials", "timeout_s", "n_jobs", "storage", "heartbeat_s",
+             "preset_dir")  # fmt: skip
+# Where a trial runs and writes, not what it trains: left out of what a study compares
+# when it is continued, and out of the preset.
+PLACE_KEYS = ("paths", "device", "hydra")
+# How long a process that joins a study waits for its creator to open the parent run.
+JOIN_TIMEOUT_S = 120
+
+
+@dataclass
+class SearchContext:
+    """What Hydra knows about the tune command and its config does not."""
+
+    output_dir: Path
+    overrides: list[str]
+    groups: set[str]
+    # hydra.job.config.override_dirname.exclude_keys: where-to-write keys (conf/train.yaml).
+    where_keys: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_hydra(cls, argv: list[str]) -> SearchContext:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+        return cls(
+            output_dir=Path(hydra.runtime.output_dir),
+            overrides=list(hydra.overrides.task),
+            groups=config_groups(hydra.runtime.choices),
+            where_keys=list(hydra.job.config.override_dirname.exclude_keys),
+            argv=list(argv),
+        )
+
+
+def config_groups(choices: Mapping[str, Any]) -> set[str]:
+    """The training config's groups, from Hydra's runtime choices: what a search may pick
+    an option of, and what a preset selects in its defaults list."""
+    return {group for group in choices if not group.startswith(("hydra/", "hparams_search"))}
+
+
+def _root(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    """The tune config as the training config of a trial: resolved (tune.yaml names the
+    MLflow experiment after the study), without the search's own keys."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(cfg):
+        for key in TUNE_KEYS:
+            cfg.pop(key, None)
+    return cfg
+
+
+def recipe_overrides(ctx: SearchContext) -> list[str]:
+    """The command's overrides that change what a trial trains: the ones the study's trials
+    share, kept in its preset and compared when the study is continued."""
+    return sorted(
+        o
+        for o in ctx.overrides
+        if _root(o).split(".")[0] not in (*TUNE_KEYS, *PLACE_KEYS)
+        and _root(o) not in ctx.where_keys
+    )
+
+
+def composer(ctx: SearchContext) -> ComposeFn:
+    """Trial overrides -> (its training config, each group's option): the tune config
+    composed as this command composed it, plus the trial's overrides."""
+
+    def compose(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+        from hydra import compose as hydra_compose
+        from hydra.errors import HydraException
+
+        try:
+            cfg = hydra_compose("tune", [*ctx.overrides, *overrides], return_hydra_config=True)
+        except HydraException as e:
+            raise ConfigError(str(e).splitlines()[0]) from e
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if v is not None}
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return training_config(cfg), choices
+
+    return compose
+
+
+def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | None:
+    """Returns the study's best validation accuracy (None before any trial completed).
+    ConfigError/DataError/TrackingError before the first trial when the input cannot work;
+    SearchInterrupted after a SIGINT/SIGTERM, with the study consistent."""
+    space, base, compose = _checked(cfg, ctx)
+    uri = store.tracking_uri(base.logger.tracking_uri, base.paths.mlruns)
+    store.check_store(uri)
+    ensure_mnist(base.data.root, verify=base.data.verify_checksums)
+    search = cfg.hparams_search
+    url = storage_url(cfg)
+    study, created = open_study(
+        url, search.study, make_sampler(search.sampler), make_pruner(search.pruner),
+        cfg.heartbeat_s,
+    )  # fmt: skip
+    parent = _parent_run(study, created, uri, base.logger.experiment, url, space, cfg, ctx)
+    log.info("Study %r in %s; MLflow parent run %s in %s", search.study, url, parent, uri)
+    deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s
+    if is_worker():
+        with _interrupted_search(search.study):
+            _run_here(cfg, ctx, study, space, parent, train, compose, deadline)
+        return None
+    tracking.reopen_parent_run(uri, parent)
+    status = "FAILED"
+    try:
+        with _interrupted_search(search.study):
+            if cfg.n_jobs == 1:
+                _run_here(cfg, ctx, study, space, parent, train, compose, deadline)
+            else:
+                _run_workers(cfg, ctx, deadline)
+        status = "FINISHED"
+    except SearchInterrupted:
+        status = "KILLED"
+        raise
+    finally:
+        _summarize(cfg, ctx, study, uri, parent, status)
+    return study.best_value if _has_complete(study) else None
+
+
+@contextmanager
+def _interrupted_search(study: str) -> Iterator[None]:
+    """A trial stopped by a signal (or a signal between trials) stops the search."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise SearchInterrupted(study) from e
+
+
+def _checked(cfg: DictConfig, ctx: SearchContext) -> tuple[list[Param], DictConfig, ComposeFn]:
+    """(the search space, the training config the trials start from, the trial composer),
+    all checked: nothing is written before this returns."""
+    check_settings(cfg)
+    space = parse_space(cfg.hparams_search.params)
+    base = training_config(cfg)
+    validate_config(base)
+    compose = composer(ctx)
+    check_space(space, base, ctx.groups, lambda overrides: compose(overrides)[0])
+    first_trials(space, cfg.hparams_search.enqueue)
+    return space, base, compose
+
+
+def _parent_run(
+    study: optuna.Study,
+    created: bool,
+    uri: str,
+    experiment: str,
+    url: str,
+    space: list[Param],
+    cfg: DictConfig,
+    ctx: SearchContext,
+) -> str:
+    """The study's MLflow run, opened by the process that created the study; a process
+    joining it first checks it searches the same space with the same overrides."""
+    recipe = recipe_overrides(ctx)
+    identity = {"search_space": space_signature(space), "recipe_overrides": recipe}
+    if created:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+        for params in first_trials(space, cfg.hparams_search.enqueue):
+            study.enqueue_trial(params)
+    else:
+        _wait_for(study, "mlflow_parent_run_id")
+        stored = {key: study.user_attrs.get(key) for key in identity}
+        if stored != identity:
+            raise ConfigError(
+                f"study {study.study_name!r} in {url} searches {stored['search_space']} with "
+                f"overrides {stored['recipe_overrides']}, not {identity['search_space']} with "
+                f"{recipe}: continue it with its own command, or start another study with "
+                "hparams_search.study=<new name>"
+            )
+    if "mlflow_parent_run_id" not in study.user_attrs:
+        search = OmegaConf.to_container(cfg.hparams_search, resolve=True)
+        run_id = tracking.create_parent_run(
+            uri, experiment, study.study_name, url, space, search, recipe
+        )
+        study.set_user_attr("mlflow_parent_run_id", run_id)
+    return study.user_attrs["mlflow_parent_run_id"]
+
+
+def _wait_for(study: optuna.Study, key: str) -> None:
+    """A study created a moment ago by another process gets its attributes right after
+    (user_attrs reads them from the storage each time)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while key not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def _run_here(
+    cfg: DictConfig,
+    ctx: SearchContext,
+    study: optuna.Study,
+    space: list[Param],
+    parent: str,
+    train: TrainFn,
+    compose: ComposeFn,
+    deadline: float | None,
+) -> None:
+    trials_dir = Path(cfg.paths.outputs) / "tune" / cfg.hparams_search.study / "trials"
+    base_overrides = [o for o in ctx.overrides if _root(o).split(".")[0] not in TUNE_KEYS]
+    with stop_on_signals() as stop_requested:
+        objective = Objective(
+            train, compose, space, base_overrides, trials_dir, parent, stop_requested
+        )
+        poll_s = min(cfg.heartbeat_s, 5)
+        run_trials(study, objective, cfg.n_trials, deadline, stop_requested, poll_s)
+        if stop_requested():
+            raise KeyboardInterrupt
+
+
+def _run_workers(cfg: DictConfig, ctx: SearchContext, deadline: float | None) -> None:
+    timeout_s = None if deadline is None else max(1.0, deadline - time.monotonic())
+    commands = [
+        worker_command(ctx.argv, timeout_s, ctx.output_dir / f"worker_{i}")
+        for i in range(cfg.n_jobs)
+    ]
+    statuses = run_workers(commands)
+    if any(s == 130 for s in statuses):
+        raise KeyboardInterrupt
+    failed = [(i, s) for i, s in enumerate(statuses) if s != 0]
+    if failed:
+        raise RuntimeError(
+            "worker processes failed (index, exit status): "
+            f"{failed}; their logs: {ctx.output_dir}/worker_<index>/"
+        )
+
+
+def _has_complete(study: optuna.Study) -> bool:
+    return any(
+        t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
+    )
+
+
+def _summarize(
+    cfg: DictConfig, ctx: SearchContext, study: optuna.Study, uri: str, parent: str, status: str
+) -> None:
+    """The parent run brought up to date, and the best trial written as a preset."""
+    metrics = tracking.finish_parent_run(uri, parent, study, ctx.output_dir, status)
+    ended, running = counts(study)
+    log.info(
+        "Study %r: %d trials ended (%d complete, %d pruned, %d failed), %d running elsewhere; "
+        "pruning saved %d epochs (~%.0f s of training)",
+        study.study_name, ended, metrics["trials/complete"], metrics["trials/pruned"],
+        metrics["trials/fail"], running, metrics["pruning/epochs_saved"],
+        metrics["pruning/time_saved_s"],
+    )  # fmt: skip
+    if not _has_complete(study):
+        return
+    best = study.best_trial
+    space = parse_space(cfg.hparams_search.params)
+    by_path = {p.path: p for p in space}
+    params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
+    name = f"tuned_{study.study_name}"
+    comment = (
+        f"Written by scripts/tune.py: the best trial of study {study.study_name!r}\n"
+        f"({storage_url(cfg)}): trial {best.number} of {len(study.trials)}, best/val_acc "
+        f"{best.value:.6g} (validation accuracy; the test set was not looked at).\n"
+        f"Re-train: python scripts/train.py experiment={name}   (-m: seeds {{0,1,2}})"
+    )
+    overrides = [*study.user_attrs["recipe_overrides"], *params]
+    path = write_preset(Path(cfg.preset_dir) / f"{name}.yaml", overrides, ctx.groups, comment)
+    log.info(
+        "Best trial %d: val acc %.4f with %s -> %s (python scripts/train.py experiment=%s)",
+        best.number, best.value, " ".join(params), path, name,
+    )  # fmt: skip

@@ -1,0 +1,219 @@
+"""The Optuna study: where it is stored, how it samples and prunes, and the loop of trials
+one process runs. The storage is a database (SQLite beside the MLflow store by default), so
+the study outlives any process: re-running the command continues it, and any number of
+processes can run its trials at once."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist.errors import ConfigError, TrackingError
+from mnist.tuning.objective import TrialFailed
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "successive_halving", "none")
+# Trials a study counts: those that ran to an end (FAIL only when not re-queued).
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _settings_problems(cfg: DictConfig) -> Iterator[str]:
+    search = cfg.hparams_search
+    for key in ("study", "params"):
+        if OmegaConf.is_missing(search, key):
+            yield f"hparams_search.{key} is not set (conf/hparams_search/<name>.yaml sets it)"
+    if OmegaConf.is_missing(search, "study"):
+        return
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(search.study)):
+        yield f"hparams_search.study={search.study!r} must be letters, digits, _ or -"
+    for key in ("n_trials", "n_jobs", "heartbeat_s"):
+        if not _positive_int(cfg[key]):
+            yield f"{key}={cfg[key]!r} must be an integer >= 1"
+    timeout = cfg.timeout_s
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        yield f"timeout_s={timeout!r} must be > 0, or null for no limit"
+    for key, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if search[key].name not in names:
+            name = search[key].name
+            yield f"hparams_search.{key}.name={name!r} is not one of {', '.join(names)}"
+    for key in ("min_epochs", "reduction_factor"):
+        if not _positive_int(search.pruner[key]):
+            yield f"hparams_search.pruner.{key}={search.pruner[key]!r} must be an integer >= 1"
+    for key in ("sampler", "pruner"):
+        startup = search[key].n_startup_trials
+        if not (_positive_int(startup) or startup == 0):
+            yield f"hparams_search.{key}.n_startup_trials={startup!r} must be an integer >= 0"
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The study's own settings (the tune config minus the search space and training)."""
+    problems = list(_settings_problems(cfg))
+    if problems:
+        raise ConfigError("Invalid search settings: " + "; ".join(problems) + ".")
+
+
+def storage_url(cfg: DictConfig) -> str:
+    """`storage`, else an SQLite file beside the MLflow store."""
+    if cfg.storage:
+        return str(cfg.storage)
+    mlruns = Path(cfg.paths.mlruns).resolve()
+    mlruns.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{mlruns / 'optuna.db'}"
+
+
+class SeededPerTrial(optuna.samplers.BaseSampler):
+    """The draws of trial n come from a sampler seeded with seed + n. One seeded sampler
+    per process would repeat its first draws in every process that runs the study: each
+    run of a resumed study, each of n_jobs workers, each process started by hand."""
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int | None):
+        self._make, self._seed = make, seed
+        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _of(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._by_trial:
+            seed = None if self._seed is None else self._seed + trial.number
+            self._by_trial[trial.number] = self._make(seed)
+        return self._by_trial[trial.number]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._of(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self._of(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: Any) -> Any:
+        return self._of(trial).sample_relative(study, trial, space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any
+    ) -> Any:
+        return self._of(trial).sample_independent(study, trial, name, distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any
+    ) -> None:
+        self._of(trial).after_trial(study, trial, state, values)
+        del self._by_trial[trial.number]
+
+
+def make_sampler(settings: DictConfig) -> optuna.samplers.BaseSampler:
+    if settings.name == "random":
+        return SeededPerTrial(lambda seed: optuna.samplers.RandomSampler(seed=seed), settings.seed)
+
+    def tpe(seed: int | None) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # constant_liar: parallel workers treat running trials as bad, so they spread out.
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=settings.n_startup_trials, constant_liar=True
+            )
+
+    return SeededPerTrial(tpe, settings.seed)
+
+
+def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
+    """Steps are epochs (1, 2, ...); no trial is pruned before `min_epochs`."""
+    if settings.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=settings.n_startup_trials, n_warmup_steps=settings.min_epochs - 1
+        )
+    if settings.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(
+    url: str,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    heartbeat_s: int,
+) -> tuple[optuna.Study, bool]:
+    """(the study, whether this call created it). Creating is atomic in the database, so
+    of several processes started at once exactly one is the creator. A trial whose process
+    died stops beating; after 3 heartbeats it is marked FAIL and re-queued as it was."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = _storage(url, heartbeat_s)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        return study, False
+
+
+def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            # SQLite: writers from several processes wait for each other instead of failing.
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            heartbeat_interval=heartbeat_s,
+            grace_period=3 * heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        )
+    except Exception as e:  # SQLAlchemy: a malformed URL, a missing driver, no server
+        raise TrackingError(
+            f"the study storage {url} cannot be opened ({str(e).splitlines()[0]}); "
+            "set storage= to an SQLAlchemy URL, or null for the SQLite file beside the MLflow store"
+        ) from e
+
+
+def retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the trials that were re-queued (interrupted, or their process died)."""
+    numbers = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return numbers | {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(trials that ran to an end and count towards n_trials, trials running now)."""
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    ended = sum(t.state in ENDED and t.number not in again for t in trials)
+    return ended, sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    deadline: float | None,
+    stop_requested: Callable[[], bool],
+    poll_s: float,
+) -> None:
+    """Run trials until the study has `n_trials` that ended, the deadline (time.monotonic)
+    passes or a stop is requested. Trials queued again (interrupted ones) run first. When
+    the remaining trials are all running elsewhere, wait for them: a process that dies
+    leaves its trial to come back to the queue, and then this process runs it."""
+    while not stop_requested() and (deadline is None or time.monotonic() < deadline):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        ended, running = counts(study)
+        if ended >= n_trials:
+            return
+        if ended + running >= n_trials:
+            time.sleep(poll_s)
+            continue
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,))

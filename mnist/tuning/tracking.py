@@ -1,0 +1,176 @@
+"""A study in MLflow: one parent run (the search space, sampler and pruner as params; the
+best value, the trial counts and what pruning saved as metrics; the best parameters as tags,
+as they change while a study is resumed and MLflow params cannot; Optuna's plots as
+artifacts) whose children are the trials' training runs, each tagged with its trial's
+number and state."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist.config import flatten
+from mnist.reporting.plots import pyplot
+from mnist.tracking.runs import git_state
+from mnist.tracking.store import get_or_create_experiment, retry_when_locked
+from mnist.tuning.space import Param, override_text
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def create_parent_run(
+    uri: str,
+    experiment: str,
+    study: str,
+    storage: str,
+    space: list[Param],
+    search: dict[str, Any],
+    recipe: list[str],
+) -> str:
+    """The study's run; `search`: the hparams_search config (sampler, pruner)."""
+    client = _client(uri)
+    experiment_id = retry_when_locked(lambda: get_or_create_experiment(uri, experiment))
+    commit, dirty = git_state()
+    run = retry_when_locked(
+        lambda: client.create_run(
+            experiment_id,
+            run_name=f"study {study}",
+            tags={
+                "optuna.study": study,
+                "optuna.storage": storage,
+                "hydra.overrides": " ".join(recipe),
+                "git.commit": commit,
+                "git.dirty": dirty,
+            },
+        )
+    )
+    params = {f"search.{p.path}": p.describe() for p in space}
+    params |= flatten({"sampler": search["sampler"], "pruner": search["pruner"]})
+    params |= {"study": study, "storage": storage}
+    for key, value in params.items():
+        retry_when_locked(lambda k=key, v=value: client.log_param(run.info.run_id, k, str(v)))
+    return run.info.run_id
+
+
+def reopen_parent_run(uri: str, run_id: str) -> None:
+    """A resumed study's run is running again until this command ends."""
+    retry_when_locked(lambda: _client(uri).update_run(run_id, status="RUNNING"))
+
+
+def pruning_savings(trials: list[FrozenTrial]) -> dict[str, float]:
+    """Epochs and seconds of training the pruned trials did not run: for each, the epochs
+    it had left times its own mean epoch time (an estimate: the time those epochs would
+    have taken had the trial gone on)."""
+    ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    epochs_run = sum(len(t.user_attrs.get("epoch_times_s", [])) for t in ran)
+    seconds_run = sum(sum(t.user_attrs.get("epoch_times_s", [])) for t in ran)
+    epochs_saved, seconds_saved = 0, 0.0
+    for trial in ran:
+        times = trial.user_attrs.get("epoch_times_s", [])
+        if trial.state == TrialState.PRUNED and times:
+            left = trial.user_attrs["epochs"] - len(times)
+            epochs_saved += left
+            seconds_saved += left * statistics.fmean(times)
+    return {
+        "trials/epochs_run": epochs_run,
+        "trials/epoch_time_s": seconds_run,
+        "pruning/epochs_saved": epochs_saved,
+        "pruning/time_saved_s": seconds_saved,
+    }
+
+
+def _plots(study: optuna.Study, output_dir: Path) -> list[Path]:
+    """Optimisation history, intermediate values (what the pruner saw) and parameter
+    importances (PED-ANOVA: needs no scikit-learn; at least two complete trials)."""
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plt = pyplot()
+    figures = {
+        "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
+        "intermediate_values.png": lambda: optuna_plots.plot_intermediate_values(study),
+    }
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2:
+        figures["param_importances.png"] = lambda: optuna_plots.plot_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator()
+        )
+    written = []
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, draw in figures.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = draw()
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.tight_layout()
+        figure.savefig(output_dir / name, dpi=120)
+        plt.close(figure)
+        written.append(output_dir / name)
+    return written
+
+
+def _sync_trial_tags(client: Any, run_id: str, experiment_id: str, study: optuna.Study) -> None:
+    """Each trial's run gets its trial's state from the study, the one source of truth:
+    states change after a run ends (a process that died leaves its trial to be failed
+    by the heartbeat)."""
+    states = {str(t.number): t.state.name for t in study.get_trials(deepcopy=False)}
+    children = retry_when_locked(
+        lambda: client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=50000
+        )
+    )
+    for child in children:
+        state = states.get(child.data.tags.get("optuna.trial", ""))
+        if state and child.data.tags.get("optuna.state") != state:
+            retry_when_locked(
+                lambda c=child, s=state: client.set_tag(c.info.run_id, "optuna.state", s)
+            )
+
+
+def finish_parent_run(
+    uri: str, run_id: str, study: optuna.Study, output_dir: Path, status: str
+) -> dict[str, float]:
+    """Log where the study stands and end the parent run with `status`; returns the
+    metrics logged."""
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(uri)
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    metrics = {f"trials/{state}": float(states[state]) for state in ("complete", "pruned", "fail")}
+    metrics |= pruning_savings(trials)
+    tags: dict[str, str] = {}
+    if states["complete"]:
+        best = study.best_trial
+        metrics |= {"best/val_acc": best.value, "best/trial": float(best.number)}
+        tags = {f"best.{key}": override_text(value) for key, value in best.params.items()}
+    now = int(time.time() * 1000)
+    retry_when_locked(
+        lambda: client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, len(trials)) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+    )
+    for path in _plots(study, output_dir):
+        retry_when_locked(lambda p=path: client.log_artifact(run_id, str(p)))
+    experiment_id = client.get_run(run_id).info.experiment_id
+    _sync_trial_tags(client, run_id, experiment_id, study)
+    retry_when_locked(lambda: client.set_terminated(run_id, status))
+    return metrics

@@ -1,0 +1,55 @@
+"""n_jobs > 1: the same tune command started n_jobs times as worker processes that share the
+study's storage, each running one single-threaded trial at a time, exactly as tune.py
+processes started by hand or by a cluster launcher would. This process waits for them and
+passes a SIGINT/SIGTERM on to each (they run in sessions of their own, so that a Ctrl-C in
+the terminal reaches them once, not twice: a second signal stops a trial at once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# Set in a worker's environment: it runs trials and leaves the study's summary (parent
+# run, plots, preset) to the command that started it.
+WORKER_ENV = "MNIST_TUNE_WORKER"
+
+# Keys a worker gets its own value of.
+_REPLACED = ("n_jobs", "timeout_s", "hydra.run.dir")
+
+
+def is_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def worker_command(argv: list[str], timeout_s: float | None, run_dir: Path) -> list[str]:
+    """A worker's command line: this command's, one job, what is left of the time limit,
+    one torch thread unless the command set device.num_threads, its own Hydra output
+    directory."""
+    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] not in _REPLACED]
+    args += ["n_jobs=1", f"hydra.run.dir={run_dir}"]
+    if timeout_s is not None:
+        args.append(f"timeout_s={timeout_s}")
+    if not any(a.lstrip("+").startswith("device.num_threads=") for a in args):
+        args.append("device.num_threads=1")
+    return [sys.executable, argv[0], *args]
+
+
+def run_workers(commands: list[list[str]]) -> list[int]:
+    """Start the workers, wait for all of them; their exit statuses."""
+    env = {**os.environ, WORKER_ENV: "1"}
+    processes = [subprocess.Popen(c, env=env, start_new_session=True) for c in commands]
+
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return [process.wait() for process in processes]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

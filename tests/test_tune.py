@@ -1,0 +1,383 @@
+"""Hyperparameter search on tiny synthetic data: bad search spaces refused before any trial,
+a pruned trial stopped early and marked in Optuna and MLflow, a study resumed after an
+interruption or a crash with no trial lost or run twice, its preset re-trained exactly, and
+several processes sharing one study (slow: whole scripts)."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+from optuna.trial import TrialState
+
+from mnist.context import JobContext
+from mnist.errors import ConfigError, SearchInterrupted, TrackingError
+from mnist.training.job import run_training
+from mnist.tuning.search import TUNE_KEYS, SearchContext, config_groups, run_search
+from mnist.tuning.workers import worker_command
+from tests.helpers import CONF_DIR, REPO_ROOT, compose_config, run_script, tiny_overrides
+
+PARENT_TAG = "mlflow.parentRunId"
+# Learns the synthetic digits within an epoch / learns nothing: a trial to keep, one to prune.
+GOOD_LR, USELESS_LR = 0.01, 1.0e-6
+SPACE = f"""study: tiny
+params:
+  optimizer:
+    lr: {{type: float, low: {USELESS_LR}, high: 3.0e-2, log: true}}
+  trainer:
+    label_smoothing: {{type: float, low: 0.0, high: 0.2}}
+enqueue: []
+sampler: {{name: tpe, seed: 0, n_startup_trials: 8}}
+pruner: {{name: median, min_epochs: 1, n_startup_trials: 1, reduction_factor: 3}}
+"""
+
+
+def write_space(tmp_path: Path, name: str, text: str) -> Path:
+    conf = tmp_path / "conf"
+    (conf / "hparams_search").mkdir(parents=True, exist_ok=True)
+    (conf / "hparams_search" / f"{name}.yaml").write_text(text)
+    return conf
+
+
+def tune_overrides(data_root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        *tiny_overrides(data_root, tmp_path),
+        f"preset_dir={tmp_path / 'conf' / 'experiment'}",
+        "heartbeat_s=1",
+        # One thread: two threads crawl on a loaded 2-core machine, and it changes nothing here.
+        "device.num_threads=1",
+        *extra,
+    ]
+
+
+@contextmanager
+def hydra_session(overrides: list[str], output_dir: Path):
+    """The tune config and context as scripts/tune.py gets them, with Hydra initialised for
+    the trials' composition; `hydra.searchpath` in `overrides` adds test configs."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("tune", overrides, return_hydra_config=True)
+        ctx = SearchContext(
+            output_dir=output_dir,
+            overrides=overrides,
+            groups=config_groups(cfg.hydra.runtime.choices),
+            where_keys=list(cfg.hydra.job.config.override_dirname.exclude_keys),
+        )
+        with open_dict(cfg):
+            del cfg["hydra"]
+        yield cfg, ctx
+
+
+def search(tmp_path: Path, overrides: list[str], train=run_training) -> float | None:
+    with hydra_session(overrides, tmp_path / "tune") as (cfg, ctx):
+        return run_search(cfg, ctx, train)
+
+
+def load_study(tmp_path: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(
+        study_name=name, storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    )
+
+
+def study_runs(tmp_path: Path, experiment: str = "tune_tiny"):
+    """(the parent run, {trial number: its run}): every trial has exactly one run."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    assert {r.data.tags[PARENT_TAG] for r in children} == {parent.info.run_id}
+    numbers = Counter(r.data.tags["optuna.trial"] for r in children)
+    assert max(numbers.values()) == 1, numbers
+    return client, parent, {int(r.data.tags["optuna.trial"]): r for r in children}
+
+
+def test_tune_keys_are_what_tune_adds_to_the_training_config():
+    assert set(compose_config([], "tune")) - set(compose_config([], "train")) == set(TUNE_KEYS)
+
+
+BAD_SPACES = {
+    "unknown path": ("optimizer: {lrr: {type: float, low: 0.001, high: 0.1}}",
+                     "'optimizer.lrr' is not a key of the training config"),
+    "inverted range": ("optimizer: {lr: {type: float, low: 0.1, high: 0.001}}",
+                       "the range [0.1, 0.001] is empty or inverted"),
+    "empty range": ("trainer: {batch_size: {type: int, low: 64, high: 64}}",
+                    "the range [64, 64] is empty or inverted"),
+    "log from zero": ("optimizer: {weight_decay: {type: float, low: 0.0, high: 0.1, log: true}}",
+                      "a log range needs low > 0"),
+    "no such option": ("optimizer: {type: categorical, choices: [adam, adamx]}",
+                       "'adamx' is not an option of config group 'optimizer'"),
+    "unknown type": ("optimizer: {lr: {type: normal, low: 0.001, high: 0.1}}",
+                     "distribution type 'normal' is not one of float, int, categorical"),
+    "no choices": ("trainer: {batch_size: {type: categorical, choices: []}}",
+                   "choices must be a non-empty list"),
+    "invalid end": ("trainer: {label_smoothing: {type: float, low: 0.0, high: 1.0}}",
+                    "trainer.label_smoothing=1.0 gives an invalid config"),
+    "enqueued out of range": ("optimizer: {lr: {type: float, low: 0.001, high: 0.1}}\n"
+                              "enqueue: [{optimizer: {lr: 0.5}}]",
+                              "hparams_search.enqueue[0]: optimizer.lr=0.5 is not in float"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_SPACES)
+def test_bad_search_spaces_are_refused_before_any_trial(case, synthetic_root, tmp_path):
+    params, message = BAD_SPACES[case]
+    params, _, enqueue = params.partition("\n")
+    conf = write_space(tmp_path, "bad", f"study: bad\nparams: {{{params}}}\n{enqueue}\n")
+
+    def no_trial(cfg, ctx):
+        raise AssertionError("a trial ran")
+
+    overrides = tune_overrides(
+        synthetic_root, tmp_path, f"hydra.searchpath=[file://{conf}]", "hparams_search=bad"
+    )
+    with pytest.raises(ConfigError) as refused:
+        search(tmp_path, overrides, train=no_trial)
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "outputs").exists()
+
+
+def tiny_search(synthetic_root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    conf = write_space(tmp_path, "tiny", SPACE)
+    return tune_overrides(
+        synthetic_root, tmp_path, f"hydra.searchpath=[file://{conf}]", "hparams_search=tiny",
+        *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # two tiny trials and the study's plots, ~30-50 s on a loaded 2-core machine
+def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
+    tiny_cfg, synthetic_root, tmp_path
+):
+    tiny_cfg()  # the store, initialised
+    overrides = tiny_search(
+        synthetic_root, tmp_path, "n_trials=2",
+        f"hparams_search.enqueue=[{{optimizer.lr:{GOOD_LR}}},{{optimizer.lr:{USELESS_LR}}}]",
+    )  # fmt: skip
+    best = search(tmp_path, overrides)
+
+    kept, pruned = load_study(tmp_path).trials
+    assert (kept.state, pruned.state) == (TrialState.COMPLETE, TrialState.PRUNED)
+    assert best == kept.value
+    assert sorted(kept.intermediate_values) == [1, 2]
+    assert sorted(pruned.intermediate_values) == [1]  # stopped after its first epoch
+    assert pruned.intermediate_values[1] < kept.intermediate_values[1]
+    client, parent, runs = study_runs(tmp_path)
+    assert (runs[0].info.status, runs[0].data.tags["optuna.state"]) == ("FINISHED", "COMPLETE")
+    assert (runs[1].info.status, runs[1].data.tags["optuna.state"]) == ("KILLED", "PRUNED")
+    assert len(client.get_metric_history(runs[1].info.run_id, "val/acc")) == 1
+    assert "test/acc" not in runs[1].data.metrics  # a pruned trial never reaches the test set
+    assert runs[1].info.run_name.startswith("1_optimizer.lr=1e-06,")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials/pruned"] == 1
+    assert parent.data.metrics["pruning/epochs_saved"] == 1
+    assert parent.data.metrics["best/val_acc"] == kept.value
+    assert parent.data.params["search.optimizer.lr"] == f"float [{USELESS_LR}, 0.03] log"
+    assert parent.data.params["pruner.name"] == "median"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "optimization_history.png",
+        "intermediate_values.png",
+    }  # fmt: skip  (importances need two complete trials)
+
+
+def test_a_storage_that_cannot_be_opened_is_refused_before_any_trial(
+    tiny_cfg, synthetic_root, tmp_path
+):
+    tiny_cfg()
+    overrides = tiny_search(synthetic_root, tmp_path, "storage=nosuchdb://study")
+    with pytest.raises(TrackingError, match="the study storage nosuchdb://study cannot be opened"):
+        search(tmp_path, overrides, train=lambda cfg, ctx: pytest.fail("a trial ran"))
+
+
+def interrupted_at_trial(number: int):
+    """run_training, with a SIGTERM to this process during the first epoch of trial
+    `number`, as a cluster's scheduler or `kill` would send it."""
+
+    def train(cfg, ctx: JobContext):
+        observe = ctx.epoch_observer
+        if ctx.extra_tags["optuna.trial"] == str(number):
+
+            def terminate_then_observe(metrics, epoch):
+                signal.raise_signal(signal.SIGTERM)
+                observe(metrics, epoch)
+
+            ctx.epoch_observer = terminate_then_observe
+        return run_training(cfg, ctx)
+
+    return train
+
+
+# Slow: three tiny searches and a re-training, ~40 s on a loaded 2-core machine; CI runs it.
+@pytest.mark.slow
+def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
+    tiny_cfg, synthetic_root, tmp_path
+):
+    tiny_cfg()
+    overrides = tiny_search(
+        synthetic_root, tmp_path, "n_trials=3", "hparams_search.pruner.name=none"
+    )
+    with pytest.raises(SearchInterrupted):
+        search(tmp_path, overrides, train=interrupted_at_trial(1))
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].params == {} and trials[2].user_attrs == {"retry_of": 1}
+    _, parent, runs = study_runs(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert runs[1].info.status == "KILLED"
+    assert (tmp_path / "outputs/tune/tiny/trials/trial_0001/checkpoints/last.pt").is_file()
+
+    best = search(tmp_path, overrides)  # the same command again
+
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        *[TrialState.COMPLETE] * 2,
+    ]
+    assert trials[2].params == trials[1].params  # the interrupted trial, run again
+    ended = [trials[0], trials[2], trials[3]]
+    assert len({tuple(sorted(t.params.items())) for t in ended}) == 3  # none ran twice
+    assert best == max(t.value for t in ended)
+    _, resumed_parent, runs = study_runs(tmp_path)
+    assert resumed_parent.info.run_id == parent.info.run_id
+    assert resumed_parent.info.status == "FINISHED"
+    assert resumed_parent.data.metrics["trials/complete"] == 3
+    assert {n: r.data.tags["optuna.state"] for n, r in runs.items()} == {
+        0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE",
+    }  # fmt: skip
+
+    # The study keeps what it searched: a different recipe is another study.
+    with pytest.raises(ConfigError, match=re.escape("start another study with hparams_search.")):
+        search(tmp_path, [*overrides, "trainer.batch_size=25"])
+
+    # Its best trial as a preset, re-trained exactly by train.py's composition.
+    preset = tmp_path / "conf" / "experiment" / "tuned_tiny.yaml"
+    text = preset.read_text()
+    assert text.startswith("# @package _global_\n# Written by scripts/tune.py")
+    best_trial = max(ended, key=lambda t: t.value)
+    assert f"trial {best_trial.number} of 4" in text
+    retrained = compose_config([
+        *tiny_overrides(synthetic_root, tmp_path / "retrain"),
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=tuned_tiny",
+    ])  # fmt: skip
+    assert retrained.optimizer.lr == best_trial.params["optimizer.lr"]
+    assert retrained.trainer.label_smoothing == best_trial.params["trainer.label_smoothing"]
+    assert retrained.logger.experiment == "tuned_tiny"
+    (tmp_path / "retrain" / "mlruns").mkdir(parents=True)
+    metrics = run_training(retrained, JobContext(output_dir=tmp_path / "retrain" / "run"))
+    assert metrics["best/val_acc"] == best_trial.value
+
+
+@pytest.mark.slow  # two tiny searches and three missed heartbeats, ~30 s
+def test_a_trial_whose_process_died_is_run_again(tiny_cfg, synthetic_root, tmp_path):
+    tiny_cfg()
+    overrides = tiny_search(
+        synthetic_root, tmp_path, "hparams_search.pruner.name=none", "n_trials=1"
+    )
+    search(tmp_path, overrides)
+    # A process that dies (SIGKILL, power loss) leaves its trial RUNNING, params drawn.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    lr = optuna.distributions.FloatDistribution(USELESS_LR, 3e-2, log=True)
+    dead = study.ask({"optimizer.lr": lr})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3.5)  # three heartbeats (heartbeat_s=1) missed
+
+    search(tmp_path, [*overrides[:-1], "n_trials=2"])
+
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].params["optimizer.lr"] == trials[1].params["optimizer.lr"]
+
+
+def test_worker_commands_get_one_thread_and_a_directory_of_their_own(tmp_path):
+    argv = ["scripts/tune.py", "hparams_search=fast", "n_jobs=2", "timeout_s=600", "seed=1"]
+    command = worker_command(argv, 590.0, tmp_path / "worker_0")
+    assert command == [
+        sys.executable, "scripts/tune.py", "hparams_search=fast", "seed=1", "n_jobs=1",
+        f"hydra.run.dir={tmp_path / 'worker_0'}", "timeout_s=590.0", "device.num_threads=1",
+    ]  # fmt: skip
+    argv.append("device.num_threads=2")
+    assert "device.num_threads=1" not in worker_command(argv, None, tmp_path)
+
+
+def tune_command(data_root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    conf = write_space(tmp_path, "tiny", SPACE)
+    return [
+        sys.executable, str(REPO_ROOT / "scripts" / "tune.py"), "--config-dir", str(conf),
+        *tune_overrides(data_root, tmp_path), "hparams_search=tiny", *extra,
+    ]  # fmt: skip
+
+
+def test_tune_script_refuses_a_bad_search_space_in_one_line(synthetic_root, tmp_path):
+    command = tune_command(synthetic_root, tmp_path, "hparams_search.params.optimizer.lr.high=0")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines() == [
+        "error: Invalid search space: hparams_search.params.optimizer.lr: the range "
+        f"[{USELESS_LR}, 0] is empty or inverted (low must be < high)."
+    ]
+    assert not (tmp_path / "mlruns").exists()
+
+
+# Slow: two interpreters train at once, then a third re-trains the preset (~1.5 min on 2 cores).
+@pytest.mark.slow
+def test_two_tune_processes_share_one_study_and_its_preset_retrains(synthetic_root, tmp_path):
+    command = tune_command(synthetic_root, tmp_path, "n_trials=4")
+    processes = [subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]  # fmt: skip
+    errors = [process.communicate(timeout=900)[1] for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [e[-3000:] for e in errors]
+    assert "database is locked" not in "".join(errors)
+
+    trials = load_study(tmp_path).trials
+    # Each process stops when the remaining trials run elsewhere; two may start the last
+    # one at the same moment, never more.
+    assert len(trials) in (4, 5)
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both ran trials
+    _, parent, runs = study_runs(tmp_path)  # one parent, one run per trial
+    assert sorted(runs) == [t.number for t in trials]
+    assert parent.info.status == "FINISHED"
+
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    retrain = run_script(
+        "train", "--config-dir", str(tmp_path / "conf"), "experiment=tuned_tiny",
+        *tiny_overrides(synthetic_root, tmp_path), "device.num_threads=1",
+    )  # fmt: skip
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tuned_tiny").experiment_id])
+    assert run.data.metrics["best/val_acc"] == best.value
+    assert run.data.params["optimizer.lr"] == str(best.params["optimizer.lr"])
+
+
+# Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).
+@pytest.mark.slow
+def test_n_jobs_workers_run_single_threaded_trials_of_one_study(synthetic_root, tmp_path):
+    command = tune_command(synthetic_root, tmp_path, "n_trials=3", "n_jobs=2")
+    command.remove("device.num_threads=1")
+    tune = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+
+    trials = load_study(tmp_path).trials
+    assert len(trials) in (3, 4)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    _, parent, runs = study_runs(tmp_path)
+    assert {r.data.tags["torch.num_threads"] for r in runs.values()} == {"1"}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials/complete"] + parent.data.metrics["trials/pruned"] == len(
+        trials
+    )
+    assert (tmp_path / "conf" / "experiment" / "tuned_tiny.yaml").is_file()
