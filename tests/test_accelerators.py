@@ -254,6 +254,9 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu_with_warnings(tiny_cfg, tmp_path, m
     state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
     state["rng"]["augment"] = torch.zeros(16, dtype=torch.uint8)
     save_checkpoint(state, last)
+    # ...and as an interrupted run is left in MLflow: a FINISHED one is not resumed.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client.set_terminated(first["run_id"], "KILLED")
 
     def no_gpu_here(*args, **kwargs):
         raise AssertionError("restored a GPU's random state on a machine without one")
@@ -265,7 +268,6 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu_with_warnings(tiny_cfg, tmp_path, m
     assert "device=cuda, which this machine lacks: resuming with device=cpu" in caplog.text
     assert "Resuming on cpu a run that was training on cuda:0" in caplog.text
     assert resumed["run_id"] == first["run_id"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(first["run_id"], "val/acc")] == [1, 2]
 
 
