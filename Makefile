@@ -50,8 +50,8 @@ format: setup-all
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-# One server worker by default: MLflow's default of 4 made the first page take about two
-# minutes on a busy 2-core machine. WORKERS=4 for a server many people use.
+# One server worker by default (MLflow's is 4): each is a Python process importing MLflow,
+# competing with training for a small machine's cores. WORKERS=4 for a server many people use.
 PORT ?= 5000
 WORKERS ?= 1
 ui: setup
