@@ -265,7 +265,8 @@ def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
     text = preset.read_text()
     assert text.startswith("# @package _global_\n# Written by scripts/tune.py")
     best_trial = max(ended, key=lambda t: t.value)
-    assert f"trial {best_trial.number} of 4" in text
+    header = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    assert f"trial {best_trial.number} of 4 (3 complete, 1 fail): best/val_acc" in header
     retrained = compose_config([
         *tiny_overrides(synthetic_root, tmp_path / "retrain"),
         f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=tuned_tiny",

@@ -6,7 +6,9 @@ runs before the first trial."""
 from __future__ import annotations
 
 import logging
+import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnist.config import validate_config
 from mnist.data.fetch import ensure_mnist
 from mnist.errors import ConfigError, SearchInterrupted
+from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.signals import stop_on_signals
 from mnist.tuning import tracking
@@ -277,6 +280,65 @@ def _run_workers(cfg: DictConfig, ctx: SearchContext, deadline: float | None) ->
         )
 
 
+def _shown(url: str) -> str:
+    """A storage inside the repository by its relative path: the preset is committed."""
+    path = Path(url.removeprefix("sqlite:///"))
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
+
+
+def _has_complete(study: optuna.Study) -> bool:
+    return any(
+        t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
+    )
+
+
+def _summarize(
+    cfg: DictConfig, ctx: SearchContext, study: optuna.Study, uri: str, parent: str, status: str
+) -> None:
+    """The parent run brought up to date, and the best trial written as a preset."""
+    metrics = tracking.finish_parent_run(uri, parent, study, ctx.output_dir, status)
+    ended, running = counts(study)
+    log.info(
+        "Study %r: %d trials ended (%d complete, %d pruned, %d failed), %d running elsewhere; "
+        "pruning saved %d epochs (~%.0f s of training)",
+        study.study_name, ended, metrics["trials/complete"], metrics["trials/pruned"],
+        metrics["trials/fail"], running, metrics["pruning/epochs_saved"],
+        metrics["pruning/time_saved_s"],
+    )  # fmt: skip
+    if _has_complete(study):
+        _write_best_preset(cfg, ctx, study)
+
+
+def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study) -> None:
+    best = study.best_trial
+    by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
+    params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
+    name = f"tuned_{study.study_name}"
+    states = Counter(t.state.name.lower() for t in study.trials)
+    provenance = textwrap.fill(
+        f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
+        f"{_shown(storage_url(cfg))}, trial {best.number} of {len(study.trials)} "
+        f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}): "
+        f"best/val_acc {best.value:.6g} on the validation split (the test set chose nothing).",
+        width=90,
+    )
+    comment = (
+        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2)"
+    )
+    overrides = [*study.user_attrs["recipe_overrides"], *params]
+    path = write_preset(Path(cfg.preset_dir) / f"{name}.yaml", overrides, ctx.groups, comment)
+    log.info(
+        "Best trial %d: val acc %.4f with %s -> %s (python scripts/train.py experiment=%s)",
+        best.number, best.value, " ".join(params), path, name,
+    )  # fmt: skip
+
+
+def _shown(url: str) -> str:
+    """A storage inside the repository by its relative path: the preset is committed."""
+    path = Path(url.removeprefix("sqlite:///"))
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
+
+
 def _has_complete(study: optuna.Study) -> bool:
     return any(
         t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
@@ -303,11 +365,16 @@ def _summarize(
     by_path = {p.path: p for p in space}
     params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
     name = f"tuned_{study.study_name}"
+    states = Counter(t.state.name.lower() for t in study.trials)
     comment = (
-        f"Written by scripts/tune.py: the best trial of study {study.study_name!r}\n"
-        f"({storage_url(cfg)}): trial {best.number} of {len(study.trials)}, best/val_acc "
-        f"{best.value:.6g} (validation accuracy; the test set was not looked at).\n"
-        f"Re-train: python scripts/train.py experiment={name}   (-m: seeds {{0,1,2}})"
+        textwrap.fill(
+            f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
+            f"{_shown(storage_url(cfg))}, trial {best.number} of {len(study.trials)} "
+            f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}): best/val_acc "
+            f"{best.value:.6g} on the validation split (the test set chose nothing).",
+            width=90,
+        )
+        + f"\nRe-train: python scripts/train.py experiment={name}   (with -m: seeds 0, 1, 2)"
     )
     overrides = [*study.user_attrs["recipe_overrides"], *params]
     path = write_preset(Path(cfg.preset_dir) / f"{name}.yaml", overrides, ctx.groups, comment)
