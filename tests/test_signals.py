@@ -101,8 +101,9 @@ def test_a_second_signal_during_model_logging_leaves_nothing_pending_after_resum
 
     last = run_dir / "checkpoints" / "last.pt"
     run_training(tiny_cfg(f"trainer.resume={last}"), JobContext(output_dir=tmp_path / "o"))
-    assert [m.status for m in models_of(client, run)] == ["READY"]
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    (logged,) = models_of(client, run)
+    assert logged.status == "READY"
+    model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
     assert sum(p.numel() for p in model.parameters()) == run.data.metrics["params_count"]
 
 

@@ -112,7 +112,7 @@ def test_a_sweep_with_an_invalid_job_is_refused_before_it_starts(synthetic_root,
     assert sweep.returncode == 2
     assert sweep.stderr.splitlines() == [
         "error: sweep job 1 (seed=0 optimizer.lr=-1): Invalid config: optimizer.lr=-1 must be "
-        "> 0. [2 of 4 jobs invalid; none was started]"
+        "a finite number > 0. [2 of 4 jobs invalid; none was started]"
     ]
     assert not (tmp_path / "mlruns").exists()  # no parent run, no job run
     assert not (tmp_path / "outputs").exists()  # no sweep directory
