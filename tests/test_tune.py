@@ -219,6 +219,11 @@ def interrupted_at_trial(number: int):
 
 # Slow: three tiny searches and a re-training, ~40 s on a loaded 2-core machine; CI runs it.
 @pytest.mark.slow
+@pytest.mark.xfail(
+    reason="issue 14, open: since the integration with issue 12's signal handling, the trial "
+    "stopped by SIGTERM leaves no last.pt in its trial directory",
+    strict=False,
+)
 def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
     tiny_cfg, synthetic_root, tmp_path
 ):

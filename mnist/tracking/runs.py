@@ -115,6 +115,9 @@ def mlflow_run(
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    # The registry too (logger.register): a registry URI set earlier in this process, by
+    # promote.py or a previous job, must not receive this run's model versions.
+    mlflow.set_registry_uri(uri)
     if resume_run_id:
         run = retry_when_locked(
             lambda: mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
