@@ -32,11 +32,6 @@ class PrunedTrial(optuna.TrialPruned, KeyboardInterrupt):
     also ends the trial's MLflow run KILLED (stopped on purpose), not FAILED."""
 
 
-class TrialStopped(KeyboardInterrupt):
-    """A stop was requested while the trial was outside its training loop's steps (the
-    loop itself raises TrainingInterrupted): the trial is re-queued and the worker stops."""
-
-
 class TrialFailed(Exception):
     """A trial that raised: recorded FAIL and the search goes on. A user error (config,
     data, store) is not wrapped: it stops the search, as it would fail every trial."""
@@ -63,11 +58,10 @@ class Objective:
         base_overrides: list[str],
         trials_dir: Path,
         parent_run_id: str,
-        stop_requested: Callable[[], bool],
     ) -> None:
         self.train, self.compose, self.space = train, compose, space
         self.base_overrides, self.trials_dir = base_overrides, trials_dir
-        self.parent_run_id, self.stop_requested = parent_run_id, stop_requested
+        self.parent_run_id = parent_run_id
 
     def __call__(self, trial: optuna.Trial) -> float:
         overrides = trial_overrides(self.space, trial)
@@ -111,11 +105,9 @@ class Objective:
             epoch_times.append(metrics["epoch_time_s"])
             trial.set_user_attr("epoch_times_s", epoch_times)
             trial.report(metrics["val/acc"], epoch)
-            if epoch == epochs:  # nothing left to save: the trial completes
-                return
-            if self.stop_requested():
-                raise TrialStopped(f"trial {trial.number} stopped after epoch {epoch}")
-            if trial.should_prune():
+            # A stop request (SIGINT/SIGTERM) is the training loop's to honour, after this
+            # epoch's last.pt is written; the objective then re-queues the trial.
+            if epoch < epochs and trial.should_prune():
                 raise PrunedTrial(f"val/acc {metrics['val/acc']:.4f} at epoch {epoch}/{epochs}")
 
         return observe

@@ -254,9 +254,7 @@ def _run_here(
     trials_dir = Path(cfg.paths.outputs) / "tune" / cfg.hparams_search.study / "trials"
     base_overrides = [o for o in ctx.overrides if _root(o).split(".")[0] not in TUNE_KEYS]
     with stop_on_signals() as stop_requested:
-        objective = Objective(
-            train, compose, space, base_overrides, trials_dir, parent, stop_requested
-        )
+        objective = Objective(train, compose, space, base_overrides, trials_dir, parent)
         poll_s = min(cfg.heartbeat_s, 5)
         run_trials(study, objective, cfg.n_trials, deadline, stop_requested, poll_s)
         if stop_requested():

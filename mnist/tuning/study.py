@@ -5,6 +5,8 @@ processes can run its trials at once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import re
 import time
@@ -163,16 +165,34 @@ def open_study(
         return study, False
 
 
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """For an SQLite file, an exclusive kernel lock on `<file>.lock` while the storage is
+    opened. Opening creates the schema when the file is new, and two processes started at
+    once would both create it: one of them fails with "table studies already exists"."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        yield
+        return
+    lock = Path(url[len(prefix) :]).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    # SQLite: writers from several processes wait for each other instead of failing.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            # SQLite: writers from several processes wait for each other instead of failing.
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            heartbeat_interval=heartbeat_s,
-            grace_period=3 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-        )
+        with _schema_lock(url):
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
     except Exception as e:  # SQLAlchemy: a malformed URL, a missing driver, no server
         raise TrackingError(
             f"the study storage {url} cannot be opened ({str(e).splitlines()[0]}); "
