@@ -16,10 +16,21 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from mnist.config import validate_config
+from mnist.context import JobContext
+from mnist.errors import ConfigError
 from mnist.reporting.compare import compare
 from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.sweep import PARENT_RUN_FILE
-from mnist.tracking.sweep_resume import SUPERSEDED_TAG, sweep_sha256
+from mnist.tracking.sweep_resume import (
+    PARENT_TAG,
+    SUPERSEDED_TAG,
+    SUPERSEDES_TAG,
+    current_runs,
+    mark_superseded,
+    resume_job,
+    sweep_sha256,
+)
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
 
@@ -64,33 +75,84 @@ def test_a_sweep_is_its_command_line_without_paths_launcher_and_resume_flag(tmp_
     )
 
 
-def _runs(store: Path) -> dict[str, tuple[str, str | None]]:
-    """{run id: (status, parent run id)} of the training runs, read without MLflow's
-    client, so that polling costs the sweep under test no CPU for imports."""
+def test_a_job_of_a_resumed_sweep_finds_what_its_earlier_run_left(tiny_cfg, tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.create_experiment("mnist")
+    parent = client.create_run(experiment).info.run_id
+
+    def earlier_run(cfg, status: str, output_dir: Path) -> str:
+        tags = {PARENT_TAG: parent, CONFIG_HASH_TAG: config_sha256(cfg), "model": "fast",
+                "output_dir": str(output_dir)}  # fmt: skip
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_metric(run_id, "best/val_acc", 0.5)
+        client.set_terminated(run_id, status)
+        return run_id
+
+    def resume(cfg):
+        ctx = JobContext(output_dir=tmp_path / "new", parent_run_id=parent)
+        return (*resume_job(cfg, ctx), ctx)
+
+    finished, interrupted, lost = (tiny_cfg("sweep.resume=true", f"seed={s}") for s in range(3))
+    done_id = earlier_run(finished, "FINISHED", tmp_path / "done")
+    killed_id = earlier_run(interrupted, "KILLED", tmp_path / "killed")
+    (tmp_path / "killed" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "killed" / "checkpoints" / "last.pt").write_bytes(b"state")
+    lost_id = earlier_run(lost, "FAILED", tmp_path / "lost")  # killed before its last.pt
+
+    _, done, _ = resume(finished)
+    assert done == {"best/val_acc": 0.5, "run_id": done_id}
+    # The same job outside a resumed sweep trains as always.
+    assert resume(tiny_cfg("seed=0"))[1] is None
+    cfg, done, _ = resume(interrupted)
+    assert (cfg.trainer.resume, done, interrupted.trainer.resume) == (killed_id, None, None)
+    cfg, done, ctx = resume(lost)
+    assert (cfg.trainer.resume, done, ctx.extra_tags) == (None, None, {SUPERSEDES_TAG: lost_id})
+    mark_superseded(client.tracking_uri, ctx, "new-run")
+    assert client.get_run(lost_id).data.tags[SUPERSEDED_TAG] == "new-run"
+    assert current_runs([client.get_run(lost_id)]) == []
+    # Superseded, it is no longer the job's earlier run.
+    assert resume(lost)[2].extra_tags == {}
+
+
+def test_sweep_resume_must_be_a_boolean(tiny_cfg):
+    with pytest.raises(ConfigError, match=r"sweep.resume='yes' must be true or false"):
+        validate_config(tiny_cfg("sweep.resume=yes"))
+
+
+def _runs(store: Path) -> dict[str, tuple[str, bool]]:
+    """{run id: (status, whether it has trained an epoch)} of the training runs, read
+    without MLflow's client, so that polling costs the sweep under test no imports."""
     if not store.is_file():
         return {}
     try:
         with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30) as db:
             rows = db.execute(
-                "SELECT r.run_uuid, r.status, p.value FROM runs r "
-                "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = 'model' "
-                "LEFT JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = 'mlflow.parentRunId'"
+                "SELECT r.run_uuid, r.status, EXISTS (SELECT 1 FROM latest_metrics l "
+                "WHERE l.run_uuid = r.run_uuid AND l.key = 'val/acc') FROM runs r "
+                "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = 'model'"
             ).fetchall()
     except sqlite3.OperationalError:  # the schema is still being created
         return {}
-    return {run_id: (status, parent) for run_id, status, parent in rows}
+    return {run_id: (status, bool(trained)) for run_id, status, trained in rows}
+
+
+def _two_finished_and_one_training(store: Path) -> bool:
+    runs = _runs(store).values()
+    finished = sum(status == "FINISHED" for status, _ in runs)
+    return finished >= 2 and any(status == "RUNNING" and trained for status, trained in runs)
 
 
 def _sweep_until_two_jobs_finished(command: list[str], store: Path, log: Path) -> int:
-    """Run the sweep and send SIGTERM to its launcher once 2 jobs are FINISHED; its exit
-    status. The launcher gets a session of its own, so that the test can check that no
-    process of the sweep outlives it (joblib's workers would otherwise train on)."""
+    """Run the sweep and send SIGTERM to its launcher once 2 jobs are FINISHED and another
+    one has trained an epoch (so it has a last.pt to resume from); its exit status. The
+    launcher gets a session of its own, so that the test can check that no process of the
+    sweep outlives it (joblib's workers would otherwise train on)."""
     with log.open("w") as out:
         launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
-        while sum(status == "FINISHED" for status, _ in _runs(store).values()) < 2:
+        while not _two_finished_and_one_training(store):
             assert launcher.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "2 jobs did not finish in 10 minutes"
             time.sleep(0.2)
@@ -154,10 +216,14 @@ def _stop_and_resume(synthetic_root: Path, tmp_path: Path, *launcher: str) -> No
             before.info.end_time,
             before.data.metrics,
         )
-    # The interrupted jobs continued their own runs where a last.pt let them.
-    for run_id, (status, _) in stopped.items():
-        if status == "KILLED":
-            assert client.get_run(run_id).info.status == "FINISHED"
+    # The job stopped mid-training continued its own run from its last.pt; one stopped
+    # before it had one was trained again as a new run.
+    killed = [
+        client.get_run(run_id) for run_id, (status, _) in stopped.items() if status == "KILLED"
+    ]
+    assert any(run.info.status == "FINISHED" for run in killed), stopped
+    for run in killed:
+        assert run.info.status == "FINISHED" or SUPERSEDED_TAG in run.data.tags
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
     assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("4", "0")
