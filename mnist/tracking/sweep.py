@@ -69,9 +69,10 @@ class MlflowSweep(Callback):
     """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
     an invalid job is refused before it has a parent run; with sweep.resume=true, the
     stopped sweep's is reopened: mnist/tracking/sweep_resume.py) and ends it in
-    `on_multirun_end`: FINISHED only when every child finished. Hydra skips `on_multirun_end` when a job
-    raises, so an exit hook ends the parent (FAILED) in that case too. In between, SIGTERM
-    to the launcher stops the jobs cleanly (mnist/tracking/sweep_stop.py)."""
+    `on_multirun_end`: FINISHED only when every child finished. Hydra skips
+    `on_multirun_end` when a job raises, so an exit hook ends the parent (FAILED) in that
+    case too. In between, SIGTERM to the launcher stops the jobs cleanly
+    (mnist/tracking/sweep_stop.py)."""
 
     def __init__(self) -> None:
         # tracking URI, experiment id, parent run id, sweep directory

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist.context import JobContext
 from mnist.tracking import store
-from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +76,8 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
     if not (ctx.parent_run_id and OmegaConf.select(cfg, "sweep.resume") is True):
         return cfg, None
     from mlflow.tracking import MlflowClient
+
+    from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256  # imports torch
 
     client = MlflowClient(store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns))
     parent = client.get_run(ctx.parent_run_id)
