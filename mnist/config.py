@@ -51,6 +51,9 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     yield from _logger_problems(cfg.logger)
     yield from _device_problems(cfg.device, cfg.trainer.precision)
     yield from _determinism_problems(cfg)
+    resume = OmegaConf.select(cfg, "sweep.resume", default=False)
+    if not isinstance(resume, bool):
+        yield f"sweep.resume={resume!r} must be true or false"
 
 
 def _trainer_problems(trainer: DictConfig) -> Iterator[str]:

@@ -20,6 +20,7 @@ from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.tracking import store
 from mnist.tracking.runs import log_artifacts, mlflow_run
+from mnist.tracking.sweep_resume import current_runs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def search_filter(parent_run_id: str | None, extra: str | None) -> str:
 
 def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
     """The training runs of `experiment` matching `filter_string`, oldest first. Runs
-    without a `model` tag (a sweep's parent, compare's own summaries) are not training runs."""
+    without a `model` tag (a sweep's parent, compare's own summaries) are not training runs,
+    and a run that a resumed sweep restarted as a new run is counted once, by the new one."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(experiment)
@@ -59,7 +61,7 @@ def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
             )
         except MlflowException as e:
             raise ConfigError(f"filter={filter_string!r} is not an MLflow filter: {e}") from e
-        runs += [run for run in page if "model" in run.data.tags]
+        runs += [run for run in current_runs(page) if "model" in run.data.tags]
         token = page.token
         if not token:
             break

@@ -13,8 +13,10 @@ from mnist.config import flatten
 
 # Config groups whose chosen option is a param of its own, e.g. model=fast.
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "device", "experiment")
-# Keys (or key prefixes ending in ".") that change where or how a run is recorded, or only
-# its speed, never its numbers.
+# Keys (or key prefixes ending in ".") that change where or how a run is recorded, how it
+# was started (a resumed run computes what an uninterrupted one does; sweep.resume), or
+# only its speed, never its numbers. Also what the config.sha256 tag leaves out
+# (mnist/tracking/config_hash.py).
 NOT_COMPARED = (
     "paths.",
     "logger.",
@@ -24,17 +26,21 @@ NOT_COMPARED = (
     "trainer.resume",
     "trainer.eval_batch_size",
     "device.malloc_tuning",
+    "sweep.",
 )
 # Hydra's instructions to instantiate: the group's option says the same in a word.
 HYDRA_KEYS = ("_target_", "_partial_")
 
 
-def _compared(key: str) -> bool:
-    if key.rsplit(".", 1)[-1] in HYDRA_KEYS:
-        return False
+def changes_results(key: str) -> bool:
+    """Whether a flattened config key can change a run's numbers (NOT_COMPARED: cannot)."""
     return not any(
         key == name or (name.endswith(".") and key.startswith(name)) for name in NOT_COMPARED
     )
+
+
+def _compared(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] not in HYDRA_KEYS and changes_results(key)
 
 
 def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:

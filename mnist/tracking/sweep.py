@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from mnist.cli import exit_on_user_error
 from mnist.sweep_config import refuse_invalid_sweep
 from mnist.tracking import store
+from mnist.tracking.sweep_resume import SWEEP_HASH_TAG, current_runs, reopen_parent, sweep_sha256
+from mnist.tracking.sweep_stop import stop_jobs_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,17 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
 
 class MlflowSweep(Callback):
     """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
-    an invalid job is refused before it has a parent run) and ends it in `on_multirun_end`:
-    FINISHED only when every child finished. Hydra skips `on_multirun_end` when a job
-    raises, so an exit hook ends the parent (FAILED) in that case too."""
+    an invalid job is refused before it has a parent run; with sweep.resume=true, the
+    stopped sweep's is reopened: mnist/tracking/sweep_resume.py) and ends it in
+    `on_multirun_end`: FINISHED only when every child finished. Hydra skips
+    `on_multirun_end` when a job raises, so an exit hook ends the parent (FAILED) in that
+    case too. In between, SIGTERM to the launcher stops the jobs cleanly
+    (mnist/tracking/sweep_stop.py)."""
 
     def __init__(self) -> None:
         # tracking URI, experiment id, parent run id, sweep directory
         self._parent: tuple[str, str, str, Path] | None = None
+        self._restore_sigterm: Callable[[], None] = lambda: None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.entities import Param
@@ -91,29 +98,41 @@ class MlflowSweep(Callback):
         )
         sweep_dir = Path(config.hydra.sweep.dir)
         client = MlflowClient(uri)
-        run = client.create_run(
-            experiment_id,
-            run_name=f"sweep {'/'.join(sweep_dir.parts[-2:])}",
-            tags={
-                "sweep.dir": str(sweep_dir),
-                "hydra.overrides": " ".join(config.hydra.overrides.task),
-            },
+        sweep_hash = sweep_sha256(config)
+        run_id = (
+            reopen_parent(client, experiment_id, sweep_hash)
+            if config.sweep.resume is True
+            else None
         )
         swept = swept_overrides(config)
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in swept.items()])
+        if run_id is None:
+            run_id = client.create_run(
+                experiment_id,
+                run_name=f"sweep {'/'.join(sweep_dir.parts[-2:])}",
+                tags={
+                    "sweep.dir": str(sweep_dir),
+                    "hydra.overrides": " ".join(config.hydra.overrides.task),
+                    SWEEP_HASH_TAG: sweep_hash,
+                },
+            ).info.run_id
+            client.log_batch(run_id, params=[Param(k, v) for k, v in swept.items()])
+        else:
+            client.set_tag(run_id, "sweep.resumed_dir", str(sweep_dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key in swept))
-        (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
-        self._parent = (uri, experiment_id, run.info.run_id, sweep_dir)
+        (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+        self._parent = (uri, experiment_id, run_id, sweep_dir)
         atexit.register(self._end_parent)
+        self._restore_sigterm = stop_jobs_on_sigterm(uri, experiment_id, run_id)
         log.info(
             "Sweep parent run %s in MLflow experiment %r (%s)",
-            run.info.run_id,
+            run_id,
             config.logger.experiment,
             uri,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._restore_sigterm()
         atexit.unregister(self._end_parent)
         self._end_parent(sweep_completed=True)
 
@@ -128,8 +147,11 @@ class MlflowSweep(Callback):
         uri, experiment_id, run_id, sweep_dir = self._parent
         self._parent = None
         client = MlflowClient(uri)
-        children = client.search_runs(
-            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+        # A resumed sweep's parent counts each job once: not the runs restarted jobs replaced.
+        children = current_runs(
+            client.search_runs(
+                [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+            )
         )
         failed = sum(child.info.status != "FINISHED" for child in children)
         client.set_tag(run_id, "sweep.jobs", str(len(children)))

@@ -30,7 +30,8 @@ from mnist.models.describe import shape_tags
 from mnist.reporting import plots
 from mnist.reporting.reports import write_training_reports
 from mnist.seeding import generator, seed_everything
-from mnist.tracking import runs, store, ui
+from mnist.tracking import runs, store, sweep_resume, ui
+from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import run_params
 from mnist.training.build import build_learner, initial_model
@@ -56,7 +57,11 @@ PREVIEW_DRAWS = 7
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
     side effect in mlruns/ when the config, the data or the store cannot work, and
-    TrainingInterrupted on SIGINT/SIGTERM at any time until the MLflow run is closed."""
+    TrainingInterrupted on SIGINT/SIGTERM at any time until the MLflow run is closed. In a
+    resumed sweep, a job that already finished returns its run's metrics without training."""
+    cfg, done = sweep_resume.resume_job(cfg, ctx)
+    if done is not None:
+        return done
     with _claimed_run(cfg, ctx) as (cfg, uri, resume_state):
         return _train(cfg, ctx, uri, resume_state)
 
@@ -105,6 +110,7 @@ def _train(
 
         if not resume_state:
             runs.log_metrics({"params_count": summary.total_params, "macs_per_image": summary.macs})
+            sweep_resume.mark_superseded(uri, ctx, run.info.run_id)
             sizes = {"training": len(train_idx), "validation": len(val_idx),
                      "test": len(data.test_labels)}  # fmt: skip
             log_datasets(data_root, cfg.data, cfg.seed, sizes)
@@ -229,6 +235,7 @@ def _test_best_checkpoint(
 def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) -> dict[str, str]:
     tags = runs.run_tags(cfg.seed, device, ctx.overrides, model)
     tags["output_dir"] = str(ctx.output_dir)
+    tags[CONFIG_HASH_TAG] = config_sha256(cfg)
     tags.update(ctx.extra_tags)
     tags.update(torch_settings())
     if ctx.parent_run_id:

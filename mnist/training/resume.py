@@ -221,7 +221,8 @@ def ignored_overrides(given: DictConfig, resumed: DictConfig, overrides: list[st
     ignored = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key == "trainer.resume":
+        # How this run was asked to resume, not a value of its config: not ignored.
+        if key == "trainer.resume" or key.startswith("sweep."):
             continue
         now, then = (OmegaConf.select(c, key, default=None) for c in (given, resumed))
         if _plain(now) != _plain(then):

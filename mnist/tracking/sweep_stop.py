@@ -1,0 +1,78 @@
+"""SIGTERM to a sweep's launcher (`kill <pid>`, a preempted cluster job) stops the sweep's
+jobs as Ctrl-C in its terminal would, so that `sweep.resume=true` can continue it. Python
+would otherwise end the launcher at once: its parent run stays RUNNING and joblib's worker
+processes, which a signal to the launcher does not reach, go on training the queued jobs
+as orphans. So the launcher forwards the stop to its workers, waits for their runs to end
+(KILLED, with a last.pt), and then stops itself."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mnist.tracking import store
+
+log = logging.getLogger(__name__)
+
+# How long the launcher waits for its workers' runs to stop cleanly: a step and a
+# checkpoint. Past it, joblib kills them, and they resume from their previous last.pt.
+GRACE_S = 60.0
+
+
+def joblib_workers() -> list[int]:
+    """The process ids of joblib's (loky's) workers in this process; empty under another
+    launcher. Read from loky's executor, the only record of them, only where joblib is
+    already imported."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    return list(getattr(executor, "_processes", None) or {})
+
+
+def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
+    from mlflow.tracking import MlflowClient
+
+    runs = store.retry_when_locked(
+        lambda: MlflowClient(uri).search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+    )
+    return {run.info.run_id for run in runs}
+
+
+def stop_jobs_on_sigterm(uri: str, experiment_id: str, parent_run_id: str) -> Callable[[], None]:
+    """Install the launcher's SIGTERM handler; returns what puts the previous one back. In
+    the basic launcher the job runs in this process, and its own handler stops it cleanly
+    while it trains (mnist/training/signals.py); this one acts between the jobs' steps."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        workers = joblib_workers()
+        log.warning("SIGTERM: stopping the sweep (%d worker processes); continue it by "
+                    "running the same command with sweep.resume=true", len(workers))  # fmt: skip
+        if workers:
+            running = _running_children(uri, experiment_id, parent_run_id)
+            for pid in workers:
+                # SIGINT, as Ctrl-C sends it: a job stops cleanly at its next step, and a
+                # worker between jobs gets a KeyboardInterrupt rather than dying at once,
+                # which would make loky kill the other workers mid-checkpoint.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + GRACE_S
+            while running and time.monotonic() < deadline:
+                time.sleep(0.5)
+                running &= _running_children(uri, experiment_id, parent_run_id)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)

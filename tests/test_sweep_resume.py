@@ -1,0 +1,250 @@
+"""Stopped sweeps resume: what identifies a job (the config hash) and a sweep (its command
+line), and, end to end through the real script and launchers, a 4-job sweep stopped with
+SIGTERM to its launcher after 2 jobs finished, then run again with sweep.resume=true."""
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from mnist.config import validate_config
+from mnist.context import JobContext
+from mnist.errors import ConfigError
+from mnist.reporting.compare import compare
+from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
+from mnist.tracking.sweep import PARENT_RUN_FILE
+from mnist.tracking.sweep_resume import (
+    PARENT_TAG,
+    SUPERSEDED_TAG,
+    SUPERSEDES_TAG,
+    current_runs,
+    mark_superseded,
+    resume_job,
+    sweep_sha256,
+)
+from tests.helpers import CONF_DIR, TRAIN_SCRIPT, tiny_overrides
+from tests.helpers.compare import compare_config, read_csv
+
+
+def test_config_hash_changes_with_what_a_run_computes_only(tiny_cfg, tmp_path):
+    base = config_sha256(tiny_cfg())
+    assert base == config_sha256(tiny_cfg())
+    for computes in (
+        "model=cnn24k", "seed=1", "optimizer.lr=0.002", "trainer.epochs=3",
+        "augmentation=rotate7", "data.val_size=101", "trainer.label_smoothing=0.1",
+    ):  # fmt: skip
+        assert config_sha256(tiny_cfg(computes)) != base, computes
+    for where_or_how in (
+        f"paths.outputs={tmp_path / 'elsewhere'}", f"paths.mlruns={tmp_path / 'store'}",
+        f"data.root={tmp_path / 'copy'}", "logger.experiment=other", "logger.log_model=true",
+        "logger.tensorboard=true", "logger.run_name=named", "trainer.progress=true",
+        f"trainer.resume={tmp_path / 'last.pt'}", "sweep.resume=true",
+    ):  # fmt: skip
+        assert config_sha256(tiny_cfg(where_or_how)) == base, where_or_how
+
+
+def test_a_sweep_is_its_command_line_without_paths_launcher_and_resume_flag(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("train", return_hydra_config=True)
+
+    def sweep_hash(*overrides: str, preset_sweep: dict | None = None) -> str:
+        variant = config.copy()
+        OmegaConf.update(variant, "hydra.overrides.task", list(overrides))
+        OmegaConf.update(variant, "hydra.sweeper.params", preset_sweep, merge=False)
+        return sweep_sha256(variant)
+
+    base = sweep_hash("model=fast,cnn24k", "seed=0,1")
+    assert base == sweep_hash(
+        "model=fast,cnn24k", "hydra/launcher=joblib", "seed=0,1", "hydra.launcher.n_jobs=2",
+        "sweep.resume=true", f"paths.outputs={tmp_path}", f"data.root={tmp_path}",
+    )  # fmt: skip
+    assert base != sweep_hash("model=fast,cnn24k", "seed=0,1,2")
+    assert base != sweep_hash("model=fast", "seed=0,1")
+    # An experiment preset's sweep is part of it: editing the preset makes another sweep.
+    assert sweep_hash("experiment=x", preset_sweep={"seed": "0,1"}) != sweep_hash(
+        "experiment=x", preset_sweep={"seed": "0,1,2"}
+    )
+
+
+def test_a_job_of_a_resumed_sweep_finds_what_its_earlier_run_left(tiny_cfg, tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.create_experiment("mnist")
+    parent = client.create_run(experiment).info.run_id
+
+    def earlier_run(cfg, status: str, output_dir: Path) -> str:
+        tags = {PARENT_TAG: parent, CONFIG_HASH_TAG: config_sha256(cfg), "model": "fast",
+                "output_dir": str(output_dir)}  # fmt: skip
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_metric(run_id, "best/val_acc", 0.5)
+        client.set_terminated(run_id, status)
+        return run_id
+
+    def resume(cfg):
+        ctx = JobContext(output_dir=tmp_path / "new", parent_run_id=parent)
+        return (*resume_job(cfg, ctx), ctx)
+
+    finished, interrupted, lost = (tiny_cfg("sweep.resume=true", f"seed={s}") for s in range(3))
+    done_id = earlier_run(finished, "FINISHED", tmp_path / "done")
+    killed_id = earlier_run(interrupted, "KILLED", tmp_path / "killed")
+    (tmp_path / "killed" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "killed" / "checkpoints" / "last.pt").write_bytes(b"state")
+    lost_id = earlier_run(lost, "FAILED", tmp_path / "lost")  # killed before its last.pt
+
+    _, done, _ = resume(finished)
+    assert done == {"best/val_acc": 0.5, "run_id": done_id}
+    # The same job outside a resumed sweep trains as always.
+    assert resume(tiny_cfg("seed=0"))[1] is None
+    cfg, done, _ = resume(interrupted)
+    assert (cfg.trainer.resume, done, interrupted.trainer.resume) == (killed_id, None, None)
+    cfg, done, ctx = resume(lost)
+    assert (cfg.trainer.resume, done, ctx.extra_tags) == (None, None, {SUPERSEDES_TAG: lost_id})
+    mark_superseded(client.tracking_uri, ctx, "new-run")
+    assert client.get_run(lost_id).data.tags[SUPERSEDED_TAG] == "new-run"
+    assert current_runs([client.get_run(lost_id)]) == []
+    # Superseded, it is no longer the job's earlier run.
+    assert resume(lost)[2].extra_tags == {}
+
+
+def test_sweep_resume_must_be_a_boolean(tiny_cfg):
+    with pytest.raises(ConfigError, match=r"sweep.resume='yes' must be true or false"):
+        validate_config(tiny_cfg("sweep.resume=yes"))
+
+
+def _runs(store: Path) -> dict[str, tuple[str, bool]]:
+    """{run id: (status, whether it has trained an epoch)} of the training runs, read
+    without MLflow's client, so that polling costs the sweep under test no imports."""
+    if not store.is_file():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30) as db:
+            rows = db.execute(
+                "SELECT r.run_uuid, r.status, EXISTS (SELECT 1 FROM latest_metrics l "
+                "WHERE l.run_uuid = r.run_uuid AND l.key = 'val/acc') FROM runs r "
+                "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = 'model'"
+            ).fetchall()
+    except sqlite3.OperationalError:  # the schema is still being created
+        return {}
+    return {run_id: (status, bool(trained)) for run_id, status, trained in rows}
+
+
+def _two_finished_and_one_training(store: Path) -> bool:
+    runs = _runs(store).values()
+    finished = sum(status == "FINISHED" for status, _ in runs)
+    return finished >= 2 and any(status == "RUNNING" and trained for status, trained in runs)
+
+
+def _sweep_until_two_jobs_finished(command: list[str], store: Path, log: Path) -> int:
+    """Run the sweep and send SIGTERM to its launcher once 2 jobs are FINISHED and another
+    one has trained an epoch (so it has a last.pt to resume from); its exit status. The
+    launcher gets a session of its own, so that the test can check that no process of the
+    sweep outlives it (joblib's workers would otherwise train on)."""
+    with log.open("w") as out:
+        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not _two_finished_and_one_training(store):
+            assert launcher.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "2 jobs did not finish in 10 minutes"
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGTERM)
+        status = launcher.wait(timeout=300)
+        _wait_until_gone(launcher.pid)
+        return status
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def _wait_until_gone(group: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    raise AssertionError("processes of the stopped sweep are still running")
+
+
+def _stop_and_resume(synthetic_root: Path, tmp_path: Path, *launcher: str) -> None:
+    store = tmp_path / "mlruns" / "mlflow.db"
+    command = [
+        sys.executable, str(TRAIN_SCRIPT), "-m",
+        *[o for o in tiny_overrides(synthetic_root, tmp_path) if o != "trainer.epochs=2"],
+        "trainer.epochs=6", "logger.experiment=sweep", "model=fast", "seed=0,1,2,3", *launcher,
+    ]  # fmt: skip
+    status = _sweep_until_two_jobs_finished(command, store, tmp_path / "stopped.log")
+    assert status != 0, (tmp_path / "stopped.log").read_text()[-3000:]
+    stopped = _runs(store)
+    client = MlflowClient(f"sqlite:///{store}")
+    finished = {
+        run_id: client.get_run(run_id)
+        for run_id, (status, _) in stopped.items()
+        if status == "FINISHED"
+    }
+    assert 2 <= len(finished) < 4, stopped
+
+    resumed = subprocess.run([*command, "sweep.resume=true"], capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (resumed.stdout + resumed.stderr).count("not re-run") == len(finished)
+
+    experiment_id = client.get_experiment_by_name("sweep").experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [run for run in runs if "model" not in run.data.tags]
+    children = [
+        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    counted = [run for run in children if SUPERSEDED_TAG not in run.data.tags]
+    assert sorted(run.data.params["seed"] for run in counted) == ["0", "1", "2", "3"]
+    assert {run.info.status for run in counted} == {"FINISHED"}
+    assert len({run.data.tags[CONFIG_HASH_TAG] for run in counted}) == 4
+    # The two finished jobs are untouched: same runs, same end, same metrics.
+    for run_id, before in finished.items():
+        after = client.get_run(run_id)
+        assert (after.info.end_time, after.data.metrics) == (
+            before.info.end_time,
+            before.data.metrics,
+        )
+    # The job stopped mid-training continued its own run from its last.pt; one stopped
+    # before it had one was trained again as a new run.
+    killed = [
+        client.get_run(run_id) for run_id, (status, _) in stopped.items() if status == "KILLED"
+    ]
+    assert any(run.info.status == "FINISHED" for run in killed), stopped
+    for run in killed:
+        assert run.info.status == "FINISHED" or SUPERSEDED_TAG in run.data.tags
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("4", "0")
+    (first, second) = sorted(tmp_path.glob(f"outputs/multirun/*/*/{PARENT_RUN_FILE}"))
+    assert first.read_text() == second.read_text() == parent.info.run_id
+
+    config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
+    compare(config, tmp_path / "compare")
+    (row,) = read_csv(tmp_path / "compare" / "table.csv")
+    assert (row["model"], row["runs"], row["failed"]) == ("fast", "4", "0")
+
+
+# Two whole sweeps through the script (each one interpreter, its jobs in it): minutes.
+@pytest.mark.slow
+def test_a_sweep_stopped_with_sigterm_resumes_where_it_stopped(synthetic_root, tmp_path):
+    _stop_and_resume(synthetic_root, tmp_path)
+
+
+# The workers are other processes, which SIGTERM to the launcher does not reach by itself.
+@pytest.mark.slow
+def test_a_joblib_sweep_stopped_with_sigterm_stops_its_workers_and_resumes(
+    synthetic_root, tmp_path
+):
+    _stop_and_resume(synthetic_root, tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
