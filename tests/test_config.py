@@ -48,6 +48,36 @@ def test_every_experiment_preset_and_each_job_of_its_sweep_validates(experiment)
                 validate_config(compose("train", [f"experiment={experiment}", f"{key}={value}"]))
 
 
+CPU_RECIPES = sorted(
+    p.stem for p in (CONF_DIR / "recipe" / "cpu").glob("*.yaml") if p.stem[0] != "_"
+)
+MODELS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", CPU_RECIPES)
+def test_a_cpu_recipe_trains_its_model_with_the_shared_recipe(model):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"recipe=cpu/{model}"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices.model == model
+    assert (cfg.hydra.runtime.choices.optimizer, cfg.hydra.runtime.choices.scheduler) == (
+        "adamw",
+        "onecycle",
+    )
+    assert cfg.trainer.label_smoothing == 0.1 and cfg.optimizer.lr == 2.0e-3
+    # The command line beats a recipe, as it beats an experiment.
+    assert compose_config([f"recipe=cpu/{model}", "trainer.epochs=1"]).trainer.epochs == 1
+
+
+def test_the_cpu_table_sweeps_every_model_with_three_seeds_on_all_training_images():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", ["experiment=arch_table_cpu"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sorted(r.removeprefix("cpu/") for r in params.recipe.split(",")) == MODELS
+    assert CPU_RECIPES == MODELS
+    assert params.seed.split(",") == ["0", "1", "2"]
+    assert cfg.data.train_subset is None and cfg.data.val_size == 5000
+
+
 def test_defaults_train_the_fast_model_on_a_validation_split():
     cfg = compose_config([])
     assert cfg.model._target_ == "mnist.models.ConvNet"
