@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist.errors import ConfigError
 from mnist.reporting.compare import compare, summarize_sweep
+from mnist.reporting.table import Row, markdown
 from tests.helpers.compare import compare_config, read_csv
 
 # The shape of each model, as training runs record it (mnist.models.describe.shape_tags).
@@ -72,6 +73,10 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
     assert float(cnn3["img_per_s"]) == pytest.approx(200.0)
     assert (cnn3["params"], cnn3["conv_layers"], cnn3["pooling"]) == ("1234", "3", "MaxPool")
     assert (cnn3["ref_final_acc"], cnn3["ref_max_acc"]) == ("99.48", "99.69")
+    # Against the reference's final accuracy: 99.05 - 99.48.
+    assert float(cnn3["vs_ref"]) == pytest.approx(100 * (0.989 + 0.992) / 2 - 99.48)
+    assert float(linear["vs_ref"]) == pytest.approx(90.0 - 91.94)
+    assert older["vs_ref"] == ""  # no reference
     # No per-epoch test accuracy logged: no final or max, but the checkpoint's accuracy.
     assert (linear["final_acc_mean"], linear["max_acc"]) == ("", "")
     assert float(linear["best_val_ckpt_acc_mean"]) == pytest.approx(90.0)
@@ -81,6 +86,7 @@ def test_seeds_become_one_row_and_failed_runs_are_counted(store, tmp_path):
     markdown = (tmp_path / "out" / "table.md").read_text()
     assert "| cnn3 | 1,234 | 3 | MaxPool | 2 | 2 + 1 failed | 99.05 ± 0.07 | 99.30 |" in markdown
     assert f"| cnn3 | cnn3 seed=2 | FAILED | {failed} |" in markdown
+    assert "| 99.48 (30 ep) | 99.69 (30 ep) | -0.43 |" in markdown
     assert (tmp_path / "out" / "chart.png").stat().st_size > 10_000
     summary = store.search_runs([exp], "attributes.run_name = 'compare'")
     assert len(summary) == 1 and summary[0].info.status == "FINISHED"
@@ -164,3 +170,20 @@ def test_a_sweep_parent_becomes_its_summary_and_compare_logs_under_it(store, tmp
     (summary,) = store.search_runs([exp], "attributes.run_name = 'compare'")
     assert summary.data.tags["mlflow.parentRunId"] == parent
     assert summary.data.tags["compare.runs"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        # The final accuracy when there is one, else the best epoch's, else a stated goal.
+        ({"final": 99.41, "max": 99.48, "source": "s"}, "-0.11"),
+        ({"max": 99.26, "epochs": 10, "source": "s"}, "+0.04"),
+        ({"goal": 99.4, "source": "s"}, "-0.10"),
+        (None, "-"),
+    ],
+)
+def test_vs_ref_measures_a_row_against_the_reference_it_has(reference, expected):
+    row = Row(model="m", groups={}, finished=2, checkpoint_acc=[0.9929, 0.9931],
+              reference=reference)  # fmt: skip
+    line = next(line for line in markdown([row], [], "t").splitlines() if line.startswith("| m |"))
+    assert line.endswith(f"| {expected} |")

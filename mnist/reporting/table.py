@@ -47,6 +47,8 @@ NO_EPOCH_NOTE = """\
 COMMON_NOTES = """\
 - **best-val ckpt**: test accuracy of the weights with the best validation accuracy
   (`test/acc`), mean ± std: the number chosen without looking at the test set.
+- **vs ref**: that mean minus the reference's target, in points: its final accuracy, else
+  its max, else its stated goal (`conf/compare.yaml`); negative is short of it.
 - **s / epoch** includes evaluation and checkpointing; **img/s** is training throughput.
   Both depend on the machine and on how many jobs shared it (tag `torch.num_threads`)."""
 
@@ -90,6 +92,22 @@ def _reference(row: Row, key: str) -> str:
     return f"{ref[key]:.2f}" + (f" ({ref['epochs']} ep)" if ref.get("epochs") else "")
 
 
+def _target(row: Row) -> float | None:
+    """The accuracy (%) a row is measured against: the reference's final accuracy, its
+    max where it reports no final (a best-epoch number), else a goal it states."""
+    ref = row.reference or {}
+    return next((ref[key] for key in ("final", "max", "goal") if ref.get(key) is not None), None)
+
+
+def _versus_target(row: Row) -> float | None:
+    goal, mean = _target(row), _mean(row.checkpoint_acc)
+    return None if goal is None or mean is None else 100 * mean - goal
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def _label(row: Row) -> str:
     return " ".join([row.model, *(f"{k}={v}" for k, v in row.groups.items())])
 
@@ -113,6 +131,7 @@ def markdown(rows: list[Row], group_by: list[str], title: str) -> str:
         ("img/s", lambda row: _number(_mean(row.img_per_s), 0)),
         ("ref final %", lambda row: _reference(row, "final")),
         ("ref max %", lambda row: _reference(row, "max")),
+        ("vs ref", lambda row: _signed(_versus_target(row))),
     ]  # fmt: skip
     header = ["model", *group_by, *(name for name, _ in columns)]
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -150,7 +169,8 @@ def write_csv(rows: list[Row], group_by: list[str], path: Path) -> Path:
         writer.writerow(["model", *group_by, "params", "conv_layers", "pooling", "epochs",
                          "runs", "failed", "final_acc_mean", "final_acc_std", "max_acc",
                          "best_val_ckpt_acc_mean", "best_val_ckpt_acc_std", "epoch_time_s",
-                         "train_time_s", "img_per_s", "ref_final_acc", "ref_max_acc"])  # fmt: skip
+                         "train_time_s", "img_per_s", "ref_final_acc", "ref_max_acc",
+                         "vs_ref"])  # fmt: skip
         for row in rows:
             ref = row.reference or {}
             writer.writerow([row.model, *row.groups.values(), row.params, row.conv_layers,
@@ -159,7 +179,8 @@ def write_csv(rows: list[Row], group_by: list[str], path: Path) -> Path:
                              pct(_std(row.final_acc)), pct(max(row.max_acc, default=None)),
                              pct(_mean(row.checkpoint_acc)), pct(_std(row.checkpoint_acc)),
                              _mean(row.epoch_time_s), _mean(row.train_time_s),
-                             _mean(row.img_per_s), ref.get("final"), ref.get("max")])  # fmt: skip
+                             _mean(row.img_per_s), ref.get("final"), ref.get("max"),
+                             _versus_target(row)])  # fmt: skip
     return path
 
 
