@@ -7,8 +7,10 @@ import os
 import site
 import subprocess
 import sys
+import threading
 
 import pytest
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -16,6 +18,7 @@ from mnist.context import JobContext
 from mnist.data.fetch import sha256_of
 from mnist.tracking.runs import MODEL_CONTRACT
 from mnist.tracking.sweep import swept_overrides
+from mnist.training import job
 from mnist.training.job import run_training
 
 EXCLUDED = ["paths.outputs", "data.root", "logger.experiment"]
@@ -70,6 +73,21 @@ def test_a_run_logs_params_that_compare_its_datasets_and_system_metrics(
     tiny_cfg, synthetic_root, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    # A tiny run can end before MLflow's monitor takes its first sample (a fast CPU did):
+    # the run waits, before its reports, until the real monitor has published one.
+    sampled = threading.Event()
+    publish, write_reports = SystemMetricsMonitor.publish_metrics, job.write_training_reports
+
+    def publish_and_signal(monitor, metrics):
+        publish(monitor, metrics)
+        sampled.set()
+
+    def write_reports_once_sampled(*args, **kwargs):
+        assert sampled.wait(timeout=300), "MLflow's system-metrics monitor never published"
+        return write_reports(*args, **kwargs)
+
+    monkeypatch.setattr(SystemMetricsMonitor, "publish_metrics", publish_and_signal)
+    monkeypatch.setattr(job, "write_training_reports", write_reports_once_sampled)
     cfg = tiny_cfg("optimizer=sgd", "logger.system_metrics=true", "data.train_subset=300")
     ctx = JobContext(output_dir=tmp_path / "run", choices={"model": "fast", "optimizer": "sgd",
                      "scheduler": "onecycle", "augmentation": "none", "device": "cpu"})  # fmt: skip
