@@ -1,5 +1,6 @@
-"""Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths
-and mnist.job_dir, so that Hydra answers --help and --cfg before torch is ever imported."""
+"""Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths,
+mnist.redact and mnist.job_dir, so that Hydra answers --help and --cfg before torch is ever
+imported. Every script imports this module first: from then on, no log line shows a secret."""
 
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from mnist.errors import (
     TrainingInterrupted,
 )
 from mnist.job_dir import discard_job_dir
+from mnist.redact import redact, redact_log_records
+
+redact_log_records()
 
 
 @contextmanager
@@ -30,13 +34,13 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         discard_job_dir(OmegaConf.select(cfg, "paths.outputs", default=None) if cfg else None)
         sys.exit(2)
     except (CheckpointWriteError, TrainingDiverged) as e:
         # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)
     except (TrainingInterrupted, SearchInterrupted) as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        print(f"stopped: {redact(str(e))}", file=sys.stderr)
         sys.exit(130)

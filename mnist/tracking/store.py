@@ -5,10 +5,12 @@ level, so the sweep callback and the scripts' start-up stay cheap."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sqlite3
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mnist.errors import TrackingError
+from mnist.redact import redact
 
 # Runs must not phone home (and machines without internet must not wait on it).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -47,7 +50,20 @@ def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
     path = uri.removeprefix("sqlite:///")
     if uri.startswith("sqlite:///") and path not in ("", ":memory:"):
         return f"sqlite:///{os.path.abspath(path)}"
-    return uri
+    return _credentials_to_environment(uri)
+
+
+def _credentials_to_environment(uri: str) -> str:
+    """A server URI's user:password@ moved to where MLflow's client reads credentials
+    ($MLFLOW_TRACKING_USERNAME/PASSWORD, inherited by a sweep's job processes): MLflow
+    prints the run's URL to stdout, password included, from the URI it is given."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https") or parts.username is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -124,11 +140,6 @@ def get_or_create_experiment(
     return experiment.experiment_id
 
 
-def _redacted(uri: str) -> str:
-    """The URI as it may be printed: a password in it is replaced by ***."""
-    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", uri)
-
-
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -194,9 +205,19 @@ def _check_database_driver(uri: str) -> None:
         (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
         raise TrackingError(
-            f"MLflow store {_redacted(uri)} needs a database driver that is not installed "
+            f"MLflow store {redact(uri)} needs a database driver that is not installed "
             f"({e}); install it, or name the driver in the URI (e.g. mysql+pymysql://)"
         ) from e
+
+
+def _server_request(uri: str, path: str) -> urllib.request.Request:
+    """A GET of `path` on the server at `uri`, with the basic-auth credentials MLflow's
+    client would send ($MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    request = urllib.request.Request(f"{uri.rstrip('/')}{path}")
+    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        login = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(login).decode()}")
+    return request
 
 
 def check_store(uri: str) -> None:
@@ -208,11 +229,11 @@ def check_store(uri: str) -> None:
         _check_sqlite(uri)
     elif scheme in ("http", "https"):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+            with urllib.request.urlopen(_server_request(uri, "/health"), timeout=5):
                 pass
         except (OSError, ValueError) as e:
             raise TrackingError(
-                f"MLflow tracking server {_redacted(uri)} is unreachable "
+                f"MLflow tracking server {redact(uri)} is unreachable "
                 f"({getattr(e, 'reason', e)}); start it (make server) or unset "
                 "MLFLOW_TRACKING_URI"
             ) from e
@@ -220,6 +241,6 @@ def check_store(uri: str) -> None:
         _check_database_driver(uri)
     else:
         raise TrackingError(
-            f"MLflow store {_redacted(uri)!r} is not supported (file stores and other "
+            f"MLflow store {redact(uri)!r} is not supported (file stores and other "
             f"schemes are not); use {SUPPORTED} in logger.tracking_uri or MLFLOW_TRACKING_URI"
         )

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
+from mnist.redact import redact
 from mnist.sweep_config import refuse_invalid_sweep
 from mnist.tracking import store
 from mnist.tracking.sweep_resume import SWEEP_HASH_TAG, current_runs, reopen_parent, sweep_sha256
@@ -111,7 +112,7 @@ class MlflowSweep(Callback):
                 run_name=f"sweep {'/'.join(sweep_dir.parts[-2:])}",
                 tags={
                     "sweep.dir": str(sweep_dir),
-                    "hydra.overrides": " ".join(config.hydra.overrides.task),
+                    "hydra.overrides": redact(" ".join(config.hydra.overrides.task)),
                     SWEEP_HASH_TAG: sweep_hash,
                 },
             ).info.run_id

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist.config import flatten
+from mnist.redact import redacted_values
 from mnist.reporting.plots import pyplot
 from mnist.tracking.runs import git_state
 from mnist.tracking.store import get_or_create_experiment, retry_when_locked
@@ -51,20 +52,22 @@ def create_parent_run(
         lambda: client.create_run(
             experiment_id,
             run_name=f"study {study}",
-            tags={
-                "optuna.study": study,
-                "optuna.storage": storage,
-                "hydra.overrides": " ".join(recipe),
-                "git.commit": commit,
-                "git.dirty": dirty,
-            },
+            tags=redacted_values(
+                {
+                    "optuna.study": study,
+                    "optuna.storage": storage,
+                    "hydra.overrides": " ".join(recipe),
+                    "git.commit": commit,
+                    "git.dirty": dirty,
+                }
+            ),
         )
     )
     params = {f"search.{p.path}": p.describe() for p in space}
     params |= flatten({"sampler": search["sampler"], "pruner": search["pruner"]})
     params |= {"study": study, "storage": storage}
-    for key, value in params.items():
-        retry_when_locked(lambda k=key, v=value: client.log_param(run.info.run_id, k, str(v)))
+    for key, value in redacted_values(params).items():
+        retry_when_locked(lambda k=key, v=value: client.log_param(run.info.run_id, k, v))
     return run.info.run_id
 
 
