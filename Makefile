@@ -5,6 +5,10 @@
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen --no-sync
+# Installs compile every module's bytecode once: where Python may not write its cache
+# (PYTHONDONTWRITEBYTECODE=1, as in many containers and CI runners), each command would
+# otherwise compile torch and MLflow again (seconds per process).
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: help uv setup setup-all train test test-fast lint format ui server clean
 

@@ -5,6 +5,8 @@ where every layer has a deterministic backward, and a checkpoint from another de
 resumed with a warning. tests/test_cuda.py and tests/test_mps.py run on the devices."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -100,6 +102,22 @@ def test_each_job_sets_every_torch_global_from_its_own_config(torch_globals):
     assert torch.backends.cudnn.benchmark
     configure_torch(CUDA, device_settings(None), deterministic=True)
     assert not torch.backends.cudnn.benchmark
+
+
+def test_a_non_deterministic_job_does_not_import_torchs_compiler():
+    """Setting determinism imports torch._inductor (seconds at start-up): only on a change."""
+    code = """
+import sys, torch
+from omegaconf import OmegaConf
+from mnist.training.device import configure_torch
+settings = OmegaConf.create({"name": "cpu", "num_threads": 1, "malloc_tuning": False})
+configure_torch(torch.device("cpu"), settings, deterministic=False)
+assert not torch.are_deterministic_algorithms_enabled()
+print("torch._inductor" in sys.modules)
+"""
+    checked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert checked.stdout.strip() == "False"
 
 
 def test_synchronize_waits_for_the_gpu_and_does_nothing_on_cpu(monkeypatch):

@@ -132,7 +132,12 @@ def configure_torch(device: torch.device, settings: DictConfig, deterministic: b
     if deterministic:
         # cuBLAS needs this workspace setting for deterministic matmuls (CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    if (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    ) != (deterministic, False):
+        # Only on a change: setting it imports torch's compiler (seconds at start-up).
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     # Autotuned kernels: fixed input shapes make the one-time search pay off, but the
     # search may pick different kernels from run to run.
