@@ -1,6 +1,7 @@
 """Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths,
 mnist.redact and mnist.job_dir, so that Hydra answers --help and --cfg before torch is ever
-imported. Every script imports this module first: from then on, no log line shows a secret."""
+imported. Every script imports this module first: from then on no log line shows a secret,
+and a script of one checkout never runs the package of another."""
 
 import sys
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist import paths  # noqa: F401  (registers the ${repo_root:} resolver the configs use)
+from mnist import paths  # registers the ${repo_root:} resolver the configs use
 from mnist.errors import (
     CheckpointWriteError,
     ConfigError,
@@ -23,6 +24,7 @@ from mnist.job_dir import discard_job_dir
 from mnist.redact import redact, redact_log_records
 
 redact_log_records()
+paths.refuse_another_checkout()
 
 
 @contextmanager
