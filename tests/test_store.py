@@ -23,7 +23,7 @@ from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.job import run_training
 from tests.helpers import TRAIN_SCRIPT, run_script, run_train_script, tiny_overrides
-from tests.helpers.server import free_port, wait_until_up
+from tests.helpers.server import web_server_that_is_not_mlflow
 
 
 def closed_port() -> int:
@@ -210,22 +210,8 @@ def test_a_server_failing_after_its_health_check_is_refused_and_fails_within_sec
 def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(tmp_path):
     """`python -m http.server` on a directory with a file named health passes a health
     check; MLflow's client then failed with a 79-line traceback."""
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "health").write_text("OK")
-    port, log = free_port(), tmp_path / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(tmp_path / "site")],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(uri, server, log, timeout_s=60)
-        with pytest.raises(TrackingError) as refused:
-            store.check_store(uri)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with web_server_that_is_not_mlflow(tmp_path) as uri, pytest.raises(TrackingError) as refused:
+        store.check_store(uri)
     message = str(refused.value)
     assert message.startswith(f"{uri} is not a working MLflow tracking server: GET /api/2.0/")
     assert "answered HTTP 404, not MLflow JSON" in message and "\n" not in message
