@@ -8,6 +8,7 @@ builder; a `_target_` anywhere else, or off those lists, refuses the whole confi
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -39,7 +40,7 @@ def refuse_foreign_targets(config: Mapping[str, Any] | DictConfig, source: str) 
         try:
             config = OmegaConf.to_container(config, resolve=True)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{source}: its config does not resolve ({e})") from e
+            raise ConfigError(f"{source}: its config does not resolve ({first_line(e)})") from e
     for where, target in targets_in(config):
         allowed = ALLOWED_TARGETS.get(where, {})
         if not (isinstance(target, str) and target in allowed):
@@ -49,3 +50,26 @@ def refuse_foreign_targets(config: Mapping[str, Any] | DictConfig, source: str) 
                 "mnist.models.*) and torch.optim optimizers (optimizer._target_), so "
                 "nothing in it was built"
             )
+
+
+def first_line(error: Exception) -> str:
+    """What OmegaConf or YAML says is wrong, without the lines of context they add below it
+    (full_key:, object_type=, the file and a caret), so that a refusal stays one line."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        return f"{error.problem}, line {mark.line + 1}" if mark else error.problem
+    line, where = str(error).strip().partition("\n")[0], getattr(error, "full_key", None)
+    return f"{line}, at {where}" if where and where not in line else line
+
+
+def stored_config(text: str, source: str) -> DictConfig:
+    """The config in `text`, a YAML file stored with a run, once refuse_foreign_targets has
+    passed it. OmegaConf's YAML loader builds no Python object (a !!python tag is an error)."""
+    try:
+        config = OmegaConf.create(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not a readable YAML config ({first_line(e)})") from e
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{source}: holds a YAML list, not a config (a mapping of keys)")
+    refuse_foreign_targets(config, source)
+    return config

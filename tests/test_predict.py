@@ -264,3 +264,29 @@ def test_promote_picks_the_sweep_best_by_validation_never_test(tmp_path, empty_m
     assert len(client.search_model_versions("name = 'digits'")) == 1
     with pytest.raises(ConfigError, match="no such run"):
         promote_sweep(uri, "sweep", "0" * 32, "digits")
+
+
+def test_text_output_escapes_file_names_that_would_split_or_reorder_a_line(
+    checkpoint, tmp_path, capsys
+):
+    """A newline in a name printed one prediction across two lines; U+202E (right-to-left
+    override), printed raw, makes a terminal show the rest of the line reversed; a name
+    that is not UTF-8 could not be printed at all."""
+    (paper, *_) = digit_images(tmp_path / "drawn")
+    names = ["two\nlines.png", "\u202egnp.7.png", "bytes\udcff.png"]
+    (tmp_path / "images").mkdir()
+    for name in names:
+        shutil.copy(paper, tmp_path / "images" / name)
+    (tmp_path / "images" / "not\nan image.png").write_text("text")
+    cfg = compose_config(
+        [f"img={tmp_path / 'images'}", f"ckpt={checkpoint}", "device=cpu"], "predict"
+    )
+    assert run_prediction(cfg) == 1
+    out, err = capsys.readouterr()
+    shown = {line.partition(".png: ")[0].rpartition("/")[2] for line in out.splitlines()}
+    assert shown == {"two\\nlines", "\\u202egnp.7", "bytes\\udcff"}
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "not\\nan image.png" in error
+    assert all(
+        character.isprintable() for character in out.replace("\n", "") + err.replace("\n", "")
+    )

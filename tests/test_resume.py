@@ -3,6 +3,7 @@ no leftovers of killed writes, a full disk named, and overrides that cannot appl
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,6 +62,36 @@ def test_a_finished_run_or_one_in_use_cannot_be_resumed_and_nothing_is_logged(ti
 @contextmanager
 def written_to_a_full_disk(path: Path):
     yield FULL_DEVICE
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[Path]:
+    """A real 1 MB file system (tmpfs), mounted for the test: a disk that fills up."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_checkpoint_that_fills_a_real_disk_is_named_in_one_line(small_tmpfs):
+    """torch's zip writer reports the failed write as its own RuntimeError ("[enforce fail
+    at inline_container.cc:671] . unexpected pos"), over the OSError that says why."""
+    path = save_checkpoint({"weights": torch.ones(3)}, small_tmpfs / "last.pt")
+    with pytest.raises(CheckpointWriteError) as failed:
+        save_checkpoint({"weights": torch.zeros(2**19)}, path)  # 2 MB
+    assert str(failed.value).startswith(f"no space left on {small_tmpfs} while writing last.pt")
+    assert "the previous last.pt is intact" in str(failed.value)
+    assert "\n" not in str(failed.value)
+    assert torch.equal(load_checkpoint(path)["weights"], torch.ones(3))
+    assert [p.name for p in small_tmpfs.iterdir()] == ["last.pt"]  # no temporary file left
 
 
 @needs_dev_full

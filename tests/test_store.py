@@ -23,6 +23,7 @@ from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.job import run_training
 from tests.helpers import TRAIN_SCRIPT, run_script, run_train_script, tiny_overrides
+from tests.helpers.server import web_server_that_is_not_mlflow
 
 
 def closed_port() -> int:
@@ -188,16 +189,29 @@ class HealthyButUnavailable(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_server_failing_after_its_health_check_fails_within_seconds():
+def test_a_server_failing_after_its_health_check_is_refused_and_fails_within_seconds():
     """MLflow's own retries (7, doubling from 2 s) took about 4 minutes."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), HealthyButUnavailable)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_port}"
     try:
-        store.check_store(uri)
+        with pytest.raises(TrackingError) as refused:
+            store.check_store(uri)
+        assert str(refused.value).startswith(f"{uri} is not a working MLflow tracking server")
+        assert "HTTP 503" in str(refused.value) and "\n" not in str(refused.value)
         started = time.monotonic()
         with pytest.raises(MlflowException, match="503"):
             store.get_or_create_experiment(uri, "mnist")
         assert time.monotonic() - started < 20
     finally:
         server.shutdown()
+
+
+def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(tmp_path):
+    """`python -m http.server` on a directory with a file named health passes a health
+    check; MLflow's client then failed with a 79-line traceback."""
+    with web_server_that_is_not_mlflow(tmp_path) as uri, pytest.raises(TrackingError) as refused:
+        store.check_store(uri)
+    message = str(refused.value)
+    assert message.startswith(f"{uri} is not a working MLflow tracking server: GET /api/2.0/")
+    assert "answered HTTP 404, not MLflow JSON" in message and "\n" not in message

@@ -4,13 +4,14 @@ last.pt, best.pt or run must not be able to run code (issue 12)."""
 
 import copy
 import itertools
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from mnist.context import JobContext
-from mnist.errors import UnsafeConfigError
+from mnist.errors import ConfigError, UnsafeConfigError
 from mnist.inference.loading import load_model
 from mnist.targets import refuse_foreign_targets, targets_in
 from mnist.tools.reproduce import reproduce
@@ -191,3 +192,51 @@ def test_an_interpolation_cannot_smuggle_a_target_past_the_check():
     )
     with pytest.raises(UnsafeConfigError, match=r"builtins\.exec"):
         refuse_foreign_targets(config, "stored")
+
+
+def test_a_stored_config_that_does_not_resolve_is_refused_in_one_line():
+    """OmegaConf's message adds `full_key:` and `object_type=` lines below its first."""
+    config = OmegaConf.create({"optimizer": {"weight_decay": "${evil:x}"}})
+    with pytest.raises(ConfigError) as refused:
+        refuse_foreign_targets(config, "stored")
+    assert str(refused.value) == (
+        "stored: its config does not resolve (Unsupported interpolation type evil, "
+        "at optimizer.weight_decay)"
+    )
+
+
+NOT_A_CONFIG = {
+    "python tag": ('!!python/object/apply:os.system ["touch {victim}"]',
+                   "not a readable YAML config (could not determine a constructor for the "
+                   "tag 'tag:yaml.org,2002:python/object/apply:os.system', line 1)"),
+    "invalid YAML": ("model: [1, 2\nseed: 0", "not a readable YAML config (expected ',' or ']'"),
+    "a list": ("- model\n- seed", "holds a YAML list, not a config"),
+    "incomplete": ("seed: 0", "its config.yaml is incomplete or invalid (Missing key logger)"),
+}  # fmt: skip
+
+
+def logged_run_with_config(uri: str, config_yaml: Path) -> str:
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("shared"))
+    client.log_artifact(run.info.run_id, str(config_yaml))
+    return run.info.run_id
+
+
+@pytest.mark.parametrize("case", NOT_A_CONFIG)
+def test_reproduce_refuses_a_config_yaml_that_is_no_config_in_one_line(tiny_cfg, tmp_path, case):
+    """A traceback of PyYAML's or OmegaConf's before (exit 1, the directory left behind)."""
+    text, message = NOT_A_CONFIG[case]
+    victim = tmp_path / "created-by-payload"
+    (tmp_path / "config.yaml").write_text(text.format(victim=victim))
+    tiny_cfg()  # the SQLite store
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    run_id = logged_run_with_config(uri, tmp_path / "config.yaml")
+    cfg = compose_config(
+        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
+        config_name="reproduce",
+    )
+    with pytest.raises(ConfigError) as refused:
+        reproduce(cfg, tmp_path / "reproduction", run_training)
+    assert str(refused.value).startswith(f"run_id={run_id}")
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert not victim.exists() and not (tmp_path / "reproduction").exists()

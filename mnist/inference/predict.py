@@ -101,10 +101,16 @@ def as_json(outcome: Outcome) -> str:
     })  # fmt: skip
 
 
+def one_line(text: str) -> str:
+    """`text` with its unprintable characters escaped (\\n, \\u202e, ...): a file name with a
+    newline or a bidi control cannot split a line of output or reorder what it shows."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def as_text(outcome: Outcome) -> str:
     p = outcome.prediction
     top3 = ", ".join(f"{d} {q:.3f}" for d, q in p.top3)
-    return f"{outcome.name}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})"
+    return one_line(f"{outcome.name}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})")
 
 
 def _specs(img: str | ListConfig | None) -> list[str]:
@@ -136,7 +142,7 @@ def run_prediction(cfg: DictConfig) -> int:
         if cfg.format == "json":
             print(as_json(outcome), flush=True)
         elif outcome.error:
-            print(f"error: {outcome.error}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(outcome.error)}", file=sys.stderr, flush=True)
         else:
             print(as_text(outcome), flush=True)
     return 1 if any(outcome.error for outcome in outcomes) else 0

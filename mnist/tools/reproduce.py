@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
+from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError
-from mnist.targets import refuse_foreign_targets
+from mnist.targets import first_line, stored_config
 from mnist.tracking import runs, store
 from mnist.tracking.params import GROUPS
 
@@ -122,11 +124,18 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     try:
         source = client.get_run(run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            run_cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
-    except (MlflowException, OSError) as e:
+            text = Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text()
+    except (MlflowException, OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"run_id={run_id}: cannot read the run's config from {uri} ({e})") from e
     # Whoever can write to the store wrote this config: nothing of it is built unchecked.
-    refuse_foreign_targets(run_cfg, f"run_id={run_id} (its config.yaml)")
+    run_cfg = stored_config(text, f"run_id={run_id} (its config.yaml)")
+    try:
+        run_cfg.logger.tracking_uri = uri
+        validate_config(run_cfg)
+    except (OmegaConfBaseException, AttributeError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"run_id={run_id}: its config.yaml is incomplete or invalid ({first_line(e)})"
+        ) from e
     tags = source.data.tags
     commit, dirty = runs.git_state()
     if tags.get("git.commit") != commit:
@@ -134,7 +143,6 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
                     tags.get("git.commit"), commit)  # fmt: skip
     if dirty != "false":
         log.warning("The working tree has uncommitted changes: the code may differ from the run's")
-    run_cfg.logger.tracking_uri = uri
     # The config groups' options, as the source run logged them (mnist/tracking/params.py).
     choices = {k: v for k, v in source.data.params.items() if k in GROUPS}
     ctx = JobContext(

@@ -6,10 +6,12 @@ level, so the sweep callback and the scripts' start-up stay cheap."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import sqlite3
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -220,6 +222,53 @@ def _server_request(uri: str, path: str) -> urllib.request.Request:
     return request
 
 
+# A read of MLflow's REST API that any tracking server answers with its JSON: the
+# experiment, or (as here) the error RESOURCE_DOES_NOT_EXIST.
+API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
+
+
+def _get(uri: str, path: str) -> tuple[int, bytes]:
+    """(HTTP status, start of the body) of GET `path` on the server; TrackingError when
+    nothing answers."""
+    try:
+        with urllib.request.urlopen(_server_request(uri, path), timeout=5) as response:
+            return response.status, response.read(4096)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(4096)
+    except (OSError, ValueError) as e:
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} is unreachable "
+            f"({getattr(e, 'reason', e)}); start it (make server) or unset "
+            "MLFLOW_TRACKING_URI"
+        ) from e
+
+
+def _speaks_mlflow(body: bytes) -> bool:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and bool({"experiment", "error_code"} & answer.keys())
+
+
+def _check_server(uri: str) -> None:
+    """The server answers /health, then MLflow's API: any web server may have a /health,
+    and MLflow's client fails on one that is no tracking server with a long traceback."""
+    path = "/health"
+    status, _ = _get(uri, path)
+    if status == 200:
+        path = API_PROBE
+        status, body = _get(uri, path)
+        if status in (401, 403) or _speaks_mlflow(body):
+            return  # 401, 403: it wants credentials, which MLflow's client sends
+    raise TrackingError(
+        f"{redact(uri)} is not a working MLflow tracking server: GET "
+        f"{path.partition('?')[0]} answered HTTP {status}"
+        f"{'' if path == '/health' else ', not MLflow JSON'}; start one (make server) or "
+        "set logger.tracking_uri / MLFLOW_TRACKING_URI to one"
+    )
+
+
 def check_store(uri: str) -> None:
     """Fail in a second, before any side effect, when runs could not be recorded: MLflow
     itself would retry for minutes, or fail only when the first metric is logged, or
@@ -228,15 +277,7 @@ def check_store(uri: str) -> None:
     if uri.startswith("sqlite:"):
         _check_sqlite(uri)
     elif scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(_server_request(uri, "/health"), timeout=5):
-                pass
-        except (OSError, ValueError) as e:
-            raise TrackingError(
-                f"MLflow tracking server {redact(uri)} is unreachable "
-                f"({getattr(e, 'reason', e)}); start it (make server) or unset "
-                "MLFLOW_TRACKING_URI"
-            ) from e
+        _check_server(uri)
     elif scheme.partition("+")[0] in DATABASE_SCHEMES:
         _check_database_driver(uri)
     else:

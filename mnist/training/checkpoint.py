@@ -31,11 +31,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Raises CheckpointWriteError, naming the path, when the file cannot be written."""
     path = Path(path)
     try:
-        # Through a Python file, a failed write raises the OSError with its errno; torch's
-        # own file writer reports a full disk as "[enforce fail at inline_container.cc]".
+        # Through a Python file, a failed write raises the OSError with its errno.
         with written_atomically(path) as staged, open(staged, "wb") as f:
             torch.save(state, f)
-    except OSError as e:
+    except (OSError, RuntimeError) as error:
+        if (e := _os_error(error)) is None:
+            raise
         kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CheckpointWriteError(
@@ -44,6 +45,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             ) from e
         raise CheckpointWriteError(f"cannot write {path} ({e.strerror or e}); {kept}") from e
     return path
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind `error`, if any. When a write fails inside torch.save, torch's
+    zip writer, closing the archive, raises its own RuntimeError ("[enforce fail at
+    inline_container.cc] ... unexpected pos") over the OSError that says why."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _reason(error: BaseException) -> str:

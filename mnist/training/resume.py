@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mnist.config import validate_config
 from mnist.data.augment import BatchAugment
 from mnist.errors import ConfigError
-from mnist.targets import refuse_foreign_targets
+from mnist.targets import first_line, refuse_foreign_targets
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import available
 from mnist.training.optim import Schedule
@@ -192,7 +192,9 @@ def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> Dict
             cfg.device = device
         validate_config(cfg)
     except (OmegaConfBaseException, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: the checkpoint's config is incomplete or invalid ({e})") from e
+        raise ConfigError(
+            f"{path}: the checkpoint's config is incomplete or invalid ({first_line(e)})"
+        ) from e
     return cfg
 
 

@@ -2,8 +2,11 @@
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -24,3 +27,24 @@ def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout_s: floa
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"mlflow server at {url} did not come up in {timeout_s} s")
+
+
+@contextmanager
+def web_server_that_is_not_mlflow(directory: Path) -> Iterator[str]:
+    """`python -m http.server` serving `directory` with a file named health in it: it
+    passes a health check and speaks no MLflow. Yields its URL."""
+    (directory / "site").mkdir()
+    (directory / "site" / "health").write_text("OK")
+    port, log = free_port(), directory / "web-server.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(directory / "site")],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, server, log, timeout_s=60)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
