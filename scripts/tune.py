@@ -11,7 +11,7 @@ from mnist.extras import require
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tune")
 def main(cfg: DictConfig) -> float | None:
-    with exit_on_user_error():
+    with exit_on_user_error(cfg):
         require("optuna", "tune", "scripts/tune.py")
         from mnist.training.job import run_training
         from mnist.tuning.search import SearchContext, run_search

@@ -445,6 +445,7 @@ def test_tune_script_refuses_a_bad_search_space_in_one_line(synthetic_root, tmp_
         f"[{USELESS_LR}, 0] is empty or inverted (low must be < high)."
     ]
     assert not (tmp_path / "mlruns").exists()
+    assert not list((tmp_path / "outputs").rglob("*"))  # nor the job dir, nor its parents
 
 
 # Slow: two interpreters train at once, then a third re-trains the preset (~1.5 min on 2 cores).
