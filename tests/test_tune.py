@@ -5,6 +5,7 @@ several processes sharing one study (slow: whole scripts)."""
 
 import multiprocessing
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from mnist.context import JobContext
 from mnist.errors import ConfigError, SearchInterrupted, TrackingError
 from mnist.training.job import run_training
 from mnist.tuning.search import TUNE_KEYS, SearchContext, config_groups, run_search
+from mnist.tuning.study import stores
 from mnist.tuning.workers import worker_command
 from tests.helpers import CONF_DIR, REPO_ROOT, compose_config, run_script, tiny_overrides
 
@@ -188,6 +190,7 @@ def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "optimization_history.png",
         "intermediate_values.png",
+        "experiment",  # experiment/tuned_tiny.yaml
     }  # fmt: skip  (importances need two complete trials)
 
 
@@ -198,6 +201,100 @@ def test_a_storage_that_cannot_be_opened_is_refused_before_any_trial(
     overrides = tiny_search(synthetic_root, tmp_path, "storage=nosuchdb://study")
     with pytest.raises(TrackingError, match="the study storage nosuchdb://study cannot be opened"):
         search(tmp_path, overrides, train=lambda cfg, ctx: pytest.fail("a trial ran"))
+
+
+def checkout_state() -> tuple[str, dict[str, bytes]]:
+    """`git status` of the repository and the contents of its conf/experiment/."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return status, {p.name: p.read_bytes() for p in (CONF_DIR / "experiment").iterdir()}
+
+
+# Slow: three searches (one tiny trial, then two that only sum the study up), ~25 s.
+@pytest.mark.slow
+def test_a_study_writes_only_where_runs_write_and_saves_its_preset_only_when_asked(
+    synthetic_root, tmp_path, empty_mlflow_db, monkeypatch
+):
+    # A quick try with MLFLOW_TRACKING_URI set, and preset_dir left at conf/experiment/.
+    mlflow_db = tmp_path / "elsewhere" / "mlflow.db"
+    mlflow_db.parent.mkdir()
+    shutil.copy(empty_mlflow_db, mlflow_db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_db}")
+    overrides = [
+        o for o in tiny_search(synthetic_root, tmp_path, "n_trials=1", "trainer.epochs=1")
+        if not o.startswith("preset_dir=")
+    ]  # fmt: skip
+    before = checkout_state()
+
+    search(tmp_path, overrides)
+
+    assert checkout_state() == before
+    assert not (tmp_path / "mlruns").exists()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{mlflow_db.parent}/optuna.db")
+    assert len(study.trials) == 1
+    preset = tmp_path / "tune" / "experiment" / "tuned_tiny.yaml"
+    assert preset.read_text().startswith("# @package _global_\n# Written by scripts/tune.py")
+    client = MlflowClient(f"sqlite:///{mlflow_db}")
+    experiment_id = client.get_experiment_by_name("tune_tiny").experiment_id
+    (parent,) = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` IS NULL")
+    (artifact,) = client.list_artifacts(parent.info.run_id, "experiment")
+    assert artifact.path == "experiment/tuned_tiny.yaml"
+
+    # Asked: the same command with save_preset=true (its one trial has run: it sums up).
+    saved = tmp_path / "conf" / "experiment" / "tuned_tiny.yaml"
+    asked = [*overrides, "save_preset=true", f"preset_dir={saved.parent}"]
+    search(tmp_path, asked)
+    assert saved.read_text() == preset.read_text()
+    saved.write_text("# edited by hand\n")
+    with pytest.raises(ConfigError, match="add overwrite=true"):
+        search(tmp_path, asked)
+    search(tmp_path, [*asked, "overwrite=true"])
+    assert saved.read_text() == preset.read_text()
+
+
+def test_an_existing_preset_is_refused_before_any_trial_with_nothing_written(
+    synthetic_root, tmp_path
+):
+    overrides = tiny_search(synthetic_root, tmp_path, "save_preset=true")
+    saved = tmp_path / "conf" / "experiment" / "tuned_tiny.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text("# reviewed and committed\n")
+    with pytest.raises(ConfigError) as refused:
+        search(tmp_path, overrides, train=lambda cfg, ctx: pytest.fail("a trial ran"))
+    assert str(refused.value).startswith(f"save_preset=true would replace {saved}: add overwrite")
+    assert "\n" not in str(refused.value)
+    assert saved.read_text() == "# reviewed and committed\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]  # no mlruns, outputs, tune
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "expected"),
+    [
+        pytest.param([], None, "{tmp}/mlruns/optuna.db", id="paths.mlruns"),
+        pytest.param([], "sqlite:///{tmp}/env/mlflow.db", "{tmp}/env/optuna.db", id="env"),
+        pytest.param(["logger.tracking_uri=sqlite:///{tmp}/cfg/runs.db"],
+                     "sqlite:///{tmp}/env/mlflow.db", "{tmp}/cfg/optuna.db", id="logger"),
+        pytest.param([], "http://127.0.0.1:5000", "{tmp}/outputs/tune/fast/optuna.db",
+                     id="server"),
+        pytest.param(["logger.tracking_uri=postgresql://db/mlflow"], None,
+                     "{tmp}/outputs/tune/fast/optuna.db", id="database"),
+        pytest.param(["storage=sqlite:///{tmp}/shared.db"], "sqlite:///{tmp}/env/mlflow.db",
+                     "{tmp}/shared.db", id="storage="),
+    ],
+)  # fmt: skip
+def test_the_study_storage_follows_the_mlflow_store(
+    overrides, env, expected, tmp_path, monkeypatch
+):
+    if env:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env.format(tmp=tmp_path))
+    cfg = compose_config([
+        f"paths.mlruns={tmp_path / 'mlruns'}", f"paths.outputs={tmp_path / 'outputs'}",
+        *(o.format(tmp=tmp_path) for o in overrides),
+    ], "tune")  # fmt: skip
+    assert stores(cfg)[1] == "sqlite:///" + expected.format(tmp=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # decided, nothing created
 
 
 def _open_storage(url: str) -> str:
@@ -242,8 +339,9 @@ def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
 ):
     tiny_cfg()
     overrides = tiny_search(
-        synthetic_root, tmp_path, "n_trials=3", "hparams_search.pruner.name=none"
-    )
+        synthetic_root, tmp_path, "n_trials=3", "hparams_search.pruner.name=none",
+        "save_preset=true", "overwrite=true",
+    )  # fmt: skip
     with pytest.raises(SearchInterrupted):
         search(tmp_path, overrides, train=interrupted_at_trial(1))
     trials = load_study(tmp_path).trials
@@ -347,12 +445,13 @@ def test_tune_script_refuses_a_bad_search_space_in_one_line(synthetic_root, tmp_
         f"[{USELESS_LR}, 0] is empty or inverted (low must be < high)."
     ]
     assert not (tmp_path / "mlruns").exists()
+    assert not list((tmp_path / "outputs").rglob("*"))  # nor the job dir, nor its parents
 
 
 # Slow: two interpreters train at once, then a third re-trains the preset (~1.5 min on 2 cores).
 @pytest.mark.slow
 def test_two_tune_processes_share_one_study_and_its_preset_retrains(synthetic_root, tmp_path):
-    command = tune_command(synthetic_root, tmp_path, "n_trials=4")
+    command = tune_command(synthetic_root, tmp_path, "n_trials=4", "save_preset=true")
     processes = [subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]  # fmt: skip
     errors = [process.communicate(timeout=900)[1] for process in processes]
@@ -385,7 +484,7 @@ def test_two_tune_processes_share_one_study_and_its_preset_retrains(synthetic_ro
 # Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).
 @pytest.mark.slow
 def test_n_jobs_workers_run_single_threaded_trials_of_one_study(synthetic_root, tmp_path):
-    command = tune_command(synthetic_root, tmp_path, "n_trials=3", "n_jobs=2")
+    command = tune_command(synthetic_root, tmp_path, "n_trials=3", "n_jobs=2", "save_preset=true")
     command.remove("device.num_threads=1")
     tune = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert tune.returncode == 0, tune.stderr[-3000:]

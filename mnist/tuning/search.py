@@ -1,11 +1,13 @@
 """`scripts/tune.py`: check everything, join (or create) the study, run its trials here or
 in n_jobs worker processes, then sum the study up: its MLflow parent run, Optuna's plots
 and the best trial as an experiment preset. Every check that can fail on the user's input
-runs before the first trial."""
+runs before the first trial. The command writes where runs write (its output directory, the
+MLflow store, the study's storage); a preset goes into conf/experiment/ only when asked."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import textwrap
 import time
 from collections import Counter
@@ -18,10 +20,12 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mnist.atomic import written_atomically
 from mnist.config import validate_config
 from mnist.data.fetch import ensure_mnist
 from mnist.errors import ConfigError, SearchInterrupted
 from mnist.paths import REPO_ROOT
+from mnist.redact import redact
 from mnist.tracking import store
 from mnist.training.signals import stop_on_signals
 from mnist.tuning import tracking
@@ -42,7 +46,8 @@ from mnist.tuning.study import (
     make_sampler,
     open_study,
     run_trials,
-    storage_url,
+    stores,
+    study_dir,
 )
 from mnist.tuning.workers import is_worker, run_workers, worker_command
 
@@ -51,7 +56,7 @@ log = logging.getLogger(__name__)
 # Keys of conf/tune.yaml that configure the search, not the training (tested to be all the
 # keys tune.yaml adds to train.yaml).
 TUNE_KEYS = ("hparams_search", "n_trials", "timeout_s", "n_jobs", "storage", "heartbeat_s",
-             "preset_dir")  # fmt: skip
+             "save_preset", "overwrite", "preset_dir")  # fmt: skip
 # Where a trial runs and writes, not what it trains: left out of what a study compares
 # when it is continued, and out of the preset.
 PLACE_KEYS = ("paths", "device", "hydra")
@@ -140,11 +145,10 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
     ConfigError/DataError/TrackingError before the first trial when the input cannot work;
     SearchInterrupted after a SIGINT/SIGTERM, with the study consistent."""
     space, base, compose = _checked(cfg, ctx)
-    uri = store.tracking_uri(base.logger.tracking_uri, base.paths.mlruns)
+    uri, url = stores(cfg)
     store.check_store(uri)
     ensure_mnist(base.data.root, verify=base.data.verify_checksums)
     search = cfg.hparams_search
-    url = storage_url(cfg)
     study, created = open_study(
         url, search.study, make_sampler(search.sampler), make_pruner(search.pruner),
         cfg.heartbeat_s,
@@ -169,7 +173,7 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
         status = "KILLED"
         raise
     finally:
-        _summarize(cfg, ctx, study, uri, parent, status)
+        _summarize(cfg, ctx, study, uri, url, parent, status)
     return study.best_value if _has_complete(study) else None
 
 
@@ -186,6 +190,13 @@ def _checked(cfg: DictConfig, ctx: SearchContext) -> tuple[list[Param], DictConf
     """(the search space, the training config the trials start from, the trial composer),
     all checked: nothing is written before this returns."""
     check_settings(cfg)
+    saved = _saved_preset(cfg)
+    if saved is not None and saved.exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"save_preset=true would replace {saved}: add overwrite=true to replace it, or "
+            "leave out save_preset (the preset is written to this command's output directory "
+            "and to the study's MLflow parent run either way)"
+        )
     space = parse_space(cfg.hparams_search.params)
     base = training_config(cfg)
     validate_config(base)
@@ -251,7 +262,7 @@ def _run_here(
     compose: ComposeFn,
     deadline: float | None,
 ) -> None:
-    trials_dir = Path(cfg.paths.outputs) / "tune" / cfg.hparams_search.study / "trials"
+    trials_dir = study_dir(cfg) / "trials"
     base_overrides = [o for o in ctx.overrides if _root(o).split(".")[0] not in TUNE_KEYS]
     with stop_on_signals() as stop_requested:
         objective = Objective(train, compose, space, base_overrides, trials_dir, parent)
@@ -281,7 +292,7 @@ def _run_workers(cfg: DictConfig, ctx: SearchContext, deadline: float | None) ->
 def _shown(url: str) -> str:
     """A storage inside the repository by its relative path: the preset is committed."""
     path = Path(url.removeprefix("sqlite:///"))
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else redact(url)
 
 
 def _has_complete(study: optuna.Study) -> bool:
@@ -290,11 +301,27 @@ def _has_complete(study: optuna.Study) -> bool:
     )
 
 
+def _saved_preset(cfg: DictConfig) -> Path | None:
+    """Where save_preset=true copies the preset (conf/experiment/ by default); None when
+    not asked: a command never replaces a file under version control on its own."""
+    if not cfg.save_preset:
+        return None
+    return Path(cfg.preset_dir) / f"tuned_{cfg.hparams_search.study}.yaml"
+
+
 def _summarize(
-    cfg: DictConfig, ctx: SearchContext, study: optuna.Study, uri: str, parent: str, status: str
+    cfg: DictConfig,
+    ctx: SearchContext,
+    study: optuna.Study,
+    uri: str,
+    url: str,
+    parent: str,
+    status: str,
 ) -> None:
-    """The parent run brought up to date, and the best trial written as a preset."""
-    metrics = tracking.finish_parent_run(uri, parent, study, ctx.output_dir, status)
+    """The best trial written as a preset in the output directory, the parent run brought
+    up to date (the preset among its artifacts), and the preset saved when asked."""
+    preset = _write_best_preset(cfg, ctx, study, url) if _has_complete(study) else None
+    metrics = tracking.finish_parent_run(uri, parent, study, ctx.output_dir, status, preset)
     ended, running = counts(study)
     log.info(
         "Study %r: %d trials ended (%d complete, %d pruned, %d failed), %d running elsewhere; "
@@ -303,11 +330,15 @@ def _summarize(
         metrics["trials/fail"], running, metrics["pruning/epochs_saved"],
         metrics["pruning/time_saved_s"],
     )  # fmt: skip
-    if _has_complete(study):
-        _write_best_preset(cfg, ctx, study)
+    saved = _saved_preset(cfg)
+    if preset is not None and saved is not None:
+        with written_atomically(saved) as staged:
+            shutil.copyfile(preset, staged)
+        log.info("Preset saved as %s: python scripts/train.py experiment=%s", saved, saved.stem)
 
 
-def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study) -> None:
+def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study, url: str) -> Path:
+    """<output dir>/experiment/tuned_<study>.yaml: `--config-dir <output dir>` finds it."""
     best = study.best_trial
     by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
     params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
@@ -315,68 +346,21 @@ def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study)
     states = Counter(t.state.name.lower() for t in study.trials)
     provenance = textwrap.fill(
         f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
-        f"{_shown(storage_url(cfg))}, trial {best.number} of {len(study.trials)} "
+        f"{_shown(url)}, trial {best.number} of {len(study.trials)} "
         f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}): "
         f"best/val_acc {best.value:.6g} on the validation split (the test set chose nothing).",
         width=90,
     )
     comment = (
-        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2)"
+        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2);"
+        "\nfrom outside conf/experiment/, add --config-dir <the folder holding experiment/>"
     )
     overrides = [*study.user_attrs["recipe_overrides"], *params]
-    path = write_preset(Path(cfg.preset_dir) / f"{name}.yaml", overrides, ctx.groups, comment)
+    path = ctx.output_dir / "experiment" / f"{name}.yaml"
+    write_preset(path, overrides, ctx.groups, comment)
     log.info(
-        "Best trial %d: val acc %.4f with %s -> %s (python scripts/train.py experiment=%s)",
-        best.number, best.value, " ".join(params), path, name,
+        "Best trial %d: val acc %.4f with %s -> %s (python scripts/train.py --config-dir %s "
+        "experiment=%s; save_preset=true saves it in %s)",
+        best.number, best.value, " ".join(params), path, ctx.output_dir, name, cfg.preset_dir,
     )  # fmt: skip
-
-
-def _shown(url: str) -> str:
-    """A storage inside the repository by its relative path: the preset is committed."""
-    path = Path(url.removeprefix("sqlite:///"))
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
-
-
-def _has_complete(study: optuna.Study) -> bool:
-    return any(
-        t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
-    )
-
-
-def _summarize(
-    cfg: DictConfig, ctx: SearchContext, study: optuna.Study, uri: str, parent: str, status: str
-) -> None:
-    """The parent run brought up to date, and the best trial written as a preset."""
-    metrics = tracking.finish_parent_run(uri, parent, study, ctx.output_dir, status)
-    ended, running = counts(study)
-    log.info(
-        "Study %r: %d trials ended (%d complete, %d pruned, %d failed), %d running elsewhere; "
-        "pruning saved %d epochs (~%.0f s of training)",
-        study.study_name, ended, metrics["trials/complete"], metrics["trials/pruned"],
-        metrics["trials/fail"], running, metrics["pruning/epochs_saved"],
-        metrics["pruning/time_saved_s"],
-    )  # fmt: skip
-    if not _has_complete(study):
-        return
-    best = study.best_trial
-    space = parse_space(cfg.hparams_search.params)
-    by_path = {p.path: p for p in space}
-    params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
-    name = f"tuned_{study.study_name}"
-    states = Counter(t.state.name.lower() for t in study.trials)
-    comment = (
-        textwrap.fill(
-            f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
-            f"{_shown(storage_url(cfg))}, trial {best.number} of {len(study.trials)} "
-            f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}): best/val_acc "
-            f"{best.value:.6g} on the validation split (the test set chose nothing).",
-            width=90,
-        )
-        + f"\nRe-train: python scripts/train.py experiment={name}   (with -m: seeds 0, 1, 2)"
-    )
-    overrides = [*study.user_attrs["recipe_overrides"], *params]
-    path = write_preset(Path(cfg.preset_dir) / f"{name}.yaml", overrides, ctx.groups, comment)
-    log.info(
-        "Best trial %d: val acc %.4f with %s -> %s (python scripts/train.py experiment=%s)",
-        best.number, best.value, " ".join(params), path, name,
-    )  # fmt: skip
+    return path

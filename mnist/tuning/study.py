@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist.errors import ConfigError, TrackingError
 from mnist.redact import redact
+from mnist.tracking import store
 from mnist.tuning.objective import TrialFailed
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ def _settings_problems(cfg: DictConfig) -> Iterator[str]:
     for key in ("n_trials", "n_jobs", "heartbeat_s"):
         if not _positive_int(cfg[key]):
             yield f"{key}={cfg[key]!r} must be an integer >= 1"
+    for key in ("save_preset", "overwrite"):
+        if not isinstance(cfg[key], bool):
+            yield f"{key}={cfg[key]!r} must be true or false"
     timeout = cfg.timeout_s
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         yield f"timeout_s={timeout!r} must be > 0, or null for no limit"
@@ -70,13 +74,23 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError("Invalid search settings: " + "; ".join(problems) + ".")
 
 
-def storage_url(cfg: DictConfig) -> str:
-    """`storage`, else an SQLite file beside the MLflow store."""
+def study_dir(cfg: DictConfig) -> Path:
+    """outputs/tune/<study>/: the trials' run directories (and the study's SQLite file when
+    the MLflow store has no directory here)."""
+    return Path(cfg.paths.outputs).resolve() / "tune" / str(cfg.hparams_search.study)
+
+
+def stores(cfg: DictConfig) -> tuple[str, str]:
+    """(the MLflow store's URI, the study's storage URL), decided in one place so that the
+    study follows the store this run uses (logger.tracking_uri, $MLFLOW_TRACKING_URI or
+    paths.mlruns): `storage` if set, else optuna.db beside an SQLite store's file, else
+    (a tracking server, a database) in study_dir. Nothing is created here."""
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.storage:
-        return str(cfg.storage)
-    mlruns = Path(cfg.paths.mlruns).resolve()
-    mlruns.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{mlruns / 'optuna.db'}"
+        return uri, str(cfg.storage)
+    local = uri.startswith("sqlite:///")
+    folder = Path(uri.removeprefix("sqlite:///")).parent if local else study_dir(cfg)
+    return uri, f"sqlite:///{folder / 'optuna.db'}"
 
 
 class SeededPerTrial(optuna.samplers.BaseSampler):

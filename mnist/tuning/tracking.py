@@ -1,8 +1,8 @@
 """A study in MLflow: one parent run (the search space, sampler and pruner as params; the
 best value, the trial counts and what pruning saved as metrics; the best parameters as tags,
-as they change while a study is resumed and MLflow params cannot; Optuna's plots as
-artifacts) whose children are the trials' training runs, each tagged with its trial's
-number and state."""
+as they change while a study is resumed and MLflow params cannot; Optuna's plots and the
+best trial's preset as artifacts) whose children are the trials' training runs, each tagged
+with its trial's number and state."""
 
 from __future__ import annotations
 
@@ -147,10 +147,11 @@ def _sync_trial_tags(client: Any, run_id: str, experiment_id: str, study: optuna
 
 
 def finish_parent_run(
-    uri: str, run_id: str, study: optuna.Study, output_dir: Path, status: str
+    uri: str, run_id: str, study: optuna.Study, output_dir: Path, status: str, preset: Path | None
 ) -> dict[str, float]:
-    """Log where the study stands and end the parent run with `status`; returns the
-    metrics logged."""
+    """Log where the study stands (and `preset`, the best trial's, as
+    experiment/<name>.yaml: `--config-dir` on the downloaded artifacts finds it) and end the
+    parent run with `status`; returns the metrics logged."""
     from mlflow.entities import Metric, RunTag
 
     client = _client(uri)
@@ -173,6 +174,8 @@ def finish_parent_run(
     )
     for path in _plots(study, output_dir):
         retry_when_locked(lambda p=path: client.log_artifact(run_id, str(p)))
+    if preset is not None:
+        retry_when_locked(lambda: client.log_artifact(run_id, str(preset), "experiment"))
     experiment_id = client.get_run(run_id).info.experiment_id
     _sync_trial_tags(client, run_id, experiment_id, study)
     retry_when_locked(lambda: client.set_terminated(run_id, status))
