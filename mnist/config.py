@@ -66,9 +66,9 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
         yield f"sweep.resume={resume!r} must be true or false"
 
 
-# The sections filled by a config group whose options all the trainer reads, and the group:
-# a key none of its options has (added with `+`) would be silently ignored, a typo. The keys
-# of `model` and `optimizer` are the arguments of their `_target_`, which their builders check.
+# Config sections and the conf/ group that fills each. A key that none of the group's
+# options has (added with `+`) would be ignored silently, so it is refused as a typo. The
+# keys of `model` and `optimizer` are their `_target_`'s arguments, which their builders check.
 _SECTION_GROUPS = {
     "trainer": "trainer",
     "data": "dataset",
