@@ -3,16 +3,20 @@ logged, and its flat form for MLflow params."""
 
 import math
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from mnist.data.fetch import root_problem
 from mnist.data.tensors import MNIST_TRAIN_SIZE
-from mnist.errors import ConfigError, ModelConfigError, UnsafeConfigError
+from mnist.errors import ConfigError, ModelConfigError
 from mnist.extras import missing
 from mnist.models import build_model
+from mnist.paths import REPO_ROOT
 from mnist.training.device import (
     available,
     determinism_problem,
@@ -41,19 +45,61 @@ def _boolean_problems(group: str, section: DictConfig, keys: tuple[str, ...]) ->
 
 
 def _problems(cfg: DictConfig) -> Iterator[str]:
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        yield f"seed={cfg.seed!r} must be an integer >= 0"
+    # The validation split seeds a torch.Generator with the seed itself (mnist/data/tensors.py),
+    # which takes seeds below 2**64; the other streams hash it (mnist/seeding.py).
+    if not _is_int(cfg.seed) or not 0 <= cfg.seed < 2**64:
+        yield f"seed={cfg.seed!r} must be an integer in [0, 2**64)"
+    yield from _unknown_key_problems(cfg)
     yield from _trainer_problems(cfg.trainer)
     yield from _data_problems(cfg.data)
     yield from _augmentation_problems(cfg.augmentation)
-    yield from _optimization_and_model_problems(cfg)
-    yield from _scheduler_problems(cfg.scheduler)
+    yield from _optimizer_problems(cfg.optimizer)
+    model, model_problem = _meta_model(cfg.model)
+    if model_problem:
+        yield model_problem
+    yield from _scheduler_problems(cfg)
     yield from _logger_problems(cfg.logger)
     yield from _device_problems(cfg.device, cfg.trainer.precision)
-    yield from _determinism_problems(cfg)
+    yield from _determinism_problems(cfg, model)
     resume = OmegaConf.select(cfg, "sweep.resume", default=False)
     if not isinstance(resume, bool):
         yield f"sweep.resume={resume!r} must be true or false"
+
+
+# Config sections and the conf/ group that fills each. A key that none of the group's
+# options has (added with `+`) would be ignored silently, so it is refused as a typo. The
+# keys of `model` and `optimizer` are their `_target_`'s arguments, which their builders check.
+_SECTION_GROUPS = {
+    "trainer": "trainer",
+    "data": "dataset",
+    "scheduler": "scheduler",
+    "augmentation": "augmentation",
+}
+
+
+def _keys(section: DictConfig) -> set[str]:
+    """Dotted keys (`early_stopping.patience`), read without resolving interpolations."""
+    return set(flatten(OmegaConf.to_container(section)))
+
+
+@cache
+def _option_keys(group: str) -> dict[str, frozenset[str]]:
+    return {
+        path.stem: frozenset(_keys(OmegaConf.load(path)))
+        for path in (REPO_ROOT / "conf" / group).glob("*.yaml")
+    }
+
+
+def _unknown_key_problems(cfg: DictConfig) -> Iterator[str]:
+    """The known keys of a section are those of the option its `name` names (a schedule's
+    own), else those of any of the group's options."""
+    for section, group in _SECTION_GROUPS.items():
+        options = _option_keys(group)
+        name = cfg[section].get("name")
+        known = options.get(name) if isinstance(name, str) else None
+        known = known or frozenset().union(*options.values())
+        for key in sorted(_keys(cfg[section]) - known):
+            yield f"{section}.{key} is not a key of {section} (known: {', '.join(sorted(known))})"
 
 
 def _trainer_problems(trainer: DictConfig) -> Iterator[str]:
@@ -90,7 +136,10 @@ def _data_problems(data: DictConfig) -> Iterator[str]:
     if subset is not None and (not _is_int(subset) or subset < 1):
         yield f"data.train_subset={subset!r} must be an integer >= 1, or null for all images"
     yield from _boolean_problems("data", data, ("stratify", "verify_checksums"))
-    root = Path(str(data.root))
+    if problem := root_problem(data.root):
+        yield problem
+        return
+    root = Path(data.root)
     existing = next((path for path in (root, *root.parents) if path.exists()), None)
     if existing is not None and not existing.is_dir():
         yield f"data.root={data.root} must be a directory, and {existing} is a file"
@@ -107,21 +156,30 @@ def _augmentation_problems(aug: DictConfig) -> Iterator[str]:
         yield "augmentation.crop_prob must be in [0, 1] and augmentation.crop_size in [1, 28]"
 
 
-def _optimization_and_model_problems(cfg: DictConfig) -> Iterator[str]:
-    if not (_is_finite(cfg.optimizer.lr) and cfg.optimizer.lr > 0):
-        yield f"optimizer.lr={cfg.optimizer.lr!r} must be a finite number > 0"
-    else:
-        try:  # torch.optim checks the other values (momentum, betas, ...)
-            check_optimizer(cfg.optimizer)
-        except UnsafeConfigError as e:
-            yield str(e)
-        except (TypeError, ValueError) as e:
-            yield f"optimizer.* cannot build {cfg.optimizer._target_} ({e})"
-    try:
-        with torch.device("meta"):  # checks the arguments; allocates and draws nothing
-            build_model(cfg.model)
-    except ModelConfigError as e:
+def _valid_lr(lr: Any) -> bool:
+    return _is_finite(lr) and lr > 0
+
+
+def _optimizer_problems(optimizer: DictConfig) -> Iterator[str]:
+    if not _valid_lr(optimizer.lr):
+        yield f"optimizer.lr={optimizer.lr!r} must be a finite number > 0"
+        return
+    try:  # torch.optim checks the other values (momentum, betas, ...)
+        check_optimizer(optimizer)
+    except ConfigError as e:  # a foreign _target_, an unknown key
         yield str(e)
+    except (TypeError, ValueError) as e:
+        yield f"optimizer.* cannot build {optimizer._target_} ({e})"
+
+
+def _meta_model(model_cfg: DictConfig) -> tuple[nn.Module | None, str | None]:
+    """The model built on the meta device, which checks its arguments and allocates and
+    draws nothing, or None and why it cannot be built."""
+    try:
+        with torch.device("meta"):
+            return build_model(model_cfg), None
+    except ModelConfigError as e:
+        return None, str(e)
 
 
 # What each schedule's values must be (mnist/training/optim.py builds them): torch checks
@@ -143,14 +201,49 @@ _SCHEDULE_RULES = {
 }
 
 
-def _scheduler_problems(scheduler: DictConfig) -> Iterator[str]:
+# Float32 weights overflow past 3.4e38, and an optimizer scales the learning rate before it
+# applies it (Adam's first step by 1 / (1 - beta1), 10 by default): above this peak, a step
+# fails inside torch.optim with a traceback, where a merely too large rate diverges, which
+# the trainer stops and reports.
+MAX_PEAK_LR = 1e30
+
+
+def _peak_lr(cfg: DictConfig) -> float:
+    """The largest learning rate the schedule reaches (mnist/training/optim.py builds them):
+    optimizer.lr times what the schedule multiplies it by."""
+    lr, schedule = cfg.optimizer.lr, cfg.scheduler
+    if schedule.name == "onecycle":
+        return lr * schedule.max_lr_factor
+    if schedule.name == "cosine":
+        return max(lr, schedule.min_lr)
+    if schedule.name == "step":  # stepped after each epoch; the last epoch's rate is the peak
+        try:
+            return lr * max(schedule.gamma, 1.0) ** ((cfg.trainer.epochs - 1) // schedule.step_size)
+        except OverflowError:
+            return math.inf
+    return lr
+
+
+def _scheduler_problems(cfg: DictConfig) -> Iterator[str]:
+    scheduler = cfg.scheduler
     if scheduler.name not in SCHEDULERS:
         yield f"scheduler.name={scheduler.name!r} is not one of {', '.join(SCHEDULERS)}"
         return
-    for key, (valid, expected) in _SCHEDULE_RULES.get(scheduler.name, {}).items():
-        value = scheduler.get(key)
-        if not valid(value):
-            yield f"scheduler.{key}={value!r} must be {expected} (scheduler={scheduler.name})"
+    problems = [
+        f"scheduler.{key}={scheduler.get(key)!r} must be {expected} (scheduler={scheduler.name})"
+        for key, (valid, expected) in _SCHEDULE_RULES.get(scheduler.name, {}).items()
+        if not valid(scheduler.get(key))
+    ]
+    yield from problems
+    epochs = cfg.trainer.epochs
+    if problems or not _valid_lr(cfg.optimizer.lr) or not (_is_int(epochs) and epochs >= 1):
+        return
+    if (peak := _peak_lr(cfg)) > MAX_PEAK_LR:
+        yield (
+            f"optimizer.lr={cfg.optimizer.lr!r} with scheduler={scheduler.name} peaks at "
+            f"{peak:.3g}, above the {MAX_PEAK_LR:.0e} torch.optim can apply to float32 "
+            "weights without overflow: lower optimizer.lr (or the schedule's factor)"
+        )
 
 
 # logger switches: (the module each needs, the extra that installs it).
@@ -191,15 +284,13 @@ def _device_problems(device: DictConfig, precision: str) -> Iterator[str]:
         yield problem
 
 
-def _determinism_problems(cfg: DictConfig) -> Iterator[str]:
+def _determinism_problems(cfg: DictConfig, model: nn.Module | None) -> Iterator[str]:
+    """`model` is None when it cannot be built, a problem reported with the model's."""
     name = cfg.device.name
-    if cfg.trainer.deterministic is not True or not (name == "auto" or available(name)):
+    if model is None or cfg.trainer.deterministic is not True:
         return
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg.model)
-    except ModelConfigError:
-        return  # reported with the model's other problems
+    if name != "auto" and not available(name):
+        return
     if problem := determinism_problem(model, resolve_device(name)):
         yield problem
 

@@ -116,7 +116,10 @@ def test_script_prints_the_table():
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("model.dropout=2", "dropout probability"), ("model._target_=os.system", "os.system")],
+    [
+        ("model.dropout=2", "dropout=2 must be a number in [0, 1)"),
+        ("model._target_=os.system", "os.system"),
+    ],
 )
 def test_script_refuses_a_bad_model_option_in_one_line(override, message):
     result = run_script("summary", override)

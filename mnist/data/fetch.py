@@ -145,11 +145,24 @@ _SOURCES: list[tuple[str, Callable[[Path, list[str], bool], None]]] = [
 ]
 
 
+def root_problem(root: object) -> str | None:
+    """Why `root` cannot be where the MNIST files go, or None. An empty path is the working
+    directory to pathlib: 55 MB of IDX files would land wherever the command ran."""
+    if isinstance(root, (str, Path)) and str(root).strip():
+        return None
+    return (
+        f"data.root={root!r} must be a directory path (an empty one would put the MNIST "
+        "files in the working directory); set it, or leave out data.root for the default"
+    )
+
+
 def ensure_mnist(root: str | Path, verify: bool = True) -> Path:
     """Make sure the four raw IDX files are in `root`, fetching what is missing from the
     first source that yields verified files. A present file that fails verification is
     refused rather than replaced: it is the user's, and silently overwriting it would hide
     whatever put it there."""
+    if problem := root_problem(root):
+        raise DataError(problem)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for name in MNIST_SHA256:

@@ -1,5 +1,6 @@
 """Model families; each `conf/model/<name>.yaml` points its `_target_` at a class here."""
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,12 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         )
     if _nested_targets(kwargs):
         raise UnsafeModelConfig(f"model config for {target} nests a _target_; refusing it")
+    known = inspect.signature(cls).parameters
+    if unknown := [key for key in kwargs if key not in known]:  # a `+model.` typo
+        raise ModelConfigError(
+            f"model.{unknown[0]} is not an argument of {target} (known: {', '.join(known)})"
+        )
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2, model.foo=1
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2
         raise ModelConfigError(f"cannot build {target} from model.* ({e})") from e

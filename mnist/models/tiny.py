@@ -2,6 +2,8 @@
 
 from torch import Tensor, nn
 
+from mnist.models.checks import check_probabilities, check_sizes
+
 
 class CNN24k(nn.Module):
     """Conv 8/16/24 (3x3, unpadded) with max pooling after conv1 and conv3, then
@@ -9,6 +11,7 @@ class CNN24k(nn.Module):
 
     def __init__(self, hidden: int = 50, num_classes: int = 10) -> None:
         super().__init__()
+        check_sizes(hidden=hidden, num_classes=num_classes)
         self.layers = nn.Sequential(
             nn.Conv2d(1, 8, 3),  # 28 -> 26
             nn.ReLU(),
@@ -40,6 +43,8 @@ class GAP20k(nn.Module):
 
     def __init__(self, width: int = 16, dropout: float = 0.05, num_classes: int = 10) -> None:
         super().__init__()
+        check_sizes(width=width, num_classes=num_classes)
+        check_probabilities(dropout=dropout)
         wide = 2 * width
         self.stem = nn.Sequential(
             _conv_bn(1, width),

@@ -1,5 +1,6 @@
 """Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups."""
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -8,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mnist.errors import UnsafeConfigError
+from mnist.errors import ConfigError, UnsafeConfigError
 
 SCHEDULERS = ("none", "step", "onecycle", "cosine", "plateau")
 
@@ -45,6 +46,11 @@ def _optimizer_class_and_arguments(
             f"(torch.optim.{{{', '.join(names)}}}); refusing to build it"
         )
     kwargs = {key: value for key, value in config.items() if not key.startswith("_")}
+    known = [name for name in inspect.signature(cls).parameters if name != "params"]
+    if unknown := [key for key in kwargs if key not in known]:  # a `+optimizer.` typo
+        raise ConfigError(
+            f"optimizer.{unknown[0]} is not an argument of {target} (known: {', '.join(known)})"
+        )
     for key, value in kwargs.items():
         if not _plain(value):
             raise UnsafeConfigError(
@@ -64,11 +70,11 @@ def build_optimizer(cfg: DictConfig | Mapping[str, Any], model: nn.Module) -> to
 
 
 def check_optimizer(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Raise what build_optimizer would (UnsafeConfigError; TypeError or ValueError for
-    an unknown key or a value torch.optim refuses, e.g. momentum=-1) without building
-    one: torch.optim checks the values before it looks at the parameters, and the first
-    optimizer built imports torch._dynamo (seconds), which a refused config must not
-    wait for. Given no parameters, it stops at that check, past the values."""
+    """Raise what build_optimizer would (ConfigError for a foreign `_target_` or an
+    unknown key; TypeError or ValueError for a value torch.optim refuses, e.g. momentum=-1)
+    without building one: torch.optim checks the values before it looks at the parameters,
+    and the first optimizer built imports torch._dynamo (seconds), which a refused config
+    must not wait for. Given no parameters, it stops at that check, past the values."""
     cls, kwargs = _optimizer_class_and_arguments(cfg)
     try:
         cls([], **kwargs)
