@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mnist.reporting.compare import compare
+from mnist.tracking.registry import promote_sweep
 from mnist.tracking.sweep import PARENT_RUN_FILE
 from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
@@ -103,6 +104,82 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {
         "table.md", "table.csv", "chart.png",
     }  # fmt: skip
+
+
+# Slow: a whole script end to end, two jobs that train (~40 s on 2 cores).
+@pytest.mark.slow
+def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
+    synthetic_root, tmp_path, empty_mlflow_db
+):
+    """A job can fail before its MLflow run opens, on a value no validation refuses
+    (torch's thread count is a C int): it becomes a FAILED child with its error, beside
+    a job that failed inside its run, and the parent counts the jobs Hydra launched."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "broken.yaml").write_text(BROKEN_MODEL)
+    sweep = run_train_script(
+        "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
+        "model=fast,broken", "device.num_threads=1,2147483648", "logger.log_model=true",
+    )  # fmt: skip
+    assert sweep.returncode == 1
+    assert "Sweep parent run" in sweep.stdout + sweep.stderr
+    assert "4 jobs, 3 not finished" in sweep.stdout + sweep.stderr
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent, children = parent_and_children(client)
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("4", "3")
+    assert [(r.info.run_name, r.info.status) for r in children] == [
+        ("fast device.num_threads=1", "FINISHED"),
+        ("fast device.num_threads=2147483648", "FAILED"),
+        ("broken device.num_threads=1", "FAILED"),
+        ("broken device.num_threads=2147483648", "FAILED"),
+    ]
+    for run in (children[1], children[3]):
+        assert run.data.tags["error"] == "ValueError: Overflow when unpacking long"
+    assert "error" not in children[2].data.tags  # its own run, ended FAILED by the job
+
+    config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
+    compare(config, tmp_path / "compare")
+    rows = read_csv(tmp_path / "compare" / "table.csv")
+    assert [(r["model"], r["runs"], r["failed"]) for r in rows] == [
+        ("fast", "1", "1"),
+        ("broken", "0", "2"),
+    ]
+    incomplete = f"sweep {parent.info.run_id} is incomplete: 1 of its 4 jobs finished"
+    assert incomplete in (tmp_path / "compare" / "table.md").read_text()
+    assert incomplete in parent.data.tags["mlflow.note.content"]
+    promotion = str(promote_sweep(uri, "sweep", None, "digits"))
+    assert children[0].info.run_id in promotion
+    assert f"warning: {incomplete}" in promotion
+
+
+# Slow: a whole script end to end (~25 s on 2 cores).
+@pytest.mark.slow
+def test_a_job_that_stops_the_sweep_before_its_run_opens_is_counted(
+    synthetic_root, tmp_path, empty_mlflow_db
+):
+    """A value valid for MNIST but not for the data at hand (600 training images) refuses
+    the second job in one line when it starts, which ends the sweep: the parent counts
+    the 2 jobs launched, not the 1 run there is, and reports on it say it is incomplete."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    sweep = run_train_script(*sweep_overrides(synthetic_root, tmp_path), "data.val_size=100,600")
+    assert sweep.returncode == 2
+    assert "error: data.val_size=600 must be between 1 and 599" in sweep.stderr
+    assert "2 jobs, 1 not finished" in sweep.stdout + sweep.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent, children = parent_and_children(client)
+    assert [r.info.status for r in children] == ["FINISHED"]
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("2", "1")
+    config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
+    compare(config, tmp_path / "compare")
+    assert (
+        f"sweep {parent.info.run_id} is incomplete: 1 of its 2 jobs finished; the others "
+        "failed or did not run" in (tmp_path / "compare" / "table.md").read_text()
+    )
 
 
 def test_a_sweep_with_an_invalid_job_is_refused_before_it_starts(synthetic_root, tmp_path):

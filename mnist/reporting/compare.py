@@ -20,6 +20,7 @@ from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.tracking import store
 from mnist.tracking.runs import log_artifacts, mlflow_run
+from mnist.tracking.sweep import partial_sweep
 from mnist.tracking.sweep_resume import current_runs
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,8 @@ def search_filter(parent_run_id: str | None, extra: str | None) -> str:
 
 
 def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
-    """The training runs of `experiment` matching `filter_string`, oldest first. Runs
-    without a `model` tag (a sweep's parent, compare's own summaries) are not training runs,
-    and a run that a resumed sweep restarted as a new run is counted once, by the new one."""
+    """The training runs of `experiment` matching `filter_string`, oldest first
+    (current_runs: a run that a resumed sweep restarted as a new run counts once)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(experiment)
@@ -61,7 +61,7 @@ def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
             )
         except MlflowException as e:
             raise ConfigError(f"filter={filter_string!r} is not an MLflow filter: {e}") from e
-        runs += [run for run in current_runs(page) if "model" in run.data.tags]
+        runs += current_runs(page)
         token = page.token
         if not token:
             break
@@ -151,14 +151,20 @@ def build_rows(
 
 def write_comparison(
     client: Any, experiment: str, filter_string: str, group_by: list[str],
-    references: dict[str, Any], output_dir: Path,
+    references: dict[str, Any], output_dir: Path, parent_run_id: str | None = None,
 ) -> tuple[list[Row], list[Path], str]:  # fmt: skip
-    """(rows, [table.md, table.csv, chart.png] written into `output_dir`, the Markdown)."""
+    """(rows, [table.md, table.csv, chart.png] written into `output_dir`, the Markdown).
+    The table of a sweep (`parent_run_id`) that not all jobs finished says so: a job that
+    failed before its run opened, or never ran, is in its parent's count, not in its runs."""
     runs = load_runs(client, experiment, filter_string)
     rows = build_rows(client, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
     title = experiment + (f" ({filter_string})" if filter_string else "")
     markdown = table.markdown(rows, group_by, title)
+    parent = client.get_run(parent_run_id) if parent_run_id else None
+    if parent and (note := partial_sweep(parent, sum(row.finished for row in rows))):
+        log.warning("%s", note)
+        markdown += f"\n**Incomplete:** {note}.\n"
     paths = [
         table.write_text(markdown, output_dir / "table.md"),
         table.write_csv(rows, group_by, output_dir / "table.csv"),
@@ -181,7 +187,7 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
     group_by = list(cfg.group_by)
     references = OmegaConf.to_container(cfg.references, resolve=True)
     rows, paths, markdown = write_comparison(
-        client, experiment, filter_string, group_by, references, output_dir
+        client, experiment, filter_string, group_by, references, output_dir, cfg.parent_run_id
     )
     log.info("%s", markdown)
     if cfg.log_summary:
@@ -235,7 +241,7 @@ def summarize_sweep(uri: str, experiment_id: str, parent_run_id: str, output_dir
         )
         rows, paths, markdown = write_comparison(
             client, experiment, search_filter(parent_run_id, None), group_by, references,
-            output_dir,
+            output_dir, parent_run_id,
         )  # fmt: skip
         # The table itself, without its notes: which model won, at the end of the sweep.
         log.info("%s", markdown.split("\n\n")[1])

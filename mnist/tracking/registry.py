@@ -21,14 +21,19 @@ class Promotion:
     version: str
     alias: str
     run: Any  # the MLflow run whose model it is
+    # Said with it when not every job of the sweep finished: the best of those that did.
+    incomplete: str | None = None
 
     def __str__(self) -> str:
         metrics = self.run.data.metrics
-        return (
+        line = (
             f"models:/{self.name}@{self.alias} -> version {self.version}: run "
             f"{self.run.info.run_name!r} ({self.run.info.run_id}), {SELECTION_METRIC} "
             f"{metrics[SELECTION_METRIC]:.4f}, test/acc {metrics.get('test/acc', float('nan')):.4f}"
         )
+        if self.incomplete:
+            line += f"\nwarning: {self.incomplete}: the best of those that finished"
+        return line
 
 
 def latest_sweep(client: Any, experiment: str) -> str:
@@ -46,10 +51,14 @@ def latest_sweep(client: Any, experiment: str) -> str:
     return parents[0].info.run_id
 
 
-def best_run(client: Any, parent_run_id: str) -> Any:
+def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
     """The finished child of the sweep with the highest validation accuracy (the earliest
-    of equals) that logged a model."""
+    of equals) that logged a model, and what to say with it when the sweep is incomplete
+    (a job failed or did not run: its parent's count says so, mnist/tracking/sweep.py)."""
     from mlflow.exceptions import MlflowException
+
+    from mnist.tracking.sweep import partial_sweep
+    from mnist.tracking.sweep_resume import current_runs
 
     try:
         parent = client.get_run(parent_run_id)
@@ -69,13 +78,14 @@ def best_run(client: Any, parent_run_id: str) -> Any:
             f"sweep {parent_run_id} has no finished run with a logged model and "
             f"{SELECTION_METRIC} (logger.log_model=true logs one)"
         )
-    return max(candidates, key=lambda run: run.data.metrics[SELECTION_METRIC])
+    best = max(candidates, key=lambda run: run.data.metrics[SELECTION_METRIC])
+    return best, partial_sweep(parent, len(current_runs(children)))
 
 
 def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -> Promotion:
     """Points `name@alias` at the sweep's best model: its version of `name` if registered
     (logger.register), else a new version registered now."""
-    run = best_run(client, parent_run_id)
+    run, incomplete = best_run(client, parent_run_id)
     source = f"models:/{run.outputs.model_outputs[-1].model_id}"
     versions = client.search_model_versions(f"name = '{name}'")
     version = next((v for v in versions if v.source == source), None)
@@ -86,7 +96,7 @@ def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -
             name, source, run_id=run.info.run_id, description=MODEL_CONTRACT
         )
     client.set_registered_model_alias(name, alias, version.version)
-    return Promotion(name, str(version.version), alias, run)
+    return Promotion(name, str(version.version), alias, run, incomplete)
 
 
 def promote_sweep(

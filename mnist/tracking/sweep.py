@@ -12,15 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
-from mnist.redact import redact
-from mnist.sweep_config import refuse_invalid_sweep
+from mnist.redact import redact, redacted_values
+from mnist.sweep_config import refuse_invalid_sweep, sweep_jobs
 from mnist.tracking import store
-from mnist.tracking.sweep_resume import SWEEP_HASH_TAG, current_runs, reopen_parent, sweep_sha256
+from mnist.tracking.sweep_resume import (
+    PARENT_TAG,
+    SWEEP_HASH_TAG,
+    current_runs,
+    reopen_parent,
+    sweep_sha256,
+)
 from mnist.tracking.sweep_stop import stop_jobs_on_sigterm
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,12 @@ log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 # The keys the sweep varies, one a line: each job's run is named by their values.
 SWEPT_KEYS_FILE = "swept_keys"
+# On the parent: the number of jobs the sweep launched (Hydra's list of them, whether or not
+# each got a run), set when it starts; and, when it ends, how many of them did not finish.
+JOBS_TAG = "sweep.jobs"
+FAILED_JOBS_TAG = "sweep.failed_jobs"
+# MLflow keeps tag values of up to 8000 characters.
+MAX_ERROR = 4000
 
 
 def parent_run_id(hydra_cfg: DictConfig) -> str | None:
@@ -66,18 +79,78 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
     return swept
 
 
+def partial_sweep(parent: Any, finished: int) -> str | None:
+    """What a report on the sweep of the `parent` run must say when only `finished` of its
+    jobs finished; None for a complete sweep, or a parent that does not count its jobs."""
+    jobs = int(parent.data.tags.get(JOBS_TAG, 0))
+    if finished >= jobs:
+        return None
+    return (
+        f"sweep {parent.info.run_id} is incomplete: {finished} of its {jobs} jobs finished; "
+        "the others failed or did not run"
+    )
+
+
+def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
+    """A FAILED child run, with its error, for a job of the sweep that failed before its
+    own run opened (a crash while it set up): otherwise the sweep's runs would look like
+    all of it. A job with a run in the sweep (its config's hash, as a resumed sweep finds
+    it) needs none: that run ended FAILED itself."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist.context import JobContext
+    from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
+
+    parent = parent_run_id(config.hydra)
+    if parent is None:
+        return
+    client = MlflowClient(store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns))
+    experiment_id = client.get_run(parent).info.experiment_id
+    config_hash = config_sha256(job_return.cfg)
+    own = f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{CONFIG_HASH_TAG}` = '{config_hash}'"
+    if current_runs(client.search_runs([experiment_id], own)):
+        return
+    ctx = JobContext.from_hydra()
+    error = job_return._return_value  # the public return_value raises it
+    message = f"{type(error).__name__}: {error}"[:MAX_ERROR]
+    run_id = store.retry_when_locked(
+        lambda: (
+            client.create_run(
+                experiment_id,
+                run_name=config.logger.run_name or ctx.run_name,
+                tags=redacted_values(
+                    {
+                        PARENT_TAG: parent,
+                        "model": ctx.choices.get("model", "n/a"),
+                        "seed": str(config.seed),
+                        "hydra.overrides": " ".join(ctx.overrides),
+                        CONFIG_HASH_TAG: config_hash,
+                        "error": message,
+                        "mlflow.note.content": f"Failed before its MLflow run opened: {message}",
+                    }
+                ),
+            ).info.run_id
+        )
+    )
+    store.retry_when_locked(lambda: client.set_terminated(run_id, "FAILED"))
+    log.error("Job %d failed before its MLflow run opened; recorded as FAILED run %s: %s",
+              ctx.job_num, run_id, message)  # fmt: skip
+
+
 class MlflowSweep(Callback):
     """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
     an invalid job is refused before it has a parent run; with sweep.resume=true, the
     stopped sweep's is reopened: mnist/tracking/sweep_resume.py) and ends it in
-    `on_multirun_end`: FINISHED only when every child finished. Hydra skips
+    `on_multirun_end`: FINISHED only when every job launched has a FINISHED child (a job
+    that fails before its run opens gets a FAILED one: `on_job_end`). Hydra skips
     `on_multirun_end` when a job raises, so an exit hook ends the parent (FAILED) in that
     case too. In between, SIGTERM to the launcher stops the jobs cleanly
     (mnist/tracking/sweep_stop.py)."""
 
     def __init__(self) -> None:
-        # tracking URI, experiment id, parent run id, sweep directory
-        self._parent: tuple[str, str, str, Path] | None = None
+        # tracking URI, experiment id, parent run id, sweep directory, number of jobs (None
+        # under a sweeper other than Hydra's basic one: its jobs are known as it runs them)
+        self._parent: tuple[str, str, str, Path, int | None] | None = None
         self._restore_sigterm: Callable[[], None] = lambda: None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -106,6 +179,8 @@ class MlflowSweep(Callback):
             else None
         )
         swept = swept_overrides(config)
+        jobs = sweep_jobs(config)
+        job_count = None if jobs is None else len(jobs)
         if run_id is None:
             run_id = client.create_run(
                 experiment_id,
@@ -121,8 +196,10 @@ class MlflowSweep(Callback):
             client.set_tag(run_id, "sweep.resumed_dir", str(sweep_dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key in swept))
+        if job_count is not None:
+            client.set_tag(run_id, JOBS_TAG, str(job_count))
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
-        self._parent = (uri, experiment_id, run_id, sweep_dir)
+        self._parent = (uri, experiment_id, run_id, sweep_dir, job_count)
         atexit.register(self._end_parent)
         self._restore_sigterm = stop_jobs_on_sigterm(uri, experiment_id, run_id)
         log.info(
@@ -131,6 +208,10 @@ class MlflowSweep(Callback):
             config.logger.experiment,
             uri,
         )
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.FAILED:
+            record_failed_job(config, job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._restore_sigterm()
@@ -145,21 +226,23 @@ class MlflowSweep(Callback):
         from mnist.reporting.compare import summarize_sweep
         from mnist.tracking.ui import how_to_open
 
-        uri, experiment_id, run_id, sweep_dir = self._parent
+        uri, experiment_id, run_id, sweep_dir, jobs = self._parent
         self._parent = None
         client = MlflowClient(uri)
         # A resumed sweep's parent counts each job once: not the runs restarted jobs replaced.
         children = current_runs(
-            client.search_runs(
-                [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
-            )
+            client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'")
         )
-        failed = sum(child.info.status != "FINISHED" for child in children)
-        client.set_tag(run_id, "sweep.jobs", str(len(children)))
-        client.set_tag(run_id, "sweep.failed_jobs", str(failed))
+        finished = sum(child.info.status == "FINISHED" for child in children)
+        # A job with no run (it stopped the sweep before its run opened, or never started)
+        # counts as not finished: the jobs are those Hydra launched, not the runs there are.
+        jobs = jobs or len(children)
+        failed = jobs - finished
+        client.set_tag(run_id, JOBS_TAG, str(jobs))
+        client.set_tag(run_id, FAILED_JOBS_TAG, str(failed))
         summarize_sweep(uri, experiment_id, run_id, sweep_dir / "compare")
-        finished = sweep_completed and children and not failed
-        client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
-        log.info("Sweep parent run %s: %d jobs, %d not finished", run_id, len(children), failed)
+        complete = sweep_completed and jobs and not failed
+        client.set_terminated(run_id, "FINISHED" if complete else "FAILED")
+        log.info("Sweep parent run %s: %d jobs, %d not finished", run_id, jobs, failed)
         if hint := how_to_open(uri, experiment_id):
             log.info("Compare the runs: %s", hint)

@@ -64,8 +64,9 @@ def reopen_parent(client: Any, experiment_id: str, sweep_hash: str) -> str | Non
 
 
 def current_runs(runs: list[Any]) -> list[Any]:
-    """The runs that count: without those a restarted job's new run superseded."""
-    return [run for run in runs if SUPERSEDED_TAG not in run.data.tags]
+    """The training runs that count: without those a restarted job's new run superseded,
+    and without runs that trained no model (a sweep's parent, compare's summaries)."""
+    return [run for run in runs if SUPERSEDED_TAG not in run.data.tags and "model" in run.data.tags]
 
 
 def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, Any] | None]:
