@@ -1,7 +1,7 @@
 # Two commands on a fresh machine with Python 3.10+ and git: `make train`, `make test`.
 # Both bootstrap uv (with pip, if missing) and the locked environment first: `make train`
 # what training needs, `make test` every optional extra too (export, tensorboard, launchers,
-# dev). Extras for your own use: uv sync --extra export (see README, Installation).
+# dev). Extras for your own use: uv sync --extra export (see docs/configuration.md, Optional extras).
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen --no-sync

@@ -87,8 +87,15 @@ def test_the_cpu_table_sweeps_every_model_with_three_seeds_on_all_training_image
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", ["experiment=arch_table_cpu"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert sorted(r.removeprefix("cpu/") for r in params.recipe.split(",")) == MODELS
-    assert CPU_RECIPES == MODELS
+    swept = sorted(r.removeprefix("cpu/") for r in params.recipe.split(","))
+    for model in sorted(set(MODELS) - set(CPU_RECIPES)):
+        pytest.fail(
+            f"conf/model/{model}.yaml has no CPU recipe: add conf/recipe/cpu/{model}.yaml "
+            "(copy conf/recipe/cpu/fast.yaml and set its model and epochs)"
+        )
+    for model in sorted(set(MODELS) - set(swept)):
+        pytest.fail(f"add cpu/{model} to the recipe list of conf/experiment/arch_table_cpu.yaml")
+    assert swept == MODELS
     assert params.seed.split(",") == ["0", "1", "2"]
     assert cfg.data.train_subset is None and cfg.data.val_size == 5000
 
