@@ -59,6 +59,21 @@ def test_tiny_convnet_by_hand():
     assert summary.macs == conv_macs + 3_920 == 18_032
 
 
+def test_cnn24k_counts_weights_and_leaves_bias_adds_out():
+    """The numbers torchinfo 1.8 does not give (it counts a multiply-add per bias and per
+    BatchNorm weight: 497,048 here), so the table stays hand-written."""
+    summary = summarize(build("cnn24k"))
+    assert summary.total_params == 24_488
+    assert [(layer.name, layer.macs) for layer in summary.layers if layer.macs] == [
+        ("layers.0", 26 * 26 * 8 * 9),
+        ("layers.3", 11 * 11 * 16 * 8 * 9),
+        ("layers.5", 9 * 9 * 24 * 16 * 9),
+        ("layers.9", 50 * 384),
+        ("layers.11", 10 * 50),
+    ]
+    assert summary.macs == 487_700
+
+
 def test_grouped_strided_conv_on_another_input_shape():
     model = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2))
     (layer,) = summarize(model, input_shape=(4, 9, 9)).layers
