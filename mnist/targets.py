@@ -2,22 +2,35 @@
 from it: a checkpoint's (trainer.resume, ckpt=), an MLflow run's config.yaml (reproduce.py).
 A `_target_` is an import path that a builder imports and calls, so one stored config
 naming builtins.open or shutil.rmtree, at any depth, would run it. Only the model and the
-optimizer are built from a `_target_`, each from an explicit allowlist kept next to its
-builder; a `_target_` anywhere else, or off those lists, refuses the whole config."""
+optimizer are built from a `_target_`, each checked by the rule kept next to its builder
+(a model class defined in mnist/models/, a listed torch.optim optimizer); a `_target_`
+anywhere else, or off those rules, refuses the whole config."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist.errors import ConfigError, UnsafeConfigError
-from mnist.models import MODEL_TARGETS
+from mnist.errors import ConfigError, UnsafeConfigError, UnsafeModelConfig
+from mnist.models import model_class
 from mnist.training.optim import OPTIMIZERS
 
+
+def _is_model(target: str) -> bool:
+    try:
+        model_class(target)
+    except UnsafeModelConfig:
+        return False
+    return True
+
+
 # Where a config may hold a `_target_`, and which ones; nowhere else, at no other depth.
-ALLOWED_TARGETS: dict[str, Mapping[str, type]] = {"model": MODEL_TARGETS, "optimizer": OPTIMIZERS}
+ALLOWED_TARGETS: dict[str, Callable[[str], bool]] = {
+    "model": _is_model,
+    "optimizer": OPTIMIZERS.__contains__,
+}
 
 
 def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -42,13 +55,13 @@ def refuse_foreign_targets(config: Mapping[str, Any] | DictConfig, source: str) 
         except OmegaConfBaseException as e:
             raise ConfigError(f"{source}: its config does not resolve ({first_line(e)})") from e
     for where, target in targets_in(config):
-        allowed = ALLOWED_TARGETS.get(where, {})
-        if not (isinstance(target, str) and target in allowed):
+        allowed = ALLOWED_TARGETS.get(where, lambda _: False)
+        if not (isinstance(target, str) and allowed(target)):
             raise UnsafeConfigError(
                 f"{source}: refusing its config, which names {where}._target_={target!r}: "
-                "a stored config may only name this package's models (model._target_="
-                "mnist.models.*) and torch.optim optimizers (optimizer._target_), so "
-                "nothing in it was built"
+                "a stored config may only name this package's model classes (model._target_="
+                "mnist.models.<module>.<Class>) and torch.optim optimizers "
+                "(optimizer._target_), so nothing in it was built"
             )
 
 

@@ -12,7 +12,7 @@ from mnist.config import validate_config
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import split_indices
 from mnist.errors import ConfigError, DataError
-from mnist.models import MODEL_TARGETS
+from mnist.models import model_class
 from mnist.paths import REPO_ROOT
 from mnist.seeding import generator, seed_everything
 from mnist.training.device import keep_freed_memory
@@ -239,7 +239,7 @@ def _model_arguments():
     """(model option, argument, a bad value, whether the option's file sets the argument)."""
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
         cfg = OmegaConf.load(path)
-        for name, parameter in inspect.signature(MODEL_TARGETS[cfg._target_]).parameters.items():
+        for name, parameter in inspect.signature(model_class(cfg._target_)).parameters.items():
             for bad in _bad_values(cfg.get(name, parameter.default)):
                 yield path.stem, name, bad, name in cfg
 

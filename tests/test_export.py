@@ -20,7 +20,7 @@ from mnist.errors import ConfigError, ExportError
 from mnist.inference.digits import model_input
 from mnist.inference.export import SUFFIXES, TOLERANCE, check_export, run_export, write_model
 from mnist.inference.loading import load_model
-from mnist.models import MODELS, build_model
+from mnist.models import build_model, model_class
 from mnist.training.job import run_training
 from tests.helpers import CONF_DIR, compose_config, run_script, synthetic_digits, tiny_overrides
 
@@ -213,5 +213,6 @@ def test_every_model_config_exports_and_matches(fmt, tmp_path):
         path = tmp_path / f"{config.stem}{SUFFIXES[fmt]}"
         write_model(model, path, fmt)
         assert check_export(path, fmt, model, batches()) <= TOLERANCE, config.stem
-        built.add(type(model).__name__)
-    assert built == set(MODELS)
+        built.add(type(model))
+    targets = {OmegaConf.load(p)._target_ for p in (CONF_DIR / "model").glob("*.yaml")}
+    assert built == {model_class(target) for target in targets}

@@ -197,11 +197,22 @@ def test_resume_refuses_a_checkpoint_with_an_incomplete_config(tiny_cfg, tmp_pat
         {"_target_": "subprocess.call", "args": ["true"]},
         {"_target_": "mnist.models.summarize"},
         {"_target_": "mnist.models.ConvNet", "stages": {"_target_": "os.system"}},
+        {"_target_": "torch.nn.Linear", "in_features": 1, "out_features": 1},
+        {"_target_": "mnist.models.cnn.nn"},  # a module a model file imports, not a class
+        {"_target_": "mnist.models.summary.LayerSummary"},  # a class, but no nn.Module
+        {"_target_": "mnist.models.cnn.nn.Linear"},
+        {"_target_": "mnist.models.os.system"},  # no module of the package: nothing imported
+        {"_target_": "mnist.modelsx.ConvNet"},
     ],
 )
 def test_model_configs_can_only_build_this_packages_models(model_cfg):
     with pytest.raises(UnsafeModelConfig):
         build_model(model_cfg)
+
+
+def test_a_model_class_is_named_by_its_module_with_no_list_to_register_it_in():
+    by_module = build_model({"_target_": "mnist.models.tiny.GAP20k"})
+    assert type(by_module) is type(build_model({"_target_": "mnist.models.GAP20k"}))
 
 
 def test_best_checkpoint_cannot_be_resumed_and_says_why(tiny_cfg, tmp_path):

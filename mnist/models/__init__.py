@@ -1,6 +1,10 @@
-"""Model families; each `conf/model/<name>.yaml` points its `_target_` at a class here."""
+"""Model families. A model is a module here and a `conf/model/<name>.yaml` whose `_target_`
+names its class, `mnist.models.<module>.<Class>`: nothing else lists models."""
 
+import importlib
 import inspect
+import pkgutil
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +20,6 @@ from mnist.models.vgg import TinyVGG
 
 __all__ = [
     "CNN2",
-    "MODELS",
-    "MODEL_TARGETS",
     "CNN24k",
     "ConvNet",
     "DenseNet",
@@ -29,19 +31,36 @@ __all__ = [
     "UnsafeModelConfig",
     "build_model",
     "format_summary",
+    "model_class",
     "summarize",
 ]
 
 
-MODELS: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (CNN2, CNN24k, ConvNet, DenseNet, GAP20k, TinyVGG)
-}
-# The `_target_`s a model config may name: each class by its public and its defining path.
-MODEL_TARGETS: dict[str, type[nn.Module]] = {
-    path: cls
-    for name, cls in MODELS.items()
-    for path in (f"mnist.models.{name}", f"{cls.__module__}.{name}")
-}
+# mnist.models.<Class> (the classes re-exported above) or mnist.models.<module>.<Class>.
+_TARGET = re.compile(rf"{re.escape(__name__)}(?:\.(?P<module>[a-z_][a-z0-9_]*))?\.(?P<cls>\w+)")
+
+
+def model_class(target: str) -> type[nn.Module]:
+    """The class a model config's `_target_` names: any nn.Module subclass defined in a
+    module of this package. Configs also come from checkpoints, so the name is checked as
+    a string, and only a module of this package is ever imported to look it up."""
+    match = _TARGET.fullmatch(target)
+    modules = {info.name for info in pkgutil.iter_modules(__path__)}
+    cls = None
+    if match and (match["module"] is None or match["module"] in modules):
+        module = importlib.import_module(f"{__name__}.{match['module'] or ''}".rstrip("."))
+        cls = getattr(module, match["cls"], None)
+    if not (
+        isinstance(cls, type)
+        and issubclass(cls, nn.Module)
+        and cls.__module__.startswith(f"{__name__}.")
+    ):
+        raise UnsafeModelConfig(
+            f"model _target_ {target!r} is not a model class of this package: name an "
+            f"nn.Module class defined in mnist/models/<module>.py as "
+            f"mnist.models.<module>.<Class> (e.g. mnist.models.cnn.ConvNet); refusing it"
+        )
+    return cls
 
 
 def _nested_targets(value: Any) -> bool:
@@ -60,12 +79,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
     target = str(model_cfg.get("_target_", ""))
     kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
-    cls = MODEL_TARGETS.get(target)
-    if cls is None:
-        raise UnsafeModelConfig(
-            f"model _target_ {target!r} is not one of this package's models "
-            f"(mnist.models.{{{', '.join(MODELS)}}}); refusing to instantiate it"
-        )
+    cls = model_class(target)
     if _nested_targets(kwargs):
         raise UnsafeModelConfig(f"model config for {target} nests a _target_; refusing it")
     known = inspect.signature(cls).parameters
