@@ -8,6 +8,7 @@ from torch import nn
 
 from mnist.errors import ModelConfigError
 from mnist.models import ConvNet, build_model, summarize
+from mnist.models.describe import downsampling
 from tests.helpers import CONF_DIR
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -90,6 +91,19 @@ def test_strided_variant_has_no_pooling():
     kinds = {type(m) for m in build("cnn3_stride").modules()}
     assert nn.MaxPool2d not in kinds
     assert nn.MaxPool2d in {type(m) for m in build("cnn3").modules()}
+
+
+@pytest.mark.parametrize(
+    ("layers", "named"),
+    [
+        ([nn.Conv2d(1, 4, 3), nn.Flatten()], "none"),
+        ([nn.Conv2d(1, 4, 3, stride=2), nn.AvgPool2d(2)], "strided conv + AvgPool"),
+        ([nn.LPPool2d(2, 2), nn.AdaptiveMaxPool2d(1)], "LPPool + global max pool"),
+        ([nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1)], "MaxPool + global avg pool"),
+    ],
+)
+def test_every_kind_of_pooling_is_named(layers, named):
+    assert downsampling(nn.Sequential(*layers)) == named
 
 
 def test_cnn4_has_four_batchnormed_convolutions():

@@ -1,6 +1,8 @@
 """The shape of a model as the comparison table names it (conv layers, how it downsamples),
 read off the built module so that the table cannot disagree with the code."""
 
+from collections.abc import Callable
+
 from torch import nn
 
 
@@ -8,21 +10,32 @@ def conv_layers(model: nn.Module) -> int:
     return sum(isinstance(module, nn.Conv2d) for module in model.modules())
 
 
+def _strided_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and max(module.stride) > 1
+
+
+# How a layer downsamples, as the table names it, in the order names are joined: every
+# pooling layer torch has, and convolutions with a stride.
+DOWNSAMPLING: dict[str, Callable[[nn.Module], bool]] = {
+    "MaxPool": lambda m: isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+                                        nn.FractionalMaxPool2d, nn.FractionalMaxPool3d)),
+    "strided conv": _strided_conv,
+    "AvgPool": lambda m: isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)),
+    "LPPool": lambda m: isinstance(m, (nn.LPPool1d, nn.LPPool2d, nn.LPPool3d)),
+    "global max pool": lambda m: isinstance(
+        m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+    ),
+    "global avg pool": lambda m: isinstance(
+        m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+    ),
+}  # fmt: skip
+
+
 def downsampling(model: nn.Module) -> str:
-    """ "MaxPool", "strided conv", "global avg pool", joined with " + " when mixed; "none"."""
+    """ "MaxPool", "strided conv", "AvgPool", "global avg pool"..., joined with " + " when
+    mixed; "none"."""
     modules = list(model.modules())
-    kinds = [
-        name
-        for name, present in (
-            ("MaxPool", any(isinstance(m, nn.MaxPool2d) for m in modules)),
-            (
-                "strided conv",
-                any(isinstance(m, nn.Conv2d) and max(m.stride) > 1 for m in modules),
-            ),
-            ("global avg pool", any(isinstance(m, nn.AdaptiveAvgPool2d) for m in modules)),
-        )
-        if present
-    ]
+    kinds = [name for name, kind in DOWNSAMPLING.items() if any(map(kind, modules))]
     return " + ".join(kinds) or "none"
 
 
