@@ -54,11 +54,10 @@ def latest_sweep(client: Any, experiment: str) -> str:
 def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
     """The finished child of the sweep with the highest validation accuracy (the earliest
     of equals) that logged a model, and what to say with it when the sweep is incomplete
-    (a job failed or did not run: its parent's count says so, mnist/tracking/sweep.py)."""
+    (a job failed or did not run: its parent's count says so, mnist/sweeps/callback.py)."""
     from mlflow.exceptions import MlflowException
 
-    from mnist.tracking.sweep import partial_sweep
-    from mnist.tracking.sweep_resume import current_runs
+    from mnist.sweeps.runs import current_runs, partial_sweep
 
     try:
         parent = client.get_run(parent_run_id)

@@ -30,7 +30,8 @@ from mnist.models.describe import shape_tags
 from mnist.reporting import plots
 from mnist.reporting.reports import write_training_reports
 from mnist.seeding import generator, seed_everything
-from mnist.tracking import runs, store, sweep_resume, ui
+from mnist.sweeps import resume as sweep_resume
+from mnist.tracking import runs, store, ui
 from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import run_params
