@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_run_id
 from mnist.redact import redact, redacted_values
+from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
 from mnist.sweeps.resume import PARENT_TAG, SWEEP_HASH_TAG, reopen_parent, sweep_sha256
 from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
@@ -67,7 +68,7 @@ def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
     if current_runs(client.search_runs([experiment_id], own)):
         return
     ctx = JobContext.from_hydra()
-    error = job_return._return_value  # the public return_value raises it
+    error = job_error(job_return)
     message = f"{type(error).__name__}: {error}"[:MAX_ERROR]
     run_id = store.retry_when_locked(
         lambda: (

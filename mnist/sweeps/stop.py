@@ -11,12 +11,12 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mnist.sweeps.internals import joblib_workers
 from mnist.tracking import store
 
 log = logging.getLogger(__name__)
@@ -24,15 +24,6 @@ log = logging.getLogger(__name__)
 # How long the launcher waits for its workers' runs to stop cleanly: a step and a
 # checkpoint. Past it, joblib kills them, and they resume from their previous last.pt.
 GRACE_S = 60.0
-
-
-def joblib_workers() -> list[int]:
-    """The process ids of joblib's (loky's) workers in this process; empty under another
-    launcher. Read from loky's executor, the only record of them, only where joblib is
-    already imported."""
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None)
-    return list(getattr(executor, "_processes", None) or {})
 
 
 def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
