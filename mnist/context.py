@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnist.overrides import split_override
+
 # Written into the sweep directory by the sweep's callback (mnist/sweeps/callback.py): a file
 # reaches the jobs of every launcher, Slurm jobs on other nodes included (they share the
 # sweep directory), where an environment variable may not.
@@ -83,7 +85,7 @@ class JobContext:
         """In a sweep, what tells this job from the others: the values of the swept keys,
         a config group by its option alone ("fast seed=0"); a single run by its overrides,
         else its model."""
-        values = dict(override.lstrip("+~").partition("=")[::2] for override in self.overrides)
+        values = dict(map(split_override, self.overrides))
         swept = [
             value if key in self.choices else f"{key}={value}"
             for key in self.swept_keys

@@ -12,16 +12,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.errors import ConfigError
+from mnist.overrides import split_override
 from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.sweeps.runs import current_runs, partial_sweep
 from mnist.tracking import store
 from mnist.tracking.runs import log_artifacts, mlflow_run
+from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
-
-# The child runs of a sweep point at their parent with this tag (see mnist/sweeps/callback.py).
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -75,7 +74,7 @@ def group_value(run: Any, key: str) -> str | None:
     if key in run.data.params:
         return run.data.params[key]
     for override in run.data.tags.get("hydra.overrides", "").split():
-        name, _, value = override.lstrip("+~").partition("=")
+        name, value = split_override(override)
         if name == key:
             return value
     return None

@@ -21,10 +21,11 @@ from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_r
 from mnist.redact import redact, redacted_values
 from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
-from mnist.sweeps.resume import PARENT_TAG, SWEEP_HASH_TAG, reopen_parent, sweep_sha256
+from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_parent, sweep_sha256
 from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
 from mnist.sweeps.stop import stop_jobs_on_sigterm
 from mnist.tracking import store
+from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
 

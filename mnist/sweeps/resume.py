@@ -16,13 +16,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist.context import JobContext
+from mnist.overrides import override_key
 from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
 from mnist.tracking import store
+from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
 
 SWEEP_HASH_TAG = "sweep.overrides_sha256"
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def sweep_sha256(config: DictConfig) -> str:
@@ -33,7 +34,7 @@ def sweep_sha256(config: DictConfig) -> str:
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     kept = []
     for override in config.hydra.overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key not in excluded and not key.startswith(("hydra/launcher", "hydra.launcher.")):
             kept.append(override)
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}

@@ -32,7 +32,7 @@ def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[s
     runs = store.retry_when_locked(
         lambda: MlflowClient(uri).search_runs(
             [experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+            f"tags.`{store.PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
         )
     )
     return {run.info.run_id for run in runs}

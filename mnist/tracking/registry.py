@@ -9,6 +9,7 @@ from typing import Any
 
 from mnist.errors import ConfigError
 from mnist.tracking.runs import MODEL_CONTRACT
+from mnist.tracking.store import PARENT_TAG
 
 CHAMPION = "champion"
 # What picks the best model of a sweep: the checkpoint's own validation accuracy.
@@ -65,7 +66,7 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
         raise ConfigError(f"parent_run_id={parent_run_id}: no such run in the store") from e
     children = client.search_runs(
         [parent.info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time ASC"],
     )
     candidates = [

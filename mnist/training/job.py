@@ -240,7 +240,7 @@ def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) ->
     tags.update(ctx.extra_tags)
     tags.update(torch_settings())
     if ctx.parent_run_id:
-        tags["mlflow.parentRunId"] = ctx.parent_run_id
+        tags[store.PARENT_TAG] = ctx.parent_run_id
     return tags
 
 
