@@ -24,7 +24,6 @@ from mnist.job_dir import discard_job_dir
 from mnist.redact import redact, redact_log_records
 
 redact_log_records()
-paths.refuse_another_checkout()
 
 
 @contextmanager
@@ -46,3 +45,7 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
     except (TrainingInterrupted, SearchInterrupted) as e:
         print(f"stopped: {redact(str(e))}", file=sys.stderr)
         sys.exit(130)
+
+
+with exit_on_user_error():
+    paths.refuse_another_checkout()

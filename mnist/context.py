@@ -6,6 +6,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from mnist.overrides import split_override
+
+# Written into the sweep directory by the sweep's callback (mnist/sweeps/callback.py): a file
+# reaches the jobs of every launcher, Slurm jobs on other nodes included (they share the
+# sweep directory), where an environment variable may not.
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+# The keys the sweep varies, one a line: each job's run is named by their values.
+SWEPT_KEYS_FILE = "swept_keys"
+
+
+def _sweep_file(hydra_cfg: Any, name: str) -> str | None:
+    """The text of a file of the sweep directory; None outside a multirun, or when the
+    sweep ran without the MlflowSweep callback."""
+    from hydra.types import RunMode
+
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra_cfg.sweep.dir) / name
+    return path.read_text() if path.is_file() else None
+
+
+def parent_run_id(hydra_cfg: Any) -> str | None:
+    """The parent run of the sweep this job belongs to; None outside one."""
+    text = _sweep_file(hydra_cfg, PARENT_RUN_FILE)
+    return None if text is None else text.strip()
+
+
+def swept_keys(hydra_cfg: Any) -> list[str]:
+    """The keys the sweep of this job varies; empty outside a multirun."""
+    return (_sweep_file(hydra_cfg, SWEPT_KEYS_FILE) or "").split()
 
 
 @dataclass
@@ -18,7 +50,7 @@ class JobContext:
     choices: dict[str, str] = field(default_factory=dict)
     # Hydra's override_dirname: the overrides minus where-to-write keys, e.g. "model=cnn2,seed=1".
     override_dirname: str = ""
-    # The MLflow run of the sweep this job is part of (mnist/tracking/sweep.py); None outside one.
+    # The MLflow run of the sweep this job is part of (mnist/sweeps/callback.py); None outside one.
     parent_run_id: str | None = None
     # The keys the sweep varies, in the order it gave them (e.g. ["model", "seed"]); empty
     # outside a sweep.
@@ -37,8 +69,6 @@ class JobContext:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from mnist.tracking.sweep import parent_run_id, swept_keys
-
         hydra = HydraConfig.get()
         return cls(
             output_dir=Path(hydra.runtime.output_dir),
@@ -55,7 +85,7 @@ class JobContext:
         """In a sweep, what tells this job from the others: the values of the swept keys,
         a config group by its option alone ("fast seed=0"); a single run by its overrides,
         else its model."""
-        values = dict(override.lstrip("+~").partition("=")[::2] for override in self.overrides)
+        values = dict(map(split_override, self.overrides))
         swept = [
             value if key in self.choices else f"{key}={value}"
             for key in self.swept_keys

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from mnist.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The default MLflow store directory, as conf/paths/default.yaml sets paths.mlruns.
 DEFAULT_MLRUNS = REPO_ROOT / "mlruns"
@@ -19,7 +21,7 @@ def refuse_another_checkout() -> None:
     """Stop, before anything is written, a script of one checkout that imports the `mnist`
     package of another (an environment shared between clones, with an editable install of
     the first): it would run the other clone's code and write into its outputs/ and
-    store. Exit 2 with one line naming both."""
+    store. ConfigError naming both (mnist/cli.py: one line, exit 2)."""
     script = getattr(sys.modules.get("__main__"), "__file__", None)
     if script is None:
         return
@@ -28,11 +30,9 @@ def refuse_another_checkout() -> None:
     if script.parent.name != "scripts" or not (checkout / "conf").is_dir():
         return
     if checkout != REPO_ROOT:
-        print(
-            f"error: {script} is in the checkout {checkout}, but Python imports the mnist "
+        raise ConfigError(
+            f"{script} is in the checkout {checkout}, but Python imports the mnist "
             f"package of {REPO_ROOT} (an environment shared between checkouts); run it with "
             f"its own environment (cd {checkout} && make setup, then uv run), or run "
-            f"{REPO_ROOT / 'scripts' / script.name}",
-            file=sys.stderr,
+            f"{REPO_ROOT / 'scripts' / script.name}"
         )
-        sys.exit(2)

@@ -41,3 +41,62 @@ def test_no_function_or_class_is_defined_twice_in_one_scope():
     assert files
     found = [line for path in files for line in redefinitions(path)]
     assert not found, "defined twice (the later copy wins):\n" + "\n".join(found)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the mnist modules it imports}, from every import statement of mnist/, at
+    module level or inside a function: a cycle of lazy imports still ties the modules in
+    it together. `from mnist.a import b` names the module mnist.a.b when there is one."""
+    paths = {_module_name(p): p for p in (REPO_ROOT / "mnist").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    imported.add(submodule if submodule in paths else node.module)
+        graph[module] = {name for name in imported if name in paths and name != module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a]; None when the graph has none."""
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> list[str] | None:
+        if module in stack:
+            return [*stack[stack.index(module) :], module]
+        if module in done:
+            return None
+        for imported in sorted(graph[module]):
+            if cycle := visit(imported, [*stack, module]):
+                return cycle
+        done.add(module)
+        return None
+
+    return next(filter(None, (visit(module, []) for module in sorted(graph))), None)
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_only_the_entry_points_exit():
+    """Library code raises; mnist/cli.py turns what it raises into an exit status."""
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+        for path in sorted((REPO_ROOT / "mnist").rglob("*.py"))
+        if path != REPO_ROOT / "mnist" / "cli.py"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "exit", "os._exit")
+    ]
+    assert not found, "sys.exit outside mnist/cli.py:\n" + "\n".join(found)

@@ -9,8 +9,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mnist.errors import ConfigError
-from mnist.reporting.compare import compare, summarize_sweep
+from mnist.reporting.compare import compare
 from mnist.reporting.table import Row, markdown
+from mnist.sweeps.summary import summarize_sweep
 from tests.helpers.compare import compare_config, read_csv
 
 # The shape of each model, as training runs record it (mnist.models.describe.shape_tags).

@@ -12,9 +12,9 @@ import joblib
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mnist.context import PARENT_RUN_FILE
 from mnist.reporting.compare import compare
 from mnist.tracking.registry import promote_sweep
-from mnist.tracking.sweep import PARENT_RUN_FILE
 from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
 from tests.helpers.server import free_port, wait_until_up

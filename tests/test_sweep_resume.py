@@ -17,20 +17,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from mnist.config import validate_config
-from mnist.context import JobContext
+from mnist.context import PARENT_RUN_FILE, JobContext
 from mnist.errors import ConfigError
 from mnist.reporting.compare import compare
+from mnist.sweeps.resume import mark_superseded, resume_job, sweep_sha256
+from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
 from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
-from mnist.tracking.sweep import PARENT_RUN_FILE
-from mnist.tracking.sweep_resume import (
-    PARENT_TAG,
-    SUPERSEDED_TAG,
-    SUPERSEDES_TAG,
-    current_runs,
-    mark_superseded,
-    resume_job,
-    sweep_sha256,
-)
+from mnist.tracking.store import PARENT_TAG
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
 

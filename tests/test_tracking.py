@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from mnist.context import JobContext
 from mnist.data.fetch import sha256_of
+from mnist.sweeps.callback import swept_overrides
 from mnist.tracking.runs import MODEL_CONTRACT
-from mnist.tracking.sweep import swept_overrides
 from mnist.training import job
 from mnist.training.job import run_training
 

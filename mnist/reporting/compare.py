@@ -1,34 +1,26 @@
 """The comparison table of a finished sweep, from MLflow alone: a model's runs (one per seed)
 become one row, with accuracy over seeds, cost per epoch and the reference numbers beside
 it. Runs that did not finish are counted and listed, never dropped. A sweep's parent run
-gets the table, the chart and each row's mean ± std as its summary (summarize_sweep)."""
+gets the table as its summary (mnist/sweeps/summary.py)."""
 
 from __future__ import annotations
 
 import logging
-import re
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.errors import ConfigError
-from mnist.paths import REPO_ROOT
+from mnist.overrides import split_override
 from mnist.reporting import table
 from mnist.reporting.table import Row
+from mnist.sweeps.runs import current_runs, partial_sweep
 from mnist.tracking import store
 from mnist.tracking.runs import log_artifacts, mlflow_run
-from mnist.tracking.sweep import partial_sweep
-from mnist.tracking.sweep_resume import current_runs
+from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
-
-# The child runs of a sweep point at their parent with this tag (see mnist/tracking/sweep.py).
-PARENT_TAG = "mlflow.parentRunId"
-# MLflow keeps tag values (a run's description) of up to 8000 characters.
-MAX_DESCRIPTION = 8000
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -82,7 +74,7 @@ def group_value(run: Any, key: str) -> str | None:
     if key in run.data.params:
         return run.data.params[key]
     for override in run.data.tags.get("hydra.overrides", "").split():
-        name, _, value = override.lstrip("+~").partition("=")
+        name, value = split_override(override)
         if name == key:
             return value
     return None
@@ -203,54 +195,3 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
             log_artifacts(paths)
         log.info("Logged as artifacts of run %s", run.info.run_id)
     return paths
-
-
-def _metric_label(row: Row) -> str:
-    """A row's name as MLflow metric names allow it ("fast", "fast adamw")."""
-    return re.sub(r"[^\w./ -]", "_", " ".join([row.model, *row.groups.values()]))
-
-
-def summary_metrics(rows: list[Row]) -> dict[str, float]:
-    """Each row's mean (and, over 2 runs or more, sample std) of the key metrics, e.g.
-    fast/test/acc_mean, fast/test/acc_std."""
-    metrics = {}
-    for row in rows:
-        for name, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
-                             ("train_time_s", row.train_time_s)):  # fmt: skip
-            if values:
-                metrics[f"{_metric_label(row)}/{name}_mean"] = statistics.fmean(values)
-            if len(values) > 1:
-                metrics[f"{_metric_label(row)}/{name}_std"] = statistics.stdev(values)
-    return metrics
-
-
-def summarize_sweep(uri: str, experiment_id: str, parent_run_id: str, output_dir: Path) -> None:
-    """Makes the parent run the sweep's summary: its comparison (one row per model and
-    value of every swept key but the seed) as artifacts and description, and each row's
-    mean ± std as metrics. A sweep whose summary fails still ends: it is only logged."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    try:
-        experiment = client.get_experiment(experiment_id).name
-        swept = client.get_run(parent_run_id).data.params
-        group_by = [key for key in swept if key not in ("model", "seed")]
-        references = OmegaConf.to_container(
-            OmegaConf.load(REPO_ROOT / "conf" / "compare.yaml").references
-        )
-        rows, paths, markdown = write_comparison(
-            client, experiment, search_filter(parent_run_id, None), group_by, references,
-            output_dir, parent_run_id,
-        )  # fmt: skip
-        # The table itself, without its notes: which model won, at the end of the sweep.
-        log.info("%s", markdown.split("\n\n")[1])
-        for path in paths:
-            client.log_artifact(parent_run_id, str(path))
-        timestamp = int(1000 * time.time())
-        metrics = [Metric(k, v, timestamp, 0) for k, v in summary_metrics(rows).items()]
-        client.log_batch(parent_run_id, metrics=metrics)
-        if len(markdown) <= MAX_DESCRIPTION:
-            client.set_tag(parent_run_id, "mlflow.note.content", markdown)
-    except Exception as e:  # the parent must still end with its status
-        log.warning("The sweep's summary could not be made: %s", e)

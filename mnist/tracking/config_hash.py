@@ -1,6 +1,6 @@
 """The identity of what a run computes: a SHA-256 of its resolved config without the keys
 that cannot change its numbers. Logged as the `config.sha256` tag of every training run, it
-is how a resumed sweep recognises a job it already ran (mnist/tracking/sweep_resume.py)."""
+is how a resumed sweep recognises a job it already ran (mnist/sweeps/resume.py)."""
 
 from __future__ import annotations
 

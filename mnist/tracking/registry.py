@@ -9,6 +9,7 @@ from typing import Any
 
 from mnist.errors import ConfigError
 from mnist.tracking.runs import MODEL_CONTRACT
+from mnist.tracking.store import PARENT_TAG
 
 CHAMPION = "champion"
 # What picks the best model of a sweep: the checkpoint's own validation accuracy.
@@ -54,11 +55,10 @@ def latest_sweep(client: Any, experiment: str) -> str:
 def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
     """The finished child of the sweep with the highest validation accuracy (the earliest
     of equals) that logged a model, and what to say with it when the sweep is incomplete
-    (a job failed or did not run: its parent's count says so, mnist/tracking/sweep.py)."""
+    (a job failed or did not run: its parent's count says so, mnist/sweeps/callback.py)."""
     from mlflow.exceptions import MlflowException
 
-    from mnist.tracking.sweep import partial_sweep
-    from mnist.tracking.sweep_resume import current_runs
+    from mnist.sweeps.runs import current_runs, partial_sweep
 
     try:
         parent = client.get_run(parent_run_id)
@@ -66,7 +66,7 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
         raise ConfigError(f"parent_run_id={parent_run_id}: no such run in the store") from e
     children = client.search_runs(
         [parent.info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time ASC"],
     )
     candidates = [

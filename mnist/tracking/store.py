@@ -22,6 +22,10 @@ from typing import TypeVar
 from mnist.errors import TrackingError
 from mnist.redact import redact
 
+# MLflow's tag that makes a run the child of another: a sweep's jobs, a study's trials,
+# compare's summary of a sweep.
+PARENT_TAG = "mlflow.parentRunId"
+
 # Runs must not phone home (and machines without internet must not wait on it).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Artifacts read back here are small files: a progress bar each would only clutter the output.

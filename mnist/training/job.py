@@ -30,7 +30,8 @@ from mnist.models.describe import shape_tags
 from mnist.reporting import plots
 from mnist.reporting.reports import write_training_reports
 from mnist.seeding import generator, seed_everything
-from mnist.tracking import runs, store, sweep_resume, ui
+from mnist.sweeps import resume as sweep_resume
+from mnist.tracking import runs, store, ui
 from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import run_params
@@ -239,7 +240,7 @@ def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) ->
     tags.update(ctx.extra_tags)
     tags.update(torch_settings())
     if ctx.parent_run_id:
-        tags["mlflow.parentRunId"] = ctx.parent_run_id
+        tags[store.PARENT_TAG] = ctx.parent_run_id
     return tags
 
 

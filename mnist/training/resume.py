@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mnist.config import validate_config
 from mnist.data.augment import BatchAugment
 from mnist.errors import ConfigError
+from mnist.overrides import override_key
 from mnist.targets import first_line, refuse_foreign_targets
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import available
@@ -222,7 +223,7 @@ def ignored_overrides(given: DictConfig, resumed: DictConfig, overrides: list[st
     which is the one used: the user should hear that they do not apply."""
     ignored = []
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         # How this run was asked to resume, not a value of its config: not ignored.
         if key == "trainer.resume" or key.startswith("sweep."):
             continue

@@ -24,6 +24,7 @@ from mnist.atomic import written_atomically
 from mnist.config import validate_config
 from mnist.data.fetch import ensure_mnist
 from mnist.errors import ConfigError, SearchInterrupted
+from mnist.overrides import override_key
 from mnist.paths import REPO_ROOT
 from mnist.redact import redact
 from mnist.tracking import store
@@ -95,10 +96,6 @@ def config_groups(choices: Mapping[str, Any]) -> set[str]:
     return {group for group in choices if not group.startswith(("hydra/", "hparams_search"))}
 
 
-def _root(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
 def training_config(cfg: DictConfig) -> DictConfig:
     """The tune config as the training config of a trial: resolved (tune.yaml names the
     MLflow experiment after the study), without the search's own keys."""
@@ -115,8 +112,8 @@ def recipe_overrides(ctx: SearchContext) -> list[str]:
     return sorted(
         o
         for o in ctx.overrides
-        if _root(o).split(".")[0] not in (*TUNE_KEYS, *PLACE_KEYS)
-        and _root(o) not in ctx.where_keys
+        if override_key(o).split(".")[0] not in (*TUNE_KEYS, *PLACE_KEYS)
+        and override_key(o) not in ctx.where_keys
     )
 
 
@@ -263,7 +260,7 @@ def _run_here(
     deadline: float | None,
 ) -> None:
     trials_dir = study_dir(cfg) / "trials"
-    base_overrides = [o for o in ctx.overrides if _root(o).split(".")[0] not in TUNE_KEYS]
+    base_overrides = [o for o in ctx.overrides if override_key(o).split(".")[0] not in TUNE_KEYS]
     with stop_on_signals() as stop_requested:
         objective = Objective(train, compose, space, base_overrides, trials_dir, parent)
         poll_s = min(cfg.heartbeat_s, 5)

@@ -21,12 +21,10 @@ from mnist.config import flatten
 from mnist.redact import redacted_values
 from mnist.reporting.plots import pyplot
 from mnist.tracking.runs import git_state
-from mnist.tracking.store import get_or_create_experiment, retry_when_locked
+from mnist.tracking.store import PARENT_TAG, get_or_create_experiment, retry_when_locked
 from mnist.tuning.space import Param, override_text
 
 log = logging.getLogger(__name__)
-
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def _client(uri: str) -> Any:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mnist.overrides import override_key
+
 # Set in a worker's environment: it runs trials and leaves the study's summary (parent
 # run, plots, preset) to the command that started it.
 WORKER_ENV = "MNIST_TUNE_WORKER"
@@ -28,7 +30,7 @@ def worker_command(argv: list[str], timeout_s: float | None, run_dir: Path) -> l
     """A worker's command line: this command's, one job, what is left of the time limit,
     one torch thread unless the command set device.num_threads, its own Hydra output
     directory."""
-    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] not in _REPLACED]
+    args = [a for a in argv[1:] if override_key(a) not in _REPLACED]
     args += ["n_jobs=1", f"hydra.run.dir={run_dir}"]
     if timeout_s is not None:
         args.append(f"timeout_s={timeout_s}")

@@ -11,12 +11,12 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mnist.sweeps.internals import joblib_workers
 from mnist.tracking import store
 
 log = logging.getLogger(__name__)
@@ -26,22 +26,13 @@ log = logging.getLogger(__name__)
 GRACE_S = 60.0
 
 
-def joblib_workers() -> list[int]:
-    """The process ids of joblib's (loky's) workers in this process; empty under another
-    launcher. Read from loky's executor, the only record of them, only where joblib is
-    already imported."""
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None)
-    return list(getattr(executor, "_processes", None) or {})
-
-
 def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
     from mlflow.tracking import MlflowClient
 
     runs = store.retry_when_locked(
         lambda: MlflowClient(uri).search_runs(
             [experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+            f"tags.`{store.PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
         )
     )
     return {run.info.run_id for run in runs}

@@ -2,7 +2,7 @@
 closed after the last one ends, with every job's run as its child, named by the keys the
 sweep varies. A Hydra callback, so every launcher (basic, joblib, submitit) gets it without
 the jobs knowing which one ran them. The parent ends as the sweep's summary
-(mnist/reporting/compare.py: summarize_sweep)."""
+(mnist/sweeps/summary.py)."""
 
 from __future__ import annotations
 
@@ -14,52 +14,23 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
+from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_run_id
 from mnist.redact import redact, redacted_values
-from mnist.sweep_config import refuse_invalid_sweep, sweep_jobs
+from mnist.sweeps.internals import job_error
+from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
+from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_parent, sweep_sha256
+from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
+from mnist.sweeps.stop import stop_jobs_on_sigterm
 from mnist.tracking import store
-from mnist.tracking.sweep_resume import (
-    PARENT_TAG,
-    SWEEP_HASH_TAG,
-    current_runs,
-    reopen_parent,
-    sweep_sha256,
-)
-from mnist.tracking.sweep_stop import stop_jobs_on_sigterm
+from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
 
-# Written into the sweep directory: a file reaches the jobs of every launcher, Slurm jobs on
-# other nodes included (they share the sweep directory), where an environment variable may not.
-PARENT_RUN_FILE = "mlflow_parent_run_id"
-# The keys the sweep varies, one a line: each job's run is named by their values.
-SWEPT_KEYS_FILE = "swept_keys"
-# On the parent: the number of jobs the sweep launched (Hydra's list of them, whether or not
-# each got a run), set when it starts; and, when it ends, how many of them did not finish.
-JOBS_TAG = "sweep.jobs"
-FAILED_JOBS_TAG = "sweep.failed_jobs"
 # MLflow keeps tag values of up to 8000 characters.
 MAX_ERROR = 4000
-
-
-def parent_run_id(hydra_cfg: DictConfig) -> str | None:
-    """The parent run of the sweep this job belongs to; None outside a multirun, or when
-    the sweep ran without the MlflowSweep callback."""
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    path = Path(hydra_cfg.sweep.dir) / PARENT_RUN_FILE
-    return path.read_text().strip() if path.is_file() else None
-
-
-def swept_keys(hydra_cfg: DictConfig) -> list[str]:
-    """The keys the sweep of this job varies; empty outside a multirun."""
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return []
-    path = Path(hydra_cfg.sweep.dir) / SWEPT_KEYS_FILE
-    return path.read_text().split() if path.is_file() else []
 
 
 def swept_overrides(config: DictConfig) -> dict[str, str]:
@@ -79,18 +50,6 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
     return swept
 
 
-def partial_sweep(parent: Any, finished: int) -> str | None:
-    """What a report on the sweep of the `parent` run must say when only `finished` of its
-    jobs finished; None for a complete sweep, or a parent that does not count its jobs."""
-    jobs = int(parent.data.tags.get(JOBS_TAG, 0))
-    if finished >= jobs:
-        return None
-    return (
-        f"sweep {parent.info.run_id} is incomplete: {finished} of its {jobs} jobs finished; "
-        "the others failed or did not run"
-    )
-
-
 def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
     """A FAILED child run, with its error, for a job of the sweep that failed before its
     own run opened (a crash while it set up): otherwise the sweep's runs would look like
@@ -98,7 +57,6 @@ def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
     it) needs none: that run ended FAILED itself."""
     from mlflow.tracking import MlflowClient
 
-    from mnist.context import JobContext
     from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 
     parent = parent_run_id(config.hydra)
@@ -111,7 +69,7 @@ def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
     if current_runs(client.search_runs([experiment_id], own)):
         return
     ctx = JobContext.from_hydra()
-    error = job_return._return_value  # the public return_value raises it
+    error = job_error(job_return)
     message = f"{type(error).__name__}: {error}"[:MAX_ERROR]
     run_id = store.retry_when_locked(
         lambda: (
@@ -140,12 +98,12 @@ def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
 class MlflowSweep(Callback):
     """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
     an invalid job is refused before it has a parent run; with sweep.resume=true, the
-    stopped sweep's is reopened: mnist/tracking/sweep_resume.py) and ends it in
+    stopped sweep's is reopened: mnist/sweeps/resume.py) and ends it in
     `on_multirun_end`: FINISHED only when every job launched has a FINISHED child (a job
     that fails before its run opens gets a FAILED one: `on_job_end`). Hydra skips
     `on_multirun_end` when a job raises, so an exit hook ends the parent (FAILED) in that
     case too. In between, SIGTERM to the launcher stops the jobs cleanly
-    (mnist/tracking/sweep_stop.py)."""
+    (mnist/sweeps/stop.py)."""
 
     def __init__(self) -> None:
         # tracking URI, experiment id, parent run id, sweep directory, number of jobs (None
@@ -223,7 +181,7 @@ class MlflowSweep(Callback):
             return
         from mlflow.tracking import MlflowClient
 
-        from mnist.reporting.compare import summarize_sweep
+        from mnist.sweeps.summary import summarize_sweep
         from mnist.tracking.ui import how_to_open
 
         uri, experiment_id, run_id, sweep_dir, jobs = self._parent

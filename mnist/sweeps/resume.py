@@ -4,7 +4,7 @@ parent), each job among that parent's children by the hash of its resolved confi
 (config.sha256, mnist/tracking/config_hash.py): a FINISHED run is done and not re-run, an
 interrupted one continues from its last.pt in the same MLflow run (trainer.resume), and
 one without a last.pt is restarted as a new run that supersedes it, so that every job
-counts once (`current_runs`)."""
+counts once (mnist/sweeps/runs.py: `current_runs`)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist.context import JobContext
+from mnist.overrides import override_key
+from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
 from mnist.tracking import store
+from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
 
 SWEEP_HASH_TAG = "sweep.overrides_sha256"
-# On the new run of a job that was restarted: the run(s) it replaces, comma-separated...
-SUPERSEDES_TAG = "sweep.supersedes"
-# ...and on each of those, the run that replaced it: compare and the parent's job count
-# leave them out.
-SUPERSEDED_TAG = "sweep.superseded_by"
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def sweep_sha256(config: DictConfig) -> str:
@@ -37,7 +34,7 @@ def sweep_sha256(config: DictConfig) -> str:
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     kept = []
     for override in config.hydra.overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key not in excluded and not key.startswith(("hydra/launcher", "hydra.launcher.")):
             kept.append(override)
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -61,12 +58,6 @@ def reopen_parent(client: Any, experiment_id: str, sweep_hash: str) -> str | Non
     store.retry_when_locked(lambda: client.update_run(run_id, status="RUNNING"))
     log.info("sweep.resume=true: continuing sweep parent run %s", run_id)
     return run_id
-
-
-def current_runs(runs: list[Any]) -> list[Any]:
-    """The training runs that count: without those a restarted job's new run superseded,
-    and without runs that trained no model (a sweep's parent, compare's summaries)."""
-    return [run for run in runs if SUPERSEDED_TAG not in run.data.tags and "model" in run.data.tags]
 
 
 def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, Any] | None]:

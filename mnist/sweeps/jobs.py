@@ -5,16 +5,13 @@ after a parent run was opened and the jobs before it ran."""
 
 from __future__ import annotations
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.utils import run_and_report
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
 from mnist.errors import ConfigError
-
-BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
+from mnist.sweeps.internals import BASIC_SWEEPER, basic_sweeper_jobs, report_as_hydra
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
@@ -26,7 +23,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    return basic_sweeper_jobs(overrides)
 
 
 def refuse_invalid_sweep(config: DictConfig) -> None:
@@ -38,7 +35,7 @@ def refuse_invalid_sweep(config: DictConfig) -> None:
         with exit_on_user_error(config):
             validate_sweep(config)
 
-    run_and_report(validate)
+    report_as_hydra(validate)
 
 
 def validate_sweep(config: DictConfig) -> None:
