@@ -13,7 +13,7 @@ from mnist.cli import exit_on_user_error
 from mnist.errors import TrackingError
 from mnist.redact import redact, redact_log_records
 from tests.helpers import REPO_ROOT, run_script, tiny_overrides
-from tests.helpers.server import free_port, wait_until_up
+from tests.helpers.server import mlflow_server
 
 SECRET = "s3cretpw"
 
@@ -73,18 +73,8 @@ def test_a_password_in_the_study_storage_is_not_printed(tmp_path):
 # Slow: an MLflow server and a training run, each in its own interpreter.
 @pytest.mark.slow
 def test_a_run_on_a_server_with_credentials_records_no_password(synthetic_root, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_until_up(url, server, log)
-        secret_url = f"http://user:{SECRET}@127.0.0.1:{port}"
+    with mlflow_server(tmp_path) as url:
+        secret_url = url.replace("http://", f"http://user:{SECRET}@")
         trained = subprocess.run(
             [sys.executable, str(REPO_ROOT / "scripts" / "train.py"),
              *tiny_overrides(synthetic_root, tmp_path), "trainer.epochs=1",
@@ -106,6 +96,3 @@ def test_a_run_on_a_server_with_credentials_records_no_password(synthetic_root, 
         texts = [p for p in downloaded.rglob("*") if p.suffix in (".yaml", ".log", ".txt")]
         assert any(p.name == "overrides.yaml" for p in texts)
         assert not [p for p in texts if SECRET in p.read_text()]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)

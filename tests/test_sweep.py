@@ -17,7 +17,7 @@ from mnist.reporting.compare import compare
 from mnist.tracking.registry import promote_sweep
 from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
-from tests.helpers.server import free_port, wait_until_up
+from tests.helpers.server import mlflow_server
 
 PARENT_TAG = "mlflow.parentRunId"
 # A model whose head has 5 outputs for 10 classes: it builds, then fails in its first batch,
@@ -229,17 +229,7 @@ def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path)
 # Three interpreters (server, two submitit jobs) besides the sweep's: minutes on 2 cores.
 @pytest.mark.slow
 def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_until_up(url, server, log)
+    with mlflow_server(tmp_path) as url:
         sweep = subprocess.run(
             [sys.executable, str(TRAIN_SCRIPT), *sweep_overrides(synthetic_root, tmp_path),
              "hydra/launcher=submitit_local", "seed=0,1"],
@@ -258,9 +248,6 @@ def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_pa
         assert "experiment: sweep" in Path(config).read_text()
         # Everything went to the server: the jobs did not fall back to a local store.
         assert not (tmp_path / "mlruns").exists()
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 # Slow: four jobs of a real sweep in one process (~40 s on 2 cores).

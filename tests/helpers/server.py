@@ -48,3 +48,24 @@ def web_server_that_is_not_mlflow(directory: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@contextmanager
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """The URL of a real `mlflow server` on a store in tmp_path/server, up until
+    the block ends."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until_up(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
