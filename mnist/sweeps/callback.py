@@ -18,13 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_run_id
-from mnist.redact import redact, redacted_values
+from mnist.redact import redacted_values
 from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
-from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_parent, sweep_sha256
+from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_sweep_parent, sweep_sha256
 from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
 from mnist.sweeps.stop import stop_jobs_on_sigterm
 from mnist.tracking import store
+from mnist.tracking.parent import children, end_parent, open_parent
 from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
@@ -65,31 +66,25 @@ def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
     client = MlflowClient(store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns))
     experiment_id = client.get_run(parent).info.experiment_id
     config_hash = config_sha256(job_return.cfg)
-    own = f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{CONFIG_HASH_TAG}` = '{config_hash}'"
-    if current_runs(client.search_runs([experiment_id], own)):
+    own = f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}'"
+    if current_runs(children(client, experiment_id, parent, own)):
         return
     ctx = JobContext.from_hydra()
     error = job_error(job_return)
     message = f"{type(error).__name__}: {error}"[:MAX_ERROR]
+    tags = {
+        PARENT_TAG: parent,
+        "model": ctx.choices.get("model", "n/a"),
+        "seed": str(config.seed),
+        "hydra.overrides": " ".join(ctx.overrides),
+        CONFIG_HASH_TAG: config_hash,
+        "error": message,
+        "mlflow.note.content": f"Failed before its MLflow run opened: {message}",
+    }
+    name = config.logger.run_name or ctx.run_name
     run_id = store.retry_when_locked(
-        lambda: (
-            client.create_run(
-                experiment_id,
-                run_name=config.logger.run_name or ctx.run_name,
-                tags=redacted_values(
-                    {
-                        PARENT_TAG: parent,
-                        "model": ctx.choices.get("model", "n/a"),
-                        "seed": str(config.seed),
-                        "hydra.overrides": " ".join(ctx.overrides),
-                        CONFIG_HASH_TAG: config_hash,
-                        "error": message,
-                        "mlflow.note.content": f"Failed before its MLflow run opened: {message}",
-                    }
-                ),
-            ).info.run_id
-        )
-    )
+        lambda: client.create_run(experiment_id, run_name=name, tags=redacted_values(tags))
+    ).info.run_id
     store.retry_when_locked(lambda: client.set_terminated(run_id, "FAILED"))
     log.error("Job %d failed before its MLflow run opened; recorded as FAILED run %s: %s",
               ctx.job_num, run_id, message)  # fmt: skip
@@ -112,7 +107,6 @@ class MlflowSweep(Callback):
         self._restore_sigterm: Callable[[], None] = lambda: None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         from mnist.tracking.ui import experiment_tags
@@ -132,7 +126,7 @@ class MlflowSweep(Callback):
         client = MlflowClient(uri)
         sweep_hash = sweep_sha256(config)
         run_id = (
-            reopen_parent(client, experiment_id, sweep_hash)
+            reopen_sweep_parent(client, experiment_id, sweep_hash)
             if config.sweep.resume is True
             else None
         )
@@ -140,16 +134,13 @@ class MlflowSweep(Callback):
         jobs = sweep_jobs(config)
         job_count = None if jobs is None else len(jobs)
         if run_id is None:
-            run_id = client.create_run(
-                experiment_id,
-                run_name=f"sweep {'/'.join(sweep_dir.parts[-2:])}",
-                tags={
-                    "sweep.dir": str(sweep_dir),
-                    "hydra.overrides": redact(" ".join(config.hydra.overrides.task)),
-                    SWEEP_HASH_TAG: sweep_hash,
-                },
-            ).info.run_id
-            client.log_batch(run_id, params=[Param(k, v) for k, v in swept.items()])
+            tags = {
+                "sweep.dir": str(sweep_dir),
+                "hydra.overrides": " ".join(config.hydra.overrides.task),
+                SWEEP_HASH_TAG: sweep_hash,
+            }
+            name = f"sweep {'/'.join(sweep_dir.parts[-2:])}"
+            run_id = open_parent(client, experiment_id, name, tags, swept)
         else:
             client.set_tag(run_id, "sweep.resumed_dir", str(sweep_dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -188,19 +179,17 @@ class MlflowSweep(Callback):
         self._parent = None
         client = MlflowClient(uri)
         # A resumed sweep's parent counts each job once: not the runs restarted jobs replaced.
-        children = current_runs(
-            client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'")
-        )
-        finished = sum(child.info.status == "FINISHED" for child in children)
+        runs = current_runs(children(client, experiment_id, run_id))
+        finished = sum(run.info.status == "FINISHED" for run in runs)
         # A job with no run (it stopped the sweep before its run opened, or never started)
         # counts as not finished: the jobs are those Hydra launched, not the runs there are.
-        jobs = jobs or len(children)
+        jobs = jobs or len(runs)
         failed = jobs - finished
         client.set_tag(run_id, JOBS_TAG, str(jobs))
         client.set_tag(run_id, FAILED_JOBS_TAG, str(failed))
         summarize_sweep(uri, experiment_id, run_id, sweep_dir / "compare")
         complete = sweep_completed and jobs and not failed
-        client.set_terminated(run_id, "FINISHED" if complete else "FAILED")
+        end_parent(client, run_id, "FINISHED" if complete else "FAILED")
         log.info("Sweep parent run %s: %d jobs, %d not finished", run_id, jobs, failed)
         if hint := how_to_open(uri, experiment_id):
             log.info("Compare the runs: %s", hint)

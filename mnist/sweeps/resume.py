@@ -19,7 +19,7 @@ from mnist.context import JobContext
 from mnist.overrides import override_key
 from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
 from mnist.tracking import store
-from mnist.tracking.store import PARENT_TAG
+from mnist.tracking.parent import children, reopen_parent
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def sweep_sha256(config: DictConfig) -> str:
     return hashlib.sha256("\n".join(kept).encode()).hexdigest()
 
 
-def reopen_parent(client: Any, experiment_id: str, sweep_hash: str) -> str | None:
+def reopen_sweep_parent(client: Any, experiment_id: str, sweep_hash: str) -> str | None:
     """The most recent parent run of the same sweep in the experiment, set RUNNING again;
     None (said in one line) when there is none."""
     found = client.search_runs(
@@ -55,7 +55,7 @@ def reopen_parent(client: Any, experiment_id: str, sweep_hash: str) -> str | Non
         log.info("sweep.resume=true: no earlier sweep of this command here; starting a new one")
         return None
     run_id = found[0].info.run_id
-    store.retry_when_locked(lambda: client.update_run(run_id, status="RUNNING"))
+    reopen_parent(client, run_id)
     log.info("sweep.resume=true: continuing sweep parent run %s", run_id)
     return run_id
 
@@ -73,14 +73,9 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
 
     client = MlflowClient(store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns))
     parent = client.get_run(ctx.parent_run_id)
-    earlier = current_runs(
-        client.search_runs(
-            [parent.info.experiment_id],
-            f"tags.`{PARENT_TAG}` = '{ctx.parent_run_id}' and "
-            f"tags.`{CONFIG_HASH_TAG}` = '{config_sha256(cfg)}'",
-            order_by=["attributes.start_time DESC"],
-        )
-    )
+    same_job = f"tags.`{CONFIG_HASH_TAG}` = '{config_sha256(cfg)}'"
+    runs = children(client, parent.info.experiment_id, ctx.parent_run_id, same_job)
+    earlier = sorted(current_runs(runs), key=lambda run: run.info.start_time, reverse=True)
     if not earlier:
         return cfg, None
     if finished := [run for run in earlier if run.info.status == "FINISHED"]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mnist.sweeps.internals import joblib_workers
-from mnist.tracking import store
+from mnist.tracking.parent import children
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,8 @@ GRACE_S = 60.0
 def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
     from mlflow.tracking import MlflowClient
 
-    runs = store.retry_when_locked(
-        lambda: MlflowClient(uri).search_runs(
-            [experiment_id],
-            f"tags.`{store.PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        )
-    )
+    running = "attributes.status = 'RUNNING'"
+    runs = children(MlflowClient(uri), experiment_id, parent_run_id, running)
     return {run.info.run_id for run in runs}
 
 

@@ -18,10 +18,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist.config import flatten
-from mnist.redact import redacted_values
 from mnist.reporting.plots import pyplot
+from mnist.tracking.parent import children, end_parent, open_parent, reopen_parent
 from mnist.tracking.runs import git_state
-from mnist.tracking.store import PARENT_TAG, get_or_create_experiment, retry_when_locked
+from mnist.tracking.store import get_or_create_experiment, retry_when_locked
 from mnist.tuning.space import Param, override_text
 
 log = logging.getLogger(__name__)
@@ -46,32 +46,21 @@ def create_parent_run(
     client = _client(uri)
     experiment_id = retry_when_locked(lambda: get_or_create_experiment(uri, experiment))
     commit, dirty = git_state()
-    run = retry_when_locked(
-        lambda: client.create_run(
-            experiment_id,
-            run_name=f"study {study}",
-            tags=redacted_values(
-                {
-                    "optuna.study": study,
-                    "optuna.storage": storage,
-                    "hydra.overrides": " ".join(recipe),
-                    "git.commit": commit,
-                    "git.dirty": dirty,
-                }
-            ),
-        )
-    )
+    tags = {
+        "optuna.study": study,
+        "optuna.storage": storage,
+        "hydra.overrides": " ".join(recipe),
+        "git.commit": commit,
+        "git.dirty": dirty,
+    }
     params = {f"search.{p.path}": p.describe() for p in space}
     params |= flatten({"sampler": search["sampler"], "pruner": search["pruner"]})
     params |= {"study": study, "storage": storage}
-    for key, value in redacted_values(params).items():
-        retry_when_locked(lambda k=key, v=value: client.log_param(run.info.run_id, k, v))
-    return run.info.run_id
+    return open_parent(client, experiment_id, f"study {study}", tags, params)
 
 
 def reopen_parent_run(uri: str, run_id: str) -> None:
-    """A resumed study's run is running again until this command ends."""
-    retry_when_locked(lambda: _client(uri).update_run(run_id, status="RUNNING"))
+    reopen_parent(_client(uri), run_id)
 
 
 def pruning_savings(trials: list[FrozenTrial]) -> dict[str, float]:
@@ -131,12 +120,7 @@ def _sync_trial_tags(client: Any, run_id: str, experiment_id: str, study: optuna
     states change after a run ends (a process that died leaves its trial to be failed
     by the heartbeat)."""
     states = {str(t.number): t.state.name for t in study.get_trials(deepcopy=False)}
-    children = retry_when_locked(
-        lambda: client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=50000
-        )
-    )
-    for child in children:
+    for child in children(client, experiment_id, run_id):
         state = states.get(child.data.tags.get("optuna.trial", ""))
         if state and child.data.tags.get("optuna.state") != state:
             retry_when_locked(
@@ -176,5 +160,5 @@ def finish_parent_run(
         retry_when_locked(lambda: client.log_artifact(run_id, str(preset), "experiment"))
     experiment_id = client.get_run(run_id).info.experiment_id
     _sync_trial_tags(client, run_id, experiment_id, study)
-    retry_when_locked(lambda: client.set_terminated(run_id, status))
+    end_parent(client, run_id, status)
     return metrics
