@@ -11,13 +11,13 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mnist.sweeps.internals import joblib_workers
 from mnist.tracking.parent import children
+from mnist.training.signals import install_handler
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ def stop_jobs_on_sigterm(uri: str, experiment_id: str, parent_run_id: str) -> Ca
     """Install the launcher's SIGTERM handler; returns what puts the previous one back. In
     the basic launcher the job runs in this process, and its own handler stops it cleanly
     while it trains (mnist/training/signals.py); this one acts between the jobs' steps."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
 
     def stop(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
@@ -61,5 +58,4 @@ def stop_jobs_on_sigterm(uri: str, experiment_id: str, parent_run_id: str) -> Ca
                 running &= _running_children(uri, experiment_id, parent_run_id)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    return install_handler(stop, (signal.SIGTERM,))

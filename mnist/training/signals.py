@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,27 @@ log = logging.getLogger(__name__)
 # process, so a nested scope (the loop's, inside the job's) shares the outer one's request:
 # installing its own would turn the "second signal stops immediately" into another request.
 _active: Callable[[], bool] | None = None
+
+
+# The signals that ask a command to stop: Ctrl-C, and what schedulers (Slurm, Kubernetes,
+# `kill`) send before they kill.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def install_handler(
+    handler: Callable[[int, Any], None], signals: tuple[signal.Signals, ...] = STOP_SIGNALS
+) -> Callable[[], None]:
+    """Install `handler` for `signals`; returns what puts the previous handlers back.
+    Outside the main thread, where Python cannot install handlers, both do nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+
+    def restore() -> None:
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+
+    return restore
 
 
 @contextmanager
@@ -30,9 +52,9 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
         yield lambda: False  # signal handlers can only be installed in the main thread
         return
     requested: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
-    def request_stop(signum, frame):
+    def request_stop(signum: int, frame: Any) -> None:
         log.warning("%s received: stopping at the next safe point", signal.Signals(signum).name)
         requested.append(signum)
         signal.signal(signum, previous[signum])
@@ -40,12 +62,10 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     def stop_requested() -> bool:
         return bool(requested)
 
-    for sig in previous:
-        signal.signal(sig, request_stop)
+    restore = install_handler(request_stop)
     _active = stop_requested
     try:
         yield stop_requested
     finally:
         _active = None
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist.atomic import written_atomically
 from mnist.config import validate_config
+from mnist.context import JobContext
 from mnist.data.fetch import ensure_mnist
 from mnist.errors import ConfigError, SearchInterrupted
 from mnist.overrides import override_key
@@ -66,28 +67,26 @@ JOIN_TIMEOUT_S = 120
 
 
 @dataclass
-class SearchContext:
-    """What Hydra knows about the tune command and its config does not."""
+class SearchContext(JobContext):
+    """A job's context (mnist/context.py) plus what the tune command needs: every config
+    group a search may pick an option of (unselected ones too), the where-to-write keys
+    and the command line its workers repeat."""
 
-    output_dir: Path
-    overrides: list[str]
-    groups: set[str]
+    groups: set[str] = field(default_factory=set)
     # hydra.job.config.override_dirname.exclude_keys: where-to-write keys (conf/train.yaml).
     where_keys: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_hydra(cls, argv: list[str]) -> SearchContext:
+    def from_hydra(cls, argv: list[str] | None = None) -> SearchContext:
         from hydra.core.hydra_config import HydraConfig
 
         hydra = HydraConfig.get()
-        return cls(
-            output_dir=Path(hydra.runtime.output_dir),
-            overrides=list(hydra.overrides.task),
-            groups=config_groups(hydra.runtime.choices),
-            where_keys=list(hydra.job.config.override_dirname.exclude_keys),
-            argv=list(argv),
-        )
+        ctx = super().from_hydra()
+        ctx.groups = config_groups(hydra.runtime.choices)
+        ctx.where_keys = list(hydra.job.config.override_dirname.exclude_keys)
+        ctx.argv = list(argv or [])
+        return ctx
 
 
 def config_groups(choices: Mapping[str, Any]) -> set[str]:

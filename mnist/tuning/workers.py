@@ -7,12 +7,12 @@ the terminal reaches them once, not twice: a second signal stops a trial at once
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from mnist.overrides import override_key
+from mnist.training.signals import install_handler
 
 # Set in a worker's environment: it runs trials and leaves the study's summary (parent
 # run, plots, preset) to the command that started it.
@@ -49,9 +49,8 @@ def run_workers(commands: list[list[str]]) -> list[int]:
             if process.poll() is None:
                 process.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    restore = install_handler(forward)
     try:
         return [process.wait() for process in processes]
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
