@@ -1,4 +1,5 @@
-"""The comparison table of a finished sweep: python scripts/compare.py experiment=arch_table"""
+"""The comparison table of a finished sweep, by default the latest:
+python scripts/compare.py [logger.experiment=arch_table] [parent_run_id=<id>|all]"""
 
 from pathlib import Path
 

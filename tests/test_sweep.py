@@ -71,24 +71,26 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     assert [r.info.run_name for r in children] == ["fast", "cnn24k", "broken"]
     assert parent.data.params == {"model": "fast,cnn24k,broken"}
     for model, run in zip(("fast", "cnn24k"), children, strict=False):
-        assert parent.data.metrics[f"{model}/test/acc_mean"] == run.data.metrics["test/acc"]
-        assert parent.data.metrics[f"{model}/best/val_acc_mean"] == run.data.metrics["best/val_acc"]
+        summary = parent.data.metrics
+        assert summary[f"summary/{model}/test/acc_mean"] == run.data.metrics["test/acc"]
+        assert summary[f"summary/{model}/best/val_acc_mean"] == run.data.metrics["best/val_acc"]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "table.md", "table.csv", "chart.png",
     }  # fmt: skip
-    assert "| fast | 29,178 | 3 | MaxPool |" in parent.data.tags["mlflow.note.content"]
+    assert "| 29,178 | 3 | MaxPool |" in parent.data.tags["mlflow.note.content"]
 
     # In process: scripts/compare.py only adds Hydra's output directory, and another
     # interpreter would cost this 2-core test machine half a minute of imports.
     config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
     compare(config, tmp_path / "compare")
     rows = read_csv(tmp_path / "compare" / "table.csv")
+    # The best validation accuracy first; the run that did not finish has none: last.
+    by_validation = sorted(children[:2], key=lambda run: -run.data.metrics["best/val_acc"])
     assert [(r["model"], r["runs"], r["failed"]) for r in rows] == [
-        ("fast", "1", "0"),
-        ("cnn24k", "1", "0"),
+        *((run.data.tags["model"], "1", "0") for run in by_validation),
         ("broken", "0", "1"),
     ]
-    for row, run in zip(rows[:2], children[:2], strict=True):
+    for row, run in zip(rows[:2], by_validation, strict=True):
         last_epoch = client.get_metric_history(run.info.run_id, "test/acc_epoch")[-1].value
         assert float(row["final_acc_mean"]) == 100 * last_epoch
         assert float(row["best_val_ckpt_acc_mean"]) == 100 * run.data.metrics["test/acc"]
@@ -99,8 +101,11 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     assert "| 1 | MaxPool | n/a | 0 + 1 failed | n/a | n/a | n/a |" in table
     assert f"| broken | {broken.info.run_name} | FAILED | {broken.info.run_id} |" in table
     assert (tmp_path / "compare" / "chart.png").stat().st_size > 10_000
-    (summary,) = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'compare'")
-    assert summary.data.tags[PARENT_TAG] == parent.info.run_id  # under the sweep it summarises
+    # Not among the training runs: in an experiment of its own, naming the sweep.
+    assert len(client.search_runs([parent.info.experiment_id])) == 4
+    summaries = client.get_experiment_by_name("sweep/compare").experiment_id
+    (summary,) = client.search_runs([summaries], "attributes.run_name = 'compare'")
+    assert summary.data.tags["compare.parent_run_id"] == parent.info.run_id
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {
         "table.md", "table.csv", "chart.png",
     }  # fmt: skip
@@ -143,9 +148,12 @@ def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
     config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
     compare(config, tmp_path / "compare")
     rows = read_csv(tmp_path / "compare" / "table.csv")
-    assert [(r["model"], r["runs"], r["failed"]) for r in rows] == [
-        ("fast", "1", "1"),
-        ("broken", "0", "2"),
+    # A row per config (device.num_threads is a param): the finished one first.
+    assert [(r["model"], r["device.num_threads"], r["runs"], r["failed"]) for r in rows] == [
+        ("fast", "1", "1", "0"),
+        ("fast", "2147483648", "0", "1"),
+        ("broken", "1", "0", "1"),
+        ("broken", "2147483648", "0", "1"),
     ]
     incomplete = f"sweep {parent.info.run_id} is incomplete: 1 of its 4 jobs finished"
     assert incomplete in (tmp_path / "compare" / "table.md").read_text()

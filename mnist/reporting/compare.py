@@ -1,38 +1,44 @@
-"""The comparison table of a finished sweep, from MLflow alone: a model's runs (one per seed)
-become one row, with accuracy over seeds, cost per epoch and the reference numbers beside
-it. Runs that did not finish are counted and listed, never dropped. A sweep's parent run
-gets the table as its summary (mnist/sweeps/summary.py)."""
+"""The comparison table of a finished sweep, from MLflow alone: the runs of one config (one
+per seed) become one row, with accuracy over seeds, cost per epoch and the reference numbers
+beside it, best validation accuracy first. Runs that did not finish are counted and listed,
+never dropped. A sweep's parent run gets the table as its summary (mnist/sweeps/summary.py);
+compare.py logs its own to the experiment `<experiment>/compare`, out of the training runs."""
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError
 from mnist.overrides import split_override
+from mnist.paths import REPO_ROOT
 from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.sweeps.runs import current_runs, partial_sweep
 from mnist.tracking import store
+from mnist.tracking.params import changes_results
+from mnist.tracking.registry import latest_sweep
 from mnist.tracking.runs import log_artifacts, mlflow_run
-from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
 
+# parent_run_id=all: every training run of the experiment, not one sweep.
+ALL_RUNS = "all"
+# compare.py's summary runs go to `<experiment>` + this: never among the training runs.
+SUMMARY_EXPERIMENT_SUFFIX = "/compare"
+
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
-    clauses = [f"tags.`{PARENT_TAG}` = '{parent_run_id}'"] if parent_run_id else []
+    clauses = [f"tags.`{store.PARENT_TAG}` = '{parent_run_id}'"] if parent_run_id else []
     return " and ".join([*clauses, *([extra] if extra else [])])
 
 
-def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
-    """The training runs of `experiment` matching `filter_string`, oldest first
-    (current_runs: a run that a resumed sweep restarted as a new run counts once)."""
-    from mlflow.exceptions import MlflowException
-
+def _experiment(client: Any, experiment: str) -> Any:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
@@ -40,6 +46,29 @@ def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
             f"logger.experiment={experiment!r} names no MLflow experiment in "
             f"{client.tracking_uri} (known: {known}); pass the logger.experiment of the sweep"
         )
+    return found
+
+
+def selected_sweep(client: Any, experiment: str, parent_run_id: str | None) -> str | None:
+    """The parent run of the sweep to compare: `parent_run_id`, else the latest sweep of
+    `experiment` (the one promote.py promotes from); None for parent_run_id=all."""
+    _experiment(client, experiment)
+    if parent_run_id == ALL_RUNS:
+        return None
+    if parent_run_id:
+        return parent_run_id
+    try:
+        return latest_sweep(client, experiment)
+    except ConfigError as e:
+        raise ConfigError(f"{e}, or parent_run_id={ALL_RUNS} for all its runs") from e
+
+
+def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
+    """The training runs of `experiment` matching `filter_string`, oldest first
+    (current_runs: a run that a resumed sweep restarted as a new run counts once)."""
+    from mlflow.exceptions import MlflowException
+
+    found = _experiment(client, experiment)
     runs: list[Any] = []
     token = None
     while True:
@@ -88,6 +117,53 @@ def describe_model(run: Any) -> tuple[int | None, str]:
     return (int(layers) if layers else None), tags.get("model.pooling", "n/a")
 
 
+@cache
+def _where_keys() -> frozenset[str]:
+    """What says where a run wrote or how its sweep was started, never what it trained:
+    hydra.job.config.override_dirname.exclude_keys of conf/train.yaml."""
+    train = OmegaConf.load(REPO_ROOT / "conf" / "train.yaml")
+    return frozenset(train.hydra.job.config.override_dirname.exclude_keys)
+
+
+def config_keys(runs: list[Any]) -> list[str]:
+    """The keys that can make the runs' numbers differ, but the model and the seed: those
+    of their overrides first (what a sweep varies, by the name it was given), then their
+    params (mnist/tracking/params.py)."""
+    overrides = [split_override(override)[0] for run in runs
+                 for override in run.data.tags.get("hydra.overrides", "").split()]  # fmt: skip
+    params = sorted({key for run in runs for key in run.data.params})
+    return [
+        key for key in dict.fromkeys([*overrides, *params])
+        if key not in {"model", "seed", *_where_keys()} and changes_results(key)
+    ]  # fmt: skip
+
+
+def split_keys(runs: list[Any]) -> list[str]:
+    """The keys that, with the model, tell every config among `runs` apart: each of
+    config_keys that splits them further (optimizer; optimizer.lr only where it differs
+    for one optimizer). [] when the runs differ only in the seed."""
+
+    def configs(keys: list[str]) -> int:
+        return len({(run.data.tags["model"], *(group_value(run, k) for k in keys)) for run in runs})
+
+    keys: list[str] = []
+    for key in config_keys(runs):
+        if configs([*keys, key]) > configs(keys):
+            keys.append(key)
+    return keys
+
+
+def train_images(run: Any) -> int | None:
+    """How many images the run trained on, from its data.* params; None where it did not
+    record them."""
+    params = run.data.params
+    if "data.val_size" not in params:
+        return None
+    available = MNIST_TRAIN_SIZE - int(params["data.val_size"])
+    subset = params.get("data.train_subset", "None")
+    return available if subset == "None" else min(available, int(subset))
+
+
 def _history(client: Any, run_id: str, metric: str) -> list[float]:
     history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
     return [m.value for m in history]
@@ -100,6 +176,7 @@ def _add_finished(row: Row, client: Any, run: Any) -> None:
     test_per_epoch = _history(client, run_id, "test/acc_epoch")
     epoch_times = _history(client, run_id, "epoch_time_s")
     row.finished += 1
+    row.train_images.append(train_images(run))
     if test_per_epoch:
         row.final_acc.append(test_per_epoch[-1])
         row.max_acc.append(max(test_per_epoch))
@@ -114,35 +191,52 @@ def _add_finished(row: Row, client: Any, run: Any) -> None:
 
 
 def build_rows(
-    client: Any, runs: list[Any], group_by: list[str], references: dict[str, Any]
+    client: Any, runs: list[Any], group_by: list[str] | None, references: dict[str, Any]
 ) -> list[Row]:
-    """One row per model and group_by values, in the order the runs started."""
-    for key in group_by:
+    """One row per model and value of each group_by key (None: of each key of split_keys),
+    best validation accuracy first. A row that still pools runs of different configs names
+    the keys they differ in (Row.mixed)."""
+    for key in group_by or []:
         if all(group_value(run, key) is None for run in runs):
             raise ConfigError(
                 f"group_by key {key!r} is no tag, param or override of any run; use e.g. "
                 "seed, optimizer, trainer.epochs or another swept key"
             )
-    rows: dict[tuple[str, ...], Row] = {}
+    keys = split_keys(runs) if group_by is None else group_by
+    grouped: dict[tuple[str, ...], list[Any]] = {}
     for run in runs:
-        model = run.data.tags["model"]
-        groups = {key: group_value(run, key) or "n/a" for key in group_by}
-        row = rows.get((model, *groups.values()))
-        if row is None:
-            row = rows[(model, *groups.values())] = Row(model, groups)
-            row.conv_layers, row.pooling = describe_model(run)
-            row.reference = references.get(model)
+        groups = (group_value(run, key) or "n/a" for key in keys)
+        grouped.setdefault((run.data.tags["model"], *groups), []).append(run)
+    rows = [_row(client, row_runs, keys, references) for row_runs in grouped.values()]
+    return sorted(rows, key=table.validation, reverse=True)
+
+
+def _row(client: Any, runs: list[Any], keys: list[str], references: dict[str, Any]) -> Row:
+    first = runs[0]
+    model = first.data.tags["model"]
+    groups = {key: group_value(first, key) or "n/a" for key in keys}
+    row = Row(model, groups, reference=references.get(model), mixed=split_keys(runs))
+    row.conv_layers, row.pooling = describe_model(first)
+    for run in runs:
         if "params_count" in run.data.metrics:
             row.params = int(run.data.metrics["params_count"])
         if run.info.status == "FINISHED":
             _add_finished(row, client, run)
         else:
             row.unfinished.append(run)
-    return list(rows.values())
+    return row
+
+
+def load_references(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """conf/compare.yaml's references, each with the number of images it trained on: its
+    own train_images, else reference_train_images."""
+    references = OmegaConf.to_container(cfg.references, resolve=True)
+    return {model: {"train_images": cfg.reference_train_images, **reference}
+            for model, reference in references.items()}  # fmt: skip
 
 
 def write_comparison(
-    client: Any, experiment: str, filter_string: str, group_by: list[str],
+    client: Any, experiment: str, filter_string: str, group_by: list[str] | None,
     references: dict[str, Any], output_dir: Path, parent_run_id: str | None = None,
 ) -> tuple[list[Row], list[Path], str]:  # fmt: skip
     """(rows, [table.md, table.csv, chart.png] written into `output_dir`, the Markdown).
@@ -152,46 +246,49 @@ def write_comparison(
     rows = build_rows(client, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
     title = experiment + (f" ({filter_string})" if filter_string else "")
-    markdown = table.markdown(rows, group_by, title)
+    markdown = table.markdown(rows, title)
     parent = client.get_run(parent_run_id) if parent_run_id else None
     if parent and (note := partial_sweep(parent, sum(row.finished for row in rows))):
         log.warning("%s", note)
         markdown += f"\n**Incomplete:** {note}.\n"
     paths = [
         table.write_text(markdown, output_dir / "table.md"),
-        table.write_csv(rows, group_by, output_dir / "table.csv"),
+        table.write_csv(rows, output_dir / "table.csv"),
         table.plot(rows, title, output_dir / "chart.png"),
     ]
     return rows, paths, markdown
 
 
 def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
-    """Writes table.md, table.csv and chart.png into `output_dir` (and logs them to a
-    summary run in the same experiment when cfg.log_summary: a child of the sweep's parent
-    run with parent_run_id); returns their paths."""
+    """Writes table.md, table.csv and chart.png into `output_dir` and returns their paths;
+    with cfg.log_summary, logs them to a run of `<experiment>/compare`: an experiment of
+    its own keeps the training runs' list to training runs, and leaves a sweep's parent
+    with the summary the sweep ended with, whatever filter or group_by this one used."""
     from mlflow.tracking import MlflowClient
 
     experiment = cfg.logger.experiment
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
     client = MlflowClient(uri)
-    filter_string = search_filter(cfg.parent_run_id, cfg.filter)
-    group_by = list(cfg.group_by)
-    references = OmegaConf.to_container(cfg.references, resolve=True)
+    parent_run_id = selected_sweep(client, experiment, cfg.parent_run_id)
+    filter_string = search_filter(parent_run_id, cfg.filter)
+    group_by = None if cfg.group_by is None else list(cfg.group_by)
     rows, paths, markdown = write_comparison(
-        client, experiment, filter_string, group_by, references, output_dir, cfg.parent_run_id
-    )
+        client, experiment, filter_string, group_by, load_references(cfg), output_dir,
+        parent_run_id,
+    )  # fmt: skip
     log.info("%s", markdown)
     if cfg.log_summary:
         tags = {
+            "compare.experiment": experiment,
+            "compare.parent_run_id": parent_run_id or ALL_RUNS,
             "compare.filter": filter_string,
             "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
         }
-        if cfg.parent_run_id:
-            tags[PARENT_TAG] = cfg.parent_run_id
-        params = {"group_by": ",".join(["model", *group_by])}
+        params = {"group_by": ",".join(["model", *rows[0].groups])}
         run_name = cfg.logger.run_name or "compare"
-        with mlflow_run(uri, experiment, run_name, tags, params) as run:
+        summaries = experiment + SUMMARY_EXPERIMENT_SUFFIX
+        with mlflow_run(uri, summaries, run_name, tags, params) as run:
             log_artifacts(paths)
-        log.info("Logged as artifacts of run %s", run.info.run_id)
+        log.info("Logged as artifacts of run %s in experiment %r", run.info.run_id, summaries)
     return paths

@@ -1,10 +1,12 @@
-"""The comparison of many runs as a reader gets it: `Row` (one model, filled by
+"""The comparison of many runs as a reader gets it: `Row` (one model and config, filled by
 mnist/reporting/compare.py from MLflow), rendered as a Markdown table with its footnotes, a
-CSV of the raw numbers, and a PNG chart of accuracy and cost."""
+CSV of the raw numbers, and a PNG chart of accuracy and cost. Rows come best validation
+accuracy first; the winner is marked by it, never by the test set."""
 
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +17,8 @@ from mnist.reporting.plots import pyplot
 
 @dataclass
 class Row:
-    """One model (and one value of each group_by key): its finished runs' numbers, the
-    number of runs that did not finish, and the reference it is measured against."""
+    """One model (and one value of each key that splits its runs): its finished runs'
+    numbers, the runs that did not finish, and the reference it is measured against."""
 
     model: str
     groups: dict[str, str]
@@ -32,6 +34,8 @@ class Row:
     epoch_time_s: list[float] = field(default_factory=list)  # every epoch of every run
     train_time_s: list[float] = field(default_factory=list)
     img_per_s: list[float] = field(default_factory=list)
+    train_images: list[int | None] = field(default_factory=list)  # per finished run
+    mixed: list[str] = field(default_factory=list)  # keys its runs differ in, but the seed
     unfinished: list[Any] = field(default_factory=list)  # MLflow runs
     reference: dict[str, Any] | None = None
 
@@ -45,16 +49,25 @@ NO_EPOCH_NOTE = """\
 - No run logged the test accuracy per epoch (`trainer.test_every_epoch=true`), so the
   final and max test accuracy columns are left out."""
 COMMON_NOTES = """\
+- **best val acc**: the best validation accuracy of each run (`best/val_acc`), mean ± std;
+  rows are sorted by it and ★ marks the highest: the pick made without the test set.
 - **best-val ckpt**: test accuracy of the weights with the best validation accuracy
   (`test/acc`), mean ± std: the number chosen without looking at the test set.
 - **vs ref**: that mean minus the reference's target, in points: its final accuracy, else
-  its max, else its stated goal (`conf/compare.yaml`); negative is short of it.
+  its max, else its stated goal (`conf/compare.yaml`); negative is short of it. Only for a
+  row trained on as many images, and for as many epochs where the reference states them;
+  **n/c** (not comparable) otherwise.
 - **s / epoch** includes evaluation and checkpointing; **img/s** is training throughput.
   Both depend on the machine and on how many jobs shared it (tag `torch.num_threads`)."""
 
 
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
+
+
+def validation(row: Row) -> float:
+    """What ranks the rows: their mean best validation accuracy (-inf: none logged)."""
+    return _mean(row.val_acc) or -math.inf
 
 
 def _std(values: list[float]) -> float | None:
@@ -99,46 +112,90 @@ def _target(row: Row) -> float | None:
     return next((ref[key] for key in ("final", "max", "goal") if ref.get(key) is not None), None)
 
 
+def _incomparable(row: Row) -> str | None:
+    """Why the row cannot be measured against its reference: what it trained on and for
+    how long, beside what the reference did; None where they match."""
+    ref = row.reference or {}
+    same_images = set(row.train_images) == {ref.get("train_images")}
+    same_epochs = ref.get("epochs") is None or set(row.epochs) == {ref["epochs"]}
+    if same_images and same_epochs:
+        return None
+    images = "/".join(
+        "?" if n is None else f"{n:,}" for n in sorted(set(row.train_images), key=lambda n: n or 0)
+    )
+    ref_epochs = f", {ref['epochs']} epochs" if ref.get("epochs") else ""
+    return (
+        f"{images} training images, {_epochs(row)} epochs; the reference "
+        f"{ref.get('train_images') or 0:,} images{ref_epochs}"
+    )
+
+
 def _versus_target(row: Row) -> float | None:
     goal, mean = _target(row), _mean(row.checkpoint_acc)
-    return None if goal is None or mean is None else 100 * mean - goal
+    if goal is None or mean is None or _incomparable(row):
+        return None
+    return 100 * mean - goal
+
+
+def _versus_cell(row: Row) -> str:
+    if _target(row) is not None and row.checkpoint_acc and _incomparable(row):
+        return "n/c"
+    return _signed(_versus_target(row))
 
 
 def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
 
 
-def _label(row: Row) -> str:
+def label(row: Row) -> str:
     return " ".join([row.model, *(f"{k}={v}" for k, v in row.groups.items())])
 
 
-def markdown(rows: list[Row], group_by: list[str], title: str) -> str:
-    """The table; the final and max test accuracy columns only where some run logged the
-    test accuracy per epoch (trainer.test_every_epoch), with a note saying so otherwise."""
+def _runs_cell(row: Row) -> str:
+    return _runs(row) + (" (mixed)" if row.mixed else "")
+
+
+def _notes(rows: list[Row]) -> list[str]:
+    """A line for each row that pools different configs, and for each not comparable with
+    its reference."""
+    mixed = [f"- **mixed** {label(row)}: pools runs that differ in {', '.join(row.mixed)}; "
+             "leave group_by unset to split them" for row in rows if row.mixed]  # fmt: skip
+    incomparable = [f"- **n/c** {label(row)}: {_incomparable(row)}"
+                    for row in rows if _versus_cell(row) == "n/c"]  # fmt: skip
+    return [*mixed, *incomparable]
+
+
+def markdown(rows: list[Row], title: str) -> str:
+    """The table, in the order of `rows`, ★ on the first with a validation accuracy; the
+    final and max test accuracy columns only where some run logged the test accuracy per
+    epoch (trainer.test_every_epoch), with a note saying so otherwise."""
     per_epoch = any(row.final_acc for row in rows)
+    winner = next((row for row in rows if row.val_acc), None)
     columns: list[tuple[str, Any]] = [
         ("params", lambda row: _number(row.params, 0)),
         ("conv layers", lambda row: "n/a" if row.conv_layers is None else str(row.conv_layers)),
         ("pooling", lambda row: row.pooling),
         ("epochs", _epochs),
-        ("runs", _runs),
+        ("runs", _runs_cell),
         *([("final test acc %", lambda row: _percent_spread(row.final_acc)),
            ("max test acc %", lambda row: _percent(max(row.max_acc, default=None)))]
           if per_epoch else []),
+        ("best val acc %", lambda row: _percent_spread(row.val_acc)),
         ("best-val ckpt test acc %", lambda row: _percent_spread(row.checkpoint_acc)),
         ("s / epoch", lambda row: _number(_mean(row.epoch_time_s))),
         ("train time s", lambda row: _number(_mean(row.train_time_s))),
         ("img/s", lambda row: _number(_mean(row.img_per_s), 0)),
         ("ref final %", lambda row: _reference(row, "final")),
         ("ref max %", lambda row: _reference(row, "max")),
-        ("vs ref", lambda row: _signed(_versus_target(row))),
+        ("vs ref", _versus_cell),
     ]  # fmt: skip
-    header = ["model", *group_by, *(name for name, _ in columns)]
+    header = ["model", *rows[0].groups, *(name for name, _ in columns)]
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.model, *row.groups.values(), *(cell(row) for _, cell in columns)]
+        model = row.model + (" ★" if row is winner else "")
+        cells = [model, *row.groups.values(), *(cell(row) for _, cell in columns)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES]
+    lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES, *_notes(rows)]
     sources = [f"- {row.model}: {row.reference['source']}" for row in rows if row.reference]
     if sources:
         lines += ["", "References:", *dict.fromkeys(sources)]
@@ -147,7 +204,7 @@ def markdown(rows: list[Row], group_by: list[str], title: str) -> str:
         lines += ["", "Runs that did not finish:", "", "| row | run | status | run id |",
                   "|---|---|---|---|"]  # fmt: skip
         lines += [
-            f"| {_label(row)} | {run.info.run_name} | {run.info.status} | {run.info.run_id} |"
+            f"| {label(row)} | {run.info.run_name} | {run.info.status} | {run.info.run_id} |"
             for row, run in failed
         ]
     return "\n".join(lines) + "\n"
@@ -158,25 +215,29 @@ def write_text(text: str, path: Path) -> Path:
     return path
 
 
-def write_csv(rows: list[Row], group_by: list[str], path: Path) -> Path:
-    """Unrounded numbers, accuracies in percent like the references."""
+def write_csv(rows: list[Row], path: Path) -> Path:
+    """Unrounded numbers, accuracies in percent like the references; vs_ref empty where
+    the table says n/c."""
 
     def pct(value: float | None) -> float | None:
         return None if value is None else 100 * value
 
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", *group_by, "params", "conv_layers", "pooling", "epochs",
-                         "runs", "failed", "final_acc_mean", "final_acc_std", "max_acc",
+        writer.writerow(["model", *rows[0].groups, "params", "conv_layers", "pooling",
+                         "epochs", "train_images", "runs", "failed", "mixed", "final_acc_mean",
+                         "final_acc_std", "max_acc", "best_val_acc_mean", "best_val_acc_std",
                          "best_val_ckpt_acc_mean", "best_val_ckpt_acc_std", "epoch_time_s",
                          "train_time_s", "img_per_s", "ref_final_acc", "ref_max_acc",
                          "vs_ref"])  # fmt: skip
         for row in rows:
             ref = row.reference or {}
             writer.writerow([row.model, *row.groups.values(), row.params, row.conv_layers,
-                             row.pooling, max(row.epochs, default=None), row.finished,
-                             len(row.unfinished), pct(_mean(row.final_acc)),
+                             row.pooling, max(row.epochs, default=None),
+                             "/".join(sorted({str(n) for n in row.train_images})), row.finished,
+                             len(row.unfinished), ",".join(row.mixed), pct(_mean(row.final_acc)),
                              pct(_std(row.final_acc)), pct(max(row.max_acc, default=None)),
+                             pct(_mean(row.val_acc)), pct(_std(row.val_acc)),
                              pct(_mean(row.checkpoint_acc)), pct(_std(row.checkpoint_acc)),
                              _mean(row.epoch_time_s), _mean(row.train_time_s),
                              _mean(row.img_per_s), ref.get("final"), ref.get("max"),
@@ -219,7 +280,7 @@ def plot(rows: list[Row], title: str, path: Path) -> Path:
                            zorder=3, label=f"reference {key}")  # fmt: skip
     acc_ax.set(xlim=(max(0.0, min(shown, default=90.0) - 1), 100), xlabel="test accuracy %")
     acc_ax.set_title(title)
-    acc_ax.set_yticks(y, [_label(row) for row in rows])
+    acc_ax.set_yticks(y, [label(row) for row in rows])
     acc_ax.invert_yaxis()
     time_ax.barh(y, [_mean(row.epoch_time_s) or 0 for row in rows], color="tab:gray")
     time_ax.set(xlabel="seconds per epoch", title="cost")
