@@ -22,6 +22,7 @@ from mnist.reporting.table import Row
 from mnist.sweeps.runs import current_runs, partial_sweep
 from mnist.tracking import store
 from mnist.tracking.params import changes_results
+from mnist.tracking.parent import children_filter
 from mnist.tracking.registry import latest_sweep
 from mnist.tracking.runs import log_artifacts, mlflow_run
 
@@ -34,7 +35,7 @@ SUMMARY_EXPERIMENT_SUFFIX = "/compare"
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
-    clauses = [f"tags.`{store.PARENT_TAG}` = '{parent_run_id}'"] if parent_run_id else []
+    clauses = [children_filter(parent_run_id)] if parent_run_id else []
     return " and ".join([*clauses, *([extra] if extra else [])])
 
 

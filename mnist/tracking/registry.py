@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnist.errors import ConfigError
+from mnist.tracking.parent import children
 from mnist.tracking.runs import MODEL_CONTRACT
-from mnist.tracking.store import PARENT_TAG
 
 CHAMPION = "champion"
 # What picks the best model of a sweep: the checkpoint's own validation accuracy.
@@ -64,13 +64,11 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
         parent = client.get_run(parent_run_id)
     except MlflowException as e:
         raise ConfigError(f"parent_run_id={parent_run_id}: no such run in the store") from e
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],
-    )
+    finished = "attributes.status = 'FINISHED'"
+    runs = children(client, parent.info.experiment_id, parent_run_id, finished)
+    runs.sort(key=lambda run: run.info.start_time)
     candidates = [
-        run for run in children
+        run for run in runs
         if SELECTION_METRIC in run.data.metrics and run.outputs and run.outputs.model_outputs
     ]  # fmt: skip
     if not candidates:
@@ -79,7 +77,7 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
             f"{SELECTION_METRIC} (logger.log_model=true logs one)"
         )
     best = max(candidates, key=lambda run: run.data.metrics[SELECTION_METRIC])
-    return best, partial_sweep(parent, len(current_runs(children)))
+    return best, partial_sweep(parent, len(current_runs(runs)))
 
 
 def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -> Promotion:
