@@ -7,8 +7,6 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mnist.config import validate_config
@@ -19,6 +17,7 @@ from mnist.models import model_class
 from mnist.paths import REPO_ROOT
 from mnist.recipes import cpu_recipes, model_names, register_default_recipes
 from mnist.seeding import generator, seed_everything
+from mnist.sweeps.callback import swept_overrides
 from mnist.training.device import keep_freed_memory
 from tests.helpers import (
     CONF_DIR,
@@ -55,10 +54,8 @@ EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yam
 
 
 def swept_values(cfg) -> dict[str, list[str]]:
-    """{key: its values} of the sweeper's params, globs and resolvers expanded as Hydra does."""
-    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    return {o.key_or_group: list(o.sweep_string_iterator()) for o in parser.parse_overrides(params)}
+    """{key: its values} of the sweep, globs and resolvers expanded as Hydra does."""
+    return {key: values.split(",") for key, values in swept_overrides(cfg).items()}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
