@@ -1,7 +1,7 @@
 """Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths,
-mnist.redact and mnist.job_dir, so that Hydra answers --help and --cfg before torch is ever
-imported. Every script imports this module first: from then on no log line shows a secret,
-and a script of one checkout never runs the package of another."""
+mnist.recipes, mnist.redact and mnist.job_dir, so that Hydra answers --help and --cfg before
+torch is ever imported. Every script imports this module first: from then on no log line
+shows a secret, and a script of one checkout never runs the package of another."""
 
 import sys
 from collections.abc import Iterator
@@ -9,7 +9,10 @@ from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist import paths  # registers the ${repo_root:} resolver the configs use
+from mnist import (
+    paths,  # registers the ${repo_root:} resolver the configs use
+    recipes,  # noqa: F401 (registers recipe=cpu/<model> for every model)
+)
 from mnist.errors import (
     CheckpointWriteError,
     ConfigError,

@@ -1,3 +1,4 @@
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 from mnist.errors import ModelConfigError
 from mnist.models import ConvNet, build_model, summarize
 from mnist.models.describe import downsampling
+from mnist.paths import REPO_ROOT
 from tests.helpers import CONF_DIR
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -18,9 +20,29 @@ def build(name: str) -> nn.Module:
     return instantiate(OmegaConf.load(Path(CONF_DIR / "model" / f"{name}.yaml")))
 
 
-def test_every_reference_architecture_has_a_config():
-    expected = {"linear", "mlp", "tinyvgg", "cnn2", "cnn3", "cnn3_stride", "cnn4", "cnn24k"}
-    assert expected | {"gap20k", "fast"} <= set(MODEL_CONFIGS)
+def test_every_reference_accuracy_names_a_model():
+    # conf/compare.yaml's references are data about other projects: a model needs none.
+    for name in OmegaConf.load(CONF_DIR / "compare.yaml").references:
+        assert name in MODEL_CONFIGS, f"conf/compare.yaml: references.{name} names no model"
+
+
+def readme_model_table() -> dict[str, list[str]]:
+    """{option: its other cells} of README.md's table of models."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    start = lines.index("| option | architecture | parameters | MACs per image |") + 2
+    rows = [line.strip("|").split(" | ") for line in takewhile(str.strip, lines[start:])]
+    return {cells[0].strip(" `"): [cell.strip() for cell in cells[1:]] for cells in rows}
+
+
+def test_the_readme_model_table_has_every_model_with_its_size():
+    table = readme_model_table()
+    for name in MODEL_CONFIGS:
+        summary = summarize(build(name))
+        size = [f"{summary.total_params:,}", f"{summary.macs:,}"]
+        row = f"| `{name}` | <its architecture in a few words> | {' | '.join(size)} |"
+        assert name in table, f"README.md's model table has no {name}: add the row {row}"
+        assert table[name][1:] == size, f"README.md's model table: make {name}'s row {row}"
+    assert set(table) <= set(MODEL_CONFIGS), "README.md's model table names a missing model"
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)

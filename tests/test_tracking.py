@@ -10,16 +10,19 @@ import sys
 import threading
 
 import pytest
+from hydra import initialize_config_dir
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from mnist.context import JobContext
 from mnist.data.fetch import sha256_of
+from mnist.recipes import model_names
 from mnist.sweeps.callback import swept_overrides
 from mnist.tracking.runs import MODEL_CONTRACT
 from mnist.training import job
 from mnist.training.job import run_training
+from tests.helpers import CONF_DIR
 
 EXCLUDED = ["paths.outputs", "data.root", "logger.experiment"]
 
@@ -39,12 +42,20 @@ def test_the_swept_keys_come_from_the_command_line_then_the_preset():
         {"model": "linear,mlp", "trainer.epochs": "1,2"},
     )  # fmt: skip
     # Fixed keys and where-to-write keys name no difference; the command line beats the preset.
-    assert swept_overrides(config) == {
-        "model": "linear,cnn24k,fast",
-        "seed": "0,1",
-        "optimizer.lr": "0.1,0.01",
-        "trainer.epochs": "1,2",
-    }
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert swept_overrides(config) == {
+            "model": "linear,cnn24k,fast",
+            "seed": "0,1",
+            "optimizer.lr": "0.1,0.01",
+            "trainer.epochs": "1,2",
+        }
+
+
+def test_a_glob_sweep_is_listed_as_the_options_it_matches():
+    # experiment=arch_table sweeps model=glob(*): every conf/model option.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        swept = swept_overrides(sweep_config([], {"model": "glob(*)", "seed": "0,1"}))
+    assert swept == {"model": ",".join(model_names()), "seed": "0,1"}
 
 
 @pytest.mark.parametrize(

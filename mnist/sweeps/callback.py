@@ -39,13 +39,15 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
     command line's sweeps, then those of hydra.sweeper.params (experiment presets) that it
     does not override. Keys that only say where to write (override_dirname's exclude_keys)
     tell no two runs apart, so they are left out."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     lines = [*config.hydra.overrides.task, *(f"{key}={value}" for key, value in params.items())]
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     swept: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(lines):
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    for override in parser.parse_overrides(lines):
         if override.is_sweep_override() and override.key_or_group not in excluded:
             swept.setdefault(override.key_or_group, ",".join(override.sweep_string_iterator()))
     return swept

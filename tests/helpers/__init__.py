@@ -11,8 +11,8 @@ from omegaconf import DictConfig
 
 from mnist.data.idx import encode_idx
 from mnist.paths import REPO_ROOT
+from mnist.recipes import CONF_DIR  # and recipe=cpu/<model> for every model, as scripts have
 
-CONF_DIR = REPO_ROOT / "conf"
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 
 

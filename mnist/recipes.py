@@ -1,0 +1,62 @@
+"""Every model's CPU recipe, `recipe=cpu/<model>`: conf/recipe/cpu/<model>.yaml where the
+model has one, else the shared recipe (conf/recipe/cpu/_shared.yaml, its default epochs),
+which this module adds to Hydra's ConfigStore. Hydra cannot pick a recipe file by the
+model's name itself: the subtree of an interpolated defaults entry may not override a
+group, and every recipe does (its model, its augmentation). The `${cpu_recipes:}` resolver
+lists them for experiment=arch_table_cpu. So a new model needs neither a recipe file nor a
+list entry. Imports no torch until the list is resolved (mnist/cli.py imports this)."""
+
+from functools import cache
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from mnist.paths import REPO_ROOT
+
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def model_names(conf_dir: Path = CONF_DIR) -> list[str]:
+    """The options of the `model` group: conf/model/*.yaml."""
+    return sorted(path.stem for path in (conf_dir / "model").glob("*.yaml"))
+
+
+def _recipe_file(conf_dir: Path, model: str) -> Path:
+    return conf_dir / "recipe" / "cpu" / f"{model}.yaml"
+
+
+def register_default_recipes(conf_dir: Path = CONF_DIR) -> None:
+    """`recipe=cpu/<model>` for each model without a recipe file: the shared recipe."""
+    for model in model_names(conf_dir):
+        if not _recipe_file(conf_dir, model).exists():
+            ConfigStore.instance().store(
+                group="recipe/cpu",
+                name=model,
+                package="_global_",
+                node={"defaults": ["/recipe/cpu/_shared", {"override /model": model}]},
+            )
+
+
+@cache
+def cpu_recipes(conf_dir: Path = CONF_DIR) -> str:
+    """`cpu/<model>` for every model, longest job first (its epochs x its MACs per image,
+    which track the measured seconds per epoch): joblib's workers take the jobs in this
+    order, so that the two finish together instead of one running a long job alone."""
+    from mnist.models import build_model, summarize
+
+    shared = OmegaConf.load(conf_dir / "recipe" / "cpu" / "_shared.yaml").trainer.epochs
+
+    def cost(model: str) -> int:
+        file = _recipe_file(conf_dir, model)
+        epochs = OmegaConf.select(OmegaConf.load(file), "trainer.epochs") if file.exists() else None
+        macs = summarize(build_model(OmegaConf.load(conf_dir / "model" / f"{model}.yaml"))).macs
+        return (epochs or shared) * macs
+
+    models = sorted(model_names(conf_dir), key=cost, reverse=True)
+    return ",".join(f"cpu/{model}" for model in models)
+
+
+register_default_recipes()
+if not OmegaConf.has_resolver("cpu_recipes"):
+    OmegaConf.register_new_resolver("cpu_recipes", cpu_recipes)
