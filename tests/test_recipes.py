@@ -1,0 +1,123 @@
+"""The README's two recipes, followed as a new user would in a copy of the repository: a
+model (its module and its YAML) and an augmentation op (its class and its YAML), swept
+2 x 2 on tiny data, compared and promoted with no arguments. Four files, nothing else."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import REPO_ROOT, tiny_overrides
+
+LENET = '''
+"""LeNet-5 (LeCun et al. 1998) with ReLU and max pooling."""
+
+from torch import Tensor, nn
+
+
+class LeNet5(nn.Module):
+    def __init__(self, channels: tuple[int, int] = (6, 16), hidden: int = 120) -> None:
+        super().__init__()
+        first, second = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, first, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(second * 25, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+'''
+
+NOISE = '''
+
+
+@dataclass(frozen=True)
+class Noise(Op):
+    """Gaussian pixel noise of standard deviation `std`, clipped to [0, 1]."""
+
+    key: ClassVar[str] = "noise"
+    rules: ClassVar = {"std": (lambda v: _number(v, 0, 1), "a number in [0, 1]")}
+    std: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.std)
+
+    def name(self) -> str:
+        return f"noise({self.std:g})"
+
+    def describe(self) -> str:
+        return f"gaussian noise, std {self.std:g}"
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        if not self.active:
+            return images
+        noise = torch.randn(images.shape, generator=generator, device=images.device)
+        return (images + self.std * noise.to(images.dtype)).clamp(0, 1)
+'''
+
+
+def copy_of_the_repository(destination):
+    """Its files under version control, as they are in the working tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    for name in filter(None, listed.stdout.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def run(repo, script, *args):
+    # The copy's package, not the environment's editable install of this checkout.
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    ran = subprocess.run(
+        [sys.executable, str(repo / "scripts" / f"{script}.py"), *args],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    return ran
+
+
+@pytest.mark.slow  # four training jobs, compare and promote as scripts: minutes on 2 cores
+def test_the_readme_recipes_add_a_model_and_an_augmentation_in_four_files(synthetic_root, tmp_path):
+    repo = copy_of_the_repository(tmp_path / "repo")
+    (repo / "mnist" / "models" / "lenet.py").write_text(LENET.lstrip())
+    (repo / "conf" / "model" / "lenet5.yaml").write_text("_target_: mnist.models.lenet.LeNet5\n")
+    with open(repo / "mnist" / "data" / "augment.py", "a") as module:
+        module.write(textwrap.dedent(NOISE))
+    (repo / "conf" / "augmentation" / "noise.yaml").write_text("noise: {std: 0.1}\n")
+    tiny = [o for o in tiny_overrides(synthetic_root, tmp_path) if not o.startswith("paths.")]
+    run(repo, "train", "-m", "model=lenet5,cnn24k", "augmentation=none,noise", "seed=0",
+        *tiny, "trainer.epochs=1", "logger.log_model=true")  # fmt: skip
+    run(repo, "compare")
+    (table,) = (repo / "outputs" / "compare").rglob("table.csv")
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((row["model"], row["augmentation"]) for row in rows) == [
+        ("cnn24k", "noise(0.1)"), ("cnn24k", "none"), ("lenet5", "noise(0.1)"), ("lenet5", "none"),
+    ]  # fmt: skip
+    val = [float(row["best_val_acc_mean"]) for row in rows]
+    assert val == sorted(val, reverse=True)
+    (markdown,) = table.parent.glob("table.md")
+    first_row = next(line for line in markdown.read_text().splitlines() if "★" in line)
+    assert first_row.startswith(f"| {rows[0]['model']} ★ | {rows[0]['augmentation']} |")
+
+    run(repo, "promote")
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist")
+    jobs = [r for r in client.search_runs([experiment.experiment_id]) if "model" in r.data.tags]
+    assert len(jobs) == 4
+    best = max(jobs, key=lambda r: r.data.metrics["best/val_acc"])
+    champion = client.get_model_version_by_alias("mnist", "champion")
+    assert champion.run_id == best.info.run_id
