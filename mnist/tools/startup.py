@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +19,24 @@ from mnist.paths import REPO_ROOT
 from mnist.tracking import runs, store
 from mnist.training.phases import LAUNCHED_AT_ENV, PHASES
 
-# Where the training run goes is the benchmark's to say: it reads the run back from there.
-OWN_KEYS = ("logger.tracking_uri", "logger.experiment")
+# Where the training run goes and its name are the benchmark's to say: it finds the run by
+# them (a name of its own, so that benchmarks running at once each find theirs).
+OWN_KEYS = ("logger.tracking_uri", "logger.experiment", "logger.run_name")
 
 
 def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float, Any]:
     """(wall seconds, the MLflow run) of scripts/train.py with `overrides`."""
     if owned := [o for o in overrides if o.lstrip("+~").split("=")[0] in OWN_KEYS]:
         raise ConfigError(
-            f"startup.command sets {owned[0]}; the benchmark sets {' and '.join(OWN_KEYS)} "
-            "itself (set them on the benchmark's command line instead)"
+            f"startup.command sets {owned[0]}; the benchmark sets {', '.join(OWN_KEYS)} itself "
+            "(set the store and experiment on the benchmark's command line instead)"
         )
     from mlflow.tracking import MlflowClient
 
+    name = f"startup-{uuid.uuid4().hex[:12]}"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *overrides,
-               f"logger.tracking_uri={uri}", f"logger.experiment={experiment}"]  # fmt: skip
-    started_ms = int(time.time() * 1000)
+               f"logger.tracking_uri={uri}", f"logger.experiment={experiment}",
+               f"logger.run_name={name}"]  # fmt: skip
     start = time.perf_counter()
     env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time())}
     returncode = subprocess.run(command, env=env).returncode
@@ -43,7 +46,7 @@ def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float,
     client = MlflowClient(uri)
     found = client.search_runs(
         [client.get_experiment_by_name(experiment).experiment_id],
-        f"attributes.start_time >= {started_ms}",
+        f"tags.`mlflow.runName` = '{name}'",
     )
     if len(found) != 1:
         raise ConfigError(f"the training command made {len(found)} runs, not one (a sweep?)")
