@@ -17,7 +17,7 @@ from PIL import Image
 from mnist import Classifier
 from mnist.context import JobContext
 from mnist.inference.export import run_export
-from mnist.tools.reproduce import TIMING_METRICS, reproduce
+from mnist.tools.reproduce import is_timing, reproduce
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import precision_problem
 from mnist.training.job import run_training
@@ -40,7 +40,7 @@ def client_of(tmp_path) -> MlflowClient:
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
-    names = set(client.get_run(run_id).data.metrics) - TIMING_METRICS
+    names = [name for name in client.get_run(run_id).data.metrics if not is_timing(name)]
     return {
         name: [
             m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)

@@ -23,9 +23,9 @@ from mnist.errors import CheckpointWriteError, ConfigError, TrackingError, Unsaf
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
 from mnist.tools.reproduce import (
-    TIMING_METRICS,
     WEIGHTS_TAG,
     compare_runs,
+    is_timing,
     passes,
     reproduce,
 )
@@ -47,7 +47,8 @@ def histories(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
         name: [
             m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
         ]
-        for name in set(run.data.metrics) - TIMING_METRICS
+        for name in run.data.metrics
+        if not is_timing(name)
     }
 
 

@@ -20,6 +20,7 @@ from mnist.errors import ConfigError
 from mnist.targets import first_line, stored_config
 from mnist.tracking import runs, store
 from mnist.tracking.params import GROUPS
+from mnist.training.phases import PHASE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,13 @@ TIMING_METRICS = {
     "time_to_target_s",
     "test/eval_time_s",
 }
+
+
+def is_timing(name: str) -> bool:
+    """A wall-clock metric: those above, and a job's phases (time/<phase>_s)."""
+    return name in TIMING_METRICS or name.startswith(PHASE_PREFIX)
+
+
 WEIGHTS_TAG = "best.weights_sha256"
 
 # run_training of mnist/training/job.py, passed in by scripts/reproduce.py.
@@ -63,7 +71,7 @@ def _histories(client, run_id: str, names) -> dict[str, list[float]]:
 def compare_runs(client, original_id: str, reproduced_id: str) -> list[Comparison]:
     """Every non-timing metric, epoch by epoch, and the hash of the best weights."""
     original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
-    names = sorted(set(original.data.metrics) - TIMING_METRICS)
+    names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
     first = _histories(client, original_id, names)
     second = _histories(client, reproduced_id, names)
     rows = []

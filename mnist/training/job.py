@@ -40,6 +40,7 @@ from mnist.training.checkpoint import claimed, load_checkpoint, state_dict_sha25
 from mnist.training.device import configure_torch, resolve_device, synchronize, torch_settings
 from mnist.training.evaluation import Evaluation, evaluate
 from mnist.training.loop import Checkpoints, FitResult, MetricsLogger, fit
+from mnist.training.phases import PhaseClock
 from mnist.training.resume import (
     ignored_overrides,
     load_resume_checkpoint,
@@ -63,15 +64,21 @@ def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     cfg, done = sweep_resume.resume_job(cfg, ctx)
     if done is not None:
         return done
+    clock = PhaseClock()
     with _claimed_run(cfg, ctx) as (cfg, uri, resume_state):
-        return _train(cfg, ctx, uri, resume_state)
+        return _train(cfg, ctx, uri, resume_state, clock)
 
 
 def _train(
-    cfg: DictConfig, ctx: JobContext, uri: str, resume_state: dict[str, Any] | None
+    cfg: DictConfig,
+    ctx: JobContext,
+    uri: str,
+    resume_state: dict[str, Any] | None,
+    clock: PhaseClock,
 ) -> dict[str, Any]:
-    """The stages of a run in order, readable top to bottom; over 60 lines because the
-    steps that close the run are interleaved with the points where a signal stops it."""
+    """The stages of a run in order, readable top to bottom, each ending in a lap of the
+    clock; over 60 lines because the steps that close the run are interleaved with the
+    points where a signal stops it."""
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
@@ -79,6 +86,7 @@ def _train(
     data_root = ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums)
     data = load_mnist(data_root, device)
     train_idx, val_idx = prepare_split(cfg, data.train_labels)
+    clock.lap("data")
     model = initial_model(cfg, device)
     learner = build_learner(cfg, model, device, len(train_idx))
     summary = summarize(model)
@@ -91,8 +99,10 @@ def _train(
         "\n" + format_summary(summary) if ctx.job_num == 0 else "",
     )  # fmt: skip
 
+    clock.lap("model")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, data, train_idx)
+    clock.lap("preview")
     checkpoint_dir = ctx.output_dir / "checkpoints"
 
     # From the run's start to its end, a signal stops the job where that is safe (the loop
@@ -117,6 +127,7 @@ def _train(
             log_datasets(data_root, cfg.data, cfg.seed, sizes)
             with _uploading(uri, ctx.output_dir):
                 runs.log_artifacts(files)  # the config first: a run that fails keeps it
+        clock.lap("mlflow_setup")
         with _epoch_logger(cfg, ctx.output_dir, model, draws, resume_state) as log_metrics:
             with _explain_nondeterminism():
                 checkpoints = Checkpoints(
@@ -126,12 +137,15 @@ def _train(
                     learner, data, train_idx, val_idx, cfg.trainer, device, checkpoints,
                     _observed(log_metrics, ctx.epoch_observer), resume_state,
                 )  # fmt: skip
+            clock.lap("training")
             stop_if_requested()
             test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
+            clock.lap("evaluation")
             if cfg.logger.log_model:
                 with _uploading(uri, ctx.output_dir):
                     # Before the final metrics: logged at its step, they describe it.
                     _log_model(cfg, model, model_name, data.test_images, len(result.history))
+                clock.lap("model_logging")
             log_metrics(final, len(result.history))
         stop_if_requested()
         reports = write_training_reports(
@@ -142,6 +156,9 @@ def _train(
             folders = [ctx.output_dir / ".hydra", ctx.output_dir / "tensorboard"]
             runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
             runs.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
+        clock.lap("reports")
+        if not resume_state:  # a resumed run's phases are not a start's
+            runs.log_metrics(clock.metrics())
         stop_if_requested()
         log.info(
             "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",

@@ -1,0 +1,90 @@
+"""The start-up benchmark: a training command run as a fresh process, as a user runs it,
+timed from outside (wall) and split into the phases the run logged itself (time/<phase>_s),
+so that the fixed cost (wall minus train_time_s) shows where it goes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mnist.errors import ConfigError
+from mnist.paths import REPO_ROOT
+from mnist.tracking import runs, store
+from mnist.training.phases import LAUNCHED_AT_ENV, PHASES
+
+# Where the training run goes and its name are the benchmark's to say: it finds the run by
+# them (a name of its own, so that benchmarks running at once each find theirs).
+OWN_KEYS = ("logger.tracking_uri", "logger.experiment", "logger.run_name")
+
+
+def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float, Any]:
+    """(wall seconds, the MLflow run) of scripts/train.py with `overrides`."""
+    if owned := [o for o in overrides if o.lstrip("+~").split("=")[0] in OWN_KEYS]:
+        raise ConfigError(
+            f"startup.command sets {owned[0]}; the benchmark sets {', '.join(OWN_KEYS)} itself "
+            "(set the store and experiment on the benchmark's command line instead)"
+        )
+    from mlflow.tracking import MlflowClient
+
+    name = f"startup-{uuid.uuid4().hex[:12]}"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *overrides,
+               f"logger.tracking_uri={uri}", f"logger.experiment={experiment}",
+               f"logger.run_name={name}"]  # fmt: skip
+    start = time.perf_counter()
+    env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time())}
+    returncode = subprocess.run(command, env=env).returncode
+    wall = time.perf_counter() - start
+    if returncode:
+        raise ConfigError(f"the training command failed (exit {returncode}); see its output above")
+    client = MlflowClient(uri)
+    found = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id],
+        f"tags.`mlflow.runName` = '{name}'",
+    )
+    if len(found) != 1:
+        raise ConfigError(f"the training command made {len(found)} runs, not one (a sweep?)")
+    return wall, found[0]
+
+
+def phase_table(wall: float, metrics: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """The Markdown table and its numbers: each phase, the rest (closing the run, process
+    exit), the wall time, train_time_s and the fixed cost."""
+    seconds = {p: metrics[f"time/{p}_s"] for p in PHASES if f"time/{p}_s" in metrics}
+    numbers = {
+        **seconds,
+        "other": wall - sum(seconds.values()),
+        "wall": wall,
+        "train_time": metrics["train_time_s"],
+        "fixed_cost": wall - metrics["train_time_s"],
+    }
+    lines = ["| phase | seconds | share of wall |", "|---|---:|---:|"]
+    lines += [f"| {name} | {value:.2f} | {value / wall:.0%} |" for name, value in numbers.items()]
+    return "\n".join(lines) + "\n", numbers
+
+
+def startup(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    """Run the command, write and print the table, log it with its numbers to MLflow."""
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
+    overrides = list(cfg.startup.command)
+    wall, run = run_command(overrides, uri, cfg.logger.experiment)
+    table, numbers = phase_table(wall, run.data.metrics)
+    header = f"python scripts/train.py {' '.join(overrides)}: run {run.info.run_id}\n\n"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "startup.md"
+    path.write_text(header + table)
+    print(header + table)
+    with runs.mlflow_run(
+        uri, cfg.logger.experiment, "startup", {"training_run": run.info.run_id},
+        {"command": " ".join(overrides)},
+    ):  # fmt: skip
+        runs.log_metrics({f"startup/{name}_s": value for name, value in numbers.items()})
+        runs.log_artifacts([path])
+    return numbers

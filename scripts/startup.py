@@ -1,0 +1,21 @@
+"""A training run's fixed cost by phase: python scripts/startup.py"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mnist.cli import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="startup")
+def main(cfg: DictConfig) -> None:
+    from mnist.tools.startup import startup
+
+    with exit_on_user_error(cfg):
+        startup(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
