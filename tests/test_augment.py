@@ -1,6 +1,7 @@
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from mnist.config import validate_config
 from mnist.context import JobContext
@@ -8,6 +9,7 @@ from mnist.data.augment import Affine, BatchAugment, Erase, Op, augmentation_nam
 from mnist.errors import ConfigError
 from mnist.tools.benchmark import classic_transform
 from mnist.training.job import run_training
+from mnist.training.resume import resume_config
 from tests.helpers import compose_config
 
 
@@ -193,3 +195,13 @@ def test_the_classic_pipeline_mirrors_every_op_in_order():
         (0.3, 3.3),
         0,
     )
+
+
+def test_a_config_stored_before_ops_existed_still_resumes_as_its_affine_op(tmp_path):
+    """last.pt and MLflow's config.yaml of earlier runs hold the flat form."""
+    cfg = compose_config(["device=cpu", "augmentation=shift_rotate"])
+    stored = OmegaConf.to_container(cfg)
+    stored["augmentation"] = {"name": "shift_rotate", "rotate_deg": 10.0, "translate": 0.1,
+                              "crop_prob": 0.0, "crop_size": 28}  # fmt: skip
+    resumed = resume_config({"config": stored}, tmp_path / "last.pt", cfg.device)
+    assert resumed.augmentation == cfg.augmentation

@@ -231,6 +231,18 @@ def augmentation_problems(section: DictConfig) -> Iterator[str]:
             yield from OPS[key].problems(values)
 
 
+# Before ops existed, an `augmentation` config held affine's parameters at its top with its
+# option's name: what runs stored then (last.pt, MLflow's config.yaml) resume and reproduce.
+_FLAT_FORM = {"name", "rotate_deg", "translate", "crop_prob", "crop_size"}
+
+
+def stored_form(section: DictConfig) -> DictConfig:
+    """An `augmentation` config a run stored, as ops: the flat form as its affine op."""
+    if set(section) != _FLAT_FORM:
+        return section
+    return OmegaConf.create({"affine": {f.name: section[f.name] for f in fields(Affine)}})
+
+
 def build_ops(section: DictConfig) -> list[Op]:
     """The ops of a validated `augmentation` config, in its order."""
     return [OPS[key](**OmegaConf.to_container(values)) for key, values in section.items()]
