@@ -53,7 +53,10 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     yield from _unknown_key_problems(cfg)
     yield from _trainer_problems(cfg.trainer)
     yield from _data_problems(cfg.data)
-    yield from augmentation_problems(cfg.augmentation)
+    if "augmentation" in cfg:
+        yield from augmentation_problems(cfg.augmentation)
+    else:  # Hydra drops the group for an empty selection
+        yield "augmentation=[] selects no option: use augmentation=none for no augmentation"
     yield from _optimizer_problems(cfg.optimizer)
     model, model_problem = _meta_model(cfg.model)
     if model_problem:

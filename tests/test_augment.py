@@ -174,6 +174,7 @@ def test_a_run_is_named_and_logged_by_what_its_augmentation_applies(tiny_cfg, tm
             "augmentation.erase.area=[0.3, 0.1] must be [low, high] with 0 < low <= high <= 1",
         ),
         (["augmentation=erase", "augmentation.erase.aspect=[0,1]"], "augmentation.erase.aspect="),
+        (["augmentation=[]"], "augmentation=[] selects no option: use augmentation=none"),
     ],
 )
 def test_a_bad_op_or_parameter_is_refused_in_one_line(overrides, message):
