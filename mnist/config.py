@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mnist.data.augment import augmentation_problems
 from mnist.data.fetch import root_problem
 from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError, ModelConfigError
@@ -52,7 +53,10 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     yield from _unknown_key_problems(cfg)
     yield from _trainer_problems(cfg.trainer)
     yield from _data_problems(cfg.data)
-    yield from _augmentation_problems(cfg.augmentation)
+    if "augmentation" in cfg:
+        yield from augmentation_problems(cfg.augmentation)
+    else:  # Hydra drops the group for an empty selection
+        yield "augmentation=[] selects no option: use augmentation=none for no augmentation"
     yield from _optimizer_problems(cfg.optimizer)
     model, model_problem = _meta_model(cfg.model)
     if model_problem:
@@ -68,12 +72,12 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
 
 # Config sections and the conf/ group that fills each. A key that none of the group's
 # options has (added with `+`) would be ignored silently, so it is refused as a typo. The
-# keys of `model` and `optimizer` are their `_target_`'s arguments, which their builders check.
+# keys of `model` and `optimizer` are their `_target_`'s arguments, which their builders check;
+# those of `augmentation` its ops' parameters, which the ops check (mnist/data/augment.py).
 _SECTION_GROUPS = {
     "trainer": "trainer",
     "data": "dataset",
     "scheduler": "scheduler",
-    "augmentation": "augmentation",
 }
 
 
@@ -143,17 +147,6 @@ def _data_problems(data: DictConfig) -> Iterator[str]:
     existing = next((path for path in (root, *root.parents) if path.exists()), None)
     if existing is not None and not existing.is_dir():
         yield f"data.root={data.root} must be a directory, and {existing} is a file"
-
-
-def _augmentation_problems(aug: DictConfig) -> Iterator[str]:
-    if not (_is_finite(aug.rotate_deg) and aug.rotate_deg >= 0) or not (
-        _is_number(aug.translate) and 0 <= aug.translate < 1
-    ):
-        yield "augmentation.rotate_deg must be >= 0 and augmentation.translate in [0, 1)"
-    if not (_is_number(aug.crop_prob) and 0 <= aug.crop_prob <= 1) or not (
-        _is_int(aug.crop_size) and 1 <= aug.crop_size <= 28
-    ):
-        yield "augmentation.crop_prob must be in [0, 1] and augmentation.crop_size in [1, 28]"
 
 
 def _valid_lr(lr: Any) -> bool:

@@ -83,11 +83,11 @@ class JobContext:
     @property
     def run_name(self) -> str:
         """In a sweep, what tells this job from the others: the values of the swept keys,
-        a config group by its option alone ("fast seed=0"); a single run by its overrides,
-        else its model."""
+        a config group by its choice alone ("fast seed=0"; an augmentation by its ops); a
+        single run by its overrides, else its model."""
         values = dict(map(split_override, self.overrides))
         swept = [
-            value if key in self.choices else f"{key}={value}"
+            self.choices.get(key, f"{key}={value}")
             for key in self.swept_keys
             if (value := values.get(key)) is not None
         ]

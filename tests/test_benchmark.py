@@ -1,11 +1,13 @@
 import itertools
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 import mnist.tools.benchmark as benchmark_module
-from mnist.data.augment import BatchAugment
+from mnist.data.augment import OPS, BatchAugment, Op
 from mnist.data.tensors import load_mnist, prepare_split
 from mnist.errors import ConfigError
 from mnist.tools.benchmark import (
@@ -29,9 +31,10 @@ def test_both_pipelines_serve_the_same_batches_without_augmentation(torchvision_
     cfg = compose_config(["augmentation=none"])
     data = load_mnist(torchvision_layout)
     train_idx = torch.arange(40, 300)
-    ours = project_batches(data, train_idx, 32, BatchAugment(), seed=4)
+    augment = BatchAugment.from_config(cfg.augmentation, None)
+    ours = project_batches(data, train_idx, 32, augment, seed=4)
     classic = classic_batches(
-        torchvision_layout, cfg.augmentation, epoch_orders(train_idx, 32, seed=4), 32,
+        torchvision_layout, augment, epoch_orders(train_idx, 32, seed=4), 32,
         workers=0, device=torch.device("cpu"),
     )  # fmt: skip
     for (a_images, a_labels), (b_images, b_labels) in itertools.islice(
@@ -48,7 +51,8 @@ def test_benchmark_runs_on_tiny_data_and_logs_its_table(torchvision_layout, tmp_
         *("benchmark.classic_workers=0", "trainer.batch_size=16"),
     ]
     cfg = compose_config(overrides, config_name="benchmark")
-    assert cfg.augmentation.name == "shift_rotate"  # the benchmark's default
+    # The benchmark's default, shift_rotate:
+    assert BatchAugment.from_config(cfg.augmentation, None).name == "affine(rot10,shift0.1)"
     results = benchmark(cfg, tmp_path / "out")
     assert [r.name for r in results] == ["project", "classic"]
     assert all(r.train_img_s > 0 and r.eval_img_s > 0 for r in results)
@@ -114,5 +118,29 @@ def test_benchmark_refuses_a_schedule_it_cannot_step(torchvision_layout, tmp_pat
         benchmark(
             benchmark_config(torchvision_layout, tmp_path, "scheduler=step"), tmp_path / "out"
         )
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def op_without_a_twin():
+    """An op that the classic pipeline cannot mirror: known while the test runs."""
+
+    @dataclass(frozen=True)
+    class Invert(Op):
+        key: ClassVar[str] = "invert"
+        rules: ClassVar = {}
+        active = True
+
+    yield Invert
+    del OPS["invert"]
+
+
+def test_benchmark_refuses_an_op_it_cannot_mirror(torchvision_layout, tmp_path, op_without_a_twin):
+    cfg = benchmark_config(torchvision_layout, tmp_path, "+augmentation.invert={}")
+    with pytest.raises(
+        ConfigError, match=r"^augmentation.invert: the classic pipeline has no"
+    ) as e:
+        benchmark(cfg, tmp_path / "out")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "out").exists()

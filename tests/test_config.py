@@ -139,7 +139,7 @@ def test_defaults_train_the_fast_model_on_a_validation_split():
         ("trainer.grad_clip=0", "trainer.grad_clip=0"),
         ("trainer.early_stopping.patience=0", "patience=0"),
         ("optimizer.lr=-1", "optimizer.lr=-1"),
-        ("augmentation.crop_size=40", "crop_size"),
+        ("++augmentation.affine.crop_size=40", "augmentation.affine.crop_size=40 must be an"),
         ("scheduler.name=warmup", "scheduler.name='warmup'"),
         ("seed=-1", "seed=-1"),
         ("model.dropout=2", "cannot build mnist.models.ConvNet from model.* (dropout"),
@@ -188,7 +188,7 @@ LATE_FAILURES = [
     (["scheduler=plateau", "scheduler.patience=-1"], "scheduler.patience=-1 must be"),
     ([f"data.root={REPO_ROOT / 'README.md'}"], "README.md is a file"),
     ([f"data.root={REPO_ROOT / 'README.md' / 'raw'}"], "README.md is a file"),
-    (["augmentation.rotate_deg=inf"], "augmentation.rotate_deg must be >= 0"),
+    (["++augmentation.affine.rotate_deg=inf"], "augmentation.affine.rotate_deg=inf must be a"),
     # Issue 18: an exception from torch after the run directory was made (seed), a traceback
     # from the model's first forward pass or from torch (width 0, dropout NaN), one from
     # inside torch.optim once the schedule reached a rate float32 weights cannot take, MNIST
@@ -207,7 +207,7 @@ LATE_FAILURES = [
     (["+trainer.nosuch=1"], "trainer.nosuch is not a key of trainer (known: batch_size, "),
     (["+trainer.early_stopping.patiense=3"], "trainer.early_stopping.patiense is not a"),
     (["+data.nosuch=1"], "data.nosuch is not a key of data (known: root, "),
-    (["+augmentation.rotate=5"], "augmentation.rotate is not a key of augmentation"),
+    (["+augmentation.rotate=5"], "augmentation.rotate is not an augmentation op (known: affine,"),
     (
         ["scheduler=step", "+scheduler.pct_start=0.3"],
         "scheduler.pct_start is not a key of scheduler (known: gamma, name, step_size)",
@@ -318,6 +318,11 @@ def test_fp16_on_cpu_is_refused():
             ["trainer.epochs=0", "data.val_size=70000", "model.dropout=2"],
             ["trainer.epochs=0", "data.val_size=70000", "dropout=2"],
             id="three bad values",
+        ),
+        pytest.param(
+            ["+augmentation.blur.sigma=1"],
+            ["augmentation.blur is not an augmentation op (known: affine, erase)"],
+            id="unknown augmentation op",
         ),
         # Issue 18: this seed passed validation and torch refused it once the run directory
         # held checkpoints/ and train.log (exit 1). The data are there: only the seed stops it.

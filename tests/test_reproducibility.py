@@ -276,7 +276,9 @@ BAD_VALUES = {
     ),
     "trainer.deterministic": st.one_of(st.text(), st.integers(), st.none()),
     "data.stratify": st.one_of(st.text(), st.integers(), st.floats()),
-    "augmentation.translate": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-0.01)),
+    "augmentation.affine.translate": st.one_of(
+        st.floats(min_value=1.0), st.floats(max_value=-0.01)
+    ),
     "trainer.precision": st.text().filter(lambda t: t not in ("fp32", "bf16", "fp16")),
 }
 _BASE = compose_config(["device=cpu"])
@@ -287,8 +289,7 @@ _BASE = compose_config(["device=cpu"])
 def test_fuzzed_bad_values_get_one_clear_config_error(key_and_value):
     key, value = key_and_value
     cfg = _BASE.copy()
-    group, name = key.split(".")
-    cfg[group][name] = value
+    OmegaConf.update(cfg, key, value, force_add=True)
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
     assert key in str(e.value) and "\n" not in str(e.value)

@@ -1,78 +1,155 @@
-"""Batched augmentation on the training device: one random affine transform per sample
-(rotation, translation, zoom-in crop), applied to the whole batch with a single
-affine_grid + grid_sample, so no per-sample Python or PIL runs in the hot path."""
+"""Batched augmentation on the training device: a composition of small ops, each applied
+to the whole batch at once (no per-sample Python or PIL in the hot path), every random
+draw from one generator, so that a seed fixes every transform of a run.
+
+An op is a dataclass subclass of `Op` whose fields are its parameters; its `key` names it
+in conf/augmentation (`affine: {rotate_deg: 10.0}`), which is all it takes to make it
+known: a config names ops by key only, so a stored config cannot import anything."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 IMAGE_SIZE = 28
 
+# Every op, by its config key: filled by Op.__init_subclass__.
+OPS: dict[str, type[Op]] = {}
 
-class BatchAugment:
-    """Random affine transforms with independent parameters per sample, drawn from
-    `generator` so that a seed fixes every transform of a run.
+
+def _uniform(
+    generator: torch.Generator | None, batch: int, low: float, high: float, device: torch.device
+) -> Tensor:
+    draw = torch.rand(batch, generator=generator, device=device)
+    return low + (high - low) * draw
+
+
+def _number(value: Any, low: float, high: float) -> bool:
+    """A finite int or float in [low, high] (bool is no number here)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def _span(value: Any, high: float) -> bool:
+    """[low, high'] with 0 < low <= high' <= high."""
+    return (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(_number(v, 0, high) for v in value)
+        and 0 < value[0] <= value[1]
+    )
+
+
+class Op:
+    """One batched transform of float (B, C, H, W) images with background 0. `rules` says
+    what each parameter must be: (check, what it expects, in words)."""
+
+    key: ClassVar[str]
+    rules: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        OPS[cls.key] = cls
+
+    @classmethod
+    def problems(cls, values: Mapping[str, Any]) -> Iterator[str]:
+        """One line per parameter that is unknown or out of range."""
+        known = [f.name for f in fields(cls)]
+        for name, value in values.items():
+            where = f"augmentation.{cls.key}.{name}"
+            if name not in known:
+                yield f"{where} is not a parameter of {cls.key} (known: {', '.join(known)})"
+            elif not cls.rules[name][0](value):
+                yield f"{where}={value!r} must be {cls.rules[name][1]}"
+
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything; an inactive op draws no random numbers."""
+        raise NotImplementedError
+
+    def name(self) -> str:
+        """Short, from its values, for run names and params: `affine(rot10,shift0.1)`."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """In words, for the title of the augmentation preview."""
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Affine(Op):
+    """One random affine transform per sample, in a single affine_grid + grid_sample.
 
     - rotate_deg: uniform rotation in [-rotate_deg, +rotate_deg].
     - translate: uniform shift in [-translate, +translate] of the image size, per axis.
     - crop_prob / crop_size: with probability crop_prob, a crop_size x crop_size centre
       crop resized back to 28 x 28 (a zoom of 28 / crop_size).
+
+    Draws four numbers per sample whenever active, in this order: angle, shift x, shift y,
+    crop; the runs made before ops existed depend on it.
     """
 
-    def __init__(
-        self,
-        rotate_deg: float = 0.0,
-        translate: float = 0.0,
-        crop_prob: float = 0.0,
-        crop_size: int = IMAGE_SIZE,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.rotate_rad = math.radians(rotate_deg)
-        self.translate = translate
-        self.crop_prob = crop_prob
-        self.crop_scale = crop_size / IMAGE_SIZE
-        self.generator = generator
+    key: ClassVar[str] = "affine"
+    rules: ClassVar = {
+        "rotate_deg": (lambda v: _number(v, 0, math.inf), "a number >= 0"),
+        "translate": (lambda v: _number(v, 0, 1) and v < 1, "a number in [0, 1)"),
+        "crop_prob": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
+        "crop_size": (
+            lambda v: _number(v, 1, IMAGE_SIZE) and isinstance(v, int),
+            f"an integer in [1, {IMAGE_SIZE}]",
+        ),
+    }
+    rotate_deg: float = 0.0
+    translate: float = 0.0
+    crop_prob: float = 0.0
+    crop_size: int = IMAGE_SIZE
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig, generator: torch.Generator | None) -> BatchAugment:
-        """From an `augmentation` config group option (conf/augmentation/*.yaml)."""
-        return cls(cfg.rotate_deg, cfg.translate, cfg.crop_prob, cfg.crop_size, generator)
+    @property
+    def crops(self) -> bool:
+        return bool(self.crop_prob) and self.crop_size != IMAGE_SIZE
 
     @property
     def active(self) -> bool:
-        return bool(self.rotate_rad or self.translate or (self.crop_prob and self.crop_scale != 1))
+        return bool(self.rotate_deg or self.translate or self.crops)
+
+    def name(self) -> str:
+        parts = [f"rot{self.rotate_deg:g}"] if self.rotate_deg else []
+        parts += [f"shift{self.translate:g}"] if self.translate else []
+        parts += [f"crop{self.crop_size}p{self.crop_prob:g}"] if self.crops else []
+        return f"affine({','.join(parts)})"
 
     def describe(self) -> str:
-        """The transforms in words, for the title of the augmentation preview."""
-        parts = []
-        if self.rotate_rad:
-            parts.append(f"rotation ±{math.degrees(self.rotate_rad):g}°")
-        if self.translate:
-            parts.append(f"translation ±{100 * self.translate:g}%")
-        if self.crop_prob and self.crop_scale != 1:
-            parts.append(f"zoom x{1 / self.crop_scale:.2f} with p={self.crop_prob:g}")
-        return ", ".join(parts) or "none"
+        parts = [f"rotation ±{self.rotate_deg:g}°"] if self.rotate_deg else []
+        parts += [f"translation ±{100 * self.translate:g}%"] if self.translate else []
+        if self.crops:
+            parts.append(f"zoom x{IMAGE_SIZE / self.crop_size:.2f} with p={self.crop_prob:g}")
+        return ", ".join(parts)
 
-    def _uniform(self, batch: int, low: float, high: float, device: torch.device) -> Tensor:
-        draw = torch.rand(batch, generator=self.generator, device=device)
-        return low + (high - low) * draw
-
-    def __call__(self, images: Tensor) -> Tensor:
-        """images: float (B, C, 28, 28) with background 0; returns the same shape/dtype."""
+    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         if not self.active:
             return images
         batch, device = images.shape[0], images.device
-        angle = self._uniform(batch, -self.rotate_rad, self.rotate_rad, device)
+        rotate_rad = math.radians(self.rotate_deg)
+        angle = _uniform(generator, batch, -rotate_rad, rotate_rad, device)
         # affine_grid works in [-1, 1] coordinates: a shift of f image widths is 2f.
-        shift_x = self._uniform(batch, -2 * self.translate, 2 * self.translate, device)
-        shift_y = self._uniform(batch, -2 * self.translate, 2 * self.translate, device)
-        cropped = self._uniform(batch, 0.0, 1.0, device) < self.crop_prob
-        scale = torch.where(cropped, self.crop_scale, 1.0)
+        shift_x = _uniform(generator, batch, -2 * self.translate, 2 * self.translate, device)
+        shift_y = _uniform(generator, batch, -2 * self.translate, 2 * self.translate, device)
+        cropped = _uniform(generator, batch, 0.0, 1.0, device) < self.crop_prob
+        scale = torch.where(cropped, self.crop_size / IMAGE_SIZE, 1.0)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         theta = torch.stack(
             [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
@@ -81,3 +158,128 @@ class BatchAugment:
         return F.grid_sample(
             images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
+
+
+@dataclass(frozen=True)
+class Erase(Op):
+    """Random erasing (torchvision's RandomErasing, batched): with probability prob per
+    sample, one rectangle set to 0 (background). Its area is a uniform fraction in `area`
+    of the image, its aspect (height / width) log-uniform in `aspect`, its place uniform.
+
+    Draws five numbers per sample whenever active: chosen, area, aspect, top, left.
+    """
+
+    key: ClassVar[str] = "erase"
+    rules: ClassVar = {
+        "prob": (lambda v: _number(v, 0, 1), "a number in [0, 1]"),
+        "area": (lambda v: _span(v, 1), "[low, high] with 0 < low <= high <= 1"),
+        "aspect": (lambda v: _span(v, math.inf), "[low, high] with 0 < low <= high"),
+    }
+    prob: float = 0.0
+    area: tuple[float, float] = (0.02, 0.33)
+    aspect: tuple[float, float] = (0.3, 3.3)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.prob)
+
+    def name(self) -> str:
+        """The spans only where they differ from the defaults: `erase(0.5)`."""
+        parts = [f"{self.prob:g}"]
+        for field in fields(self)[1:]:
+            low, high = getattr(self, field.name)
+            if (low, high) != field.default:
+                parts.append(f"{field.name}{low:g}-{high:g}")
+        return f"erase({','.join(parts)})"
+
+    def describe(self) -> str:
+        (area_low, area_high), (aspect_low, aspect_high) = self.area, self.aspect
+        return (
+            f"erasing with p={self.prob:g} ({100 * area_low:g}-{100 * area_high:g}% of the "
+            f"image, aspect {aspect_low:g}-{aspect_high:g})"
+        )
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        if not self.active:
+            return images
+        batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+        device = images.device
+        chosen = _uniform(generator, batch, 0.0, 1.0, device) < self.prob
+        area = _uniform(generator, batch, *self.area, device) * (height * width)
+        log_aspect = math.log(self.aspect[0]), math.log(self.aspect[1])
+        aspect = _uniform(generator, batch, *log_aspect, device).exp()
+        rows = (area * aspect).sqrt().round().clamp(1, height)
+        cols = (area / aspect).sqrt().round().clamp(1, width)
+        top = (_uniform(generator, batch, 0.0, 1.0, device) * (height - rows + 1)).floor()
+        left = (_uniform(generator, batch, 0.0, 1.0, device) * (width - cols + 1)).floor()
+        y = torch.arange(height, device=device)
+        x = torch.arange(width, device=device)
+        in_rows = (y >= top[:, None]) & (y < (top + rows)[:, None])
+        in_cols = (x >= left[:, None]) & (x < (left + cols)[:, None])
+        erased = chosen[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
+        return images.masked_fill(erased[:, None], 0.0)
+
+
+def augmentation_problems(section: DictConfig) -> Iterator[str]:
+    """One line per unknown op and per bad parameter of an `augmentation` config."""
+    for key, values in section.items():
+        if key not in OPS:
+            yield f"augmentation.{key} is not an augmentation op (known: {', '.join(sorted(OPS))})"
+        elif not isinstance(values, DictConfig):
+            yield f"augmentation.{key}={values!r} must be a mapping of {key}'s parameters"
+        else:
+            yield from OPS[key].problems(values)
+
+
+# Before ops existed, an `augmentation` config held affine's parameters at its top with its
+# option's name: what runs stored then (last.pt, MLflow's config.yaml) resume and reproduce.
+_FLAT_FORM = {"name", "rotate_deg", "translate", "crop_prob", "crop_size"}
+
+
+def stored_form(section: DictConfig) -> DictConfig:
+    """An `augmentation` config a run stored, as ops: the flat form as its affine op."""
+    if set(section) != _FLAT_FORM:
+        return section
+    return OmegaConf.create({"affine": {f.name: section[f.name] for f in fields(Affine)}})
+
+
+def build_ops(section: DictConfig) -> list[Op]:
+    """The ops of a validated `augmentation` config, in its order."""
+    return [OPS[key](**OmegaConf.to_container(values)) for key, values in section.items()]
+
+
+class BatchAugment:
+    """The active ops of an augmentation, applied in order, drawing from `generator`."""
+
+    def __init__(self, ops: Sequence[Op], generator: torch.Generator | None = None) -> None:
+        self.ops = [op for op in ops if op.active]
+        self.generator = generator
+
+    @classmethod
+    def from_config(cls, section: DictConfig, generator: torch.Generator | None) -> BatchAugment:
+        """From an `augmentation` config (one or more conf/augmentation/*.yaml options)."""
+        return cls(build_ops(section), generator)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.ops)
+
+    @property
+    def name(self) -> str:
+        """What it applies, `affine(rot10,shift0.1)+erase(0.5)`; `none` for nothing."""
+        return "+".join(op.name() for op in self.ops) or "none"
+
+    def describe(self) -> str:
+        """The transforms in words, for the title of the augmentation preview."""
+        return "; ".join(op.describe() for op in self.ops) or "none"
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """images: float (B, C, 28, 28) with background 0; returns the same shape/dtype."""
+        for op in self.ops:
+            images = op(images, self.generator)
+        return images
+
+
+def augmentation_name(section: DictConfig) -> str:
+    """The name of a validated `augmentation` config, from its ops and their values."""
+    return BatchAugment.from_config(section, None).name

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mnist.config import flatten, validate_config
-from mnist.data.augment import BatchAugment
+from mnist.data.augment import Affine, BatchAugment, Erase
 from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices, training_batches
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
@@ -73,19 +73,50 @@ def project_batches(
         )
 
 
-def classic_transform(aug: DictConfig):
-    """The per-sample torchvision equivalent of an `augmentation` config."""
+def _classic_affine(op: Affine) -> list:
     from torchvision import transforms
 
     steps = []
-    if aug.crop_prob and aug.crop_size != 28:
-        crop = [transforms.CenterCrop(aug.crop_size), transforms.Resize(28)]
-        steps.append(transforms.RandomApply(crop, p=aug.crop_prob))
-    if aug.rotate_deg or aug.translate:
-        translate = (aug.translate, aug.translate) if aug.translate else None
-        steps.append(transforms.RandomAffine(degrees=aug.rotate_deg, translate=translate))
-    steps += [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
-    return transforms.Compose(steps)
+    if op.crops:
+        crop = [transforms.CenterCrop(op.crop_size), transforms.Resize(28)]
+        steps.append(transforms.RandomApply(crop, p=op.crop_prob))
+    if op.rotate_deg or op.translate:
+        translate = (op.translate, op.translate) if op.translate else None
+        steps.append(transforms.RandomAffine(degrees=op.rotate_deg, translate=translate))
+    return steps
+
+
+def _classic_erase(op: Erase) -> list:
+    from torchvision import transforms
+
+    return [transforms.RandomErasing(op.prob, tuple(op.area), tuple(op.aspect), value=0)]
+
+
+# The per-sample torchvision twin of each augmentation op (mnist/data/augment.py), and
+# whether it needs a tensor (RandomErasing) or also takes the PIL image (the rest).
+CLASSIC_TWINS = {"affine": (_classic_affine, False), "erase": (_classic_erase, True)}
+
+
+def classic_transform(augment: BatchAugment):
+    """The per-sample torchvision equivalent of an augmentation, its ops in order, on the
+    PIL image until an op needs a tensor; ConfigError for an op it has no twin of."""
+    from torchvision import transforms
+
+    steps, on_tensor = [], False
+    for op in augment.ops:
+        if op.key not in CLASSIC_TWINS:
+            raise ConfigError(
+                f"augmentation.{op.key}: the classic pipeline has no torchvision twin of it "
+                f"(it mirrors {', '.join(CLASSIC_TWINS)}); benchmark without it"
+            )
+        twin, needs_tensor = CLASSIC_TWINS[op.key]
+        if needs_tensor and not on_tensor:
+            steps.append(transforms.ToTensor())
+            on_tensor = True
+        steps += twin(op)
+    if not on_tensor:
+        steps.append(transforms.ToTensor())
+    return transforms.Compose([*steps, transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
 
 
 def classic_dataset(data_root: str | Path, train: bool, transform):
@@ -101,7 +132,7 @@ def classic_dataset(data_root: str | Path, train: bool, transform):
 
 def classic_batches(
     data_root: str | Path,
-    aug: DictConfig,
+    augment: BatchAugment,
     orders: Iterator[Tensor],
     batch_size: int,
     workers: int,
@@ -111,7 +142,7 @@ def classic_batches(
     classic training loop, fed the same order as the project's pipeline."""
     from torch.utils.data import DataLoader
 
-    dataset = classic_dataset(data_root, True, classic_transform(aug))
+    dataset = classic_dataset(data_root, True, classic_transform(augment))
     for order in orders:
         loader = DataLoader(
             dataset, batch_size, sampler=order.tolist(), num_workers=workers,
@@ -157,16 +188,13 @@ def _classic_eval_img_s(
     batch's .item() waits for its work)."""
     from torch.utils.data import DataLoader
 
-    dataset = classic_dataset(data_root, False, classic_transform(_NO_AUGMENT))
+    dataset = classic_dataset(data_root, False, classic_transform(BatchAugment([])))
     start = time.perf_counter()
     model.eval()
     with torch.no_grad(), autocast(device, precision):
         for images, labels in DataLoader(dataset, batch_size=batch_size):
             model(images.to(device)).argmax(1).eq(labels.to(device)).sum().item()
     return len(dataset) / (time.perf_counter() - start)
-
-
-_NO_AUGMENT = DictConfig({"crop_prob": 0.0, "crop_size": 28, "rotate_deg": 0.0, "translate": 0.0})
 
 
 def run_benchmark(
@@ -196,7 +224,7 @@ def run_benchmark(
         else:
             orders = epoch_orders(train_idx, trainer.batch_size, cfg.seed)
             batches = classic_batches(
-                cfg.data.root, cfg.augmentation, orders, trainer.batch_size, bench.classic_workers,
+                cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers,
                 device,
             )  # fmt: skip
 
@@ -259,6 +287,8 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
             f"the benchmark counts steps, not epochs, so scheduler={cfg.scheduler.name} "
             "(stepped once per epoch) would never step; use scheduler=none, onecycle or cosine"
         )
+    augment = BatchAugment.from_config(cfg.augmentation, None)
+    classic_transform(augment)  # an op without a twin is refused before anything is written
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
     device = resolve_device(cfg.device.name)
@@ -272,7 +302,7 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     table = format_table(results, cfg.benchmark.target_acc)
     tags = runs.run_tags(cfg.seed, device, [], cfg.model._target_)
     header = (
-        f"model={cfg.model._target_.rsplit('.', 1)[-1]}, augmentation={cfg.augmentation.name}, "
+        f"model={cfg.model._target_.rsplit('.', 1)[-1]}, augmentation={augment.name}, "
         f"batch {cfg.trainer.batch_size}, {cfg.benchmark.steps} steps, device {device} "
         f"({tags['device.name']}, {torch.get_num_threads()} threads)\n\n"
     )

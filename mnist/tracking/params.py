@@ -47,7 +47,8 @@ def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """The option of each config group (`model`, `optimizer`, ...), then every config value
     that can change the run's numbers, flattened (`trainer.epochs`, `model.dropout`)."""
     groups = {group: choices[group] for group in GROUPS if group in choices}
-    values = {key: value for key, value in flatten(cfg).items() if _compared(key)}
+    # An empty section (augmentation=none) flattens to {}: its group's option says it.
+    values = {k: v for k, v in flatten(cfg).items() if _compared(k) and k not in groups}
     for group, option in groups.items():
         # A group's `name` repeats its option, unless set on its own (scheduler.name=step).
         if values.get(f"{group}.name") == option:

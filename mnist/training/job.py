@@ -6,6 +6,7 @@ what other commands share lives in the stages."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.config import validate_config
 from mnist.context import JobContext
-from mnist.data.augment import BatchAugment
+from mnist.data.augment import BatchAugment, augmentation_name
 from mnist.data.batches import normalize, to_unit_float
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
@@ -79,6 +80,10 @@ def _train(
     """The stages of a run in order, readable top to bottom, each ending in a lap of the
     clock; over 60 lines because the steps that close the run are interleaved with the
     points where a signal stops it."""
+    # An augmentation is named by what it applies, not by the option(s) it came from
+    # (`augmentation=[shift_rotate,erase]` has no single one): in the params and run names.
+    choices = {**ctx.choices, "augmentation": augmentation_name(cfg.augmentation)}
+    ctx = dataclasses.replace(ctx, choices=choices)
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, cfg.trainer.deterministic)
     seed_everything(cfg.seed)
@@ -294,7 +299,7 @@ def augmentation_preview(
     _, first = np.unique(labels[indices].cpu().numpy(), return_index=True)
     originals = to_unit_float(images[indices[torch.from_numpy(first).to(indices.device)]])
     draws = augment(originals.repeat_interleave(PREVIEW_DRAWS, 0))
-    description = f"augmentation={cfg.augmentation.name}: {augment.describe()}"
+    description = f"augmentation={augment.name}: {augment.describe()}"
     return originals[:, 0], draws.view(len(originals), PREVIEW_DRAWS, 28, 28), description
 
 

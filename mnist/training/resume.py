@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from mnist.config import validate_config
-from mnist.data.augment import BatchAugment
+from mnist.data.augment import BatchAugment, stored_form
 from mnist.errors import ConfigError
 from mnist.overrides import override_key
 from mnist.targets import first_line, refuse_foreign_targets
@@ -187,6 +187,7 @@ def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> Dict
     try:
         cfg = OmegaConf.create(state["config"])
         refuse_foreign_targets(cfg, str(path))
+        cfg.augmentation = stored_form(cfg.augmentation)
         if cfg.device.name in ("cuda", "mps") and not available(cfg.device.name):
             log.warning("The run trained with device=%s, which this machine lacks: resuming "
                         "with device=%s", cfg.device.name, device.name)  # fmt: skip
