@@ -1,7 +1,8 @@
 """How an experiment opens in the MLflow UI: on its training runs, with the metrics that
-compare them as columns. MLflow 3's UI (3.17) opens an experiment on the GenAI pages
-unless the address says `workflowType=machine_learning`, and it reads no experiment tag for
-its columns except a view saved under `mlflow.sharedViewState.<key>` and opened with
+compare them as columns, and its charts on the learning curves. MLflow 3's UI (3.17, 3.18)
+opens an experiment on the GenAI pages unless the address says
+`workflowType=machine_learning`, and it reads no experiment tag for its columns or charts
+except a view saved under `mlflow.sharedViewState.<key>` and opened with
 `viewStateShareKey=<key>`. So every experiment gets that view, a description that links to
 it, and the experiment kind tag that other MLflow 3 releases read; commands print the link."""
 
