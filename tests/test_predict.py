@@ -259,6 +259,13 @@ def test_promote_picks_the_sweep_best_by_validation_never_test(tmp_path, empty_m
     assert promotion.run.info.run_id == best_val
     version = client.get_model_version_by_alias("digits", "champion")
     assert version.run_id == best_val and str(version.version) == promotion.version
+    # The version is the run's logged model, and the model knows it: its page in the UI
+    # shows it registered, not "Register model". (A SQLite registry keeps no model_id on
+    # the version, MLflow 3.17-3.18: the source names the model.)
+    (output,) = client.get_run(best_val).outputs.model_outputs
+    assert version.source == f"models:/{output.model_id}"
+    registered = json.loads(client.get_logged_model(output.model_id).tags["mlflow.modelVersions"])
+    assert registered == [{"name": "digits", "version": version.version}]
     # Promoting again moves nothing and registers nothing new.
     assert promote_sweep(uri, "sweep", parent, "digits").version == promotion.version
     assert len(client.search_model_versions("name = 'digits'")) == 1

@@ -1,18 +1,21 @@
 """The MLflow UI as a user first sees it: `mlflow ui` on a small store, opened in headless
 Chromium (Debian's `chromium`, driven by Playwright) at the address a sweep prints. It must
-show the training runs table, named by the swept keys, with the key metrics as columns:
-not MLflow 3's GenAI overview."""
+show the training runs table, named by the swept keys, best validation first, not MLflow
+3's GenAI overview; its chart view must open on the learning curves; the champion's logged
+model must show its registered version."""
 
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
-from mlflow.entities import Metric, Param
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
 from mlflow.tracking import MlflowClient
 
+from mnist.tracking.registry import promote_sweep
 from mnist.tracking.store import get_or_create_experiment
-from mnist.tracking.ui import KEY_METRICS, experiment_tags, runs_path
+from mnist.tracking.ui import CURVES, KEY_METRICS, experiment_tags, runs_path
 from tests.helpers.server import free_port, wait_until_up
 
 CHROMIUM = shutil.which("chromium")
@@ -21,33 +24,53 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]  # fmt: skip
 RUNS = {"fast seed=0": 0.991, "fast seed=1": 0.989, "linear seed=0": 0.912}
+EPOCHS = 3
+ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'
+# Where the test leaves its pictures (the docs' screenshots come from here), else tmp_path.
+SCREENSHOTS = os.environ.get("MNIST_UI_SCREENSHOTS")
 
 
-def small_sweep(uri: str) -> str:
-    """A sweep as training leaves it: a parent with the swept keys, children named by them."""
+def small_sweep(uri: str) -> tuple[str, str]:
+    """A sweep as training leaves it: a parent with the swept keys and summary metrics,
+    children named by them with curves per epoch, final metrics and a logged model.
+    Returns the experiment and parent run ids."""
     experiment_id = get_or_create_experiment(uri, "sweep", experiment_tags)
     client = MlflowClient(uri)
-    parent = client.create_run(experiment_id, run_name="sweep 2026-01-01/12-00-00").info.run_id
-    client.log_batch(parent, params=[Param("model", "fast,linear"), Param("seed", "0,1")])
+    parent = client.create_run(
+        experiment_id, run_name="sweep 2026-01-01/12-00-00", tags={"sweep.dir": "sweep"}
+    ).info.run_id
+    client.log_batch(parent, params=[Param("model", "fast,linear"), Param("seed", "0,1")],
+                     metrics=[Metric("fast/best/val_acc_mean", 0.99, 0, 0)])  # fmt: skip
     for name, val_acc in RUNS.items():
         model, seed = name.split(" seed=")
         run = client.create_run(
             experiment_id, run_name=name,
             tags={"mlflow.parentRunId": parent, "model": model, "seed": seed},
-        )  # fmt: skip
-        metrics = [Metric(key, val_acc, 0, 1) for key in KEY_METRICS]
-        client.log_batch(run.info.run_id, metrics=metrics, params=[Param("model", model)])
-        client.set_terminated(run.info.run_id)
+        ).info.run_id  # fmt: skip
+        curves = [
+            Metric(key, value, 0, epoch)
+            for epoch in range(1, EPOCHS + 1)
+            for key, value in (("val/acc", val_acc - 0.1 / epoch), ("train/loss", 1 / epoch))
+        ]
+        final = [Metric(key, val_acc, 0, EPOCHS) for key in (*KEY_METRICS, "best/epoch")]
+        client.log_batch(run, metrics=curves + final, params=[Param("model", model)])
+        logged = client.create_logged_model(experiment_id, name=model, source_run_id=run)
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        client.log_outputs(run, [LoggedModelOutput(logged.model_id, step=EPOCHS)])
+        client.set_terminated(run)
     client.set_terminated(parent)
-    return experiment_id
+    return experiment_id, parent
 
 
 @pytest.mark.slow  # a server and a browser start: a minute or more on a busy 2-core machine
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_the_experiment_opens_on_its_training_runs(tmp_path):
+def test_a_newcomer_sees_the_runs_best_first_the_curves_and_the_registered_champion(tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    shots = SCREENSHOTS or tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment_id = small_sweep(uri)
+    experiment_id, parent = small_sweep(uri)
+    champion = promote_sweep(uri, "sweep", parent, "mnist").run
+    model_id = champion.outputs.model_outputs[-1].model_id
     url = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "ui.log"
     server = subprocess.Popen(
@@ -55,23 +78,46 @@ def test_the_experiment_opens_on_its_training_runs(tmp_path):
          "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
+    text = {}
     try:
         wait_until_up(url, server, log)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 800})
-            page.goto(f"{url}/{runs_path(experiment_id)}", timeout=300_000)
-            page.get_by_text("fast seed=0", exact=True).first.wait_for(timeout=300_000)
-            page.screenshot(path=tmp_path / "runs.png")
-            text = page.inner_text("body")
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            pages = {
+                "runs": (runs_path(experiment_id), "fast seed=0"),
+                "charts": (
+                    f"{runs_path(experiment_id)}&compareRunsMode=CHART",
+                    f"linear seed=0 ({CURVES[-1]})",  # the legend: the plot is drawn
+                ),
+                "champion": (f"#/experiments/{experiment_id}/models/{model_id}", "mnist"),
+            }
+            for name, (path, shown) in pages.items():
+                page.goto(f"{url}/{path}", timeout=300_000)
+                page.get_by_text(shown, exact=True).first.wait_for(timeout=300_000)
+                assistant = page.locator(ASSISTANT_CLOSE)
+                if assistant.count():  # room for the page in the picture
+                    assistant.click()
+                page.screenshot(path=f"{shots}/mlflow_{name}.png")
+                text[name] = page.inner_text("body")
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=60)
+    runs, charts, model = text["runs"], text["charts"], text["champion"]
     # The runs table of the "Model training" view, sorted by validation accuracy...
     for name in [*RUNS, *KEY_METRICS]:
-        assert name in text, name
-    assert text.index("fast seed=0") < text.index("fast seed=1") < text.index("linear seed=0")
+        assert name in runs, name
+    assert runs.index("fast seed=0") < runs.index("fast seed=1") < runs.index("linear seed=0")
     # ...not the GenAI pages a plain link to the experiment opens on.
     for genai in ("Observability", "Judges", "Prompts & versions"):
-        assert genai not in text, genai
+        assert genai not in runs, genai
+    # The chart view opens on the curves, before the sections of single values that the UI
+    # makes of the other metrics (best/, test/, the parent's summary).
+    first = charts.index("Learning curves")
+    assert first < charts.index(CURVES[0], first) < charts.index(CURVES[1], first)
+    for section in ("best\n", "Model metrics", "fast/best"):
+        assert charts.index(CURVES[1], first) < charts.index(section, first), section
+    # The champion's logged model shows its registered version.
+    assert "Not registered" not in model
+    assert "Model versions\nmnist\nv1" in model, model

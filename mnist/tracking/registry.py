@@ -82,17 +82,18 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
 
 def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -> Promotion:
     """Points `name@alias` at the sweep's best model: its version of `name` if registered
-    (logger.register), else a new version registered now."""
+    (logger.register), else a new version registered now. mlflow.register_model, not the
+    client's create_model_version, so that the logged model records the version too: its
+    page in the UI then shows it registered (the tag `mlflow.modelVersions`)."""
+    import mlflow
+
     run, incomplete = best_run(client, parent_run_id)
     source = f"models:/{run.outputs.model_outputs[-1].model_id}"
     versions = client.search_model_versions(f"name = '{name}'")
     version = next((v for v in versions if v.source == source), None)
     if version is None:
-        if not client.search_registered_models(f"name = '{name}'"):
-            client.create_registered_model(name)
-        version = client.create_model_version(
-            name, source, run_id=run.info.run_id, description=MODEL_CONTRACT
-        )
+        version = mlflow.register_model(source, name)
+        client.update_model_version(name, version.version, MODEL_CONTRACT)
     client.set_registered_model_alias(name, alias, version.version)
     return Promotion(name, str(version.version), alias, run, incomplete)
 

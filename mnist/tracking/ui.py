@@ -1,7 +1,8 @@
 """How an experiment opens in the MLflow UI: on its training runs, with the metrics that
-compare them as columns. MLflow 3's UI (3.17) opens an experiment on the GenAI pages
-unless the address says `workflowType=machine_learning`, and it reads no experiment tag for
-its columns except a view saved under `mlflow.sharedViewState.<key>` and opened with
+compare them as columns, and its charts on the learning curves. MLflow 3's UI (3.17, 3.18)
+opens an experiment on the GenAI pages unless the address says
+`workflowType=machine_learning`, and it reads no experiment tag for its columns or charts
+except a view saved under `mlflow.sharedViewState.<key>` and opened with
 `viewStateShareKey=<key>`. So every experiment gets that view, a description that links to
 it, and the experiment kind tag that other MLflow 3 releases read; commands print the link."""
 
@@ -12,14 +13,55 @@ from typing import Any
 
 # The metrics a comparison needs at first sight, best validation first: what picks a model.
 KEY_METRICS = ("best/val_acc", "test/acc", "train_time_s")
+# The curves the chart view opens on, per epoch of every job: how the runs learned.
+CURVES = ("val/acc", "train/loss")
 VIEW_KEY = "training-runs"
 # Where `make ui` serves the repository's store (Makefile, PORT).
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
+def _curve(metric: str) -> dict[str, Any]:
+    """A line chart of `metric` against the epoch, as the UI stores one (all its fields:
+    the UI reads them without defaults)."""
+    return {
+        "uuid": f"curve-{metric}",
+        "type": "LINE",
+        "metricSectionId": "curves",
+        "metricKey": metric,
+        "selectedMetricKeys": [metric],
+        "displayName": metric,
+        "isGenerated": False,
+        "deleted": False,
+        "runsCountToCompare": 10,
+        "lineSmoothness": 0,
+        "xAxisKey": "step",
+        "xAxisScaleType": "linear",
+        "scaleType": "linear",
+        "selectedXAxisMetricKey": "",
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "range": {},
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": True,
+        "useGlobalLineSmoothing": True,
+    }
+
+
+def _charts() -> dict[str, Any]:
+    """The chart view opening on the learning curves, in a section of their own first.
+    The UI adds a chart for every other metric after it; `isAccordionReordered` keeps the
+    sections in this order instead of sorting them by name."""
+    section = {"uuid": "curves", "name": "Learning curves", "display": True}
+    return {
+        "compareRunSections": [{**section, "isReordered": True}],
+        "compareRunCharts": [_curve(metric) for metric in CURVES],
+        "isAccordionReordered": True,
+    }
+
+
 def _view() -> dict[str, Any]:
     """The runs table, sorted by validation accuracy, with the model, the key metrics and
-    the dataset as columns (the UI's own column keys)."""
+    the dataset as columns (the UI's own column keys); the chart view on the curves."""
     columns = [
         "params.`model`",
         *(f"metrics.`{name}`" for name in KEY_METRICS),
@@ -31,6 +73,7 @@ def _view() -> dict[str, Any]:
         "columnOrder": columns,
         "orderByKey": f"metrics.`{KEY_METRICS[0]}`",
         "orderByAsc": False,
+        **_charts(),
     }
 
 
