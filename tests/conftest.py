@@ -30,8 +30,10 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _local_tracking(monkeypatch):
-    # A developer's MLFLOW_TRACKING_URI must never receive test runs.
+    # A developer's MLFLOW_TRACKING_URI (or registry) must never receive test runs, nor one
+    # that an earlier test's in-process promote set (MLflow exports both to the environment).
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
 
 @pytest.fixture(scope="session")

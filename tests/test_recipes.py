@@ -114,7 +114,8 @@ def test_the_readme_recipes_add_a_model_and_an_augmentation_in_four_files(synthe
     assert first_row.startswith(f"| {rows[0]['model']} ★ | {rows[0]['augmentation']} |")
 
     run(repo, "promote")
-    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    store = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)  # not a registry an earlier test set
     experiment = client.get_experiment_by_name("mnist")
     jobs = [r for r in client.search_runs([experiment.experiment_id]) if "model" in r.data.tags]
     assert len(jobs) == 4

@@ -70,10 +70,11 @@ def test_a_glob_sweep_is_listed_as_the_options_it_matches():
 )
 def test_a_run_is_named_by_what_tells_it_apart(swept, overrides, name, tmp_path):
     # A config group (model) is named by its option alone, any other key as key=value.
+    chosen = dict(override.split("=", 1) for override in overrides)
     ctx = JobContext(
         output_dir=tmp_path,
         overrides=overrides,
-        choices={"model": "fast", "optimizer": "adam"},
+        choices={"model": chosen.get("model", "fast"), "optimizer": "adam"},
         override_dirname=",".join(overrides),
         swept_keys=swept,
     )
