@@ -15,9 +15,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mnist.errors import ConfigError
+from mnist.overrides import override_key
 from mnist.paths import REPO_ROOT
 from mnist.tracking import runs, store
-from mnist.training.phases import LAUNCHED_AT_ENV, PHASES
+from mnist.training.phases import LAUNCHED_AT_ENV, PHASES, phase_metric
 
 # Where the training run goes and its name are the benchmark's to say: it finds the run by
 # them (a name of its own, so that benchmarks running at once each find theirs).
@@ -26,7 +27,7 @@ OWN_KEYS = ("logger.tracking_uri", "logger.experiment", "logger.run_name")
 
 def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float, Any]:
     """(wall seconds, the MLflow run) of scripts/train.py with `overrides`."""
-    if owned := [o for o in overrides if o.lstrip("+~").split("=")[0] in OWN_KEYS]:
+    if owned := [o for o in overrides if override_key(o) in OWN_KEYS]:
         raise ConfigError(
             f"startup.command sets {owned[0]}; the benchmark sets {', '.join(OWN_KEYS)} itself "
             "(set the store and experiment on the benchmark's command line instead)"
@@ -56,7 +57,7 @@ def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float,
 def phase_table(wall: float, metrics: dict[str, float]) -> tuple[str, dict[str, float]]:
     """The Markdown table and its numbers: each phase, the rest (closing the run, process
     exit), the wall time, train_time_s and the fixed cost."""
-    seconds = {p: metrics[f"time/{p}_s"] for p in PHASES if f"time/{p}_s" in metrics}
+    seconds = {p: metrics[phase_metric(p)] for p in PHASES if phase_metric(p) in metrics}
     numbers = {
         **seconds,
         "other": wall - sum(seconds.values()),

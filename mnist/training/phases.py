@@ -22,6 +22,11 @@ PHASES = (
 )  # fmt: skip
 
 
+def phase_metric(phase: str) -> str:
+    """The metric a run logs a phase's seconds as: time/<phase>_s."""
+    return f"{PHASE_PREFIX}{phase}_s"
+
+
 class PhaseClock:
     """Laps: each phase is the time since the previous lap, so the phases cover the job
     from its start to the last lap without a gap."""
@@ -39,4 +44,4 @@ class PhaseClock:
         self._last = now
 
     def metrics(self) -> dict[str, float]:
-        return {f"{PHASE_PREFIX}{phase}_s": seconds for phase, seconds in self.seconds.items()}
+        return {phase_metric(phase): seconds for phase, seconds in self.seconds.items()}
