@@ -7,7 +7,6 @@ compare.py logs its own to the experiment `<experiment>/compare`, out of the tra
 from __future__ import annotations
 
 import logging
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError
-from mnist.overrides import split_override
-from mnist.paths import REPO_ROOT
+from mnist.overrides import override_key, split_override
 from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.sweeps.runs import current_runs, partial_sweep
@@ -118,24 +116,16 @@ def describe_model(run: Any) -> tuple[int | None, str]:
     return (int(layers) if layers else None), tags.get("model.pooling", "n/a")
 
 
-@cache
-def _where_keys() -> frozenset[str]:
-    """What says where a run wrote or how its sweep was started, never what it trained:
-    hydra.job.config.override_dirname.exclude_keys of conf/train.yaml."""
-    train = OmegaConf.load(REPO_ROOT / "conf" / "train.yaml")
-    return frozenset(train.hydra.job.config.override_dirname.exclude_keys)
-
-
 def config_keys(runs: list[Any]) -> list[str]:
     """The keys that can make the runs' numbers differ, but the model and the seed: those
     of their overrides first (what a sweep varies, by the name it was given), then their
     params (mnist/tracking/params.py)."""
-    overrides = [split_override(override)[0] for run in runs
+    overrides = [override_key(override) for run in runs
                  for override in run.data.tags.get("hydra.overrides", "").split()]  # fmt: skip
     params = sorted({key for run in runs for key in run.data.params})
     return [
         key for key in dict.fromkeys([*overrides, *params])
-        if key not in {"model", "seed", *_where_keys()} and changes_results(key)
+        if key not in {"model", "seed"} and changes_results(key)
     ]  # fmt: skip
 
 

@@ -27,6 +27,9 @@ NOT_COMPARED = (
     "trainer.eval_batch_size",
     "device.malloc_tuning",
     "sweep.",
+    # Hydra's own overrides (hydra.launcher.n_jobs=2, hydra/launcher=joblib): how jobs ran.
+    "hydra.",
+    "hydra/",
 )
 # Hydra's instructions to instantiate: the group's option says the same in a word.
 HYDRA_KEYS = ("_target_", "_partial_")
