@@ -75,7 +75,7 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
     parent = client.get_run(ctx.parent_run_id)
     same_job = f"tags.`{CONFIG_HASH_TAG}` = '{config_sha256(cfg)}'"
     runs = children(client, parent.info.experiment_id, ctx.parent_run_id, same_job)
-    earlier = sorted(current_runs(runs), key=lambda run: run.info.start_time, reverse=True)
+    earlier = current_runs(runs)[::-1]  # the latest first
     if not earlier:
         return cfg, None
     if finished := [run for run in earlier if run.info.status == "FINISHED"]:

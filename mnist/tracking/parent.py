@@ -36,9 +36,13 @@ def reopen_parent(client: Any, run_id: str) -> None:
 
 
 def children(client: Any, experiment_id: str, parent_run_id: str, where: str = "") -> list[Any]:
-    """The runs under `parent_run_id`, those matching the filter `where` if given."""
+    """The runs under `parent_run_id`, oldest first; those matching the filter `where` if
+    given."""
     query = children_filter(parent_run_id) + (f" and {where}" if where else "")
-    return retry_when_locked(lambda: client.search_runs([experiment_id], query, max_results=50000))
+    oldest_first = ["attributes.start_time ASC"]
+    return retry_when_locked(
+        lambda: client.search_runs([experiment_id], query, max_results=50000, order_by=oldest_first)
+    )
 
 
 def end_parent(client: Any, run_id: str, status: str) -> None:

@@ -66,7 +66,6 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
         raise ConfigError(f"parent_run_id={parent_run_id}: no such run in the store") from e
     finished = "attributes.status = 'FINISHED'"
     runs = children(client, parent.info.experiment_id, parent_run_id, finished)
-    runs.sort(key=lambda run: run.info.start_time)
     candidates = [
         run for run in runs
         if SELECTION_METRIC in run.data.metrics and run.outputs and run.outputs.model_outputs
