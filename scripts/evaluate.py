@@ -4,7 +4,7 @@ python scripts/evaluate.py ckpt=... [tta=true] [log=true]"""
 import hydra
 from omegaconf import DictConfig
 
-from mnist.cli import exit_on_user_error
+from mnist.cli import exit_on_user_error, run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

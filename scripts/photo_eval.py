@@ -6,7 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mnist.cli import exit_on_user_error
+from mnist.cli import exit_on_user_error, run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="photo_eval")
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

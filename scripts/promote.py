@@ -4,7 +4,7 @@ python scripts/promote.py [parent_run_id=<id>] [name=mnist]"""
 import hydra
 from omegaconf import DictConfig
 
-from mnist.cli import exit_on_user_error
+from mnist.cli import exit_on_user_error, run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="promote")
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mnist.cli import exit_on_user_error
+from mnist.cli import exit_on_user_error, run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
@@ -22,4 +22,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
