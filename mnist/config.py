@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mnist.data.augment import augmentation_problems
+from mnist.data.augment import augmentation_problems, stored_form
 from mnist.data.fetch import root_problem
 from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError, ModelConfigError
@@ -128,6 +128,9 @@ def _trainer_problems(trainer: DictConfig) -> Iterator[str]:
     target = trainer.target_acc
     if target is not None and not (_is_number(target) and 0 < target <= 1):
         yield f"trainer.target_acc={target!r} must be in (0, 1], or null to train all epochs"
+    decay = trainer.ema_decay
+    if decay is not None and not (_is_number(decay) and 0 < decay < 1):
+        yield f"trainer.ema_decay={decay!r} must be in (0, 1), or null to use the trained weights"
 
 
 def _data_problems(data: DictConfig) -> Iterator[str]:
@@ -286,6 +289,23 @@ def _determinism_problems(cfg: DictConfig, model: nn.Module | None) -> Iterator[
         return
     if problem := determinism_problem(model, resolve_device(name)):
         yield problem
+
+
+# Config keys added after runs were stored, each with the value that trains as runs did
+# before it existed. A stored config (a last.pt's, a run's config.yaml) that lacks one gets
+# it (as_now); a run at that value keeps the params and config.sha256 it had before
+# (mnist/tracking/params.py), so compare.py and a resumed sweep still match older runs.
+ADDED_KEYS: dict[str, Any] = {"trainer.ema_decay": None}
+_ABSENT = object()
+
+
+def as_now(stored: DictConfig) -> DictConfig:
+    """A config a run stored, in today's form: augmentation as ops, the keys added since."""
+    stored.augmentation = stored_form(stored.augmentation)
+    for key, value in ADDED_KEYS.items():
+        if OmegaConf.select(stored, key, default=_ABSENT) is _ABSENT:
+            OmegaConf.update(stored, key, value, force_add=True)
+    return stored
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -137,6 +137,7 @@ def test_defaults_train_the_fast_model_on_a_validation_split():
         ("trainer.precision=fp8", "trainer.precision='fp8' is not one of"),
         ("trainer.label_smoothing=1.5", "trainer.label_smoothing=1.5"),
         ("trainer.grad_clip=0", "trainer.grad_clip=0"),
+        ("trainer.ema_decay=1", "trainer.ema_decay=1 must be in (0, 1), or null"),
         ("trainer.early_stopping.patience=0", "patience=0"),
         ("optimizer.lr=-1", "optimizer.lr=-1"),
         ("++augmentation.affine.crop_size=40", "augmentation.affine.crop_size=40 must be an"),

@@ -139,3 +139,34 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     _, resumed, _ = run_fit(cfg, tmp_path / "run", resume_from=state)
     assert untimed(resumed) == untimed(reference[1:])
+
+
+def test_the_moving_average_is_what_is_validated_and_kept_as_best(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.ema_decay=0.9", "trainer.epochs=1", "model=gap20k")
+    _, logged, learner = run_fit(cfg, tmp_path)
+    data, _, val_idx, _ = prepare(cfg)
+    images, labels = data.train_images[val_idx], data.train_labels[val_idx]
+    average, trained = learner.ema.module, learner.model
+    assert evaluate(average, images, labels, 64, CPU).loss == pytest.approx(logged[0]["val/loss"])
+    assert evaluate(trained, images, labels, 64, CPU).loss != pytest.approx(logged[0]["val/loss"])
+    best = load_checkpoint(tmp_path / "best.pt")["model"]
+    # BatchNorm's running statistics are the average's too.
+    assert all(torch.equal(best[k], v) for k, v in average.state_dict().items())
+    mean = "stem.0.1.running_mean"
+    assert not torch.equal(best[mean], trained.state_dict()[mean])
+
+
+def test_a_run_with_a_moving_average_resumes_exactly(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.ema_decay=0.9", "trainer.epochs=3", "model=gap20k")
+    _, reference, _ = run_fit(cfg, tmp_path / "reference")
+
+    def stop_after_first_epoch(metrics):
+        signal.raise_signal(signal.SIGTERM)  # handled by fit: stop after this epoch
+
+    with pytest.raises(TrainingInterrupted):
+        run_fit(cfg, tmp_path / "run", after_epoch=stop_after_first_epoch)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    _, resumed, _ = run_fit(cfg, tmp_path / "run", resume_from=state)
+    assert untimed(resumed) == untimed(reference[1:])
+    best, again = (load_checkpoint(tmp_path / d / "best.pt")["model"] for d in ("reference", "run"))
+    assert all(torch.equal(best[k], again[k]) for k in best)

@@ -23,7 +23,9 @@ from mnist.reporting.compare import compare
 from mnist.sweeps.resume import mark_superseded, resume_job, sweep_sha256
 from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
 from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
+from mnist.tracking.params import run_params
 from mnist.tracking.store import PARENT_TAG
+from mnist.training.resume import resume_config
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
 
@@ -34,6 +36,7 @@ def test_config_hash_changes_with_what_a_run_computes_only(tiny_cfg, tmp_path):
     for computes in (
         "model=cnn24k", "seed=1", "optimizer.lr=0.002", "trainer.epochs=3",
         "augmentation=rotate7", "data.val_size=101", "trainer.label_smoothing=0.1",
+        "trainer.ema_decay=0.999",
     ):  # fmt: skip
         assert config_sha256(tiny_cfg(computes)) != base, computes
     for where_or_how in (
@@ -43,6 +46,19 @@ def test_config_hash_changes_with_what_a_run_computes_only(tiny_cfg, tmp_path):
         f"trainer.resume={tmp_path / 'last.pt'}", "sweep.resume=true",
     ):  # fmt: skip
         assert config_sha256(tiny_cfg(where_or_how)) == base, where_or_how
+
+
+def test_a_config_stored_before_a_key_existed_is_the_same_job_and_resumes(tiny_cfg, tmp_path):
+    """Runs stored before trainer.ema_decay existed (config.ADDED_KEYS) match today's."""
+    cfg = tiny_cfg()
+    stored = OmegaConf.to_container(cfg)
+    del stored["trainer"]["ema_decay"]
+    assert config_sha256(stored) == config_sha256(cfg)
+    assert run_params(OmegaConf.create(stored), {}) == run_params(cfg, {})
+    assert "trainer.ema_decay" not in run_params(cfg, {})
+    assert "trainer.ema_decay" in run_params(tiny_cfg("trainer.ema_decay=0.99"), {})
+    resumed = resume_config({"config": stored}, tmp_path / "last.pt", cfg.device)
+    assert resumed.trainer == cfg.trainer
 
 
 def test_a_sweep_is_its_command_line_without_paths_launcher_and_resume_flag(tmp_path):

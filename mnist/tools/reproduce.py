@@ -14,9 +14,8 @@ from typing import Any
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist.config import validate_config
+from mnist.config import as_now, validate_config
 from mnist.context import JobContext
-from mnist.data.augment import stored_form
 from mnist.errors import ConfigError
 from mnist.targets import first_line, stored_config
 from mnist.tracking import runs, store
@@ -140,7 +139,7 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     run_cfg = stored_config(text, f"run_id={run_id} (its config.yaml)")
     try:
         run_cfg.logger.tracking_uri = uri
-        run_cfg.augmentation = stored_form(run_cfg.augmentation)
+        run_cfg = as_now(run_cfg)
         validate_config(run_cfg)
     except (OmegaConfBaseException, AttributeError, KeyError, TypeError) as e:
         raise ConfigError(

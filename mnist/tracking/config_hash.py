@@ -10,8 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mnist.config import flatten
-from mnist.tracking.params import changes_results
+from mnist.tracking.params import result_values
 
 CONFIG_HASH_TAG = "config.sha256"
 
@@ -24,7 +23,8 @@ def config_sha256(cfg: DictConfig | dict[str, Any]) -> str:
     sweep.resume) and settings of speed only (eval batch size, allocator tuning, checksum
     verification). Everything else counts, Hydra's `_target_` included (two models may share
     their arguments), and so do keys whose effect on the numbers is doubtful
-    (device.num_threads): a job is matched only when nothing that might matter changed."""
-    kept = {key: value for key, value in flatten(cfg).items() if changes_results(key)}
+    (device.num_threads): a job is matched only when nothing that might matter changed. A
+    key added since runs were stored counts only away from its old behaviour (ADDED_KEYS)."""
+    kept = result_values(cfg)
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

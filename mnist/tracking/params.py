@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mnist.config import flatten
+from mnist.config import ADDED_KEYS, flatten
 
 # Config groups whose chosen option is a param of its own, e.g. model=fast.
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "device", "experiment")
@@ -42,8 +42,14 @@ def changes_results(key: str) -> bool:
     )
 
 
-def _compared(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] not in HYDRA_KEYS and changes_results(key)
+def result_values(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The flattened config values that can change a run's numbers, without a key added
+    since runs were stored while it holds the value that trains as before (ADDED_KEYS)."""
+    return {
+        key: value
+        for key, value in flatten(cfg).items()
+        if changes_results(key) and not (key in ADDED_KEYS and value == ADDED_KEYS[key])
+    }
 
 
 def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
@@ -51,7 +57,11 @@ def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     that can change the run's numbers, flattened (`trainer.epochs`, `model.dropout`)."""
     groups = {group: choices[group] for group in GROUPS if group in choices}
     # An empty section (augmentation=none) flattens to {}: its group's option says it.
-    values = {k: v for k, v in flatten(cfg).items() if _compared(k) and k not in groups}
+    values = {
+        k: v
+        for k, v in result_values(cfg).items()
+        if k.rsplit(".", 1)[-1] not in HYDRA_KEYS and k not in groups
+    }
     for group, option in groups.items():
         # A group's `name` repeats its option, unless set on its own (scheduler.name=step).
         if values.get(f"{group}.name") == option:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnist.data.augment import BatchAugment
 from mnist.models import build_model
@@ -27,12 +28,17 @@ def initial_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
 def build_learner(
     cfg: DictConfig, model: torch.nn.Module, device: torch.device, train_size: int
 ) -> Learner:
-    """Optimizer, schedule, gradient scaler, augmentation and shuffle order for `model`
-    (compiled first when trainer.compile is on; the optimizer holds the same parameters)."""
+    """Optimizer, schedule, gradient scaler, augmentation, shuffle order and moving average
+    for `model` (compiled first when trainer.compile is on; the optimizer holds the same
+    parameters)."""
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = max(1, train_size // cfg.trainer.batch_size)
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
     augment = BatchAugment.from_config(cfg.augmentation, generator(cfg.seed, "augment", device))
+    ema = None
+    if decay := cfg.trainer.ema_decay:
+        # BatchNorm's running statistics are averaged too: no extra pass over the data.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     return Learner(
         model=torch.compile(model) if cfg.trainer.compile else model,
         optimizer=optimizer,
@@ -40,4 +46,5 @@ def build_learner(
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16"),
         augment=augment,
         shuffle=generator(cfg.seed, "shuffle"),
+        ema=ema,
     )

@@ -152,8 +152,8 @@ def train_step(
     learner: Learner, images: Tensor, labels: Tensor, cfg: DictConfig, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """One optimisation step as the `trainer` config describes it (precision, label
-    smoothing, gradient clipping, a per-step schedule); the benchmark times this same step.
-    Returns the loss and the float32 logits."""
+    smoothing, gradient clipping, a per-step schedule, the moving average); the benchmark
+    times this same step. Returns the loss and the float32 logits."""
     model, optimizer, scaler, schedule = (
         learner.model, learner.optimizer, learner.scaler, learner.schedule,
     )  # fmt: skip
@@ -169,6 +169,8 @@ def train_step(
     scaler.update()
     if schedule and schedule.interval == "step":
         schedule.scheduler.step()
+    if learner.ema is not None:
+        learner.ema.update_parameters(eager(model))
     return loss, logits
 
 
@@ -183,7 +185,7 @@ def end_of_epoch(
 ) -> dict[str, float]:
     """Validate, step an epoch-wise schedule, keep the best checkpoint (chosen on
     validation accuracy only) and decide early stopping. Returns the epoch's metrics."""
-    model, schedule = learner.model, learner.schedule
+    model, schedule = learner.selected, learner.schedule
     train_loss = (progress.loss_sum / progress.seen).item()
     if not math.isfinite(train_loss):  # before best.pt could keep the broken weights
         raise TrainingDiverged(

@@ -16,9 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
-from mnist.config import validate_config
-from mnist.data.augment import BatchAugment, stored_form
+from mnist.config import as_now, validate_config
+from mnist.data.augment import BatchAugment
 from mnist.errors import ConfigError
 from mnist.overrides import override_key
 from mnist.targets import first_line, refuse_foreign_targets
@@ -70,6 +71,13 @@ class Learner:
     scaler: torch.amp.GradScaler
     augment: BatchAugment
     shuffle: torch.Generator
+    ema: AveragedModel | None = None  # trainer.ema_decay
+
+    @property
+    def selected(self) -> nn.Module:
+        """The weights that are validated, checkpointed as best.pt and tested: the moving
+        average when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
     def state(self, progress: Progress, shuffle_state: Tensor) -> dict[str, Any]:
         return {
@@ -77,6 +85,7 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.scheduler.state_dict() if self.schedule else None,
             "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "rng": {
                 "shuffle_epoch_start": shuffle_state,
                 "augment": self.augment.generator.get_state() if self.augment.generator else None,
@@ -93,6 +102,8 @@ class Learner:
         if self.schedule:
             self.schedule.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         rng = state["rng"]
         self.shuffle.set_state(rng["shuffle_epoch_start"])
         torch.set_rng_state(rng["torch"])
@@ -187,7 +198,7 @@ def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> Dict
     try:
         cfg = OmegaConf.create(state["config"])
         refuse_foreign_targets(cfg, str(path))
-        cfg.augmentation = stored_form(cfg.augmentation)
+        cfg = as_now(cfg)
         if cfg.device.name in ("cuda", "mps") and not available(cfg.device.name):
             log.warning("The run trained with device=%s, which this machine lacks: resuming "
                         "with device=%s", cfg.device.name, device.name)  # fmt: skip
