@@ -60,6 +60,40 @@ def test_two_runs_started_at_once_on_a_fresh_store_both_finish(synthetic_root, t
     assert finished_runs(mlruns / "mlflow.db") == ["FINISHED", "FINISHED"]
 
 
+def test_a_dataset_another_job_inserted_first_is_found_when_tried_again(tmp_path, empty_mlflow_db):
+    """Two jobs logging the same dataset at once: the second insert fails (the error a
+    tracking server returned in a submitit sweep) and, tried again, finds the first's."""
+    from mlflow.entities import Dataset, DatasetInput
+
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("sweep")
+    first, second = (client.create_run(experiment).info.run_id for _ in range(2))
+    test_set = DatasetInput(Dataset("mnist-test", "088fde4c", "local", '{"uri": "x"}'))
+    client.log_inputs(first, [test_set])  # the other job's insert, between check and insert
+    attempts = []
+
+    def collided_once() -> None:
+        attempts.append(second)
+        if len(attempts) == 1:
+            raise MlflowException(
+                "BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+                "datasets.experiment_id, datasets.name, datasets.digest"
+            )
+        client.log_inputs(second, [test_set])
+
+    store.retry_when_locked(collided_once, first_wait_s=0)
+    assert len(attempts) == 2
+    assert [i.dataset.name for i in client.get_run(second).inputs.dataset_inputs] == ["mnist-test"]
+
+    # Any other constraint is a real error: raised at once.
+    def another_constraint() -> None:
+        raise MlflowException("UNIQUE constraint failed: runs.run_uuid")
+
+    with pytest.raises(MlflowException, match="UNIQUE constraint failed: runs"):
+        store.retry_when_locked(another_constraint, first_wait_s=0)
+
+
 def corrupt(db, how: str, template) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)
     if how == "random bytes":

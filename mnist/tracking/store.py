@@ -84,15 +84,23 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 T = TypeVar("T")
 
 
+# What a write that collided with another process's says; the same write a moment later
+# succeeds. SQLite lets one process write at a time; the others wait up to its busy timeout
+# (5 s), which parallel jobs of a sweep on a loaded machine can exceed. MLflow adds a
+# dataset to an experiment by looking for it, then inserting it: two jobs that log the same
+# dataset at once (the test set) both insert, and the second insert fails; tried again, it
+# finds the first one's (seen with a tracking server and concurrent submitit jobs).
+COLLISIONS = ("database is locked", "UNIQUE constraint failed: datasets.")
+
+
 def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: float = 0.2) -> T:
-    """SQLite lets one process write at a time; the others wait up to its busy timeout (5 s),
-    which parallel jobs of a sweep on a loaded machine can exceed ("database is locked").
-    Each lock is held for one short transaction, so waiting and trying again is enough."""
+    """`call()`, tried again after a collision with another process's write (COLLISIONS):
+    each is one short transaction, so waiting and trying again is enough."""
     for attempt in range(attempts - 1):
         try:
             return call()
-        except Exception as e:  # MLflow wraps SQLAlchemy's OperationalError
-            if "database is locked" not in str(e):
+        except Exception as e:  # MLflow wraps SQLAlchemy's errors, a server in RestException
+            if not any(collision in str(e) for collision in COLLISIONS):
                 raise
             time.sleep(first_wait_s * 2**attempt)
     return call()

@@ -1,7 +1,7 @@
 """Reading back what a job logged, and interrupting it with real signals, for the tests of
 signals and resume."""
 
-import os
+import signal
 
 from mlflow.tracking import MlflowClient
 
@@ -29,13 +29,15 @@ def assert_logged_once_per_step(client: MlflowClient, run_id: str) -> None:
 
 
 def signal_then(function, *signums):
-    """`function`, its first call preceded by real signals sent to this process: they
-    arrive while the job is in that phase, as signals sent from outside would."""
+    """`function`, its first call preceded by real signals: they arrive while the job is in
+    that phase, as signals sent from outside would. Raised in the main thread, each is
+    handled before the next is sent: os.kill lets the kernel hand one to another thread
+    (MLflow's), and two of the same signal pending at once are handled once."""
     pending = list(signums)
 
     def wrapper(*args, **kwargs):
         while pending:
-            os.kill(os.getpid(), pending.pop(0))
+            signal.raise_signal(pending.pop(0))
         return function(*args, **kwargs)
 
     return wrapper
