@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mnist.errors import ModelConfigError
-from mnist.models import ConvNet, build_model, summarize
+from mnist.models import ConvNet, GAP20k, build_model, summarize
 from mnist.models.describe import downsampling
 from mnist.paths import REPO_ROOT
 from tests.helpers import CONF_DIR
@@ -71,6 +71,23 @@ def test_gap20k_is_a_sub_20k_gap_net_without_linear_layers():
     assert summarize(model).total_params < 20_000
     assert nn.BatchNorm2d in kinds and nn.Dropout in kinds and nn.AdaptiveAvgPool2d in kinds
     assert nn.Linear not in kinds
+
+
+@pytest.mark.parametrize(("tail", "seen"), [(0, 16), (1, 24), (2, 28)])
+def test_each_gap20k_tail_conv_widens_what_a_class_map_cell_sees(tail, seen):
+    torch.manual_seed(0)
+    model = GAP20k(width=8, tail=tail).eval()
+    image = torch.randn(1, 1, 28, 28, requires_grad=True)
+    features = model.stem(image)
+    class_maps = model.head[:-2](model.relu(features + model.residual(features)))
+    class_maps[0, :, 3, 3].sum().backward()  # the centre cell of the 7x7 maps
+    columns = image.grad[0, 0].abs().sum(0).nonzero().flatten()
+    assert columns.max() - columns.min() + 1 == seen
+
+
+def test_gap20k_tail_is_a_count():
+    with pytest.raises(ValueError, match="tail=-1 must be an integer >= 0"):
+        GAP20k(tail=-1)
 
 
 def test_gap20k_residual_connection_changes_the_output():

@@ -13,6 +13,13 @@ def check_sizes(**sizes: Any) -> None:
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
 
+def check_counts(**counts: Any) -> None:
+    """Raise ValueError naming the first value that is not an integer >= 0."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} must be an integer >= 0")
+
+
 def check_probabilities(**probabilities: Any) -> None:
     """Raise ValueError naming the first value that is not a number in [0, 1) (not NaN)."""
     for name, value in probabilities.items():
