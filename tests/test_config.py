@@ -245,9 +245,12 @@ def test_an_empty_data_root_is_refused_before_anything_is_written(tmp_path, monk
 
 def _bad_values(value):
     """Values a model argument holding `value` must refuse: it is a size (an integer >= 1,
-    or null to leave the layer out), a probability in [0, 1), or a list of sizes."""
+    or null to leave the layer out), a count of layers (an integer >= 0, by default 0), a
+    probability in [0, 1), or a list of sizes."""
     if isinstance(value, (bool, str)):
         return []
+    if isinstance(value, int) and value == 0:
+        return ["-1", "1.5"]
     if value is None or isinstance(value, int):
         return ["0", "-1", "1.5"]
     if isinstance(value, float):
