@@ -244,13 +244,13 @@ def test_an_empty_data_root_is_refused_before_anything_is_written(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
-def _bad_values(value):
+def _bad_values(value, default):
     """Values a model argument holding `value` must refuse: it is a size (an integer >= 1,
-    or null to leave the layer out), a count of layers (an integer >= 0, by default 0), a
-    probability in [0, 1), or a list of sizes."""
+    or null to leave the layer out), a count of layers (an integer >= 0, 0 by default in
+    the model's signature), a probability in [0, 1), or a list of sizes."""
     if isinstance(value, (bool, str)):
         return []
-    if isinstance(value, int) and value == 0:
+    if isinstance(default, int) and default == 0:
         return ["-1", "1.5"]
     if value is None or isinstance(value, int):
         return ["0", "-1", "1.5"]
@@ -264,7 +264,7 @@ def _model_arguments():
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
         cfg = OmegaConf.load(path)
         for name, parameter in inspect.signature(model_class(cfg._target_)).parameters.items():
-            for bad in _bad_values(cfg.get(name, parameter.default)):
+            for bad in _bad_values(cfg.get(name, parameter.default), parameter.default):
                 yield path.stem, name, bad, name in cfg
 
 
