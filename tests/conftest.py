@@ -3,6 +3,7 @@ composed configs shrunk to seconds, with every output under tmp_path."""
 
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 from mnist.data.fetch import MNIST_SHA256, ensure_mnist
 from mnist.errors import DataError
 from mnist.paths import REPO_ROOT
+from mnist.training.signals import STOP_SIGNALS
 from tests.helpers import compose_config, tiny_overrides, write_synthetic_mnist
 
 # CI (.ci/run sets CI=true) runs the property tests on a fixed sequence of examples, so
@@ -34,6 +36,19 @@ def _local_tracking(monkeypatch):
     # that an earlier test's in-process promote set (MLflow exports both to the environment).
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _own_signal_handlers():
+    """Each test starts with SIGINT/SIGTERM handled as in a fresh Python (a KeyboardInterrupt,
+    the default action) and leaves them so: a handler left behind by earlier code made a
+    later test's second SIGINT do nothing."""
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
