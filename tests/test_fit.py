@@ -25,6 +25,19 @@ def untimed(logged) -> list[dict[str, float]]:
     return [{k: v for k, v in epoch.items() if k not in TIMING_METRICS} for epoch in logged]
 
 
+def stopped_after_one_epoch_then_resumed(cfg, directory) -> list[dict[str, float]]:
+    """fit() stopped by a SIGTERM after its first epoch, then resumed from its last.pt in
+    `directory`: the metrics the resumed run logged."""
+
+    def stop_after_first_epoch(metrics):
+        signal.raise_signal(signal.SIGTERM)  # handled by fit: stop after this epoch
+
+    with pytest.raises(TrainingInterrupted):
+        run_fit(cfg, directory, after_epoch=stop_after_first_epoch)
+    _, resumed, _ = run_fit(cfg, directory, resume_from=load_checkpoint(directory / "last.pt"))
+    return resumed
+
+
 def test_step_schedule_multiplies_the_rate_every_step_size_epochs(tiny_cfg, tmp_path):
     cfg = tiny_cfg("scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5",
                    "trainer.epochs=5")  # fmt: skip
@@ -131,13 +144,7 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
     assert compiled.loss == pytest.approx(plain.loss, rel=1e-4)
     assert compiled.accuracy == reference[-1]["val/acc"]
 
-    def stop_after_first_epoch(metrics):
-        signal.raise_signal(signal.SIGTERM)  # handled by fit: stop after this epoch
-
-    with pytest.raises(TrainingInterrupted):
-        run_fit(cfg, tmp_path / "run", after_epoch=stop_after_first_epoch)
-    state = load_checkpoint(tmp_path / "run" / "last.pt")
-    _, resumed, _ = run_fit(cfg, tmp_path / "run", resume_from=state)
+    resumed = stopped_after_one_epoch_then_resumed(cfg, tmp_path / "run")
     assert untimed(resumed) == untimed(reference[1:])
 
 
@@ -160,13 +167,7 @@ def test_a_run_with_a_moving_average_resumes_exactly(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.ema_decay=0.9", "trainer.epochs=3", "model=gap20k")
     _, reference, _ = run_fit(cfg, tmp_path / "reference")
 
-    def stop_after_first_epoch(metrics):
-        signal.raise_signal(signal.SIGTERM)  # handled by fit: stop after this epoch
-
-    with pytest.raises(TrainingInterrupted):
-        run_fit(cfg, tmp_path / "run", after_epoch=stop_after_first_epoch)
-    state = load_checkpoint(tmp_path / "run" / "last.pt")
-    _, resumed, _ = run_fit(cfg, tmp_path / "run", resume_from=state)
+    resumed = stopped_after_one_epoch_then_resumed(cfg, tmp_path / "run")
     assert untimed(resumed) == untimed(reference[1:])
     best, again = (load_checkpoint(tmp_path / d / "best.pt")["model"] for d in ("reference", "run"))
     assert all(torch.equal(best[k], again[k]) for k in best)
