@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 from mnist.data.fetch import MNIST_SHA256, ensure_mnist
 from mnist.errors import DataError
 from mnist.paths import REPO_ROOT
-from mnist.training.signals import STOP_SIGNALS
 from tests.helpers import compose_config, tiny_overrides, write_synthetic_mnist
 
 # CI (.ci/run sets CI=true) runs the property tests on a fixed sequence of examples, so
@@ -43,9 +42,8 @@ def _own_signal_handlers():
     """Each test starts with SIGINT/SIGTERM handled as in a fresh Python (a KeyboardInterrupt,
     the default action) and leaves them so: a handler left behind by earlier code made a
     later test's second SIGINT do nothing."""
-    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    fresh = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    before = {signum: signal.signal(signum, handler) for signum, handler in fresh.items()}
     yield
     for signum, handler in before.items():
         signal.signal(signum, handler)
