@@ -1,5 +1,5 @@
-"""A trained model (or an ensemble, ckpt=[a,b,c]) on the test set:
-python scripts/evaluate.py ckpt=... [tta=true] [log=true]"""
+"""A trained model (or an ensemble, ckpt=[a,b,c]) on the test set, or split=val on its run's
+validation images: python scripts/evaluate.py ckpt=... [split=val] [tta=true] [log=true]"""
 
 import hydra
 from omegaconf import DictConfig
@@ -13,7 +13,7 @@ def main(cfg: DictConfig) -> float:
     from mnist.inference.evaluate_checkpoints import run_evaluation
 
     with exit_on_user_error(cfg):
-        return run_evaluation(cfg, JobContext.from_hydra())["test/acc"]
+        return run_evaluation(cfg, JobContext.from_hydra())[f"{cfg.split}/acc"]
 
 
 if __name__ == "__main__":

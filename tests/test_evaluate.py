@@ -22,6 +22,7 @@ from mnist.tools.photo_eval import photo_digits, run_photo_eval
 from mnist.tools.photos import STYLES, render
 from mnist.training.checkpoint import save_checkpoint
 from mnist.training.evaluation import evaluate
+from mnist.training.job import run_training
 from tests.helpers import CONF_DIR
 from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
 from tests.helpers.images import seven, to_uint8
@@ -149,3 +150,38 @@ def test_real_test_digits_survive_every_photo_style(mnist_root):
         photos = photo_digits(images, style, seed=0).reshape(30, -1).astype(float)
         similarity = [np.corrcoef(a, b)[0, 1] for a, b in zip(photos, originals, strict=True)]
         assert np.mean(similarity) > 0.8, style  # the marker style thickens strokes
+
+
+def test_split_val_evaluates_the_validation_images_the_run_held_out(tiny_cfg, tmp_path):
+    """The validation accuracy a run chose its best checkpoint by, recomputed from that
+    checkpoint alone: the same images (its seed's split), the same model, moving average
+    included."""
+    cfg = tiny_cfg("seed=3", "trainer.epochs=3", "trainer.ema_decay=0.9")
+    result = run_training(cfg, JobContext(output_dir=tmp_path / "run"))
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    evaluated = {}
+    for split in ("val", "test"):
+        eval_cfg = compose_named("evaluate", [
+            f"ckpt={best}", f"split={split}", f"data.root={cfg.data.root}",
+            "data.verify_checksums=false", f"paths.mlruns={tmp_path / 'mlruns'}", "device=cpu",
+        ])  # fmt: skip
+        evaluated.update(run_evaluation(eval_cfg, JobContext(output_dir=tmp_path / split)))
+    assert evaluated["val/acc"] == result["best/val_acc"]
+    assert evaluated["val/errors"] == round((1 - evaluated["val/acc"]) * 100)
+    assert evaluated["test/acc"] == result["test/acc"]
+
+
+def test_split_val_refuses_an_ensemble_of_different_validation_splits(synthetic_root, tmp_path):
+    """Each seed holds out other images, which the other seeds trained on."""
+    config = {"model": SMALL_CONVNET, "data": {"val_size": 100, "stratify": True}}
+    paths = [
+        save_model_checkpoint(tmp_path / f"seed{seed}.pt", config={**config, "seed": seed})
+        for seed in (0, 1)
+    ]
+    cfg = compose_named("evaluate", [
+        f"ckpt=[{','.join(map(str, paths))}]", "split=val", f"data.root={synthetic_root}",
+        f"paths.mlruns={tmp_path / 'mlruns'}", "device=cpu",
+    ])  # fmt: skip
+    with pytest.raises(ConfigError, match="held out different validation images"):
+        run_evaluation(cfg, JobContext(output_dir=tmp_path / "eval"))
+    assert not (tmp_path / "eval").exists()

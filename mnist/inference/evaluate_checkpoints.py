@@ -1,4 +1,5 @@
-"""scripts/evaluate.py: a trained model, or an ensemble of several, on the MNIST test set,
+"""scripts/evaluate.py: a trained model, or an ensemble of several, on the MNIST test set
+(or on the validation images its run held out, to choose without looking at the test set),
 with the reports of a training run (per-class table, confusion matrix, misclassified
 digits), optionally with test-time augmentation, optionally logged to MLflow as a run of
 its own. Ensembles because the best MNIST results are ensembles: averaging the softmax of
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from mnist.config import flatten
 from mnist.context import JobContext
 from mnist.data.fetch import ensure_mnist
-from mnist.data.tensors import load_mnist
+from mnist.data.tensors import MnistTensors, load_mnist, split_indices
 from mnist.errors import ConfigError
 from mnist.inference.loading import LoadedModel, load_model
 from mnist.reporting.reports import write_test_reports
@@ -80,8 +81,47 @@ def checkpoint_specs(ckpt: Any) -> list[str | None]:
     return [None if ckpt is None else str(ckpt)]
 
 
-def _members_table(members: list[LoadedModel], results: list[Evaluation]) -> str:
-    lines = ["| model | test accuracy | errors | loss |", "|---|---:|---:|---:|"]
+SPLITS = ("test", "val")
+
+
+def validation_split(members: list[LoadedModel]) -> tuple[int, int, bool]:
+    """The (seed, val_size, stratify) of the validation images the members' runs held out.
+    Members of different splits are refused: each one's validation images are part of the
+    others' training images, so their ensemble has no images none of them saw."""
+    splits = set()
+    for member in members:
+        data = member.config.get("data", {})
+        if "val_size" not in data or "seed" not in member.config:
+            raise ConfigError(
+                f"split=val: {member.source} does not record its run's validation split "
+                "(seed, data.val_size); evaluate it on split=test"
+            )
+        splits.add((int(member.config["seed"]), int(data["val_size"]), bool(data["stratify"])))
+    if len(splits) > 1:
+        raise ConfigError(
+            f"split=val: the models held out different validation images (seed, val_size, "
+            f"stratify: {sorted(splits)}); an ensemble of runs with different seeds can only "
+            "be evaluated on split=test"
+        )
+    return splits.pop()
+
+
+def split_images(
+    data: MnistTensors, held_out: tuple[int, int, bool] | None
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The test set, or with `held_out` = (seed, val_size, stratify) those validation images."""
+    if held_out is None:
+        return data.test_images, data.test_labels
+    seed, val_size, stratify = held_out
+    _, val_idx = split_indices(data.train_labels, val_size, seed, stratify)
+    val_idx = val_idx.to(data.train_labels.device)
+    return data.train_images[val_idx], data.train_labels[val_idx]
+
+
+def _members_table(
+    members: list[LoadedModel], results: list[Evaluation], split: str
+) -> str:  # fmt: skip
+    lines = [f"| model | {split} accuracy | errors | loss |", "|---|---:|---:|---:|"]
     for member, result in zip(members, results, strict=True):
         errors = round((1 - result.accuracy) * len(result.predictions))
         lines.append(
@@ -99,15 +139,18 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
     if not isinstance(cfg.grid_size, int) or cfg.grid_size < 0:
         raise ConfigError(f"grid_size={cfg.grid_size!r} must be an integer >= 0")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} must be one of {', '.join(SPLITS)}")
     specs = checkpoint_specs(cfg.ckpt)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.log:
         store.check_store(uri)
     members = [load_model(spec, uri) for spec in specs]
+    held_out = validation_split(members) if cfg.split == "val" else None
     device = resolve_device(cfg.device.name)
     configure_torch(device, cfg.device, deterministic=False)
     data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums), device)
-    images, labels = data.test_images, data.test_labels
+    images, labels = split_images(data, held_out)
     results = [
         evaluate_model(member.model.to(device), images, labels, cfg.batch_size, device, cfg.tta)
         for member in members
@@ -117,17 +160,18 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     report, table, artifacts = write_test_reports(
         ctx.output_dir, images, labels, result, cfg.grid_size
     )
+    split = cfg.split
     metrics = {
-        "test/acc": result.accuracy,
-        "test/loss": result.loss,
-        "test/errors": int((result.predictions != labels).sum()),
-        "test/macro_f1": report["macro_avg"]["f1"],
+        f"{split}/acc": result.accuracy,
+        f"{split}/loss": result.loss,
+        f"{split}/errors": int((result.predictions != labels).sum()),
+        f"{split}/macro_f1": report["macro_avg"]["f1"],
     }
     tta = " with test-time augmentation (5 shifts)" if cfg.tta else ""
     if len(members) > 1:
         for i, member_result in enumerate(results):
-            metrics[f"member{i}/test/acc"] = member_result.accuracy
-        members_table = _members_table(members, results)
+            metrics[f"member{i}/{split}/acc"] = member_result.accuracy
+        members_table = _members_table(members, results, split)
         members_path = ctx.output_dir / "members.md"
         members_path.write_text(members_table)
         artifacts.append(members_path)
@@ -135,9 +179,11 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     (ctx.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     artifacts.append(ctx.output_dir / "metrics.json")
     name = members[0].source if len(members) == 1 else f"ensemble of {len(members)}"
+    images_name = "Test set" if held_out is None else f"Validation images of seed {held_out[0]}"
+    errors = metrics[f"{split}/errors"]
     print(
-        f"Model: {name}\nTest set: {len(labels)} images{tta}\n"
-        f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  errors {metrics['test/errors']}"
+        f"Model: {name}\n{images_name}: {len(labels)} images{tta}\n"
+        f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  errors {errors}"
         f"\n\n{table}\nReports in {ctx.output_dir}"
     )
     if cfg.log:
@@ -161,7 +207,12 @@ def _log_to_mlflow(
     model_name = str(trained["model"]["_target_"]).rsplit(".", 1)[-1]
     tags = runs.run_tags(int(trained.get("seed", 0)), device, ctx.overrides, model_name)
     tags["evaluated.checkpoint"] = ", ".join(member.source for member in members)
-    params = {"checkpoint": tags["evaluated.checkpoint"], "tta": cfg.tta, "members": len(members)}
+    params = {
+        "checkpoint": tags["evaluated.checkpoint"],
+        "split": cfg.split,
+        "tta": cfg.tta,
+        "members": len(members),
+    }
     params.update(flatten({"trained": trained}))
     if len(members) > 1:
         for i, member in enumerate(members):
