@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from mnist.config import flatten
 from mnist.context import JobContext
 from mnist.data.fetch import ensure_mnist
-from mnist.data.tensors import MnistTensors, load_mnist, split_indices
+from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
 from mnist.errors import ConfigError
 from mnist.inference.loading import LoadedModel, load_model
 from mnist.reporting.reports import write_test_reports
@@ -84,8 +84,8 @@ def checkpoint_specs(ckpt: Any) -> list[str | None]:
 SPLITS = ("test", "val")
 
 
-def validation_split(members: list[LoadedModel]) -> tuple[int, int, bool]:
-    """The (seed, val_size, stratify) of the validation images the members' runs held out.
+def validation_split(members: list[LoadedModel]) -> DictConfig:
+    """The config of the run whose validation images the members' runs all held out.
     Members of different splits are refused: each one's validation images are part of the
     others' training images, so their ensemble has no images none of them saw."""
     splits = set()
@@ -103,18 +103,14 @@ def validation_split(members: list[LoadedModel]) -> tuple[int, int, bool]:
             f"stratify: {sorted(splits)}); an ensemble of runs with different seeds can only "
             "be evaluated on split=test"
         )
-    return splits.pop()
+    return OmegaConf.create(members[0].config)
 
 
-def split_images(
-    data: MnistTensors, held_out: tuple[int, int, bool] | None
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """The test set, or with `held_out` = (seed, val_size, stratify) those validation images."""
+def split_images(data: MnistTensors, held_out: DictConfig | None) -> tuple[Tensor, Tensor]:
+    """The test set, or the validation images of the run whose config is `held_out`."""
     if held_out is None:
         return data.test_images, data.test_labels
-    seed, val_size, stratify = held_out
-    _, val_idx = split_indices(data.train_labels, val_size, seed, stratify)
-    val_idx = val_idx.to(data.train_labels.device)
+    _, val_idx = prepare_split(held_out, data.train_labels)
     return data.train_images[val_idx], data.train_labels[val_idx]
 
 
@@ -179,7 +175,7 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     (ctx.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     artifacts.append(ctx.output_dir / "metrics.json")
     name = members[0].source if len(members) == 1 else f"ensemble of {len(members)}"
-    images_name = "Test set" if held_out is None else f"Validation images of seed {held_out[0]}"
+    images_name = "Test set" if held_out is None else f"Validation images of seed {held_out.seed}"
     errors = metrics[f"{split}/errors"]
     print(
         f"Model: {name}\n{images_name}: {len(labels)} images{tta}\n"
