@@ -28,7 +28,7 @@ from mnist.errors import (
     TrainingInterrupted,
 )
 from mnist.job_dir import discard_job_dir
-from mnist.redact import redact, redact_log_records
+from mnist.redact import overrides_without_credentials, redact, redact_log_records
 
 redact_log_records()
 
@@ -84,3 +84,4 @@ def run(main: Callable[[], object]) -> NoReturn:
 
 with exit_on_user_error():
     paths.refuse_another_checkout()
+    sys.argv[1:] = overrides_without_credentials(sys.argv[1:])

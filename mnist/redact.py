@@ -1,21 +1,37 @@
-"""Secrets out of everything the project prints, logs or records: a password in a URI
-(`postgresql://user:pw@host/db`) or in a query string (`?password=pw`) becomes `***`.
-One function for messages, log records, MLflow params and tags and logged text files;
-imports nothing heavy, so the entry points install it before torch or MLflow load."""
+"""Secrets never reach a config, a file or a message. A password enters a process in one
+place, a URI on the command line (`logger.tracking_uri=http://user:pw@host`,
+`storage=postgresql://user:pw@host/db`) or in $MLFLOW_TRACKING_URI: there it moves to the
+environment variable its client reads, and the config keeps the URI without it, so
+nothing that stores a config (Hydra's .hydra/, config.yaml, checkpoints, MLflow params)
+can leak it. Messages and log lines are redacted as well, for a secret the project
+did not put there (a driver's error). Imports nothing heavy, so the entry points install
+it before torch or MLflow load."""
 
 import logging
+import os
 import re
-from collections.abc import Mapping
+import urllib.parse
 from typing import Any
 
+from mnist.errors import ConfigError
+
 MASK = "***"
-# scheme://user:password@host: the password is whatever follows the user's colon up to
-# the last @ before the host (a password may itself hold an @ or a colon).
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s/]*@")
+# scheme://user:password@host: the password is whatever follows the user's colon up to an @
+# before the host. A server URI's password may hold an @ (the host follows the last one),
+# a database URI's a / (SQLAlchemy reads up to the first @).
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s@]*(?:@[^\s/@]*)*@")
 _QUERY_SECRET = re.compile(
     r"(?P<head>[?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|key)=)[^\s&;#]+",
     re.IGNORECASE,
 )
+# Where each client reads a password that is not in its URI: MLflow's own variables for a
+# tracking server (inherited by a sweep's and a study's worker processes), libpq's for
+# PostgreSQL (MLflow's and Optuna's SQLAlchemy stores connect through it).
+_SERVER_SCHEMES = ("http", "https")
+_SERVER_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_POSTGRES_PASSWORD = "PGPASSWORD"
+# The values this process moved to the environment, by variable.
+_moved: dict[str, str] = {}
 
 
 def redact(text: str) -> str:
@@ -26,9 +42,78 @@ def redact(text: str) -> str:
     return _QUERY_SECRET.sub(rf"\g<head>{MASK}", text)
 
 
-def redacted_values(values: Mapping[str, Any]) -> dict[str, str]:
-    """MLflow params or tags as strings, with their secrets redacted."""
-    return {key: redact(str(value)) for key, value in values.items()}
+def without_credentials(uri: str, source: str) -> str:
+    """`uri` with its credentials moved to the environment variables its client reads:
+    a tracking server's user and password to MLflow's, a PostgreSQL password to libpq's.
+    ConfigError (naming `source`, never the secret) for a credential no client could read
+    from the environment: it would otherwise be stored with every run."""
+    if redact(uri) == uri:
+        return uri
+    scheme = uri.partition("://")[0].lower()
+    if scheme in _SERVER_SCHEMES:
+        return _server_credentials_to_environment(uri, source)
+    if scheme.partition("+")[0] in ("postgresql", "postgres"):
+        return _postgres_password_to_environment(uri, source)
+    raise ConfigError(
+        f"{source}={redact(uri)}: a password in a {scheme} URI would be stored with the run's "
+        "config; leave it out of the URI and give it to the database driver another way "
+        "(its option file or environment)"
+    )
+
+
+def _server_credentials_to_environment(uri: str, source: str) -> str:
+    parts = urllib.parse.urlsplit(uri)
+    if urllib.parse.parse_qs(parts.query, keep_blank_values=True).keys() & _secret_keys(uri):
+        raise ConfigError(
+            f"{source}={redact(uri)}: a token in the URI's query would be stored with the "
+            f"run's config; set {' and '.join(_SERVER_CREDENTIALS)} (or MLFLOW_TRACKING_TOKEN) "
+            "instead"
+        )
+    _set_once(_SERVER_CREDENTIALS[0], urllib.parse.unquote(parts.username or ""), source)
+    _set_once(_SERVER_CREDENTIALS[1], urllib.parse.unquote(parts.password or ""), source)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _postgres_password_to_environment(uri: str, source: str) -> str:
+    from sqlalchemy.engine import make_url  # MLflow's and Optuna's stores: it parses their URLs
+
+    url = make_url(uri)
+    secrets = _secret_keys(uri) & set(url.query)
+    passwords = [url.password, *(url.query[key] for key in secrets)]
+    (password, *others) = [p for p in passwords if p is not None] or [""]
+    if any(other != password for other in others):
+        raise ConfigError(f"{source}={redact(uri)}: holds two different passwords")
+    _set_once(_POSTGRES_PASSWORD, str(password), source)
+    safe = url._replace(password=None).difference_update_query(secrets)
+    return safe.render_as_string(hide_password=False)
+
+
+def _secret_keys(uri: str) -> set[str]:
+    """The query keys of `uri` that _QUERY_SECRET takes for secrets, as written."""
+    return {m.group("head")[1:-1] for m in _QUERY_SECRET.finditer(uri)}
+
+
+def _set_once(variable: str, value: str, source: str) -> None:
+    """One process has one value of each variable: two URIs with different passwords for
+    the same client cannot both be served, so the second is refused."""
+    if _moved.setdefault(variable, value) != value:
+        raise ConfigError(
+            f"{source}: its credentials differ from those of another URI of this command, "
+            f"and the client reads only one ${variable}"
+        )
+    os.environ[variable] = value
+
+
+def overrides_without_credentials(argv: list[str]) -> list[str]:
+    """Command-line overrides (`key=value`) with every URI's credentials moved to the
+    environment: Hydra records the overrides it is given in .hydra/ and in its error
+    messages, and composes them into the config that runs store."""
+    safe = []
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        safe.append(f"{key}={without_credentials(value, key.lstrip('+~'))}" if equals else arg)
+    return safe
 
 
 def redact_log_records() -> None:

@@ -1,5 +1,6 @@
-"""No secret is printed or logged: a password in a URI is redacted in messages, log lines,
-MLflow params, tags and text artifacts, and the job's log file."""
+"""No secret reaches a config, a file or a message: a password in a URI on the command
+line moves to the environment variable its client reads before Hydra records anything,
+and messages and log lines are redacted."""
 
 import logging
 import os
@@ -10,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mnist.cli import exit_on_user_error
-from mnist.errors import TrackingError
-from mnist.redact import redact, redact_log_records
+from mnist.errors import ConfigError, TrackingError
+from mnist.redact import overrides_without_credentials, redact, redact_log_records
 from tests.helpers import REPO_ROOT, run_script, tiny_overrides
 from tests.helpers.server import mlflow_server
 
@@ -22,6 +23,7 @@ SECRET = "s3cretpw"
     ("text", "shown"),
     [
         ("postgresql://u:pw@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db"),
+        ("postgresql://u:sec/ret@h/db and more", "postgresql://u:***@h/db and more"),
         ("mysql+pymysql://me:p@ss:w@db.example/x", "mysql+pymysql://me:***@db.example/x"),
         ("at http://u:pw@host:5000 and https://:tok@h/x", "at http://u:***@host:5000 and https://:***@h/x"),
         ("postgresql://db/x?user=u&password=pw&port=1", "postgresql://db/x?user=u&password=***&port=1"),
@@ -60,14 +62,73 @@ def test_a_refusal_that_names_a_uri_prints_it_redacted(capsys):
     assert capsys.readouterr().err == "error: MLflow store postgresql://u:***@h/db is unreachable\n"
 
 
+@pytest.fixture
+def moved(monkeypatch):
+    """The environment variables credentials move to, restored after the test."""
+    import mnist.redact
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(mnist.redact, "_moved", {})
+    return os.environ
+
+
+def test_a_servers_credentials_move_to_mlflows_variables(moved):
+    argv = [f"logger.tracking_uri=http://me:{SECRET}@127.0.0.1:5000/x", "seed=1", "-m"]
+    assert overrides_without_credentials(argv) == [
+        "logger.tracking_uri=http://127.0.0.1:5000/x",
+        "seed=1",
+        "-m",
+    ]
+    assert (moved["MLFLOW_TRACKING_USERNAME"], moved["MLFLOW_TRACKING_PASSWORD"]) == ("me", SECRET)
+
+
+def test_a_postgres_password_with_a_slash_moves_to_libpqs_variable(moved):
+    argv = [f"storage=postgresql+psycopg2://u:{SECRET}/x@db:5432/optuna?sslmode=require"]
+    assert overrides_without_credentials(argv) == [
+        "storage=postgresql+psycopg2://u@db:5432/optuna?sslmode=require"
+    ]
+    assert moved["PGPASSWORD"] == f"{SECRET}/x"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"storage=mysql+pymysql://u:{SECRET}@db/optuna",
+        f"storage=sqlite:////tmp/optuna.db?password={SECRET}",
+        f"logger.tracking_uri=https://host/api?token={SECRET}",
+    ],
+)
+def test_a_credential_no_client_reads_from_the_environment_is_refused(moved, override):
+    with pytest.raises(ConfigError) as refused:
+        overrides_without_credentials([override])
+    assert override.partition("=")[0] in str(refused.value)
+    assert SECRET not in str(refused.value)
+
+
+def test_two_different_passwords_for_one_client_are_refused(moved):
+    with pytest.raises(ConfigError, match="PGPASSWORD"):
+        overrides_without_credentials(
+            ["logger.tracking_uri=postgresql://u:a@h/m", "storage=postgresql://u:b@h/o"]
+        )
+
+
+def test_the_composed_config_never_holds_the_password():
+    shown = run_script("train", f"logger.tracking_uri=http://u:{SECRET}@h:1", "--cfg", "job")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "tracking_uri: http://h:1" in shown.stdout
+    assert SECRET not in shown.stdout + shown.stderr
+
+
 @pytest.mark.slow
-def test_a_password_in_the_study_storage_is_not_printed(tmp_path):
-    storage = f"storage=postgresql://u:{SECRET}@127.0.0.1:1/db"
+def test_a_password_in_the_study_storage_is_not_printed_nor_recorded(tmp_path):
+    storage = f"storage=postgresql://u:{SECRET}/x@127.0.0.1:1/db"
     places = [f"paths.outputs={tmp_path}", f"paths.mlruns={tmp_path / 'mlruns'}"]
-    tuned = run_script("tune", storage, *places)
+    tuned = run_script("tune", storage, *places, f"hydra.run.dir={tmp_path / 'run'}")
     assert tuned.returncode == 2, tuned.stderr[-3000:]
-    assert "postgresql://u:***@127.0.0.1:1/db" in tuned.stderr
+    assert "postgresql://u@127.0.0.1:1/db" in tuned.stderr
     assert SECRET not in tuned.stdout + tuned.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and SECRET in p.read_text()]
 
 
 # Slow: an MLflow server and a training run, each in its own interpreter.
@@ -83,16 +144,17 @@ def test_a_run_on_a_server_with_credentials_records_no_password(synthetic_root, 
         )  # fmt: skip
         assert trained.returncode == 0, trained.stderr[-3000:]
         assert SECRET not in trained.stdout + trained.stderr
-        (job_log,) = (tmp_path / "outputs").rglob("train.log")
-        assert SECRET not in job_log.read_text()
 
         client = MlflowClient(url)
         (run,) = client.search_runs(client.search_experiments()[0].experiment_id)
         recorded = {**run.data.params, **run.data.tags}
         assert not [key for key, value in recorded.items() if SECRET in value]
-        assert "user:***@" in run.data.tags["hydra.overrides"]
+        assert f"logger.tracking_uri={url}" in run.data.tags["hydra.overrides"]
         downloaded = tmp_path / "artifacts"
         client.download_artifacts(run.info.run_id, "", str(downloaded))
-        texts = [p for p in downloaded.rglob("*") if p.suffix in (".yaml", ".log", ".txt")]
-        assert any(p.name == "overrides.yaml" for p in texts)
-        assert not [p for p in texts if SECRET in p.read_text()]
+        uploaded = [p for p in downloaded.rglob("*") if p.is_file()]
+        assert {"overrides.yaml", "config.yaml", "best.pt"} <= {p.name for p in uploaded}
+        written = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+        assert {"last.pt", "train.log", "hydra.yaml"} <= {p.name for p in written}
+        # Checkpoints are zip files of pickles: the config inside is stored uncompressed.
+        assert not [p for p in uploaded + written if SECRET.encode() in p.read_bytes()]

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_run_id
-from mnist.redact import redacted_values
 from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
 from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_sweep_parent, sweep_sha256
@@ -85,7 +84,7 @@ def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
     }
     name = config.logger.run_name or ctx.run_name
     run_id = store.retry_when_locked(
-        lambda: client.create_run(experiment_id, run_name=name, tags=redacted_values(tags))
+        lambda: client.create_run(experiment_id, run_name=name, tags=tags)
     ).info.run_id
     store.retry_when_locked(lambda: client.set_terminated(run_id, "FAILED"))
     log.error("Job %d failed before its MLflow run opened; recorded as FAILED run %s: %s",

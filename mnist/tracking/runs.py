@@ -8,10 +8,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
-import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +19,6 @@ import torch
 
 from mnist.data.batches import MNIST_MEAN, MNIST_STD
 from mnist.paths import REPO_ROOT
-from mnist.redact import redact, redacted_values
 from mnist.tracking.store import get_or_create_experiment, retry_when_locked
 
 # What a logged model expects and returns: its description in MLflow, and its metadata.
@@ -31,9 +28,6 @@ MODEL_CONTRACT = (
     "the digits 0-9. scripts/predict.py makes this input from any image "
     "(mnist.inference.digits.to_mnist, then model_input)."
 )
-
-# Artifacts read for secrets before upload (the rest is binary: checkpoints, pictures).
-TEXT_SUFFIXES = {".yaml", ".yml", ".log", ".txt", ".json", ".md", ".csv"}
 
 # MLflow's notes on every job that the user cannot act on: that the project uses uv, that
 # pip's version cannot be read in a uv environment without pip (a warning), and the start
@@ -136,13 +130,13 @@ def mlflow_run(
             lambda: mlflow.start_run(
                 experiment_id=experiment_id,
                 run_name=run_name,
-                tags=redacted_values(tags),
+                tags=tags,
                 log_system_metrics=system_metrics,
             )
         )
     try:
         if not resume_run_id:
-            retry_when_locked(lambda: mlflow.log_params(redacted_values(params)))
+            retry_when_locked(lambda: mlflow.log_params(params))
         yield run
     except KeyboardInterrupt:
         _end_run("KILLED")
@@ -156,7 +150,7 @@ def mlflow_run(
 def set_tags(tags: dict[str, str]) -> None:
     import mlflow
 
-    retry_when_locked(lambda: mlflow.set_tags(redacted_values(tags)))
+    retry_when_locked(lambda: mlflow.set_tags(tags))
 
 
 def log_metrics(
@@ -169,36 +163,14 @@ def log_metrics(
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
-    """Text files go up with their secrets redacted: a tracking URI given on the command
-    line is in the run's config.yaml and in Hydra's record of the overrides."""
+    """Files and folders (a folder under its own name) into the active run."""
     import mlflow
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
-            safe = _redacted_copy(path, Path(tmp))
-            if path.is_dir():
-                mlflow.log_artifacts(str(safe), artifact_path=f"{artifact_path or ''}{path.name}")
-            else:
-                mlflow.log_artifact(str(safe), artifact_path=artifact_path)
-
-
-def _redacted_copy(path: Path, tmp: Path) -> Path:
-    """`path`, or a copy of it in `tmp` where a text file in it holds a secret."""
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    secret = {
-        file: text
-        for file in files
-        if file.suffix in TEXT_SUFFIXES and file.is_file()
-        and (text := file.read_text(errors="replace")) != redact(text)
-    }  # fmt: skip
-    if not secret:
-        return path
-    copy = tmp / path.name
-    if path.is_dir():
-        shutil.copytree(path, copy)
-    for file, text in secret.items():
-        (copy / file.relative_to(path) if path.is_dir() else copy).write_text(redact(text))
-    return copy
+    for path in paths:
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=f"{artifact_path or ''}{path.name}")
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def logged_steps() -> set[tuple[str, int]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mnist.errors import TrackingError
-from mnist.redact import redact
+from mnist.redact import without_credentials
 
 # MLflow's tag that makes a run the child of another: a sweep's jobs, a study's trials,
 # compare's summary of a sweep.
@@ -56,20 +56,7 @@ def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
     path = uri.removeprefix("sqlite:///")
     if uri.startswith("sqlite:///") and path not in ("", ":memory:"):
         return f"sqlite:///{os.path.abspath(path)}"
-    return _credentials_to_environment(uri)
-
-
-def _credentials_to_environment(uri: str) -> str:
-    """A server URI's user:password@ moved to where MLflow's client reads credentials
-    ($MLFLOW_TRACKING_USERNAME/PASSWORD, inherited by a sweep's job processes): MLflow
-    prints the run's URL to stdout, password included, from the URI it is given."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme.lower() not in ("http", "https") or parts.username is None:
-        return uri
-    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return without_credentials(uri, "logger.tracking_uri" if configured else "MLFLOW_TRACKING_URI")
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -219,7 +206,7 @@ def _check_database_driver(uri: str) -> None:
         (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
         raise TrackingError(
-            f"MLflow store {redact(uri)} needs a database driver that is not installed "
+            f"MLflow store {uri} needs a database driver that is not installed "
             f"({e}); install it, or name the driver in the URI (e.g. mysql+pymysql://)"
         ) from e
 
@@ -249,7 +236,7 @@ def _get(uri: str, path: str) -> tuple[int, bytes]:
         return e.code, e.read(4096)
     except (OSError, ValueError) as e:
         raise TrackingError(
-            f"MLflow tracking server {redact(uri)} is unreachable "
+            f"MLflow tracking server {uri} is unreachable "
             f"({getattr(e, 'reason', e)}); start it (make server) or unset "
             "MLFLOW_TRACKING_URI"
         ) from e
@@ -274,7 +261,7 @@ def _check_server(uri: str) -> None:
         if status in (401, 403) or _speaks_mlflow(body):
             return  # 401, 403: it wants credentials, which MLflow's client sends
     raise TrackingError(
-        f"{redact(uri)} is not a working MLflow tracking server: GET "
+        f"{uri} is not a working MLflow tracking server: GET "
         f"{path.partition('?')[0]} answered HTTP {status}"
         f"{'' if path == '/health' else ', not MLflow JSON'}; start one (make server) or "
         "set logger.tracking_uri / MLFLOW_TRACKING_URI to one"
@@ -294,6 +281,6 @@ def check_store(uri: str) -> None:
         _check_database_driver(uri)
     else:
         raise TrackingError(
-            f"MLflow store {redact(uri)!r} is not supported (file stores and other "
+            f"MLflow store {uri!r} is not supported (file stores and other "
             f"schemes are not); use {SUPPORTED} in logger.tracking_uri or MLFLOW_TRACKING_URI"
         )

@@ -27,7 +27,6 @@ from mnist.data.fetch import ensure_mnist
 from mnist.errors import ConfigError, SearchInterrupted
 from mnist.overrides import override_key
 from mnist.paths import REPO_ROOT
-from mnist.redact import redact
 from mnist.tracking import store
 from mnist.training.signals import stop_on_signals
 from mnist.tuning import tracking
@@ -288,7 +287,7 @@ def _run_workers(cfg: DictConfig, ctx: SearchContext, deadline: float | None) ->
 def _shown(url: str) -> str:
     """A storage inside the repository by its relative path: the preset is committed."""
     path = Path(url.removeprefix("sqlite:///"))
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else redact(url)
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
 
 
 def _has_complete(study: optuna.Study) -> bool:

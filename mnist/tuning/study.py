@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist.errors import ConfigError, TrackingError
-from mnist.redact import redact
 from mnist.tracking import store
 from mnist.tuning.objective import TrialFailed
 
@@ -210,7 +209,7 @@ def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
             )
     except Exception as e:  # SQLAlchemy: a malformed URL, a missing driver, no server
         raise TrackingError(
-            f"the study storage {redact(url)} cannot be opened ({str(e).splitlines()[0]}); "
+            f"the study storage {url} cannot be opened ({str(e).splitlines()[0]}); "
             "set storage= to an SQLAlchemy URL, or null for the SQLite file beside the MLflow store"
         ) from e
 
