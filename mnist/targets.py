@@ -1,17 +1,18 @@
-"""The check every config from outside the command line passes before anything is built
-from it: a checkpoint's (trainer.resume, ckpt=), an MLflow run's config.yaml (reproduce.py).
-A `_target_` is an import path that a builder imports and calls, so one stored config
-naming builtins.open or shutil.rmtree, at any depth, would run it. Only the model and the
-optimizer are built from a `_target_`, each checked by the rule kept next to its builder
-(a model class defined in mnist/models/, a listed torch.optim optimizer); a `_target_`
-anywhere else, or off those rules, refuses the whole config."""
+"""The check every config from outside the command line passes before anything is read or
+built from it: a checkpoint's (trainer.resume, ckpt=), an MLflow run's config.yaml
+(reproduce.py). A stored config is data, read as written: an interpolation in it
+(`${oc.env:TOKEN}`, `${other.key}`) would read the environment or change with the code,
+so one anywhere refuses the whole config. A `_target_` is an import path that a builder
+imports and calls, so one naming builtins.open or shutil.rmtree, at any depth, would run
+it. Only the model and the optimizer are built from a `_target_`, each checked by the rule
+kept next to its builder (a model class defined in mnist/models/, a listed torch.optim
+optimizer); a `_target_` anywhere else, or off those rules, refuses the whole config."""
 
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from mnist.errors import ConfigError, UnsafeConfigError, UnsafeModelConfig
 from mnist.models import model_class
@@ -46,14 +47,30 @@ def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             yield from targets_in(item, f"{path}[{index}]")
 
 
-def refuse_foreign_targets(config: Mapping[str, Any] | DictConfig, source: str) -> None:
-    """Raise UnsafeConfigError unless every `_target_` in `config` is allowed where it is.
-    A DictConfig is checked as it resolves, since that is what would be built."""
+def interpolations_in(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(where, text) for every string in `value` that OmegaConf would read as an
+    interpolation, in dicts and lists at any depth."""
+    if isinstance(value, str) and "${" in value:
+        yield path or "<top level>", value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from interpolations_in(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from interpolations_in(item, f"{path}[{index}]")
+
+
+def refuse_unsafe_config(config: Mapping[str, Any] | DictConfig, source: str) -> None:
+    """Raise UnsafeConfigError if `config` holds an interpolation, or a `_target_` that is
+    not allowed where it is. Nothing in it is resolved."""
     if isinstance(config, DictConfig):
-        try:
-            config = OmegaConf.to_container(config, resolve=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{source}: its config does not resolve ({first_line(e)})") from e
+        config = OmegaConf.to_container(config, resolve=False)
+    if found := next(interpolations_in(config), None):
+        where, text = found
+        raise UnsafeConfigError(
+            f"{source}: refusing its config, which holds the interpolation {where}={text!r}: "
+            "a stored config is read as written, so it may hold values only"
+        )
     for where, target in targets_in(config):
         allowed = ALLOWED_TARGETS.get(where, lambda _: False)
         if not (isinstance(target, str) and allowed(target)):
@@ -76,7 +93,7 @@ def first_line(error: Exception) -> str:
 
 
 def stored_config(text: str, source: str) -> DictConfig:
-    """The config in `text`, a YAML file stored with a run, once refuse_foreign_targets has
+    """The config in `text`, a YAML file stored with a run, once refuse_unsafe_config has
     passed it. OmegaConf's YAML loader builds no Python object (a !!python tag is an error)."""
     try:
         config = OmegaConf.create(text)
@@ -84,5 +101,5 @@ def stored_config(text: str, source: str) -> DictConfig:
         raise ConfigError(f"{source}: not a readable YAML config ({first_line(e)})") from e
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{source}: holds a YAML list, not a config (a mapping of keys)")
-    refuse_foreign_targets(config, source)
+    refuse_unsafe_config(config, source)
     return config

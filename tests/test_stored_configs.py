@@ -1,6 +1,7 @@
 """Configs that come from outside the command line (a checkpoint's, an MLflow run's
-config.yaml) build nothing unless every `_target_` in them is on the allowlist: a hostile
-last.pt, best.pt or run must not be able to run code (issue 12)."""
+config.yaml) are data: read as written, refused if they hold an interpolation, and they
+build nothing unless every `_target_` in them is on the allowlist: a hostile last.pt,
+best.pt or run must not be able to run code or read the environment."""
 
 import copy
 import itertools
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from mnist.context import JobContext
 from mnist.errors import ConfigError, UnsafeConfigError
 from mnist.inference.loading import load_model
-from mnist.targets import refuse_foreign_targets, targets_in
+from mnist.targets import refuse_unsafe_config, targets_in
 from mnist.tools.reproduce import reproduce
 from mnist.training.checkpoint import save_checkpoint
 from mnist.training.job import run_training
@@ -178,7 +179,7 @@ def test_reproduce_refuses_a_run_whose_config_yaml_names_a_foreign_target(
 
 def test_allowed_targets_pass_and_every_target_is_found():
     config = OmegaConf.to_container(compose_config(["optimizer=sgd"]), resolve=True)
-    refuse_foreign_targets(config, "config")
+    refuse_unsafe_config(config, "config")
     assert sorted(targets_in(config)) == [
         ("model", "mnist.models.ConvNet"),
         ("optimizer", "torch.optim.SGD"),
@@ -186,23 +187,57 @@ def test_allowed_targets_pass_and_every_target_is_found():
     assert list(targets_in({"a": [{"b": {"_target_": "x"}}]})) == [("a[0].b", "x")]
 
 
-def test_an_interpolation_cannot_smuggle_a_target_past_the_check():
-    config = OmegaConf.create(
-        {"model": {"_target_": "${evil}"}, "evil": "builtins.exec", "optimizer": {}}
-    )
-    with pytest.raises(UnsafeConfigError, match=r"builtins\.exec"):
-        refuse_foreign_targets(config, "stored")
+TOKEN = "tok-3141"
+INTERPOLATIONS = {
+    "environment": ("logger.run_name", "${oc.env:MY_TOKEN}"),
+    "another key": ("model._target_", "${evil}"),
+    "unknown resolver": ("optimizer.weight_decay", "${evil:x}"),
+    "inside a string": ("trainer.early_stopping.extra", "pre-${oc.env:MY_TOKEN}-post"),
+}
 
 
-def test_a_stored_config_that_does_not_resolve_is_refused_in_one_line():
-    """OmegaConf's message adds `full_key:` and `object_type=` lines below its first."""
-    config = OmegaConf.create({"optimizer": {"weight_decay": "${evil:x}"}})
-    with pytest.raises(ConfigError) as refused:
-        refuse_foreign_targets(config, "stored")
-    assert str(refused.value) == (
-        "stored: its config does not resolve (Unsupported interpolation type evil, "
-        "at optimizer.weight_decay)"
+@pytest.mark.parametrize("case", INTERPOLATIONS)
+def test_an_interpolation_anywhere_in_a_stored_config_is_refused_unresolved(monkeypatch, case):
+    key, text = INTERPOLATIONS[case]
+    monkeypatch.setenv("MY_TOKEN", TOKEN)
+    config = OmegaConf.create({"evil": "builtins.exec", "optimizer": {}})
+    OmegaConf.update(config, key, text, force_add=True)
+    for stored in (config, OmegaConf.to_container(config)):  # a config.yaml, a checkpoint's
+        with pytest.raises(UnsafeConfigError) as refused:
+            refuse_unsafe_config(stored, "stored")
+        assert str(refused.value) == (
+            f"stored: refusing its config, which holds the interpolation {key}={text!r}: "
+            "a stored config is read as written, so it may hold values only"
+        )
+
+
+def test_reproduce_refuses_a_config_yaml_that_reads_the_environment(tiny_cfg, tmp_path):
+    """Before, the reproduction was named after the token."""
+    config = OmegaConf.to_container(tiny_cfg(), resolve=True)
+    config["logger"]["run_name"] = "${oc.env:MY_TOKEN}"
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    run_id = logged_run_with_config(uri, tmp_path / "config.yaml")
+    cfg = compose_config(
+        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
+        config_name="reproduce",
     )
+    with pytest.raises(UnsafeConfigError, match=r"interpolation logger\.run_name="):
+        reproduce(cfg, tmp_path / "reproduction", run_training)
+    assert not (tmp_path / "reproduction").exists()
+
+
+def test_resume_and_loading_refuse_a_checkpoint_config_with_an_interpolation(base_cfg, tmp_path):
+    config = OmegaConf.to_container(base_cfg, resolve=True)
+    config["logger"]["run_name"] = "${oc.env:MY_TOKEN}"
+    cfg = base_cfg.copy()
+    cfg.trainer.resume = str(last_pt(tmp_path, config))
+    with pytest.raises(UnsafeConfigError, match=r"interpolation logger\.run_name="):
+        run_training(cfg, JobContext(output_dir=tmp_path / "o"))
+    planted = {"model": SMALL_CONVNET, "logger": {"run_name": "${oc.env:MY_TOKEN}"}}
+    best = save_model_checkpoint(tmp_path / "best.pt", config=planted, weights_from=SMALL_CONVNET)
+    with pytest.raises(UnsafeConfigError, match=r"best\.pt: refusing .* interpolation"):
+        load_model(best)  # predict, evaluate and export load through it
 
 
 NOT_A_CONFIG = {

@@ -19,7 +19,7 @@ from torch import nn
 from mnist.errors import CheckpointError, ModelConfigError
 from mnist.models import build_model
 from mnist.paths import DEFAULT_MLRUNS
-from mnist.targets import refuse_foreign_targets
+from mnist.targets import refuse_unsafe_config
 from mnist.tracking import store
 from mnist.tracking.registry import CHAMPION
 from mnist.training.checkpoint import load_checkpoint
@@ -63,7 +63,7 @@ def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
             f"{source}: not a checkpoint of this project (expected the 'model' weights and "
             "the run's 'config', as scripts/train.py writes them)"
         )
-    refuse_foreign_targets(checkpoint["config"], source)
+    refuse_unsafe_config(checkpoint["config"], source)
     return checkpoint
 
 

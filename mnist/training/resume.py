@@ -22,7 +22,7 @@ from mnist.config import as_now, validate_config
 from mnist.data.augment import BatchAugment
 from mnist.errors import ConfigError
 from mnist.overrides import override_key
-from mnist.targets import first_line, refuse_foreign_targets
+from mnist.targets import first_line, refuse_unsafe_config
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import available
 from mnist.training.optim import Schedule
@@ -197,7 +197,7 @@ def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> Dict
     the command line's `device` group, takes its place."""
     try:
         cfg = OmegaConf.create(state["config"])
-        refuse_foreign_targets(cfg, str(path))
+        refuse_unsafe_config(cfg, str(path))
         cfg = as_now(cfg)
         if cfg.device.name in ("cuda", "mps") and not available(cfg.device.name):
             log.warning("The run trained with device=%s, which this machine lacks: resuming "
