@@ -23,7 +23,7 @@ from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.job import run_training
 from tests.helpers import TRAIN_SCRIPT, run_script, run_train_script, tiny_overrides
-from tests.helpers.server import web_server_that_is_not_mlflow
+from tests.helpers.server import ADMIN, mlflow_server, web_server_that_is_not_mlflow
 
 
 def closed_port() -> int:
@@ -249,3 +249,35 @@ def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(tmp_path):
     message = str(refused.value)
     assert message.startswith(f"{uri} is not a working MLflow tracking server: GET /api/2.0/")
     assert "answered HTTP 404, not MLflow JSON" in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_built(
+    synthetic_root, tmp_path
+):
+    """Before, a 401 passed the start-up check: data and model were built, then MLflow's
+    client failed with a 40-line traceback and an outputs/ directory was left behind."""
+    with mlflow_server(tmp_path, auth=True) as url:
+        host = url.removeprefix("http://")
+        given = {"none": url, "a wrong password": f"http://{ADMIN[0]}:wrong@{host}"}
+        for case, uri in given.items():
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+            outputs = tmp_path / case
+            trained = subprocess.run(
+                [sys.executable, str(TRAIN_SCRIPT), f"data.root={tmp_path / 'never'}",
+                 f"paths.outputs={outputs}", f"logger.tracking_uri={uri}", "device=cpu"],
+                capture_output=True, text=True, timeout=300, env=env,
+            )  # fmt: skip
+            assert trained.returncode == 2, (case, trained.stderr[-2000:])
+            (line,) = trained.stderr.strip().splitlines()
+            assert line.startswith(f"error: MLflow tracking server {url} ")
+            assert "(HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in line
+            assert "wrong" not in line
+            assert not [*outputs.iterdir()] and not (tmp_path / "never").exists()
+        admin = {**env, "MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
+        trained = subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
+             "trainer.epochs=1", f"logger.tracking_uri={url}", "logger.log_model=false"],
+            capture_output=True, text=True, timeout=600, env=admin,
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr[-3000:]

@@ -250,6 +250,20 @@ def _speaks_mlflow(body: bytes) -> bool:
     return isinstance(answer, dict) and bool({"experiment", "error_code"} & answer.keys())
 
 
+def _refused_credentials(uri: str, status: int) -> str:
+    """What a server's 401 or 403 means for the user, and what to set."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    fix = (
+        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or give them in the URI "
+        "(http://user:password@host)"
+    )
+    if status == 403:
+        return f"MLflow tracking server {uri} does not let user {user!r} read experiments"
+    if user is None:
+        return f"MLflow tracking server {uri} asks for credentials (HTTP 401): {fix}"
+    return f"MLflow tracking server {uri} refused the password of user {user!r} (HTTP 401): {fix}"
+
+
 def _check_server(uri: str) -> None:
     """The server answers /health, then MLflow's API: any web server may have a /health,
     and MLflow's client fails on one that is no tracking server with a long traceback."""
@@ -258,8 +272,10 @@ def _check_server(uri: str) -> None:
     if status == 200:
         path = API_PROBE
         status, body = _get(uri, path)
-        if status in (401, 403) or _speaks_mlflow(body):
-            return  # 401, 403: it wants credentials, which MLflow's client sends
+        if status in (401, 403):
+            raise TrackingError(_refused_credentials(uri, status))
+        if _speaks_mlflow(body):
+            return
     raise TrackingError(
         f"{uri} is not a working MLflow tracking server: GET "
         f"{path.partition('?')[0]} answered HTTP {status}"

@@ -1,5 +1,6 @@
 """An MLflow server or UI in a subprocess, for the tests that talk to one over HTTP."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -50,18 +51,36 @@ def web_server_that_is_not_mlflow(directory: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
+# The administrator of a server started with auth=True.
+ADMIN = ("admin", "admin-pw-1234")
+
+
 @contextmanager
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
+def mlflow_server(tmp_path: Path, auth: bool = False) -> Iterator[str]:
     """The URL of a real `mlflow server` on a store in tmp_path/server, up until
-    the block ends."""
+    the block ends; auth=True: MLflow's basic-auth app, with one user, ADMIN."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
+    env = dict(os.environ)
+    app = []
+    if auth:
+        (tmp_path / "server").mkdir(parents=True, exist_ok=True)
+        config = tmp_path / "server" / "auth.ini"
+        config.write_text(
+            f"[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{tmp_path / 'server' / 'auth.db'}\n"
+            f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"}
+        app = ["--app-name", "basic-auth"]
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
+         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1",
+         *app],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
         wait_until_up(url, server, log)
