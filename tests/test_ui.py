@@ -6,8 +6,10 @@ model must show its registered version."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
@@ -16,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from mnist.tracking.registry import promote_sweep
 from mnist.tracking.store import get_or_create_experiment
 from mnist.tracking.ui import CURVES, KEY_METRICS, experiment_tags, runs_path
+from tests.helpers import REPO_ROOT
 from tests.helpers.server import free_port, wait_until_up
 
 CHROMIUM = shutil.which("chromium")
@@ -133,3 +136,32 @@ def test_a_newcomer_sees_the_runs_best_first_the_curves_and_the_registered_champ
     # The champion's logged model shows its registered version.
     assert "Not registered" not in model
     assert "Model versions\nmnist\nv1" in model, model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["ui", "server"])
+def test_make_ui_and_server_start_no_job_runner(tmp_path, target):
+    """MLflow 3.17 starts a job runner beside its server (10 processes, 2.1 GB in all); it
+    hands the server the runner's storage before the server starts, so its absence is
+    known as soon as the server answers."""
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "make.log"
+    make = subprocess.Popen(
+        ["make", "-s", target, f"PORT={port}", f"STORE={tmp_path}"],
+        cwd=REPO_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until_up(url, make, log)
+        group = [p for p in Path("/proc").glob("[0-9]*") if _group_of(p) == make.pid]
+        environments = [(p / "environ").read_bytes() for p in group if p.exists()]
+        assert environments and not [e for e in environments if b"_MLFLOW_HUEY_STORAGE" in e]
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(timeout=60)
+
+
+def _group_of(process: Path) -> int | None:
+    try:
+        return os.getpgid(int(process.name))
+    except ProcessLookupError:
+        return None
