@@ -16,6 +16,7 @@ from mnist.errors import ConfigError, UnsafeConfigError
 from mnist.inference.loading import load_model
 from mnist.targets import refuse_unsafe_config, targets_in
 from mnist.tools.reproduce import reproduce
+from mnist.tracking.store import get_or_create_experiment
 from mnist.training.checkpoint import save_checkpoint
 from mnist.training.job import run_training
 from tests.helpers import compose_config, run_train_script, tiny_overrides
@@ -165,11 +166,9 @@ def test_reproduce_refuses_a_run_whose_config_yaml_names_a_foreign_target(
     (tmp_path / "config.yaml").write_text(
         OmegaConf.to_yaml(plant(config, "optimizer value", payloads(tmp_path)["open"]))
     )
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("shared"))
-    client.log_artifact(run.info.run_id, str(tmp_path / "config.yaml"))
+    run_id = logged_run_with_config(uri, tmp_path / "config.yaml")
     cfg = compose_config(
-        [f"run_id={run.info.run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
+        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
         config_name="reproduce",
     )
     with pytest.raises(UnsafeConfigError, match=r"its config\.yaml\): refusing its config"):
@@ -251,8 +250,10 @@ NOT_A_CONFIG = {
 
 
 def logged_run_with_config(uri: str, config_yaml: Path) -> str:
+    """A run whose config.yaml is `config_yaml`; its artifacts beside the store, as the
+    project places them (MLflow's default is ./mlruns of the working directory)."""
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("shared"))
+    run = client.create_run(get_or_create_experiment(uri, "shared"))
     client.log_artifact(run.info.run_id, str(config_yaml))
     return run.info.run_id
 
