@@ -10,12 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from mnist.context import JobContext
 from mnist.errors import TrackingError
@@ -23,6 +26,7 @@ from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.job import run_training
 from tests.helpers import TRAIN_SCRIPT, run_script, run_train_script, tiny_overrides
+from tests.helpers.images import seven, to_uint8
 from tests.helpers.server import ADMIN, mlflow_server, web_server_that_is_not_mlflow
 
 
@@ -281,3 +285,55 @@ def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_bui
             capture_output=True, text=True, timeout=600, env=admin,
         )  # fmt: skip
         assert trained.returncode == 0, trained.stderr[-3000:]
+
+
+# `$0` bind-mounted on itself and remounted read-only, in a user and mount namespace of the
+# command's own: a store on a read-only mount. Root, whom file permissions do not stop,
+# needs it too; and nothing outside the command sees the mount.
+READ_ONLY_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+
+
+@contextmanager
+def read_only(directory) -> Iterator[list[str]]:
+    """The prefix of a command that sees `directory` read-only; skips where no namespace
+    can be made (user namespaces disabled)."""
+    prefix = ["unshare", "--map-root-user", "--mount", "sh", "-c", READ_ONLY_MOUNT, str(directory)]
+    probe = subprocess.run([*prefix, "touch", str(directory / "probe")], capture_output=True)
+    if b"Read-only file system" not in probe.stderr:
+        pytest.skip(f"no read-only mount can be made here: {probe.stderr.decode()[-300:]}")
+    yield prefix
+
+
+@pytest.mark.slow  # three scripts end to end: about 20 s on 2 cores
+def test_commands_that_only_read_a_store_work_on_a_read_only_one(tiny_cfg, tmp_path):
+    """predict and compare (without its summary run) only read the store; they refused a
+    read-only one as not writable. A command that writes still refuses it, in one line
+    that names the option to only read it."""
+    run_id = run_training(tiny_cfg("trainer.epochs=1"), JobContext(tmp_path / "run"))["run_id"]
+    Image.fromarray(to_uint8(seven())).save(tmp_path / "seven.png")
+    mlruns = tmp_path / "mlruns"
+    before = {p: p.read_bytes() for p in mlruns.rglob("*") if p.is_file()}
+    commands = {
+        "predict": ["predict.py", f"img={tmp_path / 'seven.png'}"],
+        "compare": ["compare.py", "parent_run_id=all", "log_summary=false"],
+        "compare-logged": ["compare.py", "parent_run_id=all"],
+    }
+    results = {}
+    with read_only(mlruns) as prefix:
+        for name, (script, *args) in commands.items():
+            out = f"hydra.run.dir={tmp_path / name}"
+            results[name] = subprocess.run(
+                [*prefix, sys.executable, str(REPO_ROOT / "scripts" / script), *args,
+                 f"paths.mlruns={mlruns}", out],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+    predicted, compared, refused = results.values()
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert f"model: run {run_id}" in predicted.stderr and "seven.png: " in predicted.stdout
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert (tmp_path / "compare" / "table.md").is_file()
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"error: MLflow store sqlite:///{mlruns / 'mlflow.db'} is not writable")
+    assert line.endswith("or pass log_summary=false to only read it")
+    assert {p: p.read_bytes() for p in mlruns.rglob("*") if p.is_file()} == before

@@ -140,7 +140,7 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     specs = checkpoint_specs(cfg.ckpt)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.log:
-        store.check_store(uri)
+        store.check_store(uri, read_only_option="log=false")
     members = [load_model(spec, uri) for spec in specs]
     held_out = validation_split(members) if cfg.split == "val" else None
     device = resolve_device(cfg.device.name)

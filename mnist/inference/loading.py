@@ -93,14 +93,15 @@ def load_model_file(path: str | Path, source: str | None = None) -> LoadedModel:
 def store_uri(configured: str | None = None, mlruns: str | Path = DEFAULT_MLRUNS) -> str:
     """The MLflow store, located as training locates it; refused early if it is a local
     SQLite file that does not exist (MLflow would create an empty store), and checked as
-    training checks it (a corrupt file, an unreachable server: one line, at once)."""
+    training checks it (a corrupt file, an unreachable server: one line, at once); it is
+    only read, so a read-only one serves."""
     uri = store.tracking_uri(configured, mlruns)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise CheckpointError(
             f"no MLflow store at {uri}; train a model first (python scripts/train.py) or "
             f"pass {FORMS}"
         )
-    store.check_store(uri)
+    store.check_store(uri, writes=False)
     return uri
 
 

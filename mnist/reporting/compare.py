@@ -259,7 +259,7 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
 
     experiment = cfg.logger.experiment
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    store.check_store(uri)
+    store.check_store(uri, writes=cfg.log_summary, read_only_option="log_summary=false")
     client = MlflowClient(uri)
     parent_run_id = selected_sweep(client, experiment, cfg.parent_run_id)
     filter_string = search_filter(parent_run_id, cfg.filter)

@@ -172,7 +172,7 @@ def _sqlite_problem(db: Path) -> str | None:
     return None
 
 
-def _check_sqlite(uri: str) -> None:
+def _check_sqlite(uri: str, writes: bool, read_only_option: str | None) -> None:
     path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
     if path in ("", ":memory:"):
         raise TrackingError(
@@ -185,10 +185,11 @@ def _check_sqlite(uri: str) -> None:
         raise TrackingError(
             f"MLflow store {uri} cannot be created: {existing} is a file, not a directory"
         )
-    if not os.access(existing, os.W_OK):
+    if writes and not os.access(existing, os.W_OK):
+        reader = f", or pass {read_only_option} to only read it" if read_only_option else ""
         raise TrackingError(
             f"MLflow store {uri} is not writable ({existing}); fix its permissions or "
-            "set logger.tracking_uri / MLFLOW_TRACKING_URI to a writable store"
+            f"set logger.tracking_uri / MLFLOW_TRACKING_URI to a writable store{reader}"
         )
     if existing == db and (problem := _sqlite_problem(db)):
         raise TrackingError(
@@ -284,13 +285,16 @@ def _check_server(uri: str) -> None:
     )
 
 
-def check_store(uri: str) -> None:
-    """Fail in a second, before any side effect, when runs could not be recorded: MLflow
-    itself would retry for minutes, or fail only when the first metric is logged, or
-    with a traceback. Nothing is created or written here."""
+def check_store(uri: str, *, writes: bool = True, read_only_option: str | None = None) -> None:
+    """Fail in a second, before any side effect, when runs could not be recorded (or, with
+    `writes=False`, read): MLflow itself would retry for minutes, or fail only when the first
+    metric is logged, or with a traceback. A command that only reads (predict, compare
+    without its summary run) passes writes=False, so that a store on a read-only mount
+    serves it; `read_only_option` is the option that makes a writing command such a reader,
+    offered when the store is read-only. Nothing is created or written here."""
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
     if uri.startswith("sqlite:"):
-        _check_sqlite(uri)
+        _check_sqlite(uri, writes, read_only_option)
     elif scheme in ("http", "https"):
         _check_server(uri)
     elif scheme.partition("+")[0] in DATABASE_SCHEMES:
