@@ -13,6 +13,8 @@ from mnist.data.tensors import load_mnist, split_indices
 from mnist.errors import DataError
 from tests.helpers import write_synthetic_mnist
 
+IDX_4, IDX_255 = b"\x00\x00\x08\x04", b"\x00\x00\x08\xff"  # uint8, of 4 and 255 dimensions
+
 
 @pytest.mark.parametrize(
     "array",
@@ -39,11 +41,18 @@ def test_idx_round_trip(array):
         (b"\x00\x00\x08\x03\x00\x00\x00\x01", "header truncated"),
         (encode_idx(np.zeros((3, 28, 28), np.uint8))[:-1], "truncated or corrupt"),
         (encode_idx(np.zeros(4, np.uint8)) + b"\x00", "truncated or corrupt"),
+        # Issue 30: a header of 255 dimensions of 2**32 - 1 (a 3 KB message), sizes past
+        # int64 (which wrapped to a negative size), more dimensions than numpy's arrays have
+        # (numpy's ValueError), each a short line.
+        (IDX_255 + np.full(255, 2**32 - 1, ">u4").tobytes(), r"\(4294967295, .*, \.\.\.\) needs"),
+        (IDX_4 + np.full(4, 2**32 - 1, ">u4").tobytes(), f"needs {20 + (2**32 - 1) ** 4};"),
+        (IDX_255 + np.ones(255, ">u4").tobytes() + b"\x05", "255 dimensions cannot be read"),
     ],
 )
 def test_malformed_idx_is_refused(data, message):
-    with pytest.raises(IdxError, match=message):
+    with pytest.raises(IdxError, match=message) as refused:
         parse_idx(data, "x")
+    assert len(str(refused.value)) < 300 and "\n" not in str(refused.value)
 
 
 def _checksums_of(root):

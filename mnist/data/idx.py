@@ -2,6 +2,8 @@
 (two zero bytes, a dtype code, the number of dimensions, one uint32 per dimension) then the
 raw array. Reading is strict because a truncated download must never become a dataset."""
 
+import math
+import reprlib
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +35,18 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise IdxError(f"{name}: header truncated ({len(data)} of {header} bytes)")
     shape = tuple(int(n) for n in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = _DTYPES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # exact: no int64 to overflow
     if len(data) != expected:
+        # A corrupt header claims up to 255 dimensions of 2**32 - 1: abbreviated (reprlib),
+        # the shape and its size stay one short line.
         raise IdxError(
-            f"{name}: {len(data)} bytes but shape {shape} needs {expected}; "
-            "the file is truncated or corrupt"
+            f"{name}: {len(data)} bytes but shape {reprlib.repr(shape)} needs "
+            f"{reprlib.repr(expected)}; the file is truncated or corrupt"
         )
-    array = np.frombuffer(data, dtype, offset=header).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype, offset=header).reshape(shape)
+    except ValueError as e:  # more dimensions than numpy's arrays have (64)
+        raise IdxError(f"{name}: a shape of {ndim} dimensions cannot be read ({e})") from e
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
