@@ -55,6 +55,20 @@ def test_malformed_idx_is_refused(data, message):
     assert len(str(refused.value)) < 300 and "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize("labels", [np.array([0, -1, 9, -1], np.int8), np.array([2.5, 3, 3, 3])])
+def test_labels_that_are_not_digits_are_refused_with_the_file_and_values(tmp_path, labels):
+    """With data.verify_checksums=false, labels of -1 (int8) were loaded, and the split's
+    bincount failed with a traceback; 2.5 (float) trained as a 2."""
+    root = write_synthetic_mnist(tmp_path / "raw", 4, 20)
+    (root / "train-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+    with pytest.raises(DataError) as refused:
+        load_mnist(root)
+    bad = labels[(labels < 0) | (labels != labels.round())][0]
+    assert str(refused.value).startswith(
+        f"{root / 'train-labels-idx1-ubyte'}: labels must be digits 0-9, found [{bad}]; "
+    )
+
+
 def _checksums_of(root):
     return {
         name: hashlib.sha256((root / name).read_bytes()).hexdigest()

@@ -3,6 +3,7 @@ seeded validation split of the training images."""
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,21 @@ class MnistTensors:
 
 
 def _read_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images and labels, refused unless every label is a digit: the split and the
+    metrics count labels by digit, and with data.verify_checksums=false nothing else checks
+    that a file holds MNIST's."""
     images = read_idx(root / f"{prefix}-images-idx3-ubyte")
-    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte")
+    labels_file = root / f"{prefix}-labels-idx1-ubyte"
+    labels = read_idx(labels_file)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise DataError(f"{prefix} images: expected uint8 (N, 28, 28), got {images.shape}")
-    if labels.shape != (len(images),) or labels.max(initial=0) > 9:
+    if labels.shape != (len(images),):
         raise DataError(f"{prefix} labels: expected {len(images)} digits 0-9")
+    if len(bad := np.setdiff1d(labels, np.arange(10))):  # sorted, each value once
+        raise DataError(
+            f"{labels_file}: labels must be digits 0-9, found {reprlib.repr(bad.tolist())}; "
+            "replace the file with MNIST's (data.verify_checksums=true checks it)"
+        )
     return images, labels
 
 
