@@ -1,6 +1,8 @@
 """Preprocessing of images the tests draw: whatever the paper, ink, light, noise, size,
 position, transparency or file format, the output is the same MNIST-like digit."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,9 @@ from PIL import Image
 from mnist.data.batches import MNIST_MEAN, MNIST_STD
 from mnist.errors import ImageError
 from mnist.inference.digits import model_input, to_mnist
+from mnist.inference.images import MAX_PIXELS
 from tests.helpers import synthetic_digits
-from tests.helpers.images import bad_files, encoded, seven, to_uint8
+from tests.helpers.images import bad_files, bomb_png, encoded, seven, to_uint8
 
 
 def lit_noisy_paper(ink: np.ndarray, paper, pen, seed: int = 0) -> np.ndarray:
@@ -121,6 +124,25 @@ def test_each_bad_input_raises_one_clear_error(tmp_path):
         message = str(caught.value)
         assert message.startswith(str(path)) and problem in message, message
         assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("side", "size"),
+    [
+        (8000, "8000x8000 = 64,000,000 pixels"),
+        (15000, f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"),
+    ],
+)
+def test_an_image_over_the_pixel_limit_is_refused_as_too_large(side, size):
+    """A 64-MP canvas was reported as truncated or corrupt: the size refusal, a ValueError,
+    was caught as a decoding failure. PIL refuses past 179 MP itself, before the size is
+    known, and warns (which stopped the image) past 89 MP."""
+    with pytest.raises(ImageError) as refused:
+        to_mnist(io.BytesIO(bomb_png(side)))
+    assert str(refused.value) == (
+        f"<BytesIO>: too large ({size}), over the limit of {MAX_PIXELS:,} pixels (refused as a "
+        "possible decompression bomb); shrink the image first"
+    )
 
 
 def test_arrays_that_are_not_images_are_refused():

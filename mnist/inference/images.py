@@ -34,6 +34,13 @@ def describe(source: ImageSource) -> str:
     return getattr(source, "name", None) or f"<{type(source).__name__}>"
 
 
+def _too_large(name: str, size: str) -> ImageError:
+    return ImageError(
+        f"{name}: too large ({size}), over the limit of {MAX_PIXELS:,} pixels (refused as a "
+        "possible decompression bomb); shrink the image first"
+    )
+
+
 def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
     """Decode a file fully (truncation shows here, not later) with its EXIF orientation
     applied, refusing decompression bombs from the header alone."""
@@ -48,20 +55,21 @@ def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
             raise ImageError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns of a possible bomb from 89 MP on; the limit here is lower, and is
+            # checked below on the header's size, before anything is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{name}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,} "
-                        "(refused as a possible decompression bomb); shrink the image first"
-                    )
+                    raise _too_large(name, f"{width}x{height} = {width * height:,} pixels")
                 # JPEG: decode at a reduced scale, still fine enough for a second look.
                 image.draft(None, (2 * WORK_SIZE, 2 * WORK_SIZE))
                 image.load()
                 return ImageOps.exif_transpose(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from e
+    except ImageError:
+        raise  # too large: a ValueError, but no failure to decode
+    except Image.DecompressionBombError as e:  # PIL's own refusal, before it gives the size
+        raise _too_large(name, f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels") from e
     except UnidentifiedImageError as e:
         raise ImageError(
             f"{name}: not an image PIL can read (expected PNG, JPEG, BMP, GIF, TIFF or WebP)"

@@ -35,10 +35,10 @@ def encoded(image: Image.Image, file_format: str, **options) -> io.BytesIO:
     return buffer
 
 
-def _bomb_png() -> bytes:
-    """A valid small PNG whose header claims a canvas far over MAX_PIXELS."""
+def bomb_png(side: int = int(MAX_PIXELS**0.5) + 1000) -> bytes:
+    """A valid small PNG whose header claims a side x side canvas (by default 65 MP, over
+    MAX_PIXELS and under PIL's own limits)."""
     png = encoded(Image.new("L", (8, 8)), "PNG").getvalue()
-    side = int(MAX_PIXELS**0.5) + 1000
     header = b"IHDR" + struct.pack(">II", side, side) + png[24:29]
     return png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
 
@@ -51,12 +51,12 @@ def bad_files(tmp_path) -> dict:
         "empty file (0 bytes)": tmp_path / "empty.png",
         "not an image": tmp_path / "notes.png",
         "truncated or corrupt": tmp_path / "truncated.png",
-        "decompression bomb": tmp_path / "bomb.png",
+        "too large": tmp_path / "bomb.png",
         "no digit found": tmp_path / "blank.png",
     }
     files["empty file (0 bytes)"].write_bytes(b"")
     files["not an image"].write_text("a shopping list, not a picture\n")
     files["truncated or corrupt"].write_bytes(good[: len(good) // 2])
-    files["decompression bomb"].write_bytes(_bomb_png())
+    files["too large"].write_bytes(bomb_png())
     Image.new("RGB", (50, 40), (200, 180, 20)).save(files["no digit found"])
     return files
