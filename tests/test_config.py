@@ -215,6 +215,13 @@ LATE_FAILURES = [
         "scheduler.pct_start is not a key of scheduler (known: gamma, name, step_size)",
     ),
     (["+optimizer.nosuch=1"], "optimizer.nosuch is not an argument of torch.optim.Adam (known: lr"),
+    # Issue 30: a weight decay of 1e30 trained (Adam to 6.7%) or diverged, blaming lr. The
+    # bound is lr x weight_decay < 1 (mnist/training/optim.py), Adadelta's step lr x sqrt(eps).
+    (["optimizer.weight_decay=1e30"], "optimizer.weight_decay=1e+30 with optimizer.lr=0.003: "),
+    (["optimizer.weight_decay=inf"], "lower optimizer.weight_decay below 333.333 (or "),
+    (["optimizer=sgd", "optimizer.weight_decay=20"], "decays every weight by 1 of itself (lr x"),
+    (["optimizer=adamw", "optimizer.weight_decay=1e30"], "below 2000 (or optimizer.lr)"),
+    (["optimizer=adadelta", "optimizer.weight_decay=1e4"], "(Adadelta's first step, lr x sqrt"),
 ]
 
 
@@ -226,6 +233,17 @@ def test_values_that_used_to_fail_late_are_refused_in_one_line(overrides, messag
         validate_config(compose_config(["device=cpu", *overrides]))
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["optimizer.weight_decay=300"], ["optimizer=sgd", "optimizer.weight_decay=19"],
+     ["optimizer=adadelta", "optimizer.weight_decay=999"]],
+)  # fmt: skip
+def test_a_weight_decay_below_one_step_of_decay_is_accepted(overrides):
+    """Just under the bound: strong, but not a config that cannot work (Adadelta learns
+    with a weight decay of 10, which lr x weight_decay would refuse)."""
+    validate_config(compose_config(["device=cpu", *overrides]))
 
 
 def test_the_largest_seed_seeds_every_stream():

@@ -266,6 +266,7 @@ def test_idx_parser_refuses_any_truncation(draw):
         parse_idx(encoded[:cut])
 
 
+_BASE = compose_config(["device=cpu"])
 BAD_VALUES = {
     "trainer.epochs": st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.text()),
     "trainer.batch_size": st.one_of(st.integers(max_value=0), st.booleans(), st.text()),
@@ -274,6 +275,8 @@ BAD_VALUES = {
     "optimizer.lr": st.one_of(
         st.floats(max_value=0.0), st.just("fast"), st.sampled_from([float("inf"), float("nan")])
     ),
+    # One step of decay would zero every weight (Adam, the base's optimizer: lr x weight_decay).
+    "optimizer.weight_decay": st.floats(min_value=1.001 / _BASE.optimizer.lr),
     "trainer.deterministic": st.one_of(st.text(), st.integers(), st.none()),
     "data.stratify": st.one_of(st.text(), st.integers(), st.floats()),
     "augmentation.affine.translate": st.one_of(
@@ -281,7 +284,6 @@ BAD_VALUES = {
     ),
     "trainer.precision": st.text().filter(lambda t: t not in ("fp32", "bf16", "fp16")),
 }
-_BASE = compose_config(["device=cpu"])
 
 
 @settings(max_examples=120, deadline=None)

@@ -162,13 +162,15 @@ def test_a_failing_job_closes_its_run_as_failed(tiny_cfg, tmp_path, monkeypatch)
 
 
 def test_a_diverging_run_stops_as_failed_with_a_clear_message(tiny_cfg, tmp_path):
-    # A learning rate this large is valid, and overflows the weights in the first steps.
+    # A learning rate this large is valid (without weight decay, which lr x weight_decay >= 1
+    # refuses), and overflows the weights in the first steps.
     with pytest.raises(TrainingDiverged) as diverged:
         _run_in_process(tiny_cfg, tmp_path, "run", "optimizer=sgd", "optimizer.lr=1e30",
-                        "scheduler=none")  # fmt: skip
+                        "optimizer.weight_decay=0", "scheduler=none")  # fmt: skip
     message = str(diverged.value)
     assert re.match(r"training diverged: train/loss is (nan|-?inf) in epoch 1 ", message)
-    assert "lower optimizer.lr" in message and "\n" not in message
+    assert "(learning rate 1e+30, weight decay 0); lower optimizer.lr or " in message
+    assert "optimizer.weight_decay, or set trainer.grad_clip" in message and "\n" not in message
     assert mlflow.active_run() is None
     [run] = runs_of(store(tmp_path))
     assert run.info.status == "FAILED" and "train/loss" not in run.data.metrics

@@ -188,9 +188,12 @@ def end_of_epoch(
     model, schedule = learner.selected, learner.schedule
     train_loss = (progress.loss_sum / progress.seen).item()
     if not math.isfinite(train_loss):  # before best.pt could keep the broken weights
+        # Each step shrinks the weights by lr x weight_decay of themselves: both can diverge.
+        weight_decay = learner.optimizer.param_groups[0].get("weight_decay", 0)
         raise TrainingDiverged(
             f"training diverged: train/loss is {train_loss} in epoch {progress.epoch} "
-            f"(learning rate {progress.epoch_lr:g}); lower optimizer.lr or set trainer.grad_clip"
+            f"(learning rate {progress.epoch_lr:g}, weight decay {weight_decay:g}); lower "
+            "optimizer.lr or optimizer.weight_decay, or set trainer.grad_clip"
         )
     val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
     val = evaluate(model, val_images, val_labels, cfg.eval_batch_size, device, cfg.precision)

@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups."""
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,18 +70,43 @@ def build_optimizer(cfg: DictConfig | Mapping[str, Any], model: nn.Module) -> to
     return cls(model.parameters(), **kwargs)
 
 
+def _check_weight_decay(cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> None:
+    """Weight decay pulls each weight towards zero by step x weight_decay of itself per
+    step, where the step is lr: exactly so for SGD and decoupled decay (AdamW); the adaptive
+    optimizers' coupled L2 term, normalised with the gradient, holds the weights within
+    about one step (lr) of zero once it outweighs the loss's gradient. Adadelta's lr scales
+    steps of its own, which start at sqrt(eps). At 1 or more, one step of decay alone
+    zeroes every weight (beyond, flips it; from 2 on, grows it, and SGD and AdamW diverge):
+    nothing learned survives a step. Below 1, too strong a decay is a matter of tuning."""
+    arguments = {
+        name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
+    } | kwargs
+    weight_decay, step, what = arguments["weight_decay"], arguments["lr"], "lr"
+    if cls is torch.optim.Adadelta:
+        step, what = step * math.sqrt(arguments["eps"]), "Adadelta's first step, lr x sqrt(eps)"
+    if step * weight_decay >= 1:
+        raise ConfigError(
+            f"optimizer.weight_decay={weight_decay!r} with optimizer.lr={arguments['lr']!r}: "
+            f"one step decays every weight by {step * weight_decay:.3g} of itself ({what} x "
+            "weight_decay), which must be below 1, else it wipes out what was learned; lower "
+            f"optimizer.weight_decay below {1 / step:g} (or optimizer.lr)"
+        )
+
+
 def check_optimizer(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise what build_optimizer would (ConfigError for a foreign `_target_` or an
     unknown key; TypeError or ValueError for a value torch.optim refuses, e.g. momentum=-1)
     without building one: torch.optim checks the values before it looks at the parameters,
     and the first optimizer built imports torch._dynamo (seconds), which a refused config
-    must not wait for. Given no parameters, it stops at that check, past the values."""
+    must not wait for. Given no parameters, it stops at that check, past the values. Also
+    a ConfigError for a weight decay that cannot work (_check_weight_decay)."""
     cls, kwargs = _optimizer_class_and_arguments(cfg)
     try:
         cls([], **kwargs)
     except ValueError as e:
         if "empty parameter list" not in str(e):
             raise
+    _check_weight_decay(cls, kwargs)
 
 
 @dataclass
