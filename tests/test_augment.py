@@ -201,7 +201,7 @@ def test_the_classic_pipeline_mirrors_every_op_in_order():
 def test_a_config_stored_before_ops_existed_still_resumes_as_its_affine_op(tmp_path):
     """last.pt and MLflow's config.yaml of earlier runs hold the flat form."""
     cfg = compose_config(["device=cpu", "augmentation=shift_rotate"])
-    stored = OmegaConf.to_container(cfg)
+    stored = OmegaConf.to_container(cfg, resolve=True)  # as runs store it
     stored["augmentation"] = {"name": "shift_rotate", "rotate_deg": 10.0, "translate": 0.1,
                               "crop_prob": 0.0, "crop_size": 28}  # fmt: skip
     resumed = resume_config({"config": stored}, tmp_path / "last.pt", cfg.device)

@@ -51,7 +51,7 @@ def test_config_hash_changes_with_what_a_run_computes_only(tiny_cfg, tmp_path):
 def test_a_config_stored_before_a_key_existed_is_the_same_job_and_resumes(tiny_cfg, tmp_path):
     """Runs stored before trainer.ema_decay existed (config.ADDED_KEYS) match today's."""
     cfg = tiny_cfg()
-    stored = OmegaConf.to_container(cfg)
+    stored = OmegaConf.to_container(cfg, resolve=True)  # as runs store it
     del stored["trainer"]["ema_decay"]
     assert config_sha256(stored) == config_sha256(cfg)
     assert run_params(OmegaConf.create(stored), {}) == run_params(cfg, {})
