@@ -17,6 +17,7 @@ from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError, ModelConfigError
 from mnist.extras import missing
 from mnist.models import build_model
+from mnist.models.checks import check_forward
 from mnist.paths import REPO_ROOT
 from mnist.training.device import (
     available,
@@ -169,13 +170,16 @@ def _optimizer_problems(optimizer: DictConfig) -> Iterator[str]:
 
 
 def _meta_model(model_cfg: DictConfig) -> tuple[nn.Module | None, str | None]:
-    """The model built on the meta device, which checks its arguments and allocates and
-    draws nothing, or None and why it cannot be built."""
+    """The model built on the meta device and called on a batch of digits there, which
+    checks any model without allocating or drawing anything, or None and why it cannot
+    be built or run."""
     try:
         with torch.device("meta"):
-            return build_model(model_cfg), None
+            model = build_model(model_cfg)
+        check_forward(model, model_cfg._target_)
     except ModelConfigError as e:
         return None, str(e)
+    return model, None
 
 
 # What each schedule's values must be (mnist/training/optim.py builds them): torch checks

@@ -85,9 +85,10 @@ def test_each_gap20k_tail_conv_widens_what_a_class_map_cell_sees(tail, seen):
     assert columns.max() - columns.min() + 1 == seen
 
 
-def test_gap20k_tail_is_a_count():
-    with pytest.raises(ValueError, match="tail=-1 must be an integer >= 0"):
-        GAP20k(tail=-1)
+@pytest.mark.parametrize(("tail", "problem"), [(-1, "must be >= 0"), (1.5, "must be an integer")])
+def test_gap20k_tail_is_a_count(tail, problem):
+    with pytest.raises(ModelConfigError, match=f"^model.tail={tail} {problem}"):
+        build_model({"_target_": "mnist.models.GAP20k", "tail": tail})
 
 
 def test_gap20k_residual_connection_changes_the_output():

@@ -132,7 +132,7 @@ def test_script_prints_the_table():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.dropout=2", "dropout=2 must be a number in [0, 1)"),
+        ("model.dropout=2", "from model.dropout=2 (dropout probability"),
         ("model._target_=os.system", "os.system"),
     ],
 )

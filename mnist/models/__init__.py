@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnist.errors import ModelConfigError, UnsafeModelConfig
+from mnist.models.checks import blamed, check_arguments, check_module
 from mnist.models.cnn import CNN2, ConvNet
 from mnist.models.dense import DenseNet
 from mnist.models.summary import LayerSummary, ModelSummary, format_summary, summarize
@@ -87,7 +88,10 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         raise ModelConfigError(
             f"model.{unknown[0]} is not an argument of {target} (known: {', '.join(known)})"
         )
+    check_arguments(kwargs, {key: parameter.default for key, parameter in known.items()})
     try:
-        return cls(**kwargs)
+        model = cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2
-        raise ModelConfigError(f"cannot build {target} from model.* ({e})") from e
+        raise ModelConfigError(f"cannot build {target} from {blamed(kwargs, e)} ({e})") from e
+    check_module(model, kwargs)
+    return model

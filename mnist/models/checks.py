@@ -1,27 +1,107 @@
-"""Checks of the numbers a model is built from that torch does not make itself: a conv or
-linear layer of width 0 builds and fails at its first forward pass with a long traceback,
-and nn.Dropout takes NaN. Each model states its own, so that a config value is refused
-before a run starts, wherever the model is built from."""
+"""Checks that make any model, a user's plain `nn.Module` included, fail before a run
+starts rather than in its first step: a model needs no checks of its own. The values it is
+built from are sizes, counts and rates; the built model must have weights in every layer,
+dropout below 1, and turn a batch of digits into 10 logits (tried on the meta device,
+which allocates and computes nothing)."""
 
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
+from torch import nn
 
-def check_sizes(**sizes: Any) -> None:
-    """Raise ValueError naming the first value that is not an integer >= 1."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+from mnist.errors import ModelConfigError
 
-
-def check_counts(**counts: Any) -> None:
-    """Raise ValueError naming the first value that is not an integer >= 0."""
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r} must be an integer >= 0")
+# What every model is called on: a batch of MNIST digits, and what it must return.
+INPUT_SHAPE = (2, 1, 28, 28)
+NUM_CLASSES = 10
 
 
-def check_probabilities(**probabilities: Any) -> None:
-    """Raise ValueError naming the first value that is not a number in [0, 1) (not NaN)."""
-    for name, value in probabilities.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
+def _values(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(model.<key>[i]..., value) for every number in an argument, lists included."""
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _values(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def _number_problem(value: Any, default: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+        return f"must be an integer (its default is {default})"
+    if isinstance(value, int) and value < 0:
+        return "must be >= 0 (a size or a count)"
+    return None
+
+
+def check_arguments(kwargs: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """ModelConfigError naming the first number no model is built from: NaN or infinite,
+    negative, or a fraction where the class's default is an integer."""
+    for key, value in kwargs.items():
+        for path, number in _values(value, f"model.{key}"):
+            if problem := _number_problem(number, defaults.get(key)):
+                raise ModelConfigError(f"{path}={number!r} {problem}")
+
+
+def _named(kwargs: Mapping[str, Any], wanted: float) -> str:
+    """The arguments holding `wanted`, which made the layer the check found: model.x=0."""
+    paths = [
+        f"{path}={number!r}"
+        for key, value in kwargs.items()
+        for path, number in _values(value, f"model.{key}")
+        if isinstance(number, type(wanted)) and not isinstance(number, bool) and number == wanted
+    ]
+    return ", ".join(paths) or "model.*"
+
+
+def blamed(kwargs: Mapping[str, Any], error: Exception) -> str:
+    """The arguments whose values the error of a model's constructor quotes (torch names
+    the value, not the argument), else all of them."""
+    given = [
+        (f"{path}={number!r}", str(number))
+        for key, value in kwargs.items()
+        for path, number in _values(value, f"model.{key}")
+    ]
+    quoted = [shown for shown, text in given if text in str(error).split()]
+    return ", ".join(quoted or [shown for shown, _ in given]) or "model.*"
+
+
+def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
+    """ModelConfigError for a layer with no weights (a size of 0: it fails in the first
+    forward pass, or trains nothing) or a dropout that drops everything."""
+    for name, parameter in model.named_parameters():
+        if parameter.numel() == 0:
+            raise ModelConfigError(
+                f"{_named(kwargs, 0)} leaves {name} without weights: sizes must be >= 1"
+            )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and not 0 <= module.p < 1:
+            raise ModelConfigError(
+                f"{_named(kwargs, module.p)} makes {name} drop with p={module.p}: "
+                "a dropout probability must be in [0, 1)"
+            )
+
+
+def check_forward(model: nn.Module, target: str) -> None:
+    """ModelConfigError unless `model`, built on the meta device, maps a batch of digits
+    to NUM_CLASSES logits each."""
+    with torch.device("meta"), torch.no_grad():
+        try:
+            output = model(torch.empty(INPUT_SHAPE))
+        except Exception as e:  # a user's model may raise anything on a bad size
+            first = str(e).strip().partition("\n")[0]
+            raise ModelConfigError(
+                f"{target} fails on a batch of digits {INPUT_SHAPE} ({type(e).__name__}: "
+                f"{first}); check its model.* sizes"
+            ) from e
+    expected = (INPUT_SHAPE[0], NUM_CLASSES)
+    if tuple(getattr(output, "shape", ())) != expected:
+        raise ModelConfigError(
+            f"{target} returns {tuple(getattr(output, 'shape', ()))} for a batch of "
+            f"{INPUT_SHAPE[0]} digits, not {expected}: {NUM_CLASSES} logits per digit"
+        )

@@ -4,8 +4,6 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mnist.models.checks import check_probabilities, check_sizes
-
 
 class CNN2(nn.Module):
     """The PyTorch examples' MNIST net: conv32, conv64 (unpadded), maxpool, dropout,
@@ -19,8 +17,6 @@ class CNN2(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        check_sizes(hidden=hidden, num_classes=num_classes)
-        check_probabilities(conv_dropout=conv_dropout, fc_dropout=fc_dropout)
         self.layers = nn.Sequential(
             nn.Conv2d(1, 32, 3),
             nn.ReLU(),
@@ -81,11 +77,6 @@ class ConvNet(nn.Module):
         super().__init__()
         if downsample not in ("pool", "stride"):
             raise ValueError(f"downsample must be 'pool' or 'stride', got {downsample!r}")
-        widths = {f"stages[{i}][{j}]": w for i, s in enumerate(stages) for j, w in enumerate(s)}
-        check_sizes(**widths, num_classes=num_classes)
-        if hidden is not None:
-            check_sizes(hidden=hidden)
-        check_probabilities(dropout=dropout)
         layers: list[nn.Module] = []
         in_channels = 1
         for stage in stages:

@@ -2,8 +2,6 @@
 
 from torch import Tensor, nn
 
-from mnist.models.checks import check_sizes
-
 
 class DenseNet(nn.Module):
     """784 -> hidden -> 10. Without the ReLU the two layers collapse to one linear map,
@@ -11,7 +9,6 @@ class DenseNet(nn.Module):
 
     def __init__(self, hidden: int = 10, relu: bool = True, num_classes: int = 10) -> None:
         super().__init__()
-        check_sizes(hidden=hidden, num_classes=num_classes)
         if not isinstance(relu, bool):
             raise ValueError(f"relu={relu!r} must be true or false")
         self.layers = nn.Sequential(

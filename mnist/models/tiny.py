@@ -2,8 +2,6 @@
 
 from torch import Tensor, nn
 
-from mnist.models.checks import check_counts, check_probabilities, check_sizes
-
 
 class CNN24k(nn.Module):
     """Conv 8/16/24 (3x3, unpadded) with max pooling after conv1 and conv3, then
@@ -11,7 +9,6 @@ class CNN24k(nn.Module):
 
     def __init__(self, hidden: int = 50, num_classes: int = 10) -> None:
         super().__init__()
-        check_sizes(hidden=hidden, num_classes=num_classes)
         self.layers = nn.Sequential(
             nn.Conv2d(1, 8, 3),  # 28 -> 26
             nn.ReLU(),
@@ -47,9 +44,6 @@ class GAP20k(nn.Module):
         self, width: int = 16, dropout: float = 0.05, tail: int = 0, num_classes: int = 10
     ) -> None:
         super().__init__()
-        check_sizes(width=width, num_classes=num_classes)
-        check_counts(tail=tail)
-        check_probabilities(dropout=dropout)
         wide = 2 * width
         self.stem = nn.Sequential(
             _conv_bn(1, width),

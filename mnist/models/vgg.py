@@ -2,8 +2,6 @@
 
 from torch import Tensor, nn
 
-from mnist.models.checks import check_sizes
-
 
 def _vgg_block(in_channels: int, channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -20,7 +18,6 @@ class TinyVGG(nn.Module):
 
     def __init__(self, channels: int = 10, num_classes: int = 10) -> None:
         super().__init__()
-        check_sizes(channels=channels, num_classes=num_classes)
         self.features = nn.Sequential(_vgg_block(1, channels), _vgg_block(channels, channels))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * 7 * 7, num_classes))
 
