@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from mnist.config import validate_config
 from mnist.context import JobContext
-from mnist.data.augment import Affine, BatchAugment, Erase, Op, augmentation_name
+from mnist.data.augment import OPS, Affine, BatchAugment, Erase, Op, augmentation_name
 from mnist.errors import ConfigError
 from mnist.tools.benchmark import classic_transform
 from mnist.training.job import run_training
@@ -152,7 +152,7 @@ def test_a_run_is_named_and_logged_by_what_its_augmentation_applies(tiny_cfg, tm
     [
         (
             ["+augmentation.blur.sigma=1"],
-            "augmentation.blur is not an augmentation op (known: affine, erase)",
+            f"augmentation.blur is not an augmentation op (known: {', '.join(sorted(OPS))})",
         ),
         (["+augmentation.erase=0.5"], "augmentation.erase=0.5 must be a mapping of erase's"),
         (

@@ -1,6 +1,7 @@
 """The README's two recipes, followed as a new user would in a copy of the repository: a
 model (its module and its YAML) and an augmentation op (its class and its YAML), swept
-2 x 2 on tiny data, compared and promoted with no arguments. Four files, nothing else."""
+2 x 2 on tiny data, compared and promoted with no arguments. Four files, nothing else: the
+tests that go over every model and op pass with them too."""
 
 import csv
 import os
@@ -97,6 +98,15 @@ def test_the_readme_recipes_add_a_model_and_an_augmentation_in_four_files(synthe
     with open(repo / "mnist" / "data" / "augment.py", "a") as module:
         module.write(textwrap.dedent(NOISE))
     (repo / "conf" / "augmentation" / "noise.yaml").write_text("noise: {std: 0.1}\n")
+    # The tests that go over every model and every op take the new ones in, unchanged.
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    tests = ["tests/test_models.py", "tests/test_config.py", "tests/test_augment.py"]
+    checked = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "not slow", *tests],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert "[lenet5-" in checked.stdout and "noise" in checked.stdout  # they were tested
     tiny = [o for o in tiny_overrides(synthetic_root, tmp_path) if not o.startswith("paths.")]
     run(repo, "train", "-m", "model=lenet5,cnn24k", "augmentation=none,noise", "seed=0",
         *tiny, "trainer.epochs=1", "logger.log_model=true")  # fmt: skip
