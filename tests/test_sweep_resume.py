@@ -94,7 +94,8 @@ def test_a_job_of_a_resumed_sweep_finds_what_its_earlier_run_left(tiny_cfg, tmp_
                 "output_dir": str(output_dir)}  # fmt: skip
         run_id = client.create_run(experiment, tags=tags).info.run_id
         client.log_metric(run_id, "best/val_acc", 0.5)
-        client.set_terminated(run_id, status)
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
         return run_id
 
     def resume(cfg):
@@ -106,7 +107,8 @@ def test_a_job_of_a_resumed_sweep_finds_what_its_earlier_run_left(tiny_cfg, tmp_
     killed_id = earlier_run(interrupted, "KILLED", tmp_path / "killed")
     (tmp_path / "killed" / "checkpoints").mkdir(parents=True)
     (tmp_path / "killed" / "checkpoints" / "last.pt").write_bytes(b"state")
-    lost_id = earlier_run(lost, "FAILED", tmp_path / "lost")  # killed before its last.pt
+    # SIGKILL before its first last.pt: the process never ended its run.
+    lost_id = earlier_run(lost, "RUNNING", tmp_path / "lost")
 
     _, done, _ = resume(finished)
     assert done == {"best/val_acc": 0.5, "run_id": done_id}
@@ -117,7 +119,9 @@ def test_a_job_of_a_resumed_sweep_finds_what_its_earlier_run_left(tiny_cfg, tmp_
     cfg, done, ctx = resume(lost)
     assert (cfg.trainer.resume, done, ctx.extra_tags) == (None, None, {SUPERSEDES_TAG: lost_id})
     mark_superseded(client.tracking_uri, ctx, "new-run")
-    assert client.get_run(lost_id).data.tags[SUPERSEDED_TAG] == "new-run"
+    superseded = client.get_run(lost_id)
+    assert superseded.data.tags[SUPERSEDED_TAG] == "new-run"
+    assert (superseded.info.status, superseded.info.end_time is None) == ("FAILED", False)
     assert current_runs([client.get_run(lost_id)]) == []
     # Superseded, it is no longer the job's earlier run.
     assert resume(lost)[2].extra_tags == {}

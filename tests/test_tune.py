@@ -3,15 +3,18 @@ a pruned trial stopped early and marked in Optuna and MLflow, a study resumed af
 interruption or a crash with no trial lost or run twice, its preset re-trained exactly, and
 several processes sharing one study (slow: whole scripts)."""
 
+import json
 import multiprocessing
+import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import optuna
@@ -479,6 +482,97 @@ def test_two_tune_processes_share_one_study_and_its_preset_retrains(synthetic_ro
     (run,) = client.search_runs([client.get_experiment_by_name("tuned_tiny").experiment_id])
     assert run.data.metrics["best/val_acc"] == best.value
     assert run.data.params["optimizer.lr"] == str(best.params["optimizer.lr"])
+
+
+def _store_rows(db: Path, query: str) -> list[tuple]:
+    """`query` on an SQLite file, read with sqlite3: polling costs the processes under test
+    no imports. No rows while the file or its schema does not exist yet."""
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as connection:
+            return connection.execute(query).fetchall()
+    except sqlite3.OperationalError:  # the schema is being created
+        return []
+
+
+def _running_trial_runs(tmp_path: Path) -> set[str]:
+    return {
+        run_id
+        for (run_id,) in _store_rows(
+            tmp_path / "mlruns" / "mlflow.db",
+            "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "AND t.key = 'optuna.trial' WHERE r.status = 'RUNNING'",
+        )
+    }
+
+
+def _trial_processes(tmp_path: Path) -> set[int]:
+    """The ids of the processes running the study's trials (each trial's `worker`)."""
+    rows = _store_rows(
+        tmp_path / "mlruns" / "optuna.db",
+        "SELECT value_json FROM trial_user_attributes WHERE key = 'worker'",
+    )
+    return {int(json.loads(value).rpartition(":")[2]) for (value,) in rows}
+
+
+def _kill_when_both_trials_run(command: list[str], tmp_path: Path) -> set[str]:
+    """Start the search and SIGKILL it and its workers, by id, once both its trials have an
+    open MLflow run; the runs left RUNNING."""
+    with (tmp_path / "killed.log").open("w") as log:
+        tuner = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    processes = set()
+    try:
+        deadline = time.monotonic() + 600
+        while len(_running_trial_runs(tmp_path)) < 2:
+            assert tuner.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "two trials did not start in 10 minutes"
+            time.sleep(0.2)
+        processes = {tuner.pid, *_trial_processes(tmp_path)}
+        assert len(processes) == 3, processes  # the command and its two workers
+    finally:
+        for pid in processes or {tuner.pid}:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        tuner.wait(timeout=60)
+    for pid in processes - {tuner.pid}:  # orphans now: their parent died first
+        deadline = time.monotonic() + 60
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return _running_trial_runs(tmp_path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# Slow: a search with two workers killed mid-trial, then the same command (~2 min on 2 cores).
+@pytest.mark.slow
+def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(synthetic_root, tmp_path):
+    command = tune_command(
+        synthetic_root, tmp_path, "n_trials=2", "n_jobs=2", "hparams_search.pruner.name=none",
+        "trainer.epochs=6",
+    )  # fmt: skip
+    killed = _kill_when_both_trials_run(command, tmp_path)
+    assert len(killed) == 2, "the kill left no run RUNNING: nothing to test"
+
+    resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] * 2
+    _, parent, runs = study_runs(tmp_path)
+    assert parent.info.status == "FINISHED"
+    for number in (0, 1):  # the killed trials' runs: ended, as their trials did
+        run = runs[number]
+        assert run.info.run_id in killed
+        assert (run.info.status, run.data.tags["optuna.state"]) == ("FAILED", "FAIL")
+        assert run.info.end_time is not None
+    assert {r.info.status for n, r in runs.items() if n > 1} == {"FINISHED"}
 
 
 # Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).

@@ -103,7 +103,8 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
 
 
 def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
-    """Tag the runs a restarted job's new run replaces (see resume_job)."""
+    """Tag the runs a restarted job's new run replaces (see resume_job). One still RUNNING
+    lost its process (SIGKILL, power loss) before it could end the run: it is ended FAILED."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -111,3 +112,5 @@ def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
         store.retry_when_locked(
             lambda run_id=run_id: client.set_tag(run_id, SUPERSEDED_TAG, new_run_id)
         )
+        if client.get_run(run_id).info.status == "RUNNING":
+            store.retry_when_locked(lambda run_id=run_id: client.set_terminated(run_id, "FAILED"))

@@ -2,7 +2,7 @@
 best value, the trial counts and what pruning saved as metrics; the best parameters as tags,
 as they change while a study is resumed and MLflow params cannot; Optuna's plots and the
 best trial's preset as artifacts) whose children are the trials' training runs, each tagged
-with its trial's number and state."""
+with its trial's number and state, and none left RUNNING once its trial has ended."""
 
 from __future__ import annotations
 
@@ -115,17 +115,22 @@ def _plots(study: optuna.Study, output_dir: Path) -> list[Path]:
     return written
 
 
-def _sync_trial_tags(client: Any, run_id: str, experiment_id: str, study: optuna.Study) -> None:
+def _sync_trial_runs(client: Any, run_id: str, experiment_id: str, study: optuna.Study) -> None:
     """Each trial's run gets its trial's state from the study, the one source of truth:
     states change after a run ends (a process that died leaves its trial to be failed
-    by the heartbeat)."""
-    states = {str(t.number): t.state.name for t in study.get_trials(deepcopy=False)}
+    by the heartbeat). A run still RUNNING whose trial has ended lost its process (SIGKILL,
+    power loss) before it could end the run: it is ended FAILED here."""
+    states = {str(t.number): t.state for t in study.get_trials(deepcopy=False)}
     for child in children(client, experiment_id, run_id):
         state = states.get(child.data.tags.get("optuna.trial", ""))
-        if state and child.data.tags.get("optuna.state") != state:
+        if state is None:
+            continue
+        if child.data.tags.get("optuna.state") != state.name:
             retry_when_locked(
-                lambda c=child, s=state: client.set_tag(c.info.run_id, "optuna.state", s)
+                lambda c=child, s=state: client.set_tag(c.info.run_id, "optuna.state", s.name)
             )
+        if child.info.status == "RUNNING" and state.is_finished():
+            retry_when_locked(lambda c=child: client.set_terminated(c.info.run_id, "FAILED"))
 
 
 def finish_parent_run(
@@ -159,6 +164,6 @@ def finish_parent_run(
     if preset is not None:
         retry_when_locked(lambda: client.log_artifact(run_id, str(preset), "experiment"))
     experiment_id = client.get_run(run_id).info.experiment_id
-    _sync_trial_tags(client, run_id, experiment_id, study)
+    _sync_trial_runs(client, run_id, experiment_id, study)
     end_parent(client, run_id, status)
     return metrics
