@@ -273,6 +273,60 @@ def test_promote_picks_the_sweep_best_by_validation_never_test(tmp_path, empty_m
         promote_sweep(uri, "sweep", "0" * 32, "digits")
 
 
+# scripts/promote.py with a barrier after its read of the registered versions: each process
+# waits there (up to 5 s) for the other, which makes the race a tester hit 1 time in 3 happen
+# every time where nothing orders the two promotions.
+PROMOTE_AFTER_A_BARRIER = """
+import os, runpy, sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+
+barrier, script, *args = sys.argv[1:]
+search = MlflowClient.search_model_versions
+
+def search_then_wait(self, *a, **kw):
+    found = search(self, *a, **kw)
+    (Path(barrier) / str(os.getpid())).touch()
+    deadline = time.monotonic() + 5
+    while len(list(Path(barrier).iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+MlflowClient.search_model_versions = search_then_wait
+sys.argv = [script, *args]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.slow  # two promote.py processes, each importing MLflow: ~20 s on 2 cores
+def test_two_promotions_at_once_register_one_version_and_both_say_so(tmp_path, empty_mlflow_db):
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.create_experiment("sweep")
+    parent = client.create_run(exp, tags={"sweep.dir": "x"}).info.run_id
+    best = _sweep_child(client, exp, parent, "a", val_acc=0.99, test_acc=0.95)
+    (tmp_path / "barrier").mkdir()
+    command = [
+        sys.executable, "-c", PROMOTE_AFTER_A_BARRIER, str(tmp_path / "barrier"),
+        str(REPO_ROOT / "scripts" / "promote.py"), f"paths.mlruns={tmp_path}",
+        "logger.experiment=sweep", "name=digits",
+    ]  # fmt: skip
+    processes = [
+        subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+
+    (version,) = client.search_model_versions("name = 'digits'")
+    assert version.run_id == best
+    assert client.get_model_version_by_alias("digits", "champion").version == version.version
+    for out, _ in outputs:
+        assert f"models:/digits@champion -> version {version.version}: run 'a'" in out
+
+
 def test_text_output_escapes_file_names_that_would_split_or_reorder_a_line(
     checkpoint, tmp_path, capsys
 ):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnist.errors import ConfigError
+from mnist.tracking import store
 from mnist.tracking.parent import children
 from mnist.tracking.runs import MODEL_CONTRACT
 
@@ -109,4 +110,6 @@ def promote_sweep(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    return promote(client, parent_run_id or latest_sweep(client, experiment), name, alias)
+    # Promotions at once would each find no version of the run and each register one.
+    with store.store_lock(uri):
+        return promote(client, parent_run_id or latest_sweep(client, experiment), name, alias)

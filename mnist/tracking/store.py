@@ -94,10 +94,11 @@ def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: fl
 
 
 @contextmanager
-def _schema_lock(uri: str) -> Iterator[None]:
-    """MLflow creates a SQLite store's schema on a process's first call, and two processes
-    doing it at once collide ("table ... already exists"): the first call waits for a
-    lock file next to the database (<db>.lock), so one creates and the other finds it."""
+def store_lock(uri: str) -> Iterator[None]:
+    """A lock file next to a SQLite store (<db>.lock) for what two processes must not do at
+    once: create the schema, which MLflow does on a process's first call (the second would
+    fail, "table ... already exists"); read the registered versions, then register one
+    (both would register the model). A server or database store gets no lock."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -110,7 +111,8 @@ def _schema_lock(uri: str) -> Iterator[None]:
     except Timeout as e:
         raise TrackingError(
             f"MLflow store {uri}: another process held {lock} for {SCHEMA_LOCK_TIMEOUT_S} s "
-            "while creating the store; if none is running, delete the lock file"
+            "while creating the store or promoting a model; if none is running, delete the "
+            "lock file"
         ) from e
 
 
@@ -124,7 +126,7 @@ def get_or_create_experiment(
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    with _schema_lock(uri):  # a process's first client opens the store (and caches it)
+    with store_lock(uri):  # a process's first client opens the store (and caches it)
         client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
