@@ -1,7 +1,8 @@
 # Two commands on a fresh machine with Python 3.10+ and git: `make train`, `make test`.
 # Both bootstrap uv (with pip, if missing) and the locked environment first: `make train`
 # what training needs, `make test` every optional extra too (export, tensorboard, launchers,
-# dev). Extras for your own use: uv sync --extra export (see docs/configuration.md, Optional extras).
+# dev). Extras for your own use: uv sync --inexact --extra export
+# (docs/configuration.md#optional-extras).
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen --no-sync
@@ -25,17 +26,16 @@ uv:
 		|| $(PYTHON) -m pip install --quiet --user uv \
 		|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv
 
-# --inexact: extras installed by `make test` (or by hand) stay installed.
-.venv/.synced: pyproject.toml uv.lock | uv
-	$(UV) sync --frozen --inexact
-	@touch $@
+# --inexact: extras installed by `make test` (or by hand) stay installed. No stamp file:
+# one would outlive an exact sync run by hand, which removes what it does not name.
+# The check (--check, milliseconds) finds any difference from the lock, and only then does
+# make sync (a sync compiles every module's bytecode again: seconds).
+SYNC := $(UV) sync --frozen --inexact
+setup: | uv
+	@$(SYNC) --check >/dev/null 2>&1 || $(SYNC)
 
-.venv/.synced-all: pyproject.toml uv.lock | uv
-	$(UV) sync --frozen --all-extras
-	@touch $@ .venv/.synced
-
-setup: .venv/.synced
-setup-all: .venv/.synced-all
+setup-all: | uv
+	@$(SYNC) --all-extras --check >/dev/null 2>&1 || $(SYNC) --all-extras
 
 train: setup
 	$(RUN) python scripts/train.py $(ARGS)

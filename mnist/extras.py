@@ -1,7 +1,9 @@
 """Optional features ship as packaging extras (pyproject.toml): ONNX export (`export`),
 TensorBoard files (`tensorboard`), the joblib/Slurm launchers (`launchers`) and the
 hyperparameter search (`tune`). A feature whose extra is not installed is refused in one
-line that names what to install."""
+line that names what to install: an inexact sync, which adds the extra and removes nothing
+(a plain `uv sync --extra` removes every extra it does not name, the test tools too); pip
+installs from the checkout (the project is not on PyPI)."""
 
 import importlib
 import importlib.util
@@ -13,7 +15,7 @@ from mnist.errors import ConfigError
 def _message(module: str, extra: str, feature: str) -> str:
     return (
         f"{feature} needs the optional '{extra}' dependencies ({module} is not installed): "
-        f"uv sync --extra {extra}  (or pip install 'mnist-hydra[{extra}]')"
+        f"uv sync --inexact --extra {extra}  (or pip install -e '.[{extra}]')"
     )
 
 
