@@ -19,9 +19,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from mnist.context import JobContext
@@ -193,7 +194,7 @@ def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "optimization_history.png",
         "intermediate_values.png",
-        "experiment",  # experiment/tuned_tiny.yaml
+        "experiment",  # experiment/search/tuned_tiny.yaml
     }  # fmt: skip  (importances need two complete trials)
 
 
@@ -237,13 +238,13 @@ def test_a_study_writes_only_where_runs_write_and_saves_its_preset_only_when_ask
     assert not (tmp_path / "mlruns").exists()
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{mlflow_db.parent}/optuna.db")
     assert len(study.trials) == 1
-    preset = tmp_path / "tune" / "experiment" / "tuned_tiny.yaml"
+    preset = tmp_path / "tune" / "experiment" / "search" / "tuned_tiny.yaml"
     assert preset.read_text().startswith("# @package _global_\n# Written by scripts/tune.py")
     client = MlflowClient(f"sqlite:///{mlflow_db}")
     experiment_id = client.get_experiment_by_name("tune_tiny").experiment_id
     (parent,) = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` IS NULL")
     (artifact,) = client.list_artifacts(parent.info.run_id, "experiment")
-    assert artifact.path == "experiment/tuned_tiny.yaml"
+    assert artifact.path == "experiment/search"
 
     # Asked: the same command with save_preset=true (its one trial has run: it sums up).
     saved = tmp_path / "conf" / "experiment" / "tuned_tiny.yaml"
@@ -255,6 +256,39 @@ def test_a_study_writes_only_where_runs_write_and_saves_its_preset_only_when_ask
         search(tmp_path, asked)
     search(tmp_path, [*asked, "overwrite=true"])
     assert saved.read_text() == preset.read_text()
+
+
+# Slow: a one-trial search of the shipped study, then train.py composing the printed command.
+@pytest.mark.slow
+def test_the_printed_retrain_command_trains_the_search_result_not_the_committed_preset(
+    tiny_cfg, synthetic_root, tmp_path, caplog
+):
+    """The shipped study `fast` has a committed conf/experiment/tuned_fast.yaml, which Hydra
+    finds before anything --config-dir adds: the command must name another option."""
+    assert (CONF_DIR / "experiment" / "tuned_fast.yaml").is_file()
+    tiny_cfg()
+    overrides = [
+        o for o in tune_overrides(synthetic_root, tmp_path, "hparams_search=fast", "n_trials=1")
+        if o != "trainer.epochs=2"
+    ] + ["trainer.epochs=1"]  # fmt: skip
+    caplog.set_level("INFO", logger="mnist.tuning.search")
+    search(tmp_path, overrides)
+
+    (best,) = load_study(tmp_path, "fast").trials
+    printed = re.search(
+        r"python scripts/train\.py --config-dir (\S+) (experiment=[^\s;)]+)", caplog.text
+    )
+    assert printed, caplog.text
+    composed = run_script("train", "--config-dir", printed[1], printed[2], "--cfg", "job")
+    assert composed.returncode == 0, composed.stderr[-2000:]
+    cfg = OmegaConf.create(composed.stdout)
+    trained = {key: OmegaConf.select(cfg, key, default="unset") for key in best.params}
+    # model.stages is a categorical of lists: Optuna keeps its option as text.
+    assert trained == {key: yaml.safe_load(v) if isinstance(v, str) else v
+                       for key, v in best.params.items()}  # fmt: skip
+    # The search's own override, not the committed preset's 2 epochs.
+    assert cfg.trainer.epochs == best.user_attrs["epochs"] == 1
+    assert cfg.logger.experiment == "tuned_fast"
 
 
 def test_an_existing_preset_is_refused_before_any_trial_with_nothing_written(

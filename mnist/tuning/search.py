@@ -61,6 +61,9 @@ TUNE_KEYS = ("hparams_search", "n_trials", "timeout_s", "n_jobs", "storage", "he
 # Where a trial runs and writes, not what it trains: left out of what a study compares
 # when it is continued, and out of the preset.
 PLACE_KEYS = ("paths", "device", "hydra")
+# The folder of the output directory's experiment/ that holds the search's preset: an
+# option no committed preset has (see _write_best_preset).
+SEARCH_PRESETS = "search"
 # How long a process that joins a study waits for its creator to open the parent run.
 JOIN_TIMEOUT_S = 120
 
@@ -333,11 +336,15 @@ def _summarize(
 
 
 def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study, url: str) -> Path:
-    """<output dir>/experiment/tuned_<study>.yaml: `--config-dir <output dir>` finds it."""
+    """<output dir>/experiment/search/tuned_<study>.yaml, for `--config-dir <output dir>
+    experiment=search/tuned_<study>`: Hydra looks in conf/ before any --config-dir, so
+    under the name save_preset gives it a committed preset of the study (the shipped
+    conf/experiment/tuned_fast.yaml) would be trained instead."""
     best = study.best_trial
     by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
     params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
     name = f"tuned_{study.study_name}"
+    option = f"{SEARCH_PRESETS}/{name}"
     states = Counter(t.state.name.lower() for t in study.trials)
     provenance = textwrap.fill(
         f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
@@ -347,15 +354,16 @@ def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study,
         width=90,
     )
     comment = (
-        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2);"
-        "\nfrom outside conf/experiment/, add --config-dir <the folder holding experiment/>"
+        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2)"
+        "\nas saved in conf/experiment/; from the search's output directory or its parent run's"
+        f"\nartifacts: python scripts/train.py --config-dir <that folder> experiment={option}"
     )
     overrides = [*study.user_attrs["recipe_overrides"], *params]
-    path = ctx.output_dir / "experiment" / f"{name}.yaml"
+    path = ctx.output_dir / "experiment" / f"{option}.yaml"
     write_preset(path, overrides, ctx.groups, comment)
     log.info(
-        "Best trial %d: val acc %.4f with %s -> %s (python scripts/train.py --config-dir %s "
-        "experiment=%s; save_preset=true saves it in %s)",
-        best.number, best.value, " ".join(params), path, ctx.output_dir, name, cfg.preset_dir,
+        "Best trial %d: val acc %.4f with %s -> %s\nRe-train it: python scripts/train.py "
+        "--config-dir %s experiment=%s  (save_preset=true saves it in %s)",
+        best.number, best.value, " ".join(params), path, ctx.output_dir, option, cfg.preset_dir,
     )  # fmt: skip
     return path

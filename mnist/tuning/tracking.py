@@ -136,9 +136,9 @@ def _sync_trial_runs(client: Any, run_id: str, experiment_id: str, study: optuna
 def finish_parent_run(
     uri: str, run_id: str, study: optuna.Study, output_dir: Path, status: str, preset: Path | None
 ) -> dict[str, float]:
-    """Log where the study stands (and `preset`, the best trial's, as
-    experiment/<name>.yaml: `--config-dir` on the downloaded artifacts finds it) and end the
-    parent run with `status`; returns the metrics logged."""
+    """Log where the study stands (and `preset`, the best trial's, where it lies under
+    `output_dir`: `--config-dir` on the downloaded artifacts finds it) and end the parent
+    run with `status`; returns the metrics logged."""
     from mlflow.entities import Metric, RunTag
 
     client = _client(uri)
@@ -162,7 +162,8 @@ def finish_parent_run(
     for path in _plots(study, output_dir):
         retry_when_locked(lambda p=path: client.log_artifact(run_id, str(p)))
     if preset is not None:
-        retry_when_locked(lambda: client.log_artifact(run_id, str(preset), "experiment"))
+        folder = str(preset.parent.relative_to(output_dir))
+        retry_when_locked(lambda: client.log_artifact(run_id, str(preset), folder))
     experiment_id = client.get_run(run_id).info.experiment_id
     _sync_trial_runs(client, run_id, experiment_id, study)
     end_parent(client, run_id, status)
