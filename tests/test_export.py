@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from mnist.context import JobContext
@@ -189,6 +190,28 @@ def test_a_failed_check_or_an_interrupted_export_keeps_the_previous_file(
     with pytest.raises(KeyboardInterrupt):
         run_export(cfg, tmp_path / "run")
     assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"previous"
+
+
+def test_without_ckpt_the_champion_is_exported_as_predict_would_use_it(tiny_cfg, tmp_path, capsys):
+    """The model to ship is the one promoted (models:/mnist@champion, scripts/promote.py),
+    where predict.py and Classifier.load() take it from; else the latest finished run."""
+    champion = run_training(tiny_cfg(), JobContext(output_dir=tmp_path / "a"))["run_id"]
+    latest = run_training(tiny_cfg("seed=1"), JobContext(output_dir=tmp_path / "b"))["run_id"]
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("mnist")
+    client.create_model_version("mnist", f"runs:/{champion}/model", run_id=champion)
+    client.set_registered_model_alias("mnist", "champion", "1")
+
+    def exported(*overrides: str) -> str:
+        cfg = compose_config(
+            [f"paths.mlruns={tmp_path / 'mlruns'}", "format=torchscript", *overrides], "export"
+        )
+        run_export(cfg, tmp_path / "export")
+        return capsys.readouterr().out.splitlines()[0]
+
+    assert exported() == f"Model: models:/mnist@champion, run {champion} (checkpoints/best.pt)"
+    assert exported("registered_model=null") == f"Model: run {latest} (checkpoints/best.pt)"
 
 
 def test_a_channels_last_model_exports_as_a_plain_one_and_stays_as_it_was(checkpoint, tmp_path):

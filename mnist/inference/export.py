@@ -174,7 +174,8 @@ def run_export(cfg: DictConfig, output_dir: Path) -> Path:
     ckpt = None if cfg.ckpt is None else Path(str(cfg.ckpt)).expanduser()
     if ckpt is not None and path.exists() and ckpt.exists() and path.samefile(ckpt):
         raise ConfigError(f"out={cfg.out} is the checkpoint itself; name another file")
-    loaded = load_model(cfg.ckpt, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns))
+    uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
+    loaded = load_model(cfg.ckpt, uri, cfg.registered_model)
     with written_atomically(path) as staged:
         write_model(loaded.model, staged, fmt)
         difference = check_export(staged, fmt, loaded.model, _check_batches())
