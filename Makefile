@@ -73,7 +73,7 @@ ui: setup
 # The repository's store behind a tracking server, for jobs in other processes or on other
 # machines: MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT) python scripts/train.py -m ...
 # Artifacts go through the server into mlruns/artifacts. Loopback only: reach it from a
-# cluster through an SSH tunnel (see README).
+# cluster through an SSH tunnel (docs/sweeps.md#parallel-cluster-server).
 server: setup
 	$(MLFLOW_SERVE) server --backend-store-uri sqlite:///$(STORE)/mlflow.db \
 		--artifacts-destination $(STORE)/artifacts --host 127.0.0.1 --port $(PORT) \

@@ -99,7 +99,8 @@ def keep_freed_memory() -> bool:
     MiB each) gets fresh mmap pages and returns them when freed, so every step pays page
     faults (glibc only raises that threshold gradually). Measured on the 2-core CPU:
     +25-30% training throughput with one thread (as in parallel sweeps), none with two
-    (README, Performance). Returns False where malloc is not glibc's (nothing changes)."""
+    (docs/performance.md#what-each-switch-did). Returns False where malloc is not glibc's
+    (nothing changes)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
