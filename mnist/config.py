@@ -20,6 +20,7 @@ from mnist.models import build_model
 from mnist.models.checks import check_forward
 from mnist.paths import REPO_ROOT
 from mnist.training.device import (
+    MAX_NUM_THREADS,
     available,
     determinism_problem,
     precision_problem,
@@ -270,8 +271,11 @@ def _device_problems(device: DictConfig, precision: str) -> Iterator[str]:
     if not (isinstance(device.malloc_tuning, bool) or device.malloc_tuning == "auto"):
         yield f"device.malloc_tuning={device.malloc_tuning!r} must be auto, true or false"
     threads = device.num_threads
-    if threads is not None and (not _is_int(threads) or threads < 1):
-        yield f"device.num_threads={threads!r} must be >= 1, or null for PyTorch's default"
+    if threads is not None and not (_is_int(threads) and 1 <= threads <= MAX_NUM_THREADS):
+        yield (
+            f"device.num_threads={threads!r} must be an integer between 1 and "
+            f"{MAX_NUM_THREADS} (this machine's CPUs), or null for PyTorch's default"
+        )
     name = device.name
     if name != "auto" and not available(name):
         yield (

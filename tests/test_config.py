@@ -223,6 +223,10 @@ LATE_FAILURES = [
     (["optimizer=sgd", "optimizer.weight_decay=20"], "decays every weight by 1 of itself (lr x"),
     (["optimizer=adamw", "optimizer.weight_decay=1e30"], "below 2000 (or optimizer.lr)"),
     (["optimizer=adadelta", "optimizer.weight_decay=1e4"], "(Adadelta's first step, lr x sqrt"),
+    # Issue 30: torch takes any thread count, then the process segfaulted at its first
+    # operation (100000), or torch raised a traceback (past a C int).
+    (["device.num_threads=100000"], "device.num_threads=100000 must be an integer between 1 and"),
+    (["device.num_threads=2147483648"], "device.num_threads=2147483648 must be an integer"),
 ]
 
 

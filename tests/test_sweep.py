@@ -116,16 +116,20 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
 def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
     synthetic_root, tmp_path, empty_mlflow_db
 ):
-    """A job can fail before its MLflow run opens, on a value no validation refuses
-    (torch's thread count is a C int): it becomes a FAILED child with its error, beside
-    a job that failed inside its run, and the parent counts the jobs Hydra launched."""
+    """A job can fail before its MLflow run opens, on something no validation sees (here a
+    directory where it writes its config.yaml): it becomes a FAILED child with its error,
+    beside a job that failed inside its run, and the parent counts the jobs Hydra launched."""
     (tmp_path / "mlruns").mkdir()
     shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "broken.yaml").write_text(BROKEN_MODEL)
+    sweep_dir = tmp_path / "outputs" / "sweep"
+    for job in (1, 3):  # the seed=1 jobs
+        (sweep_dir / str(job) / "config.yaml").mkdir(parents=True)
     sweep = run_train_script(
         "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
-        "model=fast,broken", "device.num_threads=1,2147483648", "logger.log_model=true",
+        "model=fast,broken", "seed=0,1", "logger.log_model=true",
+        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
     )  # fmt: skip
     assert sweep.returncode == 1
     assert "Sweep parent run" in sweep.stdout + sweep.stderr
@@ -136,24 +140,27 @@ def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
     assert parent.info.status == "FAILED"
     assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("4", "3")
     assert [(r.info.run_name, r.info.status) for r in children] == [
-        ("fast device.num_threads=1", "FINISHED"),
-        ("fast device.num_threads=2147483648", "FAILED"),
-        ("broken device.num_threads=1", "FAILED"),
-        ("broken device.num_threads=2147483648", "FAILED"),
+        ("fast seed=0", "FINISHED"),
+        ("fast seed=1", "FAILED"),
+        ("broken seed=0", "FAILED"),
+        ("broken seed=1", "FAILED"),
     ]
-    for run in (children[1], children[3]):
-        assert run.data.tags["error"] == "ValueError: Overflow when unpacking long"
+    for job, run in ((1, children[1]), (3, children[3])):
+        blocked = sweep_dir / str(job) / "config.yaml"
+        error = f"IsADirectoryError: [Errno 21] Is a directory: '{blocked}'"
+        assert run.data.tags["error"] == error
     assert "error" not in children[2].data.tags  # its own run, ended FAILED by the job
 
     config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
     compare(config, tmp_path / "compare")
     rows = read_csv(tmp_path / "compare" / "table.csv")
-    # A row per config (device.num_threads is a param): the finished one first.
-    assert [(r["model"], r["device.num_threads"], r["runs"], r["failed"]) for r in rows] == [
-        ("fast", "1", "1", "0"),
-        ("fast", "2147483648", "0", "1"),
-        ("broken", "1", "0", "1"),
-        ("broken", "2147483648", "0", "1"),
+    # The finished config first; a job that failed before its run opened logged no params
+    # (its augmentation is n/a): a row of its own.
+    assert [(r["model"], r["augmentation"], r["runs"], r["failed"]) for r in rows] == [
+        ("fast", "none", "1", "0"),
+        ("fast", "n/a", "0", "1"),
+        ("broken", "none", "0", "1"),
+        ("broken", "n/a", "0", "1"),
     ]
     incomplete = f"sweep {parent.info.run_id} is incomplete: 1 of its 4 jobs finished"
     assert incomplete in (tmp_path / "compare" / "table.md").read_text()
@@ -201,6 +208,22 @@ def test_a_sweep_with_an_invalid_job_is_refused_before_it_starts(synthetic_root,
     ]
     assert not (tmp_path / "mlruns").exists()  # no parent run, no job run
     assert not (tmp_path / "outputs").exists()  # no sweep directory
+
+
+def test_a_sweep_with_a_thread_count_torch_cannot_start_is_refused_before_it_starts(
+    synthetic_root, tmp_path
+):
+    """Issue 30: the first job's 100000 threads left the sweep's one process without memory,
+    the next job failed too, and the parent run stayed RUNNING: now no job starts."""
+    sweep = run_train_script(
+        *sweep_overrides(synthetic_root, tmp_path), "device.num_threads=100000,1"
+    )
+    assert sweep.returncode == 2
+    (line,) = sweep.stderr.splitlines()
+    assert line.startswith("error: sweep job 0 (device.num_threads=100000): Invalid config: ")
+    assert line.endswith("[1 of 2 jobs invalid; none was started]")
+    assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_typo_in_a_sweep_gets_hydras_error_as_in_a_single_run(synthetic_root, tmp_path):

@@ -114,6 +114,10 @@ def keep_freed_memory() -> bool:
 # The thread count torch chose for this process (one per core, or what a launcher set in
 # the environment before torch was imported): device.num_threads=null means this.
 DEFAULT_NUM_THREADS = torch.get_num_threads()
+# The most device.num_threads may be: one thread per logical CPU of the machine. More only
+# slow the run down, and torch does not refuse them: it starts them at the first operation,
+# and where the system cannot (100000) the process crashes, or is left without memory.
+MAX_NUM_THREADS = os.cpu_count() or 1
 
 
 def configure_torch(device: torch.device, settings: DictConfig, deterministic: bool) -> None:
