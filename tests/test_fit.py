@@ -7,13 +7,19 @@ import signal
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from mnist.errors import TrainingInterrupted
+from mnist.config import validate_config
+from mnist.data.batches import batch_indices
+from mnist.errors import ConfigError, TrainingInterrupted
+from mnist.recipes import CONF_DIR
 from mnist.tools.reproduce import TIMING_METRICS
-from mnist.training.build import initial_model
+from mnist.training.build import build_learner, initial_model
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.evaluation import evaluate
 from mnist.training.resume import eager
+from tests.helpers import compose_config
 from tests.helpers.training import CPU, prepare, run_fit
 
 
@@ -54,6 +60,48 @@ def test_cosine_schedule_anneals_every_step_to_its_minimum(tiny_cfg, tmp_path):
     expected = [low + (lr - low) * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]
     assert lrs(logged) == pytest.approx(expected)
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(low)
+
+
+SCHEDULES = sorted(path.stem for path in (CONF_DIR / "scheduler").glob("*.yaml"))
+SCHEDULE_CONFIGS = {name: compose_config(["device=cpu", f"scheduler={name}"]) for name in SCHEDULES}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    schedule=st.sampled_from(SCHEDULES),
+    train_size=st.integers(1, 128),
+    batch_size=st.integers(1, 160),
+    epochs=st.integers(1, 4),
+)
+# Issue 30: 4 steps, where one-cycle's one-step warm-up raised ZeroDivisionError.
+@example(schedule="onecycle", train_size=600, batch_size=128, epochs=1)
+def test_every_small_run_steps_its_whole_schedule_or_is_refused(
+    schedule, train_size, batch_size, epochs
+):
+    """Every run length (data.train_subset images, trainer.batch_size, trainer.epochs) of
+    every schedule: the optimizer and schedule built as training builds them step through
+    every batch the loop draws and every epoch end, or the config is refused in one line."""
+    cfg = SCHEDULE_CONFIGS[schedule].copy()
+    cfg.data.train_subset, cfg.trainer.batch_size, cfg.trainer.epochs = (
+        train_size, batch_size, epochs,
+    )  # fmt: skip
+    try:
+        validate_config(cfg)
+    except ConfigError as e:
+        assert "\n" not in str(e)
+        return
+    learner = build_learner(cfg, torch.nn.Linear(1, 1), CPU, train_size)
+    batches = len(list(batch_indices(torch.arange(train_size), batch_size, drop_last=True)))
+    for _ in range(epochs):
+        for _ in range(batches):
+            learner.optimizer.step()
+            if learner.schedule and learner.schedule.interval == "step":
+                learner.schedule.scheduler.step()
+        if learner.schedule and learner.schedule.interval == "epoch":
+            learner.schedule.scheduler.step()
+        elif learner.schedule and learner.schedule.interval == "plateau":
+            learner.schedule.scheduler.step(0.5)
+        assert 0 <= learner.optimizer.param_groups[0]["lr"] < math.inf
 
 
 def test_plateau_schedule_cuts_the_rate_when_validation_stalls(tiny_cfg, tmp_path):
