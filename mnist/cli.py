@@ -1,7 +1,8 @@
 """Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths,
-mnist.recipes, mnist.redact and mnist.job_dir, so that Hydra answers --help and --cfg before
-torch is ever imported. Every script imports this module first: from then on no log line
-shows a secret, and a script of one checkout never runs the package of another."""
+mnist.recipes, mnist.redact, mnist.overrides and mnist.job_dir, so that Hydra answers --help
+and --cfg before torch is ever imported. Every script imports this module first: from then
+on no log line shows a secret, and a script of one checkout never runs the package of
+another."""
 
 import atexit
 import logging
@@ -28,6 +29,7 @@ from mnist.errors import (
     TrainingInterrupted,
 )
 from mnist.job_dir import discard_job_dir
+from mnist.overrides import refuse_unresolvable
 from mnist.redact import overrides_without_credentials, redact, redact_log_records
 
 redact_log_records()
@@ -40,10 +42,14 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
     directory Hydra made for the job goes if the job wrote nothing into it, and so do the
     parents that leaves empty below the job config's paths.outputs."""
     try:
+        if cfg is not None:
+            refuse_unresolvable(cfg)
         yield
     except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
-        discard_job_dir(OmegaConf.select(cfg, "paths.outputs", default=None) if cfg else None)
+        # paths.outputs may itself be the value that does not resolve.
+        outputs = cfg and OmegaConf.select(cfg, "paths.outputs", throw_on_resolution_failure=False)
+        discard_job_dir(outputs or None)
         sys.exit(2)
     except (CheckpointWriteError, TrainingDiverged) as e:
         # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).

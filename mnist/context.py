@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnist.overrides import split_override
+from mnist.overrides import split_override, task_overrides
 
 # Written into the sweep directory by the sweep's callback (mnist/sweeps/callback.py): a file
 # reaches the jobs of every launcher, Slurm jobs on other nodes included (they share the
@@ -72,7 +72,7 @@ class JobContext:
         hydra = HydraConfig.get()
         return cls(
             output_dir=Path(hydra.runtime.output_dir),
-            overrides=list(hydra.overrides.task),
+            overrides=task_overrides(hydra),
             choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
             override_dirname=hydra.job.override_dirname,
             parent_run_id=parent_run_id(hydra),

@@ -1,5 +1,14 @@
 """Hydra command-line overrides as the project reads them: `key=value`, `+key=value`
-(add), `++key=value` (force) and `~key` (delete) all name the same key."""
+(add), `++key=value` (force) and `~key` (delete) all name the same key; read as typed,
+and refused in one line where a value interpolates what does not resolve."""
+
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mnist.errors import ConfigError
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -11,3 +20,37 @@ def split_override(override: str) -> tuple[str, str]:
 def override_key(override: str) -> str:
     """The key or config group an override sets, e.g. "optimizer.lr" for "+optimizer.lr=1"."""
     return split_override(override)[0]
+
+
+def task_overrides(hydra: DictConfig) -> list[str]:
+    """The command line's overrides of a job (`hydra` is its Hydra config), as typed. Read
+    item by item, OmegaConf would resolve each as an interpolation:
+    `logger.run_name=${oc.env:UNSET}` would raise where the value is only text."""
+    return OmegaConf.to_container(hydra.overrides.task)
+
+
+def _interpolations(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, text) of every value that is or holds an interpolation, unresolved."""
+    if isinstance(value, dict | list):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for name, item in items:
+            yield from _interpolations(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, str) and "${" in value:
+        yield key, value
+
+
+def refuse_unresolvable(cfg: DictConfig) -> None:
+    """ConfigError naming the first value of the job's config (Hydra's own `hydra` node
+    aside) whose interpolation does not resolve, such as `${oc.env:UNSET}` or `${evil:x}`
+    typed on the command line: otherwise the job fails with a traceback where it first
+    reads the value, after Hydra wrote its directory."""
+    job = {key: value for key, value in OmegaConf.to_container(cfg).items() if key != "hydra"}
+    for key, text in _interpolations(job):
+        try:
+            OmegaConf.select(cfg, key)
+        except OmegaConfBaseException as e:
+            reason = str(e).strip().partition("\n")[0]
+            raise ConfigError(
+                f"{key}={text!r} does not resolve ({reason}): fix the interpolation, or write "
+                f"its text as \\${{...}} to mean the text itself"
+            ) from e

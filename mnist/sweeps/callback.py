@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_run_id
+from mnist.overrides import task_overrides
 from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
 from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_sweep_parent, sweep_sha256
@@ -42,7 +43,7 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    lines = [*config.hydra.overrides.task, *(f"{key}={value}" for key, value in params.items())]
+    lines = [*task_overrides(config.hydra), *(f"{key}={value}" for key, value in params.items())]
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     swept: dict[str, str] = {}
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
@@ -137,7 +138,7 @@ class MlflowSweep(Callback):
         if run_id is None:
             tags = {
                 "sweep.dir": str(sweep_dir),
-                "hydra.overrides": " ".join(config.hydra.overrides.task),
+                "hydra.overrides": " ".join(task_overrides(config.hydra)),
                 SWEEP_HASH_TAG: sweep_hash,
             }
             name = f"sweep {'/'.join(sweep_dir.parts[-2:])}"

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from mnist.cli import exit_on_user_error
 from mnist.errors import ConfigError
+from mnist.overrides import refuse_unresolvable, task_overrides
 from mnist.sweeps.internals import BASIC_SWEEPER, basic_sweeper_jobs, report_as_hydra
 
 
@@ -22,7 +23,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
         return None
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    overrides = parser.parse_overrides([*params, *task_overrides(config.hydra)])
     return basic_sweeper_jobs(overrides)
 
 
@@ -49,6 +50,7 @@ def validate_sweep(config: DictConfig) -> None:
     invalid = []
     for number, (overrides, job_config) in enumerate(zip(jobs, configs, strict=True)):
         try:
+            refuse_unresolvable(job_config)
             validate_config(job_config)
         except ConfigError as e:
             swept = [o for o in overrides if any(o not in job for job in jobs)] or overrides

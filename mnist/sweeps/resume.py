@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist.context import JobContext
-from mnist.overrides import override_key
+from mnist.overrides import override_key, task_overrides
 from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
 from mnist.tracking import store
 from mnist.tracking.parent import children, reopen_parent
@@ -33,7 +33,7 @@ def sweep_sha256(config: DictConfig) -> str:
     hydra.launcher.n_jobs): a sweep stopped under one launcher resumes under another."""
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     kept = []
-    for override in config.hydra.overrides.task:
+    for override in task_overrides(config.hydra):
         key = override_key(override)
         if key not in excluded and not key.startswith(("hydra/launcher", "hydra.launcher.")):
             kept.append(override)
