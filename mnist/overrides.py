@@ -29,12 +29,12 @@ def task_overrides(hydra: DictConfig) -> list[str]:
     return OmegaConf.to_container(hydra.overrides.task)
 
 
-def _interpolations(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+def interpolations_in(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
     """(dotted key, text) of every value that is or holds an interpolation, unresolved."""
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list | tuple):
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for name, item in items:
-            yield from _interpolations(item, f"{key}.{name}" if key else str(name))
+            yield from interpolations_in(item, f"{key}.{name}" if key else str(name))
     elif isinstance(value, str) and "${" in value:
         yield key, value
 
@@ -45,7 +45,7 @@ def refuse_unresolvable(cfg: DictConfig) -> None:
     typed on the command line: otherwise the job fails with a traceback where it first
     reads the value, after Hydra wrote its directory."""
     job = {key: value for key, value in OmegaConf.to_container(cfg).items() if key != "hydra"}
-    for key, text in _interpolations(job):
+    for key, text in interpolations_in(job):
         try:
             OmegaConf.select(cfg, key)
         except OmegaConfBaseException as e:

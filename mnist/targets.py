@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.errors import ConfigError, UnsafeConfigError, UnsafeModelConfig
 from mnist.models import model_class
+from mnist.overrides import interpolations_in
 from mnist.training.optim import OPTIMIZERS
 
 
@@ -45,19 +46,6 @@ def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             yield from targets_in(item, f"{path}[{index}]")
-
-
-def interpolations_in(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """(where, text) for every string in `value` that OmegaConf would read as an
-    interpolation, in dicts and lists at any depth."""
-    if isinstance(value, str) and "${" in value:
-        yield path or "<top level>", value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from interpolations_in(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            yield from interpolations_in(item, f"{path}[{index}]")
 
 
 def refuse_unsafe_config(config: Mapping[str, Any] | DictConfig, source: str) -> None:
