@@ -22,11 +22,10 @@ from mnist.errors import (
     CheckpointWriteError,
     ConfigError,
     DataError,
+    Interrupted,
     ModelConfigError,
-    SearchInterrupted,
     TrackingError,
     TrainingDiverged,
-    TrainingInterrupted,
 )
 from mnist.job_dir import discard_job_dir
 from mnist.overrides import refuse_unresolvable
@@ -55,9 +54,15 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)
-    except (TrainingInterrupted, SearchInterrupted) as e:
-        print(f"stopped: {redact(str(e))}", file=sys.stderr)
-        sys.exit(130)
+    except Interrupted as e:
+        sys.exit(_stopped(e))
+
+
+def _stopped(e: KeyboardInterrupt) -> int:
+    """Says in one line how the command stopped and how to go on; returns its exit status
+    (130 for Ctrl-C)."""
+    print(f"stopped: {redact(str(e)) or 'interrupted'}", file=sys.stderr)
+    return e.status if isinstance(e, Interrupted) else Interrupted.status
 
 
 def run(main: Callable[[], object]) -> NoReturn:
@@ -81,6 +86,10 @@ def run(main: Callable[[], object]) -> NoReturn:
         main()
     except SystemExit as e:
         code = e.code
+    except KeyboardInterrupt as e:
+        # Outside a job's own handling (exit_on_user_error): a sweep's launcher stopped by a
+        # signal (mnist/sweeps/stop.py), or Ctrl-C before a job could stop cleanly.
+        code = _stopped(e)
     else:
         code = 0
     if code is None or isinstance(code, int):

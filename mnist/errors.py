@@ -2,6 +2,7 @@
 heavy: the entry points catch these (mnist/cli.py) without importing torch or MLflow, and
 each stage raises the one that names whose problem it is."""
 
+import signal
 from pathlib import Path
 
 
@@ -55,16 +56,23 @@ class ExportError(RuntimeError):
     or the runtime, not of the config, so the file is deleted rather than shipped."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal after writing a resumable checkpoint. A
-    KeyboardInterrupt, so the MLflow run is closed as KILLED, not FAILED."""
+class Interrupted(KeyboardInterrupt):
+    """A command stopped on a signal, consistently: the message says how to go on, and the
+    process exits with `status`. A KeyboardInterrupt, so the MLflow run is closed as
+    KILLED, not FAILED."""
+
+    status = 130  # a shell's status for a command that Ctrl-C (SIGINT) stopped
+
+
+class TrainingInterrupted(Interrupted):
+    """Training stopped on a signal after writing a resumable checkpoint."""
 
     def __init__(self, checkpoint: Path) -> None:
         super().__init__(f"training interrupted; resume with trainer.resume={checkpoint}")
         self.checkpoint = checkpoint
 
 
-class SearchInterrupted(KeyboardInterrupt):
+class SearchInterrupted(Interrupted):
     """A hyperparameter search stopped on a signal with its study consistent: the trial
     that was running is queued to run again when the same command continues the study."""
 
@@ -72,3 +80,16 @@ class SearchInterrupted(KeyboardInterrupt):
         super().__init__(
             f"search interrupted; run the same command again to continue study {study!r}"
         )
+
+
+class SweepInterrupted(Interrupted):
+    """A sweep's launcher stopped on `signum` once its jobs' runs had stopped (KILLED, with
+    a last.pt). It exits with the signal's conventional status, 128 + its number (143 for
+    SIGTERM), as a shell reports a command that the signal ended."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"sweep stopped by {signal.Signals(signum).name}; run the same command with "
+            "sweep.resume=true to continue it"
+        )
+        self.status = 128 + signum

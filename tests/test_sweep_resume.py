@@ -1,6 +1,7 @@
 """Stopped sweeps resume: what identifies a job (the config hash) and a sweep (its command
 line), and, end to end through the real script and launchers, a 4-job sweep stopped with
-SIGTERM to its launcher after 2 jobs finished, then run again with sweep.resume=true."""
+SIGTERM to its launcher after 2 jobs finished, then run again with sweep.resume=true; a
+stopped launcher says so in one line and exits with the signal's status."""
 
 import contextlib
 import os
@@ -176,6 +177,57 @@ def _sweep_until_two_jobs_finished(command: list[str], store: Path, log: Path) -
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def _both_jobs_training(store: Path) -> bool:
+    runs = _runs(store).values()
+    return len(runs) == 2 and all(status == "RUNNING" and trained for status, trained in runs)
+
+
+# A joblib sweep: the launcher and two workers each import torch and MLflow (~30 s on 2 cores).
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "to_group", "status"),
+    [(signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)],
+    ids=["SIGTERM to the launcher", "Ctrl-C"],
+)
+def test_a_stopped_joblib_sweep_ends_in_one_line_with_the_signals_status(
+    signum, to_group, status, synthetic_root, tmp_path
+):
+    """It printed a KeyboardInterrupt traceback and exited 1; on Ctrl-C, joblib killed the
+    workers while they were stopping, and a run could stay RUNNING."""
+    store = tmp_path / "mlruns" / "mlflow.db"
+    command = [
+        sys.executable, str(TRAIN_SCRIPT), "-m",
+        *[o for o in tiny_overrides(synthetic_root, tmp_path) if o != "trainer.epochs=2"],
+        "trainer.epochs=1000", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    ]  # fmt: skip
+    log, errors = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with log.open("w") as out, errors.open("w") as err:
+        launcher = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not _both_jobs_training(store):
+            assert launcher.poll() is None, errors.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the jobs did not start in 10 minutes"
+            time.sleep(0.2)
+        if to_group:  # as a terminal sends Ctrl-C: to every process of the foreground group
+            os.killpg(launcher.pid, signum)
+        else:
+            launcher.send_signal(signum)
+        assert launcher.wait(timeout=300) == status, errors.read_text()[-3000:]
+        _wait_until_gone(launcher.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    stderr = errors.read_text()
+    assert "Traceback" not in stderr + log.read_text()
+    name = signal.Signals(signum).name
+    assert [line for line in stderr.splitlines() if line.startswith("stopped: sweep")] == [
+        f"stopped: sweep stopped by {name}; run the same command with sweep.resume=true to "
+        "continue it"
+    ]
+    assert {status for status, _ in _runs(store).values()} == {"KILLED"}
 
 
 def _wait_until_gone(group: int, timeout_s: float = 60) -> None:

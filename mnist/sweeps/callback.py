@@ -23,7 +23,7 @@ from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
 from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_sweep_parent, sweep_sha256
 from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
-from mnist.sweeps.stop import stop_jobs_on_sigterm
+from mnist.sweeps.stop import stop_jobs_on_signals
 from mnist.tracking import store
 from mnist.tracking.parent import children, end_parent, open_parent
 from mnist.tracking.store import PARENT_TAG
@@ -99,14 +99,14 @@ class MlflowSweep(Callback):
     `on_multirun_end`: FINISHED only when every job launched has a FINISHED child (a job
     that fails before its run opens gets a FAILED one: `on_job_end`). Hydra skips
     `on_multirun_end` when a job raises, so an exit hook ends the parent (FAILED) in that
-    case too. In between, SIGTERM to the launcher stops the jobs cleanly
+    case too. In between, SIGTERM or SIGINT to the launcher stops the jobs cleanly
     (mnist/sweeps/stop.py)."""
 
     def __init__(self) -> None:
         # tracking URI, experiment id, parent run id, sweep directory, number of jobs (None
         # under a sweeper other than Hydra's basic one: its jobs are known as it runs them)
         self._parent: tuple[str, str, str, Path, int | None] | None = None
-        self._restore_sigterm: Callable[[], None] = lambda: None
+        self._restore_signals: Callable[[], None] = lambda: None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -152,7 +152,7 @@ class MlflowSweep(Callback):
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
         self._parent = (uri, experiment_id, run_id, sweep_dir, job_count)
         atexit.register(self._end_parent)
-        self._restore_sigterm = stop_jobs_on_sigterm(uri, experiment_id, run_id)
+        self._restore_signals = stop_jobs_on_signals(uri, experiment_id, run_id)
         log.info(
             "Sweep parent run %s in MLflow experiment %r (%s)",
             run_id,
@@ -165,7 +165,7 @@ class MlflowSweep(Callback):
             record_failed_job(config, job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._restore_sigterm()
+        self._restore_signals()
         atexit.unregister(self._end_parent)
         self._end_parent(sweep_completed=True)
 

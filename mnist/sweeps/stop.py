@@ -3,7 +3,9 @@ jobs as Ctrl-C in its terminal would, so that `sweep.resume=true` can continue i
 would otherwise end the launcher at once: its parent run stays RUNNING and joblib's worker
 processes, which a signal to the launcher does not reach, go on training the queued jobs
 as orphans. So the launcher forwards the stop to its workers, waits for their runs to end
-(KILLED, with a last.pt), and then stops itself."""
+(KILLED, with a last.pt), and then stops itself. Ctrl-C (SIGINT) reaches the workers from
+the terminal: the launcher only waits for them, where joblib would kill them mid-stop.
+Either way the launcher ends in one line, with the signal's status (143, 130)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mnist.errors import SweepInterrupted
 from mnist.sweeps.internals import joblib_workers
 from mnist.tracking.parent import children
 from mnist.training.signals import install_handler
@@ -34,28 +37,35 @@ def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[s
     return {run.info.run_id for run in runs}
 
 
-def stop_jobs_on_sigterm(uri: str, experiment_id: str, parent_run_id: str) -> Callable[[], None]:
-    """Install the launcher's SIGTERM handler; returns what puts the previous one back. In
-    the basic launcher the job runs in this process, and its own handler stops it cleanly
-    while it trains (mnist/training/signals.py); this one acts between the jobs' steps."""
+def _forward_ctrl_c(workers: list[int]) -> None:
+    """SIGINT, as Ctrl-C sends it: a job stops cleanly at its next step, and a worker
+    between jobs gets a KeyboardInterrupt rather than dying at once, which would make loky
+    kill the other workers mid-checkpoint."""
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+
+
+def stop_jobs_on_signals(uri: str, experiment_id: str, parent_run_id: str) -> Callable[[], None]:
+    """Install the launcher's SIGTERM and SIGINT handler; returns what puts the previous
+    ones back. In the basic launcher the job runs in this process, and its own handler
+    stops it cleanly while it trains (mnist/training/signals.py); this one acts between
+    the jobs' steps."""
 
     def stop(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        restore()  # a second signal ends the launcher at once
         workers = joblib_workers()
-        log.warning("SIGTERM: stopping the sweep (%d worker processes); continue it by "
-                    "running the same command with sweep.resume=true", len(workers))  # fmt: skip
+        name = signal.Signals(signum).name
+        log.warning("%s: stopping the sweep (%d worker processes)", name, len(workers))
         if workers:
             running = _running_children(uri, experiment_id, parent_run_id)
-            for pid in workers:
-                # SIGINT, as Ctrl-C sends it: a job stops cleanly at its next step, and a
-                # worker between jobs gets a KeyboardInterrupt rather than dying at once,
-                # which would make loky kill the other workers mid-checkpoint.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
+            if signum == signal.SIGTERM:  # Ctrl-C's SIGINT reached them from the terminal
+                _forward_ctrl_c(workers)
             deadline = time.monotonic() + GRACE_S
             while running and time.monotonic() < deadline:
                 time.sleep(0.5)
                 running &= _running_children(uri, experiment_id, parent_run_id)
-        raise KeyboardInterrupt
+        raise SweepInterrupted(signum)
 
-    return install_handler(stop, (signal.SIGTERM,))
+    restore = install_handler(stop)
+    return restore
