@@ -24,6 +24,7 @@ from mnist.errors import (
     DataError,
     Interrupted,
     ModelConfigError,
+    RunFailed,
     TrackingError,
     TrainingDiverged,
 )
@@ -50,7 +51,7 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         outputs = cfg and OmegaConf.select(cfg, "paths.outputs", throw_on_resolution_failure=False)
         discard_job_dir(outputs or None)
         sys.exit(2)
-    except (CheckpointWriteError, TrainingDiverged) as e:
+    except (CheckpointWriteError, RunFailed, TrainingDiverged) as e:
         # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)

@@ -47,6 +47,12 @@ class CheckpointWriteError(RuntimeError):
     path and what was kept. The run fails, and resumes from the previous checkpoint."""
 
 
+class RunFailed(RuntimeError):
+    """A run stopped by what is around it, not by its config: its MLflow store failed or
+    went away, or a disk filled. The message says what failed, where the run's files are
+    kept and how to go on: the command that resumes it, where it has a last.pt."""
+
+
 class ImageError(ValueError):
     """An input that is not a usable image of a digit; the message names it and why."""
 

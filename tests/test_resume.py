@@ -1,16 +1,24 @@
 """Resuming a run safely (issue 12): a FINISHED run is refused, one job per run at a time,
-no leftovers of killed writes, a full disk named, and overrides that cannot apply named."""
+no leftovers of killed writes, a full disk named (mid-run, under the outputs or the store:
+one line, resume suggested where a last.pt exists), and overrides that cannot apply named."""
 
+import logging
+import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import LoggedModelStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
 
 import mnist.training.checkpoint as checkpoint_module
+from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import CheckpointWriteError, ConfigError
 from mnist.tools.reproduce import compare_runs
@@ -64,13 +72,14 @@ def written_to_a_full_disk(path: Path):
     yield FULL_DEVICE
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path) -> Iterator[Path]:
-    """A real 1 MB file system (tmpfs), mounted for the test: a disk that fills up."""
-    mount_point = tmp_path / "small-disk"
+@contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` (tmpfs) at `mount_point` for the block: a disk that
+    fills up. Unmounted lazily: MLflow keeps a store's database open until the process
+    ends."""
     mount_point.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if mounted.returncode != 0:
@@ -78,7 +87,38 @@ def small_tmpfs(tmp_path) -> Iterator[Path]:
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[Path]:
+    """A real 1 MB file system (tmpfs), mounted for the test: a disk that fills up."""
+    with tmpfs(tmp_path / "small-disk", "1m") as disk:
+        yield disk
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Writes one file on `disk` that leaves `leave` bytes free."""
+    free = os.statvfs(disk)
+    (disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - leave))
+
+
+def filled_after_epoch(epoch: int, disk: Path, leave: int = 0) -> Callable[[dict, int], None]:
+    """An epoch observer that fills `disk` once `epoch` is logged: after its best.pt, before
+    its last.pt (mnist/training/loop.py)."""
+
+    def observe(metrics: dict[str, float], logged: int) -> None:
+        if logged == epoch:
+            fill(disk, leave)
+
+    return observe
+
+
+def exit_and_stderr(cfg: DictConfig, ctx: JobContext, capsys) -> tuple[int, list[str]]:
+    """run_training as scripts/train.py runs it: its exit status and its lines on stderr."""
+    with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+        run_training(cfg, ctx)
+    return exited.value.code, capsys.readouterr().err.splitlines()
 
 
 def test_a_checkpoint_that_fills_a_real_disk_is_named_in_one_line(small_tmpfs):
@@ -120,13 +160,18 @@ def test_a_run_that_fills_the_disk_fails_and_resumes_exactly(tiny_cfg, tmp_path,
         return written_to_a_full_disk(path) if writes.count("last.pt") == 2 else real(path)
 
     run_dir = tmp_path / "full"
-    with monkeypatch.context() as patch, pytest.raises(CheckpointWriteError, match="no space"):
+    with monkeypatch.context() as patch, pytest.raises(CheckpointWriteError) as failed:
         patch.setattr(checkpoint_module, "written_atomically", second_last_pt_fills_the_disk)
         run_training(tiny_cfg(), JobContext(output_dir=run_dir))
     client = store(tmp_path)
     (run,) = runs_in(client)
     assert run.info.status == "FAILED"
     last = run_dir / "checkpoints" / "last.pt"
+    assert str(failed.value) == (
+        f"no space left on {last.parent} while writing last.pt (the previous last.pt is "
+        f"intact); once that is fixed, resume the run: python scripts/train.py "
+        f"trainer.resume={last}"
+    )
     assert load_checkpoint(last)["progress"]["epoch"] == 2  # epoch 1's, intact
 
     resumed = run_training(tiny_cfg(f"trainer.resume={last}"), JobContext(output_dir=tmp_path))
@@ -136,3 +181,59 @@ def test_a_run_that_fills_the_disk_fails_and_resumes_exactly(tiny_cfg, tmp_path,
     reference = run_training(tiny_cfg(), JobContext(output_dir=tmp_path / "reference"))
     rows = compare_runs(client, reference["run_id"], resumed["run_id"])
     assert [row.name for row in rows if not row.matches(0)] == []
+
+
+def test_a_first_last_pt_on_a_full_disk_says_to_run_the_command_again_not_to_resume(
+    tiny_cfg, tmp_path, capsys
+):
+    """It said to resume the run, and resuming was refused: it had no last.pt."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        ctx = JobContext(output_dir=disk / "run", epoch_observer=filled_after_epoch(1, disk))
+        status, lines = exit_and_stderr(tiny_cfg(), ctx, capsys)
+        assert not (ctx.output_dir / "checkpoints" / "last.pt").exists()
+    assert status == 1
+    assert lines == [
+        f"error: no space left on {disk}/run/checkpoints while writing last.pt (nothing was "
+        "written); once that is fixed, run the same command again (the run has no last.pt "
+        "to resume from)"
+    ]
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "FAILED"
+
+
+def test_a_store_that_fills_while_the_model_is_logged_fails_the_run_that_then_resumes(
+    tiny_cfg, tmp_path, empty_mlflow_db, capsys, caplog
+):
+    """About 20 tracebacks (MLflow logs each failed SQL statement), and the run stayed
+    RUNNING: the failed upload had taken the space that recording the run's end needs."""
+    with tmpfs(tmp_path / "disk", "16m") as disk:
+        shutil.copy(empty_mlflow_db, disk / "mlflow.db")
+        overrides = [f"paths.mlruns={disk}", "logger.log_model=true"]
+        # After the last epoch, less room than the model needs: its upload fails.
+        observer = filled_after_epoch(2, disk, leave=64 * 1024)
+        ctx = JobContext(output_dir=tmp_path / "run", epoch_observer=observer)
+        with caplog.at_level(logging.WARNING):
+            status, lines = exit_and_stderr(tiny_cfg(*overrides), ctx, capsys)
+        last = ctx.output_dir / "checkpoints" / "last.pt"
+        assert status == 1  # not a refusal (2)
+        (line,) = lines
+        assert line.startswith(
+            f"error: the MLflow store sqlite:///{disk}/mlflow.db failed during the run "
+            "(No space left on device: "
+        ), line
+        assert line.endswith(
+            f"; once that is fixed, resume the run: python scripts/train.py trainer.resume={last}"
+        ), line
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        client = MlflowClient(f"sqlite:///{disk}/mlflow.db")
+        (run,) = runs_in(client)
+        assert run.info.status == "FAILED"
+
+        (disk / "filler").unlink()
+        resume = tiny_cfg(*overrides, f"trainer.resume={last}")
+        run_training(resume, JobContext(output_dir=tmp_path))
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+        models = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        assert [model.status for model in models] == [LoggedModelStatus.READY]

@@ -1,10 +1,12 @@
 """The MLflow store as it really fails (issue 12): created by two runs at once, corrupt,
-named by a relative or unsupported URI, or a server that is down. Real SQLite files and
-real subprocesses; every refusal is one line, before any side effect."""
+named by a relative or unsupported URI, a server that is down or dies mid-run. Real SQLite
+files, servers and subprocesses; every refusal is one line, before any side effect."""
 
 import importlib.util
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,14 +22,29 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import TrackingError
 from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.job import run_training
-from tests.helpers import TRAIN_SCRIPT, run_script, run_train_script, tiny_overrides
+from tests.helpers import (
+    TRAIN_SCRIPT,
+    compose_config,
+    run_script,
+    run_train_script,
+    tiny_overrides,
+)
 from tests.helpers.images import seven, to_uint8
-from tests.helpers.server import ADMIN, mlflow_server, web_server_that_is_not_mlflow
+from tests.helpers.runs import assert_logged_once_per_step
+from tests.helpers.server import (
+    ADMIN,
+    free_port,
+    mlflow_server,
+    start_mlflow_server,
+    stop_server,
+    web_server_that_is_not_mlflow,
+)
 
 
 def closed_port() -> int:
@@ -336,3 +353,48 @@ def test_commands_that_only_read_a_store_work_on_a_read_only_one(tiny_cfg, tmp_p
     assert line.startswith(f"error: MLflow store sqlite:///{mlruns / 'mlflow.db'} is not writable")
     assert line.endswith("or pass log_summary=false to only read it")
     assert {p: p.read_bytes() for p in mlruns.rglob("*") if p.is_file()} == before
+
+
+# A real tracking server started twice, MLflow's retries against it while it is down, and
+# a resume through the script: about a minute on 2 cores.
+@pytest.mark.slow
+def test_a_server_killed_mid_run_ends_it_in_one_line_whose_command_resumes_it(
+    synthetic_root, tmp_path, capsys, caplog
+):
+    """It ended in about 10 chained tracebacks, with no hint that the run could resume."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path, port)
+    try:
+        overrides = [*tiny_overrides(synthetic_root, tmp_path), f"logger.tracking_uri={url}"]
+        cfg = compose_config([*overrides, "trainer.epochs=3"])
+
+        def kill_server_after_epoch_1(metrics: dict[str, float], epoch: int) -> None:
+            if epoch == 1:
+                stop_server(server, signal.SIGKILL)
+
+        ctx = JobContext(output_dir=tmp_path / "run", epoch_observer=kill_server_after_epoch_1)
+        logged = caplog.at_level(logging.WARNING)
+        with logged, pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+            run_training(cfg, ctx)  # as scripts/train.py runs it
+        assert exited.value.code == 1  # not a refusal (2)
+        (line,) = capsys.readouterr().err.splitlines()
+        command = f"python scripts/train.py trainer.resume={ctx.output_dir}/checkpoints/last.pt"
+        assert line.startswith(f"error: the MLflow store {url} failed during the run "
+                               "(Connection refused)"), line  # fmt: skip
+        assert line.endswith(f"; once that is fixed, resume the run: {command}"), line
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+        server = start_mlflow_server(tmp_path, port)  # the same store at the same address
+        resumed = subprocess.run(
+            [sys.executable, *command.split()[1:]],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        client = MlflowClient(url)
+        (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2, 3]
+        assert_logged_once_per_step(client, run.info.run_id)
+    finally:
+        stop_server(server)

@@ -5,6 +5,7 @@ pay."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import platform
@@ -31,11 +32,15 @@ MODEL_CONTRACT = (
 
 # MLflow's notes on every job that the user cannot act on: that the project uses uv, that
 # pip's version cannot be read in a uv environment without pip (a warning), and the start
-# and stop of system metrics.
+# and stop of system metrics. And what a store that fails prints before the error that the
+# job reports in one line (mnist/training/job.py): the traceback of each failed SQL
+# statement, a warning for each retry of a request to a server that is gone.
 QUIETED = {
     "mlflow.utils.uv_utils": logging.WARNING,
     "mlflow.utils.environment": logging.ERROR,
     "mlflow.system_metrics.system_metrics_monitor": logging.WARNING,
+    "mlflow.store.db.utils": logging.CRITICAL,
+    "urllib3.connectionpool": logging.ERROR,
 }
 for _name, _level in QUIETED.items():
     logging.getLogger(_name).setLevel(_level)
@@ -43,11 +48,19 @@ for _name, _level in QUIETED.items():
 
 def _end_run(status: str) -> None:
     """mlflow.end_run forgets the active run before it writes the status, so retrying it
-    could leave the run RUNNING: write the status first, retried, then end the run."""
+    could leave the run RUNNING: write the status first, retried, then end the run. Where
+    the store cannot record it (a server gone, a full disk), the run is forgotten all the
+    same, and stays RUNNING there until it is resumed: MLflow's exit hook would end it as
+    FINISHED, and the next job of this process could not start its own run."""
     import mlflow
 
     run_id = mlflow.active_run().info.run_id
-    retry_when_locked(lambda: mlflow.MlflowClient().set_terminated(run_id, status))
+    try:
+        retry_when_locked(lambda: mlflow.MlflowClient().set_terminated(run_id, status))
+    except Exception:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)  # forgets the run, then tries to record its end again
+        raise
     retry_when_locked(lambda: mlflow.end_run(status))
 
 
@@ -108,7 +121,8 @@ def mlflow_run(
     system_metrics: bool = False,
 ) -> Iterator[Any]:
     """An active MLflow run that always ends: FINISHED, KILLED on Ctrl-C, FAILED on any
-    other exception (re-raised), so a crashed job never leaves a run RUNNING. With
+    other exception (re-raised), so a crashed job never leaves a run RUNNING, unless its
+    store is what failed and cannot record the end (_end_run). With
     `resume_run_id`, the interrupted run is continued instead (its params stay as logged).
     `experiment_tags`: see store.get_or_create_experiment; `system_metrics`: MLflow's
     CPU, memory, disk, network (and GPU, with nvidia-ml-py) metrics under system/."""
@@ -138,11 +152,10 @@ def mlflow_run(
         if not resume_run_id:
             retry_when_locked(lambda: mlflow.log_params(params))
         yield run
-    except KeyboardInterrupt:
-        _end_run("KILLED")
-        raise
-    except BaseException:
-        _end_run("FAILED")
+    except BaseException as stopped:
+        # Where the store is what failed, its first error is the one to report.
+        with contextlib.suppress(Exception):
+            _end_run("KILLED" if isinstance(stopped, KeyboardInterrupt) else "FAILED")
         raise
     _end_run("FINISHED")
 
@@ -186,11 +199,14 @@ def logged_steps() -> set[tuple[str, int]]:
     }
 
 
-def _has_logged_model(name: str) -> bool:
-    """Whether the active run has a complete model `name`; deletes the unfinished ones an
-    interrupted process left (PENDING, with no files), which would shadow it."""
+def _discard_unfinished_models(name: str) -> bool:
+    """Whether the active run has a complete model `name`. Deletes the unfinished ones,
+    files first: those of a process stopped while logging it (PENDING), which would shadow
+    it, and what a failed upload wrote, which on a full disk is the space the run needs to
+    record its end."""
     import mlflow
     from mlflow.entities import LoggedModelStatus
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     run = mlflow.active_run()
     models = mlflow.search_logged_models(
@@ -200,6 +216,7 @@ def _has_logged_model(name: str) -> bool:
     )
     for model in models:
         if model.status != LoggedModelStatus.READY:
+            get_artifact_repository(model.artifact_location).delete_artifacts()
             mlflow.MlflowClient().delete_logged_model(model.model_id)
     return any(model.status == LoggedModelStatus.READY for model in models)
 
@@ -224,25 +241,30 @@ def log_pytorch_model(
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    if _has_logged_model(name):
+    if _discard_unfinished_models(name):
         return None
     # The standard layout: torch.export cannot store channels_last weights whole.
     model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         output = model(example)
-    info = mlflow.pytorch.log_model(
-        model,
-        name=name,
-        signature=infer_signature(example.cpu().numpy(), output.cpu().numpy()),
-        input_example=example.cpu().numpy(),
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-        metadata={"contract": MODEL_CONTRACT},
-        tags={"mlflow.note.content": MODEL_CONTRACT},
-        registered_model_name=registered_name,
-        step=step,
-        validate_serving_input=False,
-    )
+    try:
+        info = mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=infer_signature(example.cpu().numpy(), output.cpu().numpy()),
+            input_example=example.cpu().numpy(),
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            metadata={"contract": MODEL_CONTRACT},
+            tags={"mlflow.note.content": MODEL_CONTRACT},
+            registered_model_name=registered_name,
+            step=step,
+            validate_serving_input=False,
+        )
+    except Exception:
+        with contextlib.suppress(Exception):  # the store may be what failed: raise its error
+            _discard_unfinished_models(name)
+        raise
     if registered_name:
         from mlflow.tracking import MlflowClient
 

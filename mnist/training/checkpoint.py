@@ -28,7 +28,8 @@ _REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORE
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Raises CheckpointWriteError, naming the path, when the file cannot be written."""
+    """Raises CheckpointWriteError, naming the path and what was kept, when the file cannot
+    be written; the job says how to go on (mnist/training/job.py)."""
     path = Path(path)
     try:
         # Through a Python file, a failed write raises the OSError with its errno.
@@ -40,8 +41,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CheckpointWriteError(
-                f"no space left on {path.parent} while writing {path.name} ({kept}); free "
-                "some space, then resume the run"
+                f"no space left on {path.parent} while writing {path.name} ({kept})"
             ) from e
         raise CheckpointWriteError(f"cannot write {path} ({e.strerror or e}); {kept}") from e
     return path

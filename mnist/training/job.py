@@ -24,7 +24,7 @@ from mnist.data.augment import BatchAugment, augmentation_name
 from mnist.data.batches import normalize, to_unit_float
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
-from mnist.errors import ConfigError, TrackingError, TrainingInterrupted
+from mnist.errors import CheckpointWriteError, ConfigError, RunFailed, TrainingInterrupted
 from mnist.job_dir import continue_log_in
 from mnist.models import ModelSummary, format_summary, summarize
 from mnist.models.describe import shape_tags
@@ -59,14 +59,15 @@ PREVIEW_DRAWS = 7
 
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
-    side effect in mlruns/ when the config, the data or the store cannot work, and
-    TrainingInterrupted on SIGINT/SIGTERM at any time until the MLflow run is closed. In a
-    resumed sweep, a job that already finished returns its run's metrics without training."""
+    side effect in mlruns/ when the config, the data or the store cannot work,
+    TrainingInterrupted on SIGINT/SIGTERM at any time until the MLflow run is closed, and
+    CheckpointWriteError or RunFailed when a disk or the store fails. In a resumed sweep, a
+    job that already finished returns its run's metrics without training."""
     cfg, done = sweep_resume.resume_job(cfg, ctx)
     if done is not None:
         return done
     clock = PhaseClock()
-    with _claimed_run(cfg, ctx) as (cfg, uri, resume_state):
+    with _claimed_run(cfg, ctx) as (cfg, uri, resume_state), _failures_explained(uri, ctx):
         return _train(cfg, ctx, uri, resume_state, clock)
 
 
@@ -130,8 +131,7 @@ def _train(
             sizes = {"training": len(train_idx), "validation": len(val_idx),
                      "test": len(data.test_labels)}  # fmt: skip
             log_datasets(data_root, cfg.data, cfg.seed, sizes)
-            with _uploading(uri, ctx.output_dir):
-                runs.log_artifacts(files)  # the config first: a run that fails keeps it
+            runs.log_artifacts(files)  # the config first: a run that fails keeps it
         clock.lap("mlflow_setup")
         with _epoch_logger(cfg, ctx.output_dir, model, draws, resume_state) as log_metrics:
             with _explain_nondeterminism():
@@ -147,9 +147,8 @@ def _train(
             test, final = _test_best_checkpoint(cfg, model, data, device, checkpoint_dir, result)
             clock.lap("evaluation")
             if cfg.logger.log_model:
-                with _uploading(uri, ctx.output_dir):
-                    # Before the final metrics: logged at its step, they describe it.
-                    _log_model(cfg, model, model_name, data.test_images, len(result.history))
+                # Before the final metrics: logged at its step, they describe it.
+                _log_model(cfg, model, model_name, data.test_images, len(result.history))
                 clock.lap("model_logging")
             log_metrics(final, len(result.history))
         stop_if_requested()
@@ -157,10 +156,9 @@ def _train(
             ctx.output_dir, data.test_images, data.test_labels, test, result.history
         )
         stop_if_requested()
-        with _uploading(uri, ctx.output_dir):
-            folders = [ctx.output_dir / ".hydra", ctx.output_dir / "tensorboard"]
-            runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
-            runs.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
+        folders = [ctx.output_dir / ".hydra", ctx.output_dir / "tensorboard"]
+        runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
+        runs.log_artifacts([checkpoint_dir / "best.pt"], artifact_path="checkpoints")
         clock.lap("reports")
         if not resume_state:  # a resumed run's phases are not a start's
             runs.log_metrics(clock.metrics())
@@ -267,15 +265,51 @@ def _tags(cfg: DictConfig, ctx: JobContext, device: torch.device, model: str) ->
 
 
 @contextmanager
-def _uploading(uri: str, output_dir: Path) -> Iterator[None]:
-    """A failed upload says where the run's files are kept."""
+def _failures_explained(uri: str, ctx: JobContext) -> Iterator[None]:
+    """A run that a disk or its store stopped ends in one line: what failed, where the
+    run's files are, and how to go on: the command that resumes the run where it has a
+    last.pt, else the same command again. Where the store could record it, the run is
+    FAILED (runs.mlflow_run); a server that is gone leaves it RUNNING until it resumes."""
     try:
         yield
+    except CheckpointWriteError as e:
+        raise CheckpointWriteError(f"{e}; {_how_to_go_on(ctx.output_dir)}") from e
     except Exception as e:
-        raise TrackingError(
-            f"uploading artifacts to {uri} failed ({e}); the checkpoints and reports "
-            f"are kept in {output_dir}"
+        if (failure := _failure(e, uri)) is None:
+            raise
+        raise RunFailed(
+            f"{failure}; the run's files are kept in {ctx.output_dir}; "
+            f"{_how_to_go_on(ctx.output_dir)}"
         ) from e
+
+
+def _failure(error: Exception, uri: str) -> str | None:
+    """What a failed store or disk says, in a line; None for any other exception (a bug
+    keeps its traceback). Its root cause names it best: MLflow wraps a refused connection
+    in four exceptions, a full SQLite disk in three."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException | OSError):
+        return None
+    cause: BaseException = error
+    while (inner := cause.__cause__ or cause.__context__) is not None:
+        cause = inner
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror
+        if path := cause.filename2 or cause.filename:
+            reason += f": {path}"
+    else:
+        reason = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+    if isinstance(error, MlflowException):
+        return f"the MLflow store {uri} failed during the run ({reason})"
+    return f"the run stopped on an I/O error ({reason})"
+
+
+def _how_to_go_on(output_dir: Path) -> str:
+    last = output_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        return f"once that is fixed, resume the run: python scripts/train.py trainer.resume={last}"
+    return "once that is fixed, run the same command again (the run has no last.pt to resume from)"
 
 
 def _log_model(

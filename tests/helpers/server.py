@@ -1,6 +1,8 @@
 """An MLflow server or UI in a subprocess, for the tests that talk to one over HTTP."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,15 +57,13 @@ def web_server_that_is_not_mlflow(directory: Path) -> Iterator[str]:
 ADMIN = ("admin", "admin-pw-1234")
 
 
-@contextmanager
-def mlflow_server(tmp_path: Path, auth: bool = False) -> Iterator[str]:
-    """The URL of a real `mlflow server` on a store in tmp_path/server, up until
-    the block ends; auth=True: MLflow's basic-auth app, with one user, ADMIN."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def start_mlflow_server(tmp_path: Path, port: int, auth: bool = False) -> subprocess.Popen:
+    """A real `mlflow server` on the store in tmp_path/server, up when this returns. In a
+    process group of its own: it starts uvicorn and job runners, which `stop_server` ends
+    with it (killing the first process alone leaves them serving). auth=True: MLflow's
+    basic-auth app, with one user, ADMIN."""
     log = tmp_path / "server.log"
-    env = dict(os.environ)
-    app = []
+    env, app = dict(os.environ), []
     if auth:
         (tmp_path / "server").mkdir(parents=True, exist_ok=True)
         config = tmp_path / "server" / "auth.ini"
@@ -80,11 +80,30 @@ def mlflow_server(tmp_path: Path, auth: bool = False) -> Iterator[str]:
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
          "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--workers", "1",
          *app],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+        stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )  # fmt: skip
     try:
-        wait_until_up(url, server, log)
-        yield url
+        wait_until_up(f"http://127.0.0.1:{port}", server, log)
+    except BaseException:
+        stop_server(server, signal.SIGKILL)
+        raise
+    return server
+
+
+def stop_server(server: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+    """`signum` to every process of the server (SIGKILL: as if its machine died)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signum)
+    server.wait(timeout=60)
+
+
+@contextmanager
+def mlflow_server(tmp_path: Path, auth: bool = False) -> Iterator[str]:
+    """The URL of a real `mlflow server` on a store in tmp_path/server, up until
+    the block ends (auth: see start_mlflow_server)."""
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port, auth)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server)
