@@ -1,8 +1,8 @@
-"""Shared behaviour of the entry points in scripts/. Imports only mnist.errors, mnist.paths,
-mnist.recipes, mnist.redact, mnist.overrides and mnist.job_dir, so that Hydra answers --help
-and --cfg before torch is ever imported. Every script imports this module first: from then
-on no log line shows a secret, and a script of one checkout never runs the package of
-another."""
+"""Shared behaviour of the entry points in scripts/. Imports only Hydra, mnist.errors,
+mnist.paths, mnist.recipes, mnist.redact, mnist.overrides, mnist.disk and mnist.job_dir, so
+that Hydra answers --help and --cfg before torch is ever imported. Every script imports this
+module first: from then on no log line shows a secret, and a script of one checkout never
+runs the package of another."""
 
 import atexit
 import logging
@@ -10,11 +10,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnist import (
+    disk,
     paths,  # registers the ${repo_root:} resolver the configs use
     recipes,  # noqa: F401 (registers recipe=cpu/<model> for every model)
 )
@@ -64,6 +66,22 @@ def _stopped(e: KeyboardInterrupt) -> int:
     (130 for Ctrl-C)."""
     print(f"stopped: {redact(str(e)) or 'interrupted'}", file=sys.stderr)
     return e.status if isinstance(e, Interrupted) else Interrupted.status
+
+
+class RefuseFullDisk(Callback):
+    """Hydra writes a job's config into the job's directory before the job runs, and on a
+    full disk fails there with a traceback, leaving the directory behind: a full disk under
+    paths.outputs is refused first, in one line (a hydra.callbacks entry of the config)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with exit_on_user_error():
+            if problem := disk.too_full(config.paths.outputs):
+                raise ConfigError(
+                    f"paths.outputs={config.paths.outputs} is on a full disk ({problem}); "
+                    "free some space or set paths.outputs to another disk"
+                )
+
+    on_multirun_start = on_run_start
 
 
 def run(main: Callable[[], object]) -> NoReturn:

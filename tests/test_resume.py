@@ -1,6 +1,7 @@
 """Resuming a run safely (issue 12): a FINISHED run is refused, one job per run at a time,
-no leftovers of killed writes, a full disk named (mid-run, under the outputs or the store:
-one line, resume suggested where a last.pt exists), and overrides that cannot apply named."""
+no leftovers of killed writes, a full disk named (at start, mid-run, under the outputs or
+the store: one line, resume suggested where a last.pt exists), and overrides that cannot
+apply named."""
 
 import logging
 import os
@@ -20,10 +21,12 @@ from omegaconf import DictConfig
 import mnist.training.checkpoint as checkpoint_module
 from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
+from mnist.disk import MIN_FREE_BYTES
 from mnist.errors import CheckpointWriteError, ConfigError
 from mnist.tools.reproduce import compare_runs
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
 from mnist.training.job import run_training
+from tests.helpers import run_train_script, tiny_overrides
 from tests.helpers.runs import assert_logged_once_per_step, everything_logged, runs_in, store
 
 FULL_DEVICE = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
@@ -237,3 +240,30 @@ def test_a_store_that_fills_while_the_model_is_logged_fails_the_run_that_then_re
             [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
         )
         assert [model.status for model in models] == [LoggedModelStatus.READY]
+
+
+@pytest.mark.parametrize(
+    ("flags", "override", "refused"),
+    [
+        ([], "paths.outputs={disk}/outputs", "paths.outputs={disk}/outputs is on a full disk"),
+        (["-m"], "paths.outputs={disk}/outputs", "paths.outputs={disk}/outputs is on a full disk"),
+        ([], "paths.mlruns={disk}/mlruns",
+         "MLflow store sqlite:///{disk}/mlruns/mlflow.db is on a full disk"),
+    ],
+    ids=["outputs", "outputs of a sweep", "store"],
+)  # fmt: skip
+def test_a_full_disk_is_refused_at_start_in_one_line_and_left_as_it_was(
+    flags, override, refused, synthetic_root, tmp_path
+):
+    """A full outputs disk: Hydra's traceback and a stray directory; a full store: MLflow's
+    traceback."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        fill(disk)
+        overrides = tiny_overrides(synthetic_root, tmp_path)
+        result = run_train_script(*flags, *overrides, override.format(disk=disk))
+        assert result.returncode == 2, result.stderr[-3000:]
+        free = f"(0 KiB free at {disk}, a job needs {MIN_FREE_BYTES // 1024} KiB)"
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {refused.format(disk=disk)} {free}; free some space"), line
+        assert [path.name for path in disk.iterdir()] == ["filler"]
+    assert not list((tmp_path / "outputs").rglob("*"))

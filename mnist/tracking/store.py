@@ -19,6 +19,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from mnist import disk
 from mnist.errors import TrackingError
 from mnist.redact import without_credentials
 
@@ -192,6 +193,11 @@ def _check_sqlite(uri: str, writes: bool, read_only_option: str | None) -> None:
         raise TrackingError(
             f"MLflow store {uri} is not writable ({existing}); fix its permissions or "
             f"set logger.tracking_uri / MLFLOW_TRACKING_URI to a writable store{reader}"
+        )
+    if problem := disk.too_full(existing):
+        raise TrackingError(
+            f"MLflow store {uri} is on a full disk ({problem}); free some space, or set "
+            "logger.tracking_uri / MLFLOW_TRACKING_URI to another store"
         )
     if existing == db and (problem := _sqlite_problem(db)):
         raise TrackingError(
