@@ -204,15 +204,16 @@ def test_a_first_last_pt_on_a_full_disk_says_to_run_the_command_again_not_to_res
     assert run.info.status == "FAILED"
 
 
-def test_a_store_that_fills_while_the_model_is_logged_fails_the_run_that_then_resumes(
-    tiny_cfg, tmp_path, empty_mlflow_db, capsys, caplog
+@pytest.mark.parametrize("log_model", [True, False], ids=["the model", "the reports"])
+def test_a_store_that_fills_during_an_upload_fails_the_run_that_then_resumes(
+    log_model, tiny_cfg, tmp_path, empty_mlflow_db, capsys, caplog
 ):
     """About 20 tracebacks (MLflow logs each failed SQL statement), and the run stayed
-    RUNNING: the failed upload had taken the space that recording the run's end needs."""
+    RUNNING: the failed upload had taken the room that recording the run's end needs."""
     with tmpfs(tmp_path / "disk", "16m") as disk:
         shutil.copy(empty_mlflow_db, disk / "mlflow.db")
-        overrides = [f"paths.mlruns={disk}", "logger.log_model=true"]
-        # After the last epoch, less room than the model needs: its upload fails.
+        overrides = [f"paths.mlruns={disk}", f"logger.log_model={str(log_model).lower()}"]
+        # After the last epoch, less room than the model, or the reports, need.
         observer = filled_after_epoch(2, disk, leave=64 * 1024)
         ctx = JobContext(output_dir=tmp_path / "run", epoch_observer=observer)
         with caplog.at_level(logging.WARNING):
@@ -222,7 +223,7 @@ def test_a_store_that_fills_while_the_model_is_logged_fails_the_run_that_then_re
         (line,) = lines
         assert line.startswith(
             f"error: the MLflow store sqlite:///{disk}/mlflow.db failed during the run "
-            "(No space left on device: "
+            "(No space left on device"
         ), line
         assert line.endswith(
             f"; once that is fixed, resume the run: python scripts/train.py trainer.resume={last}"
@@ -239,7 +240,8 @@ def test_a_store_that_fills_while_the_model_is_logged_fails_the_run_that_then_re
         models = client.search_logged_models(
             [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
         )
-        assert [model.status for model in models] == [LoggedModelStatus.READY]
+        assert [model.status for model in models] == [LoggedModelStatus.READY] * log_model
+        assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import contextlib
 import importlib.metadata
 import logging
 import platform
+import posixpath
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -176,14 +177,27 @@ def log_metrics(
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
-    """Files and folders (a folder under its own name) into the active run."""
+    """Files and folders (a folder under its own name) into the active run. A copy into a
+    local store that fails leaves the store as it was: what this call wrote is deleted (a
+    resumed run uploads it all again, and on a full disk that room is what recording the
+    run's end needs), and MlflowException is raised, as for a server, not a bare OSError."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+    written: list[str] = []
     for path in paths:
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=f"{artifact_path or ''}{path.name}")
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        written.append(posixpath.join(artifact_path or "", path.name))
+        try:
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=written[-1])
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        except OSError as e:
+            store = get_artifact_repository(mlflow.get_artifact_uri())
+            for destination in written:
+                store.delete_artifacts(destination)
+            raise MlflowException(f"uploading {written[-1]} failed: {e}") from e
 
 
 def logged_steps() -> set[tuple[str, int]]:
