@@ -55,10 +55,20 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         sys.exit(2)
     except (CheckpointWriteError, RunFailed, TrainingDiverged) as e:
         # The run exists (FAILED) or its files could not be written: not a refusal (exit 2).
+        # A sweep's job fails, and the sweep goes on to its other jobs, then exits 1.
         print(f"error: {redact(str(e))}", file=sys.stderr)
+        if _in_sweep():
+            raise
         sys.exit(1)
     except Interrupted as e:
         sys.exit(_stopped(e))
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _stopped(e: KeyboardInterrupt) -> int:

@@ -22,7 +22,15 @@ from tests.helpers.server import mlflow_server
 PARENT_TAG = "mlflow.parentRunId"
 # A model whose head has 5 outputs for 10 classes: it builds, then fails in its first batch,
 # inside its MLflow run, as a crashing job would.
-BROKEN_MODEL = "_target_: mnist.models.ConvNet\nstages: [[4]]\nhidden: null\nnum_classes: 5\n"
+# The job that breaks inside its run: a valid model (one stage, no hidden layer), whose
+# job finds a directory where it writes its first last.pt (block_checkpoints).
+BROKEN_MODEL = "_target_: mnist.models.ConvNet\nstages: [[4]]\nhidden: null\n"
+
+
+def block_checkpoints(sweep_dir: Path, job: int) -> None:
+    """Job `job` of a sweep run with hydra.sweep.subdir=${hydra.job.num} fails in its first
+    epoch, inside its MLflow run: something no validation can see."""
+    (sweep_dir / str(job) / "checkpoints" / "last.pt").mkdir(parents=True)
 
 
 def sweep_overrides(data_root: Path, tmp_path: Path) -> list[str]:
@@ -48,12 +56,15 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "broken.yaml").write_text(BROKEN_MODEL)
+    sweep_dir = tmp_path / "outputs" / "sweep"
+    block_checkpoints(sweep_dir, 2)
     sweep = run_train_script(
         "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
         "model=fast,cnn24k,broken", "trainer.test_every_epoch=true",
+        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
     )  # fmt: skip
     assert sweep.returncode != 0  # the broken job fails the sweep...
-    assert "out of bounds" in sweep.stderr
+    assert f"cannot write {sweep_dir / '2' / 'checkpoints' / 'last.pt'}" in sweep.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     parent, children = parent_and_children(client)
     # ...after every job ran: the failure is recorded, not lost.
@@ -62,7 +73,7 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
         ("cnn24k", "FINISHED"),
         ("broken", "FAILED"),
     ]
-    (parent_file,) = tmp_path.glob(f"outputs/multirun/*/*/{PARENT_RUN_FILE}")
+    parent_file = sweep_dir / PARENT_RUN_FILE
     assert parent_file.read_text() == parent.info.run_id
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FAILED"
@@ -126,6 +137,7 @@ def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
     sweep_dir = tmp_path / "outputs" / "sweep"
     for job in (1, 3):  # the seed=1 jobs
         (sweep_dir / str(job) / "config.yaml").mkdir(parents=True)
+    block_checkpoints(sweep_dir, 2)  # broken seed=0
     sweep = run_train_script(
         "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
         "model=fast,broken", "seed=0,1", "logger.log_model=true",
@@ -147,8 +159,8 @@ def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
     ]
     for job, run in ((1, children[1]), (3, children[3])):
         blocked = sweep_dir / str(job) / "config.yaml"
-        error = f"IsADirectoryError: [Errno 21] Is a directory: '{blocked}'"
-        assert run.data.tags["error"] == error
+        error = f"RunFailed: the run stopped on an I/O error (Is a directory: {blocked});"
+        assert run.data.tags["error"].startswith(error)
     assert "error" not in children[2].data.tags  # its own run, ended FAILED by the job
 
     config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
