@@ -2,7 +2,7 @@
 on a full disk, Hydra's first write (the job's config) fails with a traceback and leaves
 the job's directory behind, and MLflow's first (the store's schema, a run) with three. A
 run needs more room than this (checkpoints, reports), and says so in one line when a write
-fails later (mnist/training/job.py)."""
+fails later (mnist/job.py)."""
 
 import os
 from pathlib import Path

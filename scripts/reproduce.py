@@ -13,8 +13,8 @@ from mnist.cli import exit_on_user_error, run
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from mnist.job import run_training
     from mnist.tools.reproduce import reproduce
-    from mnist.training.job import run_training
 
     with exit_on_user_error(cfg):
         passed = reproduce(cfg, Path(HydraConfig.get().runtime.output_dir), run_training)

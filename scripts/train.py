@@ -9,7 +9,7 @@ from mnist.cli import exit_on_user_error, run
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     from mnist.context import JobContext
-    from mnist.training.job import run_training
+    from mnist.job import run_training
 
     with exit_on_user_error(cfg):
         return run_training(cfg, JobContext.from_hydra())["best/val_acc"]

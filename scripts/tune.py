@@ -13,7 +13,7 @@ from mnist.extras import require
 def main(cfg: DictConfig) -> float | None:
     with exit_on_user_error(cfg):
         require("optuna", "tune", "scripts/tune.py")
-        from mnist.training.job import run_training
+        from mnist.job import run_training
         from mnist.tuning.search import SearchContext, run_search
 
         return run_search(cfg, SearchContext.from_hydra(sys.argv), run_training)

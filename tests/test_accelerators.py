@@ -22,6 +22,7 @@ from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.inference.evaluate_checkpoints import run_evaluation
+from mnist.job import run_training
 from mnist.models import build_model
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
 from mnist.training.device import (
@@ -32,7 +33,6 @@ from mnist.training.device import (
     synchronize,
     torch_settings,
 )
-from mnist.training.job import run_training
 from mnist.training.resume import Progress
 from tests.helpers import CONF_DIR, compose_config
 from tests.helpers.dispatch import NoFloat64, OpRecorder

@@ -7,9 +7,9 @@ from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.augment import OPS, Affine, BatchAugment, Erase, Op, augmentation_name
 from mnist.errors import ConfigError
+from mnist.job import run_training
+from mnist.resume import resume_config
 from mnist.tools.benchmark import classic_transform
-from mnist.training.job import run_training
-from mnist.training.resume import resume_config
 from tests.helpers import compose_config
 
 

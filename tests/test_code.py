@@ -48,14 +48,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """{module: the mnist modules it imports}, from every import statement of mnist/, at
-    module level or inside a function: a cycle of lazy imports still ties the modules in
-    it together. `from mnist.a import b` names the module mnist.a.b when there is one."""
+def imports() -> dict[str, set[str]]:
+    """{module of mnist/: every name it imports}, from every import statement, at module
+    level or inside a function. `from mnist.a import b` names the module mnist.a.b when
+    there is one."""
     paths = {_module_name(p): p for p in (REPO_ROOT / "mnist").rglob("*.py")}
-    graph: dict[str, set[str]] = {}
+    found: dict[str, set[str]] = {}
     for module, path in paths.items():
-        imported = set()
+        imported = found[module] = set()
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
@@ -63,8 +63,15 @@ def import_graph() -> dict[str, set[str]]:
                 for alias in node.names:
                     submodule = f"{node.module}.{alias.name}"
                     imported.add(submodule if submodule in paths else node.module)
-        graph[module] = {name for name in imported if name in paths and name != module}
-    return graph
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the mnist modules it imports}: a cycle of lazy imports still ties the
+    modules in it together."""
+    found = imports()
+    return {module: {name for name in names if name in found and name != module}
+            for module, names in found.items()}  # fmt: skip
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -100,3 +107,31 @@ def test_only_the_entry_points_exit():
         if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "exit", "os._exit")
     ]
     assert not found, "sys.exit outside mnist/cli.py:\n" + "\n".join(found)
+
+
+# The training core (data, models, the loop, checkpoints, exact resume) and what it may not
+# reach, even lazily or through another module of the package: a tracker, Hydra, and the
+# adapters and commands built on the core.
+CORE = ("mnist.data", "mnist.models", "mnist.training")
+NOT_IN_THE_CORE = ("mlflow", "hydra", "mnist.tracking", "mnist.sweeps", "mnist.tuning")
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == package or name.startswith(f"{package}.") for package in packages)
+
+
+def test_the_training_core_imports_no_tracker_hydra_or_adapter():
+    found, graph = imports(), import_graph()
+    reached = {module for module in found if _within(module, CORE)}
+    assert reached
+    frontier = set(reached)
+    while frontier:
+        frontier = set().union(*(graph[module] for module in frontier)) - reached
+        reached |= frontier
+    wrong = sorted(
+        f"{module} imports {name}"
+        for module in reached
+        for name in found[module]
+        if _within(name, NOT_IN_THE_CORE)
+    )
+    assert not wrong, "the core (with what it imports) reaches:\n" + "\n".join(wrong)

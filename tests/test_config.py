@@ -394,4 +394,4 @@ def test_help_answers_without_importing_torch_or_mlflow():
     assert result.returncode == 0 and "Powered by Hydra" in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "hydra" in imported
-    assert not imported & {"torch", "mlflow", "mnist.training.job"}
+    assert not imported & {"torch", "mlflow", "mnist.job"}

@@ -17,10 +17,10 @@ from PIL import Image
 from mnist import Classifier
 from mnist.context import JobContext
 from mnist.inference.export import run_export
+from mnist.job import run_training
 from mnist.tools.reproduce import is_timing, reproduce
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import precision_problem
-from mnist.training.job import run_training
 from tests.helpers import TRAIN_SCRIPT, compose_config, run_train_script, tiny_overrides
 from tests.helpers.images import seven, to_uint8
 

@@ -17,12 +17,12 @@ from mnist.data.tensors import load_mnist
 from mnist.errors import ConfigError
 from mnist.inference.digits import to_mnist
 from mnist.inference.evaluate_checkpoints import run_evaluation, shifted
+from mnist.job import run_training
 from mnist.models import build_model
 from mnist.tools.photo_eval import photo_digits, run_photo_eval
 from mnist.tools.photos import STYLES, render
 from mnist.training.checkpoint import save_checkpoint
 from mnist.training.evaluation import evaluate
-from mnist.training.job import run_training
 from tests.helpers import CONF_DIR
 from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
 from tests.helpers.images import seven, to_uint8

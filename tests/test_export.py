@@ -21,8 +21,8 @@ from mnist.errors import ConfigError, ExportError
 from mnist.inference.digits import model_input
 from mnist.inference.export import SUFFIXES, TOLERANCE, check_export, run_export, write_model
 from mnist.inference.loading import load_model
+from mnist.job import run_training
 from mnist.models import build_model, model_class
-from mnist.training.job import run_training
 from tests.helpers import CONF_DIR, compose_config, run_script, synthetic_digits, tiny_overrides
 
 

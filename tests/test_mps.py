@@ -15,10 +15,10 @@ from mnist import Classifier
 from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError, TrainingInterrupted
+from mnist.job import run_training
 from mnist.tools.reproduce import TIMING_METRICS
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import precision_problem
-from mnist.training.job import run_training
 from tests.helpers.images import seven, to_uint8
 from tests.helpers.training import run_fit
 

@@ -23,11 +23,11 @@ from mnist.errors import CheckpointError, ConfigError
 from mnist.inference.digits import to_mnist
 from mnist.inference.loading import load_model
 from mnist.inference.predict import run_prediction
+from mnist.job import run_training
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
 from mnist.tracking.registry import promote_sweep
 from mnist.training.checkpoint import load_checkpoint
-from mnist.training.job import run_training
 from tests.helpers import compose_config, run_script
 from tests.helpers.checkpoints import SMALL_CONVNET, RunsCommand, save_model_checkpoint
 from tests.helpers.images import bad_files, seven, to_uint8

@@ -20,6 +20,7 @@ from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.idx import IdxError, parse_idx
 from mnist.errors import CheckpointWriteError, ConfigError, TrackingError, UnsafeModelConfig
+from mnist.job import run_training
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
 from mnist.tools.reproduce import (
@@ -30,7 +31,6 @@ from mnist.tools.reproduce import (
     reproduce,
 )
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
-from mnist.training.job import run_training
 from tests.helpers import (
     TRAIN_SCRIPT,
     compose_config,

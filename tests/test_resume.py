@@ -23,9 +23,9 @@ from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.disk import MIN_FREE_BYTES
 from mnist.errors import CheckpointWriteError, ConfigError
+from mnist.job import run_training
 from mnist.tools.reproduce import compare_runs
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
-from mnist.training.job import run_training
 from tests.helpers import run_train_script, tiny_overrides
 from tests.helpers.runs import assert_logged_once_per_step, everything_logged, runs_in, store
 

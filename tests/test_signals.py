@@ -11,12 +11,12 @@ import mlflow.pytorch
 import pytest
 from mlflow.tracking import MlflowClient
 
-import mnist.training.job as job_module
+import mnist.job as job_module
 from mnist.context import JobContext
 from mnist.errors import TrainingInterrupted
+from mnist.job import run_training
 from mnist.tools.reproduce import compare_runs
 from mnist.tracking import runs
-from mnist.training.job import run_training
 from tests.helpers import TRAIN_SCRIPT, tiny_overrides
 from tests.helpers.runs import assert_logged_once_per_step, runs_in, signal_then, store
 
@@ -56,7 +56,7 @@ def test_a_signal_in_the_final_test_kills_the_run_and_resume_logs_what_was_left(
     # before the job honours it: the resumed run must not log them a second time.
     with caplog.at_level(logging.WARNING):
         run = interrupt_and_resume(
-            tiny_cfg, tmp_path, monkeypatch, (job_module, "evaluate"),
+            tiny_cfg, tmp_path, monkeypatch, (job_module, "test_best"),
             overrides=["trainer.epochs=5", "seed=0"],
         )  # fmt: skip
     assert {"test/acc", "best/val_acc", "train_time_s"} <= set(run.data.metrics)

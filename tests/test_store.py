@@ -25,9 +25,9 @@ from PIL import Image
 from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import TrackingError
+from mnist.job import run_training
 from mnist.paths import REPO_ROOT
 from mnist.tracking import store
-from mnist.training.job import run_training
 from tests.helpers import (
     TRAIN_SCRIPT,
     compose_config,

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from mnist.context import JobContext
 from mnist.errors import ConfigError, UnsafeConfigError
 from mnist.inference.loading import load_model
+from mnist.job import run_training
 from mnist.targets import refuse_unsafe_config, targets_in
 from mnist.tools.reproduce import reproduce
 from mnist.tracking.store import get_or_create_experiment
 from mnist.training.checkpoint import save_checkpoint
-from mnist.training.job import run_training
 from tests.helpers import compose_config, run_train_script, tiny_overrides
 from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
 

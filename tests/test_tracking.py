@@ -15,13 +15,13 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from mnist import job
 from mnist.context import JobContext
 from mnist.data.fetch import sha256_of
+from mnist.job import run_training
 from mnist.recipes import model_names
 from mnist.sweeps.callback import swept_overrides
 from mnist.tracking.runs import MODEL_CONTRACT
-from mnist.training import job
-from mnist.training.job import run_training
 from tests.helpers import CONF_DIR
 
 EXCLUDED = ["paths.outputs", "data.root", "logger.experiment"]

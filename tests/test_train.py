@@ -8,11 +8,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import mnist.training.job as job_module
+import mnist.job as job_module
 from mnist.context import JobContext
 from mnist.errors import TrainingDiverged
+from mnist.job import run_training
 from mnist.training.checkpoint import load_checkpoint
-from mnist.training.job import run_training
 from tests.helpers import run_train_script, tiny_overrides
 
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s",
@@ -207,7 +207,7 @@ def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     tiny_cfg, synthetic_root, augmentation
 ):
     from mnist.data.tensors import load_mnist
-    from mnist.training.job import PREVIEW_DRAWS, augmentation_preview
+    from mnist.job import PREVIEW_DRAWS, augmentation_preview
 
     cfg = tiny_cfg(f"augmentation={augmentation}")
     data = load_mnist(synthetic_root)

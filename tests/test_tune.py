@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from mnist.context import JobContext
 from mnist.errors import ConfigError, SearchInterrupted, TrackingError
-from mnist.training.job import run_training
+from mnist.job import run_training
 from mnist.tuning.search import TUNE_KEYS, SearchContext, config_groups, run_search
 from mnist.tuning.study import stores
 from mnist.tuning.workers import worker_command

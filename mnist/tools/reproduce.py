@@ -41,7 +41,7 @@ def is_timing(name: str) -> bool:
 
 WEIGHTS_TAG = "best.weights_sha256"
 
-# run_training of mnist/training/job.py, passed in by scripts/reproduce.py.
+# run_training of mnist/job.py, passed in by scripts/reproduce.py.
 TrainingCommand = Callable[[DictConfig, JobContext], dict[str, Any]]
 
 

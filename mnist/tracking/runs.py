@@ -34,7 +34,7 @@ MODEL_CONTRACT = (
 # MLflow's notes on every job that the user cannot act on: that the project uses uv, that
 # pip's version cannot be read in a uv environment without pip (a warning), and the start
 # and stop of system metrics. And what a store that fails prints before the error that the
-# job reports in one line (mnist/training/job.py): the traceback of each failed SQL
+# job reports in one line (mnist/job.py): the traceback of each failed SQL
 # statement, a warning for each retry of a request to a server that is gone.
 QUIETED = {
     "mlflow.utils.uv_utils": logging.WARNING,

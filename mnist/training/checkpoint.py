@@ -29,7 +29,7 @@ _REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORE
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Raises CheckpointWriteError, naming the path and what was kept, when the file cannot
-    be written; the job says how to go on (mnist/training/job.py)."""
+    be written; the job says how to go on (mnist/job.py)."""
     path = Path(path)
     try:
         # Through a Python file, a failed write raises the OSError with its errno.

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +22,24 @@ from tqdm import tqdm
 from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
 from mnist.errors import TrainingDiverged, TrainingInterrupted
-from mnist.training.checkpoint import save_checkpoint
+from mnist.training.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
 from mnist.training.device import autocast, synchronize
-from mnist.training.evaluation import evaluate
+from mnist.training.evaluation import Evaluation, evaluate
+from mnist.training.events import FitResult, RunListener
 from mnist.training.resume import Learner, Progress, eager
 from mnist.training.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-MetricsLogger = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_val_acc: float
-    train_time_s: float
-    stopped_early: bool
-
 
 @dataclass
 class Checkpoints:
     """best.pt (weights of the best validation epoch) and last.pt (everything needed to
-    resume) in `directory`; `extra` (the run's config and MLflow run id) goes into both."""
+    resume) in `directory`; `extra` (a job puts its config and MLflow run id) goes into
+    both."""
 
     directory: Path
-    extra: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def save_best(self, model: nn.Module, epoch: int, val_acc: float) -> Path:
         best = {"model": eager(model).state_dict(), "epoch": epoch, "val_acc": val_acc}
@@ -66,20 +57,24 @@ def fit(
     cfg: DictConfig,
     device: torch.device,
     checkpoints: Checkpoints,
-    log_metrics: MetricsLogger,
+    listener: RunListener | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train for `cfg.epochs` (the `trainer` config group), or what remains of them when
-    `resume_from` holds a last.pt."""
+    `resume_from` holds a last.pt, telling `listener` as it goes."""
+    listener = listener or RunListener()
     progress = learner.restore(resume_from) if resume_from is not None else Progress()
     if resume_from is not None:
         log.info("Resuming at epoch %d, step %d", progress.epoch, progress.step)
+    listener.on_start(progress.epoch, progress.step)
     progress.loss_sum, progress.correct = progress.loss_sum.to(device), progress.correct.to(device)
     fit_start = time.perf_counter() - progress.elapsed_s
 
     def save_last(shuffle_state: Tensor) -> Path:
         progress.elapsed_s = time.perf_counter() - fit_start
-        return checkpoints.save_last(learner.state(progress, shuffle_state))
+        path = checkpoints.save_last(learner.state(progress, shuffle_state))
+        listener.on_checkpoint(path)
+        return path
 
     with stop_on_signals() as stop_requested:
         while progress.epoch <= cfg.epochs and not progress.stopped_early:
@@ -91,6 +86,8 @@ def fit(
             synchronize(device)  # the epoch's queued steps are training time, not validation
             train_seconds = time.perf_counter() - epoch_start
             metrics = end_of_epoch(learner, data, val_idx, cfg, device, progress, checkpoints)
+            if progress.best_epoch == progress.epoch:
+                listener.on_checkpoint(checkpoints.directory / "best.pt")
             if cfg.target_acc is not None and metrics["val/acc"] >= cfg.target_acc:
                 metrics["time_to_target_s"] = time.perf_counter() - fit_start
                 log.info("Target val/acc %g reached in %.1f s", cfg.target_acc,
@@ -98,18 +95,52 @@ def fit(
                 progress.stopped_early = True
             metrics["epoch_time_s"] = time.perf_counter() - epoch_start
             metrics["throughput_img_s"] = progress.seen / train_seconds
-            _record(metrics, progress, cfg.epochs, log_metrics)
+            _record(metrics, progress, cfg.epochs, listener)
             progress.start_next_epoch()
             last = save_last(learner.shuffle.get_state())
             if stop_requested() and progress.epoch <= cfg.epochs and not progress.stopped_early:
                 raise TrainingInterrupted(last)
 
-    return FitResult(
+    result = FitResult(
         history=progress.history,
         best_epoch=progress.best_epoch,
         best_val_acc=progress.best_val_acc,
         train_time_s=time.perf_counter() - fit_start,
         stopped_early=progress.stopped_early,
+    )
+    listener.on_end(result)
+    return result
+
+
+def test_best(
+    model: nn.Module,
+    data: MnistTensors,
+    checkpoints: Checkpoints,
+    result: FitResult,
+    cfg: DictConfig,
+    device: torch.device,
+) -> tuple[Evaluation, dict[str, float], str]:
+    """The best-validation weights loaded into `model` and evaluated on the test set (the
+    only time a run looks at it, unless trainer.test_every_epoch): the evaluation, the
+    run's final metrics and the SHA-256 of those weights (state_dict_sha256)."""
+    best = load_checkpoint(checkpoints.directory / "best.pt", map_location=device)
+    model.load_state_dict(best["model"])
+    synchronize(device)  # evaluate() ends in .item(), which waits for its own work
+    test_start = time.perf_counter()
+    test = evaluate(
+        model, data.test_images, data.test_labels, cfg.eval_batch_size, device, cfg.precision
+    )
+    return (
+        test,
+        {
+            "test/acc": test.accuracy,
+            "test/loss": test.loss,
+            "test/eval_time_s": time.perf_counter() - test_start,
+            "best/val_acc": result.best_val_acc,
+            "best/epoch": result.best_epoch,
+            "train_time_s": result.train_time_s,
+        },
+        state_dict_sha256(best["model"]),
     )
 
 
@@ -228,9 +259,9 @@ def end_of_epoch(
 
 
 def _record(
-    metrics: dict[str, float], progress: Progress, epochs: int, log_metrics: MetricsLogger
+    metrics: dict[str, float], progress: Progress, epochs: int, listener: RunListener
 ) -> None:
-    log_metrics(metrics, progress.epoch)
+    listener.on_epoch_end(metrics, progress.epoch)
     progress.history.append({"epoch": progress.epoch, **metrics})
     log.info(
         "epoch %d/%d train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs %.0f img/s",

@@ -15,7 +15,7 @@ LAUNCHED_AT_ENV = "MNIST_LAUNCHED_AT"
 # Its metrics' names: time/<phase>_s.
 PHASE_PREFIX = "time/"
 
-# The phases of a job in order (mnist/training/job.py).
+# The phases of a job in order (mnist/job.py).
 PHASES = (
     "imports", "data", "model", "preview", "mlflow_setup", "training", "evaluation",
     "model_logging", "reports",

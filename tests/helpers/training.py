@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
 from mnist.seeding import seed_everything
 from mnist.training.build import build_learner, initial_model
+from mnist.training.events import RunListener
 from mnist.training.loop import Checkpoints, FitResult, fit
 from mnist.training.resume import Learner
 
@@ -41,12 +42,13 @@ def run_fit(
     data, train_idx, val_idx, learner = prepare(cfg, device)
     logged: list[dict[str, float]] = []
 
-    def log_metrics(metrics: dict[str, float], step: int) -> None:
-        logged.append({"epoch": step, **metrics})
-        after_epoch(metrics)
+    class Recorder(RunListener):
+        def on_epoch_end(self, metrics: dict[str, float], epoch: int) -> None:
+            logged.append({"epoch": epoch, **metrics})
+            after_epoch(metrics)
 
     result = fit(
-        learner, data, train_idx, val_idx, cfg.trainer, device, Checkpoints(directory, {}),
-        log_metrics, resume_from,
+        learner, data, train_idx, val_idx, cfg.trainer, device, Checkpoints(directory),
+        Recorder(), resume_from,
     )  # fmt: skip
     return result, logged, learner

@@ -1,0 +1,199 @@
+"""A training job's MLflow run: the one module that turns a training run into MLflow calls.
+Opened with its tags, params, datasets and first files; each epoch's metrics as the core
+reports them (mnist/training/events.py), to TensorBoard too with logger.tensorboard=true;
+closed with the weights' digest, the model, the final metrics and the run's files. Adding a
+metric or a file to every training run is an edit here. Also: the run a trainer.resume
+names, and what a store that failed during a run says."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from mnist.context import JobContext
+from mnist.data.batches import normalize, to_unit_float
+from mnist.errors import ConfigError
+from mnist.models import ModelSummary
+from mnist.models.describe import shape_tags
+from mnist.tracking import runs, store, ui
+from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
+from mnist.tracking.datasets import log_datasets
+from mnist.tracking.params import run_params
+from mnist.training.device import torch_settings
+from mnist.training.events import RunListener
+
+Observer = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class RunStart:
+    """What a training run is, as the job has set it up: its MLflow run opens with it."""
+
+    device: torch.device
+    model: torch.nn.Module
+    model_name: str
+    summary: ModelSummary
+    data_root: Path
+    sizes: dict[str, int]  # images of the training, validation and test sets
+    files: list[Path]  # logged first: a run that fails keeps them
+    draws: torch.Tensor  # the augmentation preview's images (TensorBoard shows them)
+
+
+class MlflowListener(RunListener):
+    """The open run: each epoch's metrics logged once per step (a resumed run redoes what
+    came after its last checkpoint, which the interrupted process may have logged), then
+    shown to the job's observer (JobContext.epoch_observer)."""
+
+    def __init__(
+        self, run_id: str, cfg: DictConfig, ctx: JobContext, start: RunStart, resumed: bool
+    ) -> None:
+        self.run_id, self.cfg, self.ctx, self.start, self.resumed = run_id, cfg, ctx, start, resumed
+        self.logged = runs.logged_steps() if resumed else set()
+        self.board = None
+        if cfg.logger.tensorboard:
+            from mnist.tracking.tensorboard import TensorBoardLog
+
+            self.board = TensorBoardLog(ctx.output_dir / "tensorboard", start.model)
+            self.board.log_images("inputs/augmented", start.draws.reshape(-1, 1, 28, 28))
+
+    def on_epoch_end(self, metrics: dict[str, float], epoch: int) -> None:
+        self.log_metrics(metrics, epoch)
+        if self.ctx.epoch_observer is not None:
+            self.ctx.epoch_observer(metrics, epoch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if new := {k: v for k, v in metrics.items() if (k, step) not in self.logged}:
+            runs.log_metrics(new, step)
+            if self.board is not None:
+                self.board.log_metrics(new, step)
+
+    def log_model(self, test_images: torch.Tensor, step: int) -> None:
+        """The best-validation model (logger.register: also a registered version); before
+        the final metrics, which, logged at its step, describe it."""
+        example = normalize(to_unit_float(test_images[:4])).cpu()
+        model = copy.deepcopy(self.start.model).cpu()
+        runs.log_pytorch_model(model, example, self.start.model_name, self.cfg.logger.register,
+                               step)  # fmt: skip
+
+    def log_final(self, metrics: dict[str, float], weights_sha256: str, step: int) -> None:
+        runs.set_tags({"best.weights_sha256": weights_sha256})
+        self.log_metrics(metrics, step)
+        self.close()
+
+    def log_files(self, reports: list[Path]) -> None:
+        """The reports, Hydra's and TensorBoard's folders, and best.pt."""
+        folders = [self.ctx.output_dir / ".hydra", self.ctx.output_dir / "tensorboard"]
+        runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
+        best = self.ctx.output_dir / "checkpoints" / "best.pt"
+        runs.log_artifacts([best], artifact_path="checkpoints")
+
+    def log_phases(self, seconds: dict[str, float]) -> None:
+        """The job's phases (time/<phase>_s); not a resumed run's, which are not a start's."""
+        if not self.resumed:
+            runs.log_metrics(seconds)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
+
+@contextmanager
+def training_run(
+    cfg: DictConfig, ctx: JobContext, uri: str, start: RunStart, resume_id: str | None
+) -> Iterator[MlflowListener]:
+    """The job's MLflow run, open until the block ends (runs.mlflow_run: always ended):
+    a new one logs its params, sizes, datasets and first files; `resume_id` (the run of a
+    last.pt) is continued instead."""
+    with runs.mlflow_run(
+        uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name, _tags(cfg, ctx, start),
+        run_params(cfg, ctx.choices), resume_id, experiment_tags=ui.experiment_tags,
+        system_metrics=cfg.logger.system_metrics,
+    ) as run:  # fmt: skip
+        if not resume_id:
+            summary = start.summary
+            runs.log_metrics({"params_count": summary.total_params, "macs_per_image": summary.macs})
+            log_datasets(start.data_root, cfg.data, cfg.seed, start.sizes)
+            runs.log_artifacts(start.files)
+        listener = MlflowListener(run.info.run_id, cfg, ctx, start, resumed=bool(resume_id))
+        try:
+            yield listener
+        finally:
+            listener.close()
+
+
+def _tags(cfg: DictConfig, ctx: JobContext, start: RunStart) -> dict[str, str]:
+    tags = runs.run_tags(cfg.seed, start.device, ctx.overrides, start.model_name)
+    tags["output_dir"] = str(ctx.output_dir)
+    tags[CONFIG_HASH_TAG] = config_sha256(cfg)
+    tags.update(ctx.extra_tags)
+    tags.update(torch_settings())
+    if ctx.parent_run_id:
+        tags[store.PARENT_TAG] = ctx.parent_run_id
+    return tags | shape_tags(start.model)
+
+
+def checkpoint_of_run(run_id: str, uri: str) -> Path:
+    """The last.pt of the run trainer.resume=<run id> names; ConfigError if there is none."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(f"trainer.resume={run_id}: no such MLflow run in {uri}") from e
+    output_dir = run.data.tags.get("output_dir")
+    checkpoint = Path(output_dir) / "checkpoints" / "last.pt" if output_dir else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise ConfigError(
+            f"trainer.resume={run_id}: the run's last checkpoint is not on this machine "
+            f"({checkpoint or 'no output_dir tag'}); pass its path as trainer.resume"
+        )
+    return checkpoint
+
+
+def refuse_finished_run(target: str, run_id: str, uri: str) -> None:
+    """A FINISHED run has nothing left to do: resuming it would log its final metrics and
+    model a second time. ConfigError for it, and for a run the store does not have."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        status = MlflowClient(uri).get_run(run_id).info.status
+    except MlflowException as e:
+        raise ConfigError(
+            f"trainer.resume={target}: the checkpoint's MLflow run {run_id} is not in {uri}"
+        ) from e
+    if status == "FINISHED":
+        raise ConfigError(
+            f"trainer.resume={target}: run {run_id} is FINISHED, there is nothing to resume "
+            f"(scripts/reproduce.py run_id={run_id} trains it again as a new run)"
+        )
+
+
+def store_failure(error: Exception, uri: str) -> str | None:
+    """What a failed store or disk says, in a line; None for any other exception (a bug
+    keeps its traceback). Its root cause names it best: MLflow wraps a refused connection
+    in four exceptions, a full SQLite disk in three."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException | OSError):
+        return None
+    cause: BaseException = error
+    while (inner := cause.__cause__ or cause.__context__) is not None:
+        cause = inner
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror
+        if path := cause.filename2 or cause.filename:
+            reason += f": {path}"
+    else:
+        reason = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+    if isinstance(error, MlflowException):
+        return f"the MLflow store {uri} failed during the run ({reason})"
+    return f"the run stopped on an I/O error ({reason})"
