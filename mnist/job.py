@@ -22,8 +22,7 @@ from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.augment import BatchAugment, augmentation_name
 from mnist.data.batches import to_unit_float
-from mnist.data.fetch import ensure_mnist
-from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
+from mnist.data.tensors import MnistTensors
 from mnist.errors import CheckpointWriteError, ConfigError, RunFailed, TrainingInterrupted
 from mnist.job_dir import continue_log_in
 from mnist.models import ModelSummary, format_summary, summarize
@@ -35,13 +34,12 @@ from mnist.resume import (
     resume_checkpoint_path,
     resume_config,
 )
-from mnist.seeding import generator, seed_everything
+from mnist.seeding import generator
 from mnist.sweeps import resume as sweep_resume
 from mnist.tracking import store
 from mnist.tracking.listener import RunStart, refuse_finished_run, store_failure, training_run
-from mnist.training.build import build_learner, initial_model
+from mnist.training.build import Setup, set_up
 from mnist.training.checkpoint import claimed
-from mnist.training.device import configure_torch, resolve_device
 from mnist.training.loop import Checkpoints, fit, test_best
 from mnist.training.phases import PhaseClock
 from mnist.training.signals import stop_on_signals
@@ -74,40 +72,15 @@ def _train(
     clock: PhaseClock,
 ) -> dict[str, Any]:
     """The stages of a run in order, readable top to bottom, each ending in a lap of the
-    clock; over 60 lines because the steps that close the run are interleaved with the
-    points where a signal stops it."""
+    clock, with the points where a signal stops the run between the steps that close it."""
     # An augmentation is named by what it applies, not by the option(s) it came from
     # (`augmentation=[shift_rotate,erase]` has no single one): in the params and run names.
     choices = {**ctx.choices, "augmentation": augmentation_name(cfg.augmentation)}
     ctx = dataclasses.replace(ctx, choices=choices)
-    device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device, cfg.trainer.deterministic)
-    seed_everything(cfg.seed)
-
-    data_root = ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums)
-    data = load_mnist(data_root, device)
-    train_idx, val_idx = prepare_split(cfg, data.train_labels)
-    clock.lap("data")
-    model = initial_model(cfg, device)
-    learner = build_learner(cfg, model, device, len(train_idx))
-    summary = summarize(model)
-    model_name = ctx.choices.get("model", type(model).__name__)
-    log.info(
-        "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images%s",
-        model_name, summary.total_params, summary.macs / 1e6, device, len(train_idx),
-        len(val_idx), len(data.test_labels),
-        # Once per sweep: every run logs its own model_summary.txt.
-        "\n" + format_summary(summary) if ctx.job_num == 0 else "",
-    )  # fmt: skip
-
-    clock.lap("model")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, data, train_idx)
-    clock.lap("preview")
+    setup = set_up(cfg, lap=clock.lap)
+    data, device, model = setup.data, setup.device, setup.model
+    start, resolved = _run_start(cfg, ctx, setup, clock)
     checkpoint_dir = ctx.output_dir / "checkpoints"
-    sizes = {"training": len(train_idx), "validation": len(val_idx),
-             "test": len(data.test_labels)}  # fmt: skip
-    start = RunStart(device, model, model_name, summary, data_root, sizes, files, draws)
     resume_id = resume_state["mlflow_run_id"] if resume_state else None
 
     # From the run's start to its end, a signal stops the job where that is safe (the loop
@@ -125,8 +98,8 @@ def _train(
         clock.lap("mlflow_setup")
         with _explain_nondeterminism():
             result = fit(
-                learner, data, train_idx, val_idx, cfg.trainer, device, checkpoints, run,
-                resume_state,
+                setup.learner, data, setup.train_idx, setup.val_idx, cfg.trainer, device,
+                checkpoints, run, resume_state,
             )  # fmt: skip
         clock.lap("training")
         stop_if_requested()
@@ -151,7 +124,32 @@ def _train(
             "Best epoch %d: val acc %.4f, test acc %.4f. MLflow run %s in %s",
             result.best_epoch, result.best_val_acc, test.accuracy, run.run_id, uri,
         )  # fmt: skip
-    return {**final, "run_id": run.run_id, "params_count": summary.total_params}
+    return {**final, "run_id": run.run_id, "params_count": start.summary.total_params}
+
+
+def _run_start(
+    cfg: DictConfig, ctx: JobContext, setup: Setup, clock: PhaseClock
+) -> tuple[RunStart, dict[str, Any]]:
+    """The model described (in the log once per sweep), the run's first files written;
+    returns what the MLflow run opens with, and the resolved config."""
+    model, train_idx, val_idx = setup.model, setup.train_idx, setup.val_idx
+    summary = summarize(model)
+    model_name = ctx.choices.get("model", type(model).__name__)
+    test_size = len(setup.data.test_labels)
+    log.info(
+        "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images%s",
+        model_name, summary.total_params, summary.macs / 1e6, setup.device, len(train_idx),
+        len(val_idx), test_size,
+        # Once per sweep: every run logs its own model_summary.txt.
+        "\n" + format_summary(summary) if ctx.job_num == 0 else "",
+    )  # fmt: skip
+    clock.lap("model")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, setup.data, train_idx)
+    clock.lap("preview")
+    sizes = {"training": len(train_idx), "validation": len(val_idx), "test": test_size}
+    start = RunStart(setup.device, model, model_name, summary, setup.data_root, sizes, files, draws)
+    return start, resolved
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from mnist.errors import ConfigError
 from mnist.inference.evaluate_checkpoints import run_evaluation
 from mnist.job import run_training
 from mnist.models import build_model
+from mnist.training.build import set_up
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
 from mnist.training.device import (
     DEFAULT_NUM_THREADS,
@@ -37,7 +38,7 @@ from mnist.training.resume import Progress
 from tests.helpers import CONF_DIR, compose_config
 from tests.helpers.dispatch import NoFloat64, OpRecorder
 from tests.helpers.images import seven, to_uint8
-from tests.helpers.training import CPU, prepare, run_fit
+from tests.helpers.training import CPU, run_fit
 
 CUDA, MPS = torch.device("cuda", 0), torch.device("mps")
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -297,7 +298,7 @@ def test_mps_random_state_is_saved_and_restored_only_where_mps_exists(tiny_cfg, 
     monkeypatch.setattr(
         torch.mps, "set_rng_state", lambda state, device="mps": restored.append(state)
     )
-    *_, learner = prepare(tiny_cfg())
+    learner = set_up(tiny_cfg(), CPU).learner
     state = learner.state(Progress(), learner.shuffle.get_state())
     assert torch.equal(state["rng"]["mps"], mps_state)
     learner.restore(state)

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 import mnist.tools.benchmark as benchmark_module
 from mnist.data.augment import OPS, BatchAugment, Op
-from mnist.data.tensors import load_mnist, prepare_split
+from mnist.data.tensors import load_mnist
 from mnist.errors import ConfigError
 from mnist.tools.benchmark import (
     benchmark,
@@ -16,6 +16,7 @@ from mnist.tools.benchmark import (
     epoch_orders,
     project_batches,
     run_benchmark,
+    set_up_benchmark,
 )
 from mnist.training.loop import train_step
 from tests.helpers import compose_config, tiny_overrides, write_synthetic_mnist
@@ -91,9 +92,7 @@ def test_benchmark_times_the_trainers_own_step(torchvision_layout, tmp_path, mon
 
     monkeypatch.setattr(benchmark_module, "train_step", spy_step)
     monkeypatch.setattr(benchmark_module, "synchronize", waits.append)
-    data = load_mnist(torchvision_layout)
-    train_idx, val_idx = prepare_split(cfg, data.train_labels)
-    run_benchmark(cfg, data, train_idx, val_idx, torch.device("cpu"))
+    run_benchmark(cfg, set_up_benchmark(cfg))
     # Both pipelines, 8 steps each; the one-cycle schedule spans the benchmark's steps.
     assert steps == [("bf16", 0.5, 0.1, 8)] * 16
     assert waits.count(torch.device("cpu")) >= 16
@@ -107,9 +106,7 @@ def test_benchmark_on_cpu_never_waits_for_a_gpu(torchvision_layout, tmp_path, mo
     monkeypatch.setattr(torch.cuda, "synchronize", gpu_sync)
     # SGD: Adam's step asks a GPU that is said to exist for its stream.
     cfg = benchmark_config(torchvision_layout, tmp_path, "optimizer=sgd")
-    data = load_mnist(torchvision_layout)
-    train_idx, val_idx = prepare_split(cfg, data.train_labels)
-    results = run_benchmark(cfg, data, train_idx, val_idx, torch.device("cpu"))
+    results = run_benchmark(cfg, set_up_benchmark(cfg))
     assert all(r.train_img_s > 0 for r in results)
 
 

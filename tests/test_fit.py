@@ -15,12 +15,12 @@ from mnist.data.batches import batch_indices
 from mnist.errors import ConfigError, TrainingInterrupted
 from mnist.recipes import CONF_DIR
 from mnist.tools.reproduce import TIMING_METRICS
-from mnist.training.build import build_learner, initial_model
+from mnist.training.build import build_learner, initial_model, set_up
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.evaluation import evaluate
 from mnist.training.resume import eager
 from tests.helpers import compose_config
-from tests.helpers.training import CPU, prepare, run_fit
+from tests.helpers.training import CPU, run_fit
 
 
 def lrs(logged) -> list[float]:
@@ -172,7 +172,8 @@ def test_bf16_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
     assert all(math.isfinite(epoch["train/loss"]) for epoch in logged)
     assert logged[-1]["train/loss"] < logged[0]["train/loss"]
     assert result.best_val_acc > 0.9
-    data, _, val_idx, _ = prepare(cfg)
+    setup = set_up(cfg, CPU)
+    data, val_idx = setup.data, setup.val_idx
     val = evaluate(learner.model, data.train_images[val_idx], data.train_labels[val_idx], 64,
                    CPU, "bf16")  # fmt: skip
     assert val.probabilities.dtype == torch.float32 and math.isfinite(val.loss)
@@ -184,7 +185,8 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
     cfg = tiny_cfg("trainer.compile=true", "trainer.eval_batch_size=64", "trainer.epochs=3",
                    "trainer.test_every_epoch=true", "augmentation=shift_rotate")  # fmt: skip
     _, reference, learner = run_fit(cfg, tmp_path / "reference")
-    data, _, val_idx, _ = prepare(cfg)
+    setup = set_up(cfg, CPU)
+    data, val_idx = setup.data, setup.val_idx
     images, labels = data.train_images[val_idx], data.train_labels[val_idx]
     compiled = evaluate(learner.model, images, labels, 64, CPU)
     plain = evaluate(eager(learner.model), images, labels, 64, CPU)
@@ -199,7 +201,8 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
 def test_the_moving_average_is_what_is_validated_and_kept_as_best(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.ema_decay=0.9", "trainer.epochs=1", "model=gap20k")
     _, logged, learner = run_fit(cfg, tmp_path)
-    data, _, val_idx, _ = prepare(cfg)
+    setup = set_up(cfg, CPU)
+    data, val_idx = setup.data, setup.val_idx
     images, labels = data.train_images[val_idx], data.train_labels[val_idx]
     average, trained = learner.ema.module, learner.model
     assert evaluate(average, images, labels, 64, CPU).loss == pytest.approx(logged[0]["val/loss"])

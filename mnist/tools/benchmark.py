@@ -22,13 +22,12 @@ from torch import Tensor, nn
 from mnist.config import flatten, validate_config
 from mnist.data.augment import Affine, BatchAugment, Erase
 from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices, training_batches
-from mnist.data.fetch import ensure_mnist
-from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
+from mnist.data.tensors import MnistTensors
 from mnist.errors import ConfigError, DataError
-from mnist.seeding import generator, seed_everything
+from mnist.seeding import generator
 from mnist.tracking import runs, store
-from mnist.training.build import build_learner, initial_model
-from mnist.training.device import autocast, configure_torch, resolve_device, synchronize
+from mnist.training.build import Setup, build_learner, initial_model, set_up
+from mnist.training.device import autocast, synchronize
 from mnist.training.evaluation import evaluate
 from mnist.training.loop import train_step
 from mnist.training.resume import Learner
@@ -197,31 +196,37 @@ def _classic_eval_img_s(
     return len(dataset) / (time.perf_counter() - start)
 
 
-def run_benchmark(
-    cfg: DictConfig, data: MnistTensors, train_idx: Tensor, val_idx: Tensor, device: torch.device
-) -> list[PipelineResult]:
+def set_up_benchmark(cfg: DictConfig) -> Setup:
+    """The project pipeline's run, set up as training sets one up; its schedule spans the
+    benchmark's steps (one "epoch": the span of onecycle and cosine schedules)."""
+    return set_up(_steps_config(cfg), train_size=cfg.benchmark.steps * cfg.trainer.batch_size)
+
+
+def _steps_config(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.merge(cfg, {"trainer": {"epochs": 1}})
+
+
+def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
     """Both pipelines, the project's first (so the peak memory it reports is its own). Each
     trains as the trainer config says (precision, compile, clipping, label smoothing, and
     a per-step schedule spread over the benchmark's steps)."""
     bench, trainer = cfg.benchmark, cfg.trainer
-    val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
+    data, train_idx, device = setup.data, setup.train_idx, setup.device
+    val_images, val_labels = data.train_images[setup.val_idx], data.train_labels[setup.val_idx]
     results = []
-    # One "epoch" of benchmark.steps steps: the span of onecycle and cosine schedules.
-    steps_cfg = OmegaConf.merge(cfg, {"trainer": {"epochs": 1}})
     classic_cfg = OmegaConf.merge(
-        steps_cfg, {"trainer": {"channels_last": bench.classic_channels_last}}
+        _steps_config(cfg), {"trainer": {"channels_last": bench.classic_channels_last}}
     )
     for name in ("project", "classic"):
         # Same architecture and initial weights; the memory layout is each pipeline's own.
-        run_cfg = steps_cfg if name == "project" else classic_cfg
-        learner = build_learner(
-            run_cfg, initial_model(run_cfg, device), device, bench.steps * trainer.batch_size
-        )
         if name == "project":
+            learner = setup.learner
             batches = project_batches(
                 data, train_idx, trainer.batch_size, learner.augment, cfg.seed
             )
         else:
+            model = initial_model(classic_cfg, device)
+            learner = build_learner(classic_cfg, model, device, bench.steps * trainer.batch_size)
             orders = epoch_orders(train_idx, trainer.batch_size, cfg.seed)
             batches = classic_batches(
                 cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers,
@@ -291,12 +296,9 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     classic_transform(augment)  # an op without a twin is refused before anything is written
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
-    device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device, cfg.trainer.deterministic)
-    seed_everything(cfg.seed)
-    data = load_mnist(ensure_mnist(cfg.data.root, cfg.data.verify_checksums), device)
-    train_idx, val_idx = prepare_split(cfg, data.train_labels)
-    results = run_benchmark(cfg, data, train_idx, val_idx, device)
+    setup = set_up_benchmark(cfg)
+    device = setup.device
+    results = run_benchmark(cfg, setup)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(results, cfg.benchmark.target_acc)

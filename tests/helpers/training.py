@@ -8,25 +8,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
-from mnist.seeding import seed_everything
-from mnist.training.build import build_learner, initial_model
+from mnist.training.build import set_up
 from mnist.training.events import RunListener
 from mnist.training.loop import Checkpoints, FitResult, fit
 from mnist.training.resume import Learner
 
 CPU = torch.device("cpu")
-
-
-def prepare(
-    cfg: DictConfig, device: torch.device = CPU
-) -> tuple[MnistTensors, torch.Tensor, torch.Tensor, Learner]:
-    """(data, train indices, validation indices, learner) as a training job builds them."""
-    seed_everything(cfg.seed)
-    data = load_mnist(cfg.data.root, device)
-    train_idx, val_idx = prepare_split(cfg, data.train_labels)
-    model = initial_model(cfg, device)
-    return data, train_idx, val_idx, build_learner(cfg, model, device, len(train_idx))
 
 
 def run_fit(
@@ -36,10 +23,10 @@ def run_fit(
     after_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
     device: torch.device = CPU,
 ) -> tuple[FitResult, list[dict[str, float]], Learner]:
-    """fit() on `cfg`, checkpoints in `directory`; returns its result, the metrics it
-    logged (one dict per epoch, with its "epoch") and the learner. `after_epoch` sees each
-    epoch's metrics as they are logged."""
-    data, train_idx, val_idx, learner = prepare(cfg, device)
+    """fit() on `cfg`, set up as a training job sets up, checkpoints in `directory`;
+    returns its result, the metrics it reported (one dict per epoch, with its "epoch") and
+    the learner. `after_epoch` sees each epoch's metrics as they are reported."""
+    setup = set_up(cfg, device)
     logged: list[dict[str, float]] = []
 
     class Recorder(RunListener):
@@ -48,7 +35,7 @@ def run_fit(
             after_epoch(metrics)
 
     result = fit(
-        learner, data, train_idx, val_idx, cfg.trainer, device, Checkpoints(directory),
-        Recorder(), resume_from,
+        setup.learner, setup.data, setup.train_idx, setup.val_idx, cfg.trainer, device,
+        Checkpoints(directory), Recorder(), resume_from,
     )  # fmt: skip
-    return result, logged, learner
+    return result, logged, setup.learner
