@@ -34,8 +34,8 @@ def block_checkpoints(sweep_dir: Path, job: int) -> None:
 
 
 def sweep_overrides(data_root: Path, tmp_path: Path) -> list[str]:
-    one_epoch = [o for o in tiny_overrides(data_root, tmp_path) if o != "trainer.epochs=2"]
-    return ["-m", *one_epoch, "trainer.epochs=1", "logger.experiment=sweep"]
+    one_epoch = [*tiny_overrides(data_root, tmp_path), "trainer.epochs=1"]
+    return ["-m", *one_epoch, "logger.experiment=sweep"]
 
 
 def parent_and_children(client: MlflowClient, experiment: str = "sweep"):

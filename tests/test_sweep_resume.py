@@ -199,7 +199,7 @@ def test_a_stopped_joblib_sweep_ends_in_one_line_with_the_signals_status(
     store = tmp_path / "mlruns" / "mlflow.db"
     command = [
         sys.executable, str(TRAIN_SCRIPT), "-m",
-        *[o for o in tiny_overrides(synthetic_root, tmp_path) if o != "trainer.epochs=2"],
+        *tiny_overrides(synthetic_root, tmp_path),
         "trainer.epochs=1000", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     ]  # fmt: skip
     log, errors = tmp_path / "stdout.log", tmp_path / "stderr.log"
@@ -245,7 +245,7 @@ def _stop_and_resume(synthetic_root: Path, tmp_path: Path, *launcher: str) -> No
     store = tmp_path / "mlruns" / "mlflow.db"
     command = [
         sys.executable, str(TRAIN_SCRIPT), "-m",
-        *[o for o in tiny_overrides(synthetic_root, tmp_path) if o != "trainer.epochs=2"],
+        *tiny_overrides(synthetic_root, tmp_path),
         "trainer.epochs=6", "logger.experiment=sweep", "model=fast", "seed=0,1,2,3", *launcher,
     ]  # fmt: skip
     status = _sweep_until_two_jobs_finished(command, store, tmp_path / "stopped.log")

@@ -38,16 +38,12 @@ def write_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> 
 
 
 def tiny_overrides(data_root: Path, tmp_path: Path) -> list[str]:
+    """debug=tiny (conf/debug/tiny.yaml, as users run it) on the synthetic data, with every
+    output under tmp_path."""
     return [
+        "debug=tiny",
         f"data.root={data_root}",
         "data.verify_checksums=false",
-        "data.val_size=100",
-        "trainer.epochs=2",
-        "trainer.batch_size=50",
-        "trainer.eval_batch_size=256",
-        "trainer.progress=false",
-        "logger.log_model=false",
-        "device=cpu",
         f"paths.outputs={tmp_path / 'outputs'}",
         f"paths.mlruns={tmp_path / 'mlruns'}",
     ]
