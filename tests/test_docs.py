@@ -1,13 +1,14 @@
 """What the documentation points at exists: every link between the Markdown pages, every
 section a config header, the Makefile or a docstring names, every module in docs/layout.md,
 and every config group and training key in the README's configuration table. Pages move
-and sections get renamed; a pointer nobody follows any more is found here, not by a user."""
+and sections get renamed; a pointer nobody follows any more is found here, not by a user.
+And the notebook example of docs/core.md runs as written."""
 
 import re
 from pathlib import Path
 
 from mnist.paths import REPO_ROOT
-from tests.helpers import CONF_DIR, compose_config
+from tests.helpers import CONF_DIR, compose_config, write_synthetic_mnist
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 # Where the code and configs point a reader at the documentation.
@@ -104,3 +105,18 @@ def test_the_readme_configuration_table_names_every_group_and_training_key():
             if f"`{dotted}`" not in table and not (key and re.search(rf"`{key}\b", row)):
                 missing.append(dotted)
     assert missing == []
+
+
+def test_the_core_notebook_example_trains_and_tests_a_model(tmp_path, monkeypatch, capsys):
+    page = (REPO_ROOT / "docs" / "core.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    # Where the example expects them: the MNIST files (synthetic digits, enough for its
+    # 1,000 validation images) and the repository's conf/.
+    write_synthetic_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=1600)
+    (tmp_path / "conf").symlink_to(CONF_DIR)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/core.md", "exec"), {})
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in shown[:2]] == ["epoch 1", "epoch 2"]
+    assert re.fullmatch(r"best epoch [12]: test accuracy (0|1)\.\d{4}", shown[2])
+    assert sorted(p.name for p in (tmp_path / "notebook-run").iterdir()) == ["best.pt", "last.pt"]

@@ -1,5 +1,6 @@
 """What a training run reports as it goes, to whoever follows it: the core calls a
-listener and imports no tracker; mnist/tracking/listener.py records the calls in MLflow."""
+listener and imports no tracker; mnist/tracking/listener.py records the calls in MLflow,
+a notebook may print them (docs/core.md)."""
 
 from __future__ import annotations
 
