@@ -135,11 +135,10 @@ def _run_start(
     model, train_idx, val_idx = setup.model, setup.train_idx, setup.val_idx
     summary = summarize(model)
     model_name = ctx.choices.get("model", type(model).__name__)
-    test_size = len(setup.data.test_labels)
     log.info(
         "%s: %d parameters, %.2f M MACs per image, on %s; %d train / %d val / %d test images%s",
         model_name, summary.total_params, summary.macs / 1e6, setup.device, len(train_idx),
-        len(val_idx), test_size,
+        len(val_idx), len(setup.data.test_labels),
         # Once per sweep: every run logs its own model_summary.txt.
         "\n" + format_summary(summary) if ctx.job_num == 0 else "",
     )  # fmt: skip
@@ -147,9 +146,7 @@ def _run_start(
     resolved = OmegaConf.to_container(cfg, resolve=True)
     files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, setup.data, train_idx)
     clock.lap("preview")
-    sizes = {"training": len(train_idx), "validation": len(val_idx), "test": test_size}
-    start = RunStart(setup.device, model, model_name, summary, setup.data_root, sizes, files, draws)
-    return start, resolved
+    return RunStart(setup, model_name, summary, files, draws), resolved
 
 
 @contextmanager

@@ -8,10 +8,11 @@ names, and what a store that failed during a run says."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -25,22 +26,18 @@ from mnist.tracking import runs, store, ui
 from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import run_params
+from mnist.training.build import Setup
 from mnist.training.device import torch_settings
 from mnist.training.events import RunListener
-
-Observer = Callable[[dict[str, float], int], None]
 
 
 @dataclass
 class RunStart:
     """What a training run is, as the job has set it up: its MLflow run opens with it."""
 
-    device: torch.device
-    model: torch.nn.Module
+    setup: Setup
     model_name: str
     summary: ModelSummary
-    data_root: Path
-    sizes: dict[str, int]  # images of the training, validation and test sets
     files: list[Path]  # logged first: a run that fails keeps them
     draws: torch.Tensor  # the augmentation preview's images (TensorBoard shows them)
 
@@ -59,7 +56,7 @@ class MlflowListener(RunListener):
         if cfg.logger.tensorboard:
             from mnist.tracking.tensorboard import TensorBoardLog
 
-            self.board = TensorBoardLog(ctx.output_dir / "tensorboard", start.model)
+            self.board = TensorBoardLog(ctx.output_dir / "tensorboard", start.setup.model)
             self.board.log_images("inputs/augmented", start.draws.reshape(-1, 1, 28, 28))
 
     def on_epoch_end(self, metrics: dict[str, float], epoch: int) -> None:
@@ -77,7 +74,7 @@ class MlflowListener(RunListener):
         """The best-validation model (logger.register: also a registered version); before
         the final metrics, which, logged at its step, describe it."""
         example = normalize(to_unit_float(test_images[:4])).cpu()
-        model = copy.deepcopy(self.start.model).cpu()
+        model = copy.deepcopy(self.start.setup.model).cpu()
         runs.log_pytorch_model(model, example, self.start.model_name, self.cfg.logger.register,
                                step)  # fmt: skip
 
@@ -117,9 +114,11 @@ def training_run(
         system_metrics=cfg.logger.system_metrics,
     ) as run:  # fmt: skip
         if not resume_id:
-            summary = start.summary
+            summary, setup = start.summary, start.setup
             runs.log_metrics({"params_count": summary.total_params, "macs_per_image": summary.macs})
-            log_datasets(start.data_root, cfg.data, cfg.seed, start.sizes)
+            sizes = {"training": len(setup.train_idx), "validation": len(setup.val_idx),
+                     "test": len(setup.data.test_labels)}  # fmt: skip
+            log_datasets(setup.data_root, cfg.data, cfg.seed, sizes)
             runs.log_artifacts(start.files)
         listener = MlflowListener(run.info.run_id, cfg, ctx, start, resumed=bool(resume_id))
         try:
@@ -129,25 +128,30 @@ def training_run(
 
 
 def _tags(cfg: DictConfig, ctx: JobContext, start: RunStart) -> dict[str, str]:
-    tags = runs.run_tags(cfg.seed, start.device, ctx.overrides, start.model_name)
+    tags = runs.run_tags(cfg.seed, start.setup.device, ctx.overrides, start.model_name)
     tags["output_dir"] = str(ctx.output_dir)
     tags[CONFIG_HASH_TAG] = config_sha256(cfg)
     tags.update(ctx.extra_tags)
     tags.update(torch_settings())
     if ctx.parent_run_id:
         tags[store.PARENT_TAG] = ctx.parent_run_id
-    return tags | shape_tags(start.model)
+    return tags | shape_tags(start.setup.model)
 
 
-def checkpoint_of_run(run_id: str, uri: str) -> Path:
-    """The last.pt of the run trainer.resume=<run id> names; ConfigError if there is none."""
+def _stored_run(run_id: str, uri: str, missing: str) -> Any:
+    """The store's run `run_id`; ConfigError(`missing`) if the store has none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
-        run = MlflowClient(uri).get_run(run_id)
+        return MlflowClient(uri).get_run(run_id)
     except MlflowException as e:
-        raise ConfigError(f"trainer.resume={run_id}: no such MLflow run in {uri}") from e
+        raise ConfigError(missing) from e
+
+
+def checkpoint_of_run(run_id: str, uri: str) -> Path:
+    """The last.pt of the run trainer.resume=<run id> names; ConfigError if there is none."""
+    run = _stored_run(run_id, uri, f"trainer.resume={run_id}: no such MLflow run in {uri}")
     output_dir = run.data.tags.get("output_dir")
     checkpoint = Path(output_dir) / "checkpoints" / "last.pt" if output_dir else None
     if checkpoint is None or not checkpoint.is_file():
@@ -161,16 +165,8 @@ def checkpoint_of_run(run_id: str, uri: str) -> Path:
 def refuse_finished_run(target: str, run_id: str, uri: str) -> None:
     """A FINISHED run has nothing left to do: resuming it would log its final metrics and
     model a second time. ConfigError for it, and for a run the store does not have."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        status = MlflowClient(uri).get_run(run_id).info.status
-    except MlflowException as e:
-        raise ConfigError(
-            f"trainer.resume={target}: the checkpoint's MLflow run {run_id} is not in {uri}"
-        ) from e
-    if status == "FINISHED":
+    missing = f"trainer.resume={target}: the checkpoint's MLflow run {run_id} is not in {uri}"
+    if _stored_run(run_id, uri, missing).info.status == "FINISHED":
         raise ConfigError(
             f"trainer.resume={target}: run {run_id} is FINISHED, there is nothing to resume "
             f"(scripts/reproduce.py run_id={run_id} trains it again as a new run)"
