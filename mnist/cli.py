@@ -29,6 +29,7 @@ from mnist.errors import (
     RunFailed,
     TrackingError,
     TrainingDiverged,
+    WorkerInterrupted,
 )
 from mnist.job_dir import discard_job_dir
 from mnist.overrides import refuse_unresolvable
@@ -72,9 +73,10 @@ def _in_sweep() -> bool:
 
 
 def _stopped(e: KeyboardInterrupt) -> int:
-    """Says in one line how the command stopped and how to go on; returns its exit status
-    (130 for Ctrl-C)."""
-    print(f"stopped: {redact(str(e)) or 'interrupted'}", file=sys.stderr)
+    """Says in one line how the command stopped and how to go on (a worker leaves that to
+    its command); returns its exit status (130 for Ctrl-C)."""
+    if not isinstance(e, WorkerInterrupted):
+        print(f"stopped: {redact(str(e)) or 'interrupted'}", file=sys.stderr)
     return e.status if isinstance(e, Interrupted) else Interrupted.status
 
 

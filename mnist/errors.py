@@ -88,6 +88,11 @@ class SearchInterrupted(Interrupted):
         )
 
 
+class WorkerInterrupted(Interrupted):
+    """A worker process of a search (mnist/tuning/workers.py) stopped on a signal. It ends
+    without a line: the command that started it says how to go on, once."""
+
+
 class SweepInterrupted(Interrupted):
     """A sweep's launcher stopped on `signum` once its jobs' runs had stopped (KILLED, with
     a last.pt). It exits with the signal's conventional status, 128 + its number (143 for

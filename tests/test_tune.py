@@ -609,6 +609,49 @@ def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(synthetic
     assert {r.info.status for n, r in runs.items() if n > 1} == {"FINISHED"}
 
 
+# Slow: the command, and with n_jobs=2 its two workers, each import torch and MLflow (~30 s).
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("n_jobs", "signum"), [(1, signal.SIGINT), (2, signal.SIGTERM)], ids=["1 Ctrl-C", "2 SIGTERM"]
+)
+def test_an_interrupted_search_says_so_in_one_line_per_trial(
+    n_jobs, signum, synthetic_root, tmp_path
+):
+    """Each interrupted trial printed Optuna's 17-line traceback of a failed trial, naming
+    the trial's own trainer.resume=, and each worker a "stopped:" line of its own."""
+    command = tune_command(
+        synthetic_root, tmp_path, f"n_jobs={n_jobs}", "n_trials=4",
+        "hparams_search.pruner.name=none", "trainer.epochs=1000",
+    )  # fmt: skip
+    log = tmp_path / "tune.log"
+    with log.open("w") as out:
+        tuner = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while len(_running_trial_runs(tmp_path)) < n_jobs:
+            assert tuner.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trials did not start in 10 minutes"
+            time.sleep(0.2)
+        tuner.send_signal(signum)
+        assert tuner.wait(timeout=300) == 130, log.read_text()[-3000:]
+    finally:
+        if tuner.poll() is None:  # the test failed: end the search and its workers
+            for pid in {tuner.pid, *_trial_processes(tmp_path)}:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "Traceback" not in output
+    assert "trainer.resume" not in output
+    lines = output.splitlines()
+    trials = [line for line in lines if re.search(r"Trial \d+ interrupted; it runs again", line)]
+    assert len(trials) == n_jobs, output[-3000:]
+    assert [line for line in lines if line.startswith("stopped:")] == [
+        "stopped: search interrupted; run the same command again to continue study 'tiny'"
+    ]
+    states = Counter(t.state for t in load_study(tmp_path).trials)
+    assert states == {TrialState.FAIL: n_jobs, TrialState.WAITING: n_jobs}
+
+
 # Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).
 @pytest.mark.slow
 def test_n_jobs_workers_run_single_threaded_trials_of_one_study(synthetic_root, tmp_path):

@@ -37,6 +37,13 @@ class TrialFailed(Exception):
     data, store) is not wrapped: it stops the search, as it would fail every trial."""
 
 
+class TrialInterrupted(BaseException):
+    """A signal stopped the trial, which the objective has recorded FAIL and queued again.
+    Neither an Exception nor a KeyboardInterrupt, which Optuna would log as a failed trial
+    with its traceback (17 lines): it leaves `study.optimize` as it is, and stops the
+    search (mnist/tuning/search.py)."""
+
+
 def _compact(override: str) -> str:
     """optimizer.lr=0.0031234 -> optimizer.lr=0.00312: run names stay readable; the exact
     values are the run's params."""
@@ -86,11 +93,14 @@ class Objective:
             return self.train(cfg, ctx)["best/val_acc"]
         except PrunedTrial:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             # SIGINT/SIGTERM: the same parameters run again first when the study goes on.
             trial.set_user_attr("interrupted", True)
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            raise
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.warning("Trial %d interrupted; it runs again first when the study goes on",
+                        trial.number)  # fmt: skip
+            raise TrialInterrupted from e
         except (ConfigError, DataError, ModelConfigError, TrackingError):
             raise
         except Exception as e:

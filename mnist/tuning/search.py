@@ -24,13 +24,13 @@ from mnist.atomic import written_atomically
 from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.fetch import ensure_mnist
-from mnist.errors import ConfigError, SearchInterrupted
+from mnist.errors import ConfigError, SearchInterrupted, WorkerInterrupted
 from mnist.overrides import override_key
 from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from mnist.training.signals import stop_on_signals
 from mnist.tuning import tracking
-from mnist.tuning.objective import ComposeFn, Objective, TrainFn
+from mnist.tuning.objective import ComposeFn, Objective, TrainFn, TrialInterrupted
 from mnist.tuning.preset import write_preset
 from mnist.tuning.space import (
     Param,
@@ -141,7 +141,8 @@ def composer(ctx: SearchContext) -> ComposeFn:
 def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | None:
     """Returns the study's best validation accuracy (None before any trial completed).
     ConfigError/DataError/TrackingError before the first trial when the input cannot work;
-    SearchInterrupted after a SIGINT/SIGTERM, with the study consistent."""
+    SearchInterrupted (in a worker, WorkerInterrupted) after a SIGINT/SIGTERM, with the
+    study consistent."""
     space, base, compose = _checked(cfg, ctx)
     uri, url = stores(cfg)
     store.check_store(uri)
@@ -177,11 +178,12 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
 
 @contextmanager
 def _interrupted_search(study: str) -> Iterator[None]:
-    """A trial stopped by a signal (or a signal between trials) stops the search."""
+    """A trial stopped by a signal (or a signal between trials) stops the search: in a
+    worker, without a line of its own (the command that started it says how to go on)."""
     try:
         yield
-    except KeyboardInterrupt as e:
-        raise SearchInterrupted(study) from e
+    except (KeyboardInterrupt, TrialInterrupted) as e:
+        raise (WorkerInterrupted() if is_worker() else SearchInterrupted(study)) from e
 
 
 def _checked(cfg: DictConfig, ctx: SearchContext) -> tuple[list[Param], DictConfig, ComposeFn]:
