@@ -1,5 +1,6 @@
 """Shared behaviour of the entry points in scripts/. Imports only Hydra, mnist.errors,
-mnist.paths, mnist.recipes, mnist.redact, mnist.overrides, mnist.disk and mnist.job_dir, so
+mnist.paths, mnist.recipes, mnist.redact, mnist.overrides, mnist.disk, mnist.job_dir and
+mnist.context, so
 that Hydra answers --help and --cfg before torch is ever imported. Every script imports this
 module first: from then on no log line shows a secret, and a script of one checkout never
 runs the package of another."""
@@ -27,8 +28,10 @@ from mnist.errors import (
     Interrupted,
     ModelConfigError,
     RunFailed,
+    SweepInterrupted,
     TrackingError,
     TrainingDiverged,
+    TrainingInterrupted,
     WorkerInterrupted,
 )
 from mnist.job_dir import discard_job_dir
@@ -43,7 +46,8 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
     """A bad config value or missing data is the user's to fix, not a bug: print one clear
     message and exit with status 2 instead of a traceback, leaving nothing on disk: the
     directory Hydra made for the job goes if the job wrote nothing into it, and so do the
-    parents that leaves empty below the job config's paths.outputs."""
+    parents that leaves empty below the job config's paths.outputs. A job of a sweep says
+    how to go on as its sweep does (sweep.resume=true)."""
     try:
         if cfg is not None:
             refuse_unresolvable(cfg)
@@ -62,10 +66,15 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
             raise
         sys.exit(1)
     except Interrupted as e:
+        if isinstance(e, TrainingInterrupted) and _in_sweep():
+            # The sweep's command goes on with the job, not the job's own: its launcher
+            # says so, once (`run`; a joblib worker's exception goes back to it unprinted).
+            raise SweepInterrupted(e.signum) from e
         sys.exit(_stopped(e))
 
 
 def _in_sweep() -> bool:
+    """Whether this is a job of a sweep (a multirun)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -71,11 +71,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 class TrainingInterrupted(Interrupted):
-    """Training stopped on a signal after writing a resumable checkpoint."""
+    """Training stopped on `signum` after writing a resumable checkpoint. In a sweep, the
+    sweep's command resumes it, not this message's: the sweep says so (mnist/cli.py)."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, signum: int) -> None:
         super().__init__(f"training interrupted; resume with trainer.resume={checkpoint}")
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 class SearchInterrupted(Interrupted):
@@ -104,3 +106,8 @@ class SweepInterrupted(Interrupted):
             "sweep.resume=true to continue it"
         )
         self.status = 128 + signum
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        # How pickle makes it again: a joblib worker's goes back to its launcher so (an
+        # exception that cannot be unpickled breaks the pool: loky kills every worker).
+        return SweepInterrupted, (self.status - 128,)

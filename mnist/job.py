@@ -89,8 +89,8 @@ def _train(
     with stop_on_signals() as stop_requested, training_run(cfg, ctx, uri, start, resume_id) as run:
 
         def stop_if_requested() -> None:
-            if stop_requested():
-                raise TrainingInterrupted(checkpoint_dir / "last.pt")
+            if signum := stop_requested():
+                raise TrainingInterrupted(checkpoint_dir / "last.pt", signum)
 
         if not resume_state:
             sweep_resume.mark_superseded(uri, ctx, run.run_id)

@@ -5,6 +5,7 @@ stopped launcher says so in one line and exits with the signal's status."""
 
 import contextlib
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from mnist.config import validate_config
 from mnist.context import PARENT_RUN_FILE, JobContext
-from mnist.errors import ConfigError
+from mnist.errors import ConfigError, SweepInterrupted
 from mnist.reporting.compare import compare
 from mnist.resume import resume_config
 from mnist.sweeps.resume import mark_superseded, resume_job, sweep_sha256
@@ -179,55 +180,69 @@ def _sweep_until_two_jobs_finished(command: list[str], store: Path, log: Path) -
             os.killpg(launcher.pid, signal.SIGKILL)
 
 
-def _both_jobs_training(store: Path) -> bool:
+def _jobs_training(store: Path, count: int) -> bool:
     runs = _runs(store).values()
-    return len(runs) == 2 and all(status == "RUNNING" and trained for status, trained in runs)
+    return len(runs) == count and all(status == "RUNNING" and trained for status, trained in runs)
 
 
-# A joblib sweep: the launcher and two workers each import torch and MLflow (~30 s on 2 cores).
+# Each a sweep through the script; with joblib, the launcher and two workers each import torch
+# and MLflow (~20-30 s on 2 cores).
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])  # fmt: skip
 @pytest.mark.parametrize(
     ("signum", "to_group", "status"),
     [(signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)],
     ids=["SIGTERM to the launcher", "Ctrl-C"],
 )
-def test_a_stopped_joblib_sweep_ends_in_one_line_with_the_signals_status(
-    signum, to_group, status, synthetic_root, tmp_path
+def test_a_stopped_sweep_ends_in_one_line_naming_sweep_resume(
+    signum, to_group, status, launcher, synthetic_root, tmp_path
 ):
-    """It printed a KeyboardInterrupt traceback and exited 1; on Ctrl-C, joblib killed the
-    workers while they were stopping, and a run could stay RUNNING."""
+    """A stopped joblib launcher printed a KeyboardInterrupt traceback and exited 1; on
+    Ctrl-C, joblib killed the workers while they were stopping, and a run could stay
+    RUNNING. Then each job still said to go on with its own trainer.resume=<its last.pt>
+    (the basic launcher's job, with status 130 whatever the signal), where the sweep's
+    command with sweep.resume=true is what continues the sweep."""
     store = tmp_path / "mlruns" / "mlflow.db"
     command = [
         sys.executable, str(TRAIN_SCRIPT), "-m",
         *tiny_overrides(synthetic_root, tmp_path),
-        "trainer.epochs=1000", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "trainer.epochs=1000", "seed=0,1", *launcher,
     ]  # fmt: skip
     log, errors = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with log.open("w") as out, errors.open("w") as err:
-        launcher = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
+        sweep = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while not _both_jobs_training(store):
-            assert launcher.poll() is None, errors.read_text()[-3000:]
+        while not _jobs_training(store, 2 if launcher else 1):  # basic: one job at a time
+            assert sweep.poll() is None, errors.read_text()[-3000:]
             assert time.monotonic() < deadline, "the jobs did not start in 10 minutes"
             time.sleep(0.2)
         if to_group:  # as a terminal sends Ctrl-C: to every process of the foreground group
-            os.killpg(launcher.pid, signum)
+            os.killpg(sweep.pid, signum)
         else:
-            launcher.send_signal(signum)
-        assert launcher.wait(timeout=300) == status, errors.read_text()[-3000:]
-        _wait_until_gone(launcher.pid)
+            sweep.send_signal(signum)
+        assert sweep.wait(timeout=300) == status, errors.read_text()[-3000:]
+        _wait_until_gone(sweep.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(launcher.pid, signal.SIGKILL)
-    stderr = errors.read_text()
-    assert "Traceback" not in stderr + log.read_text()
+            os.killpg(sweep.pid, signal.SIGKILL)
+    printed = errors.read_text() + log.read_text()
+    assert "Traceback" not in printed
     name = signal.Signals(signum).name
-    assert [line for line in stderr.splitlines() if line.startswith("stopped: sweep")] == [
+    assert [line for line in printed.splitlines() if line.startswith("stopped:")] == [
         f"stopped: sweep stopped by {name}; run the same command with sweep.resume=true to "
         "continue it"
     ]
+    assert "trainer.resume" not in printed
     assert {status for status, _ in _runs(store).values()} == {"KILLED"}
+
+
+def test_a_workers_sweep_stop_goes_back_to_its_launcher_intact():
+    """A joblib worker's exception is pickled back to its launcher: one that cannot be made
+    again broke the pool, and loky killed the other workers while they saved a last.pt."""
+    stopped = pickle.loads(pickle.dumps(SweepInterrupted(signal.SIGTERM)))
+    assert (str(stopped), stopped.status) == (str(SweepInterrupted(signal.SIGTERM)), 143)
 
 
 def _wait_until_gone(group: int, timeout_s: float = 60) -> None:

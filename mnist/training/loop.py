@@ -27,7 +27,7 @@ from mnist.training.device import autocast, synchronize
 from mnist.training.evaluation import Evaluation, evaluate
 from mnist.training.events import FitResult, RunListener
 from mnist.training.resume import Learner, Progress, eager
-from mnist.training.signals import stop_on_signals
+from mnist.training.signals import StopRequested, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def fit(
             shuffle_state = learner.shuffle.get_state()
             if not train_one_epoch(learner, data, train_idx, cfg, device, progress, stop_requested):
                 progress.epoch_train_s = time.perf_counter() - epoch_start
-                raise TrainingInterrupted(save_last(shuffle_state))
+                raise TrainingInterrupted(save_last(shuffle_state), stop_requested())
             synchronize(device)  # the epoch's queued steps are training time, not validation
             train_seconds = time.perf_counter() - epoch_start
             metrics = end_of_epoch(learner, data, val_idx, cfg, device, progress, checkpoints)
@@ -98,8 +98,9 @@ def fit(
             _record(metrics, progress, cfg.epochs, listener)
             progress.start_next_epoch()
             last = save_last(learner.shuffle.get_state())
-            if stop_requested() and progress.epoch <= cfg.epochs and not progress.stopped_early:
-                raise TrainingInterrupted(last)
+            signum = stop_requested()
+            if signum and progress.epoch <= cfg.epochs and not progress.stopped_early:
+                raise TrainingInterrupted(last, signum)
 
     result = FitResult(
         history=progress.history,
@@ -151,7 +152,7 @@ def train_one_epoch(
     cfg: DictConfig,
     device: torch.device,
     progress: Progress,
-    stop_requested: Callable[[], bool],
+    stop_requested: StopRequested,
 ) -> bool:
     """The batches of `progress.epoch` from `progress.step` on (earlier ones were trained
     before an interruption). False when a stop was requested before the epoch ended."""

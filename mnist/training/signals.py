@@ -13,10 +13,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# A stop request: the signal that asked to stop, None while none has.
+StopRequested = Callable[[], signal.Signals | None]
+
 # The request of the stop_on_signals scope in force, if any. Signal handlers belong to the
 # process, so a nested scope (the loop's, inside the job's) shares the outer one's request:
 # installing its own would turn the "second signal stops immediately" into another request.
-_active: Callable[[], bool] | None = None
+_active: StopRequested | None = None
 
 
 # The signals that ask a command to stop: Ctrl-C, and what schedulers (Slurm, Kubernetes,
@@ -41,26 +44,27 @@ def install_handler(
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[Callable[[], bool]]:
+def stop_on_signals() -> Iterator[StopRequested]:
     """Turn the first SIGINT/SIGTERM into a request the job honours at its next safe
-    point; a second one gets the default behaviour (immediate stop)."""
+    point; a second one gets the default behaviour (immediate stop). What it yields says
+    which signal asked (None before one did)."""
     global _active
     if _active is not None:
         yield _active
         return
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False  # signal handlers can only be installed in the main thread
+        yield lambda: None  # signal handlers can only be installed in the main thread
         return
-    requested: list[int] = []
+    requested: list[signal.Signals] = []
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def request_stop(signum: int, frame: Any) -> None:
         log.warning("%s received: stopping at the next safe point", signal.Signals(signum).name)
-        requested.append(signum)
+        requested.append(signal.Signals(signum))
         signal.signal(signum, previous[signum])
 
-    def stop_requested() -> bool:
-        return bool(requested)
+    def stop_requested() -> signal.Signals | None:
+        return requested[0] if requested else None
 
     restore = install_handler(request_stop)
     _active = stop_requested

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist.errors import ConfigError, TrackingError
 from mnist.tracking import store
+from mnist.training.signals import StopRequested
 from mnist.tuning.objective import TrialFailed
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def run_trials(
     objective: Callable[[optuna.Trial], float],
     n_trials: int,
     deadline: float | None,
-    stop_requested: Callable[[], bool],
+    stop_requested: StopRequested,
     poll_s: float,
 ) -> None:
     """Run trials until the study has `n_trials` that ended, the deadline (time.monotonic)
