@@ -2,6 +2,7 @@
 experiment with a parent run per sweep, each job a child run, read back from a SQLite store
 or over HTTP from a real `mlflow server`."""
 
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist.context import PARENT_RUN_FILE
 from mnist.reporting.compare import compare
+from mnist.sweeps.callback import MlflowSweep
 from mnist.tracking.registry import promote_sweep
 from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
@@ -189,7 +191,8 @@ def test_a_job_that_stops_the_sweep_before_its_run_opens_is_counted(
 ):
     """A value valid for MNIST but not for the data at hand (600 training images) refuses
     the second job in one line when it starts, which ends the sweep: the parent counts
-    the 2 jobs launched, not the 1 run there is, and reports on it say it is incomplete."""
+    the 2 jobs launched, the refused one has a FAILED run, and reports on the sweep say
+    it is incomplete."""
     (tmp_path / "mlruns").mkdir()
     shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
     sweep = run_train_script(*sweep_overrides(synthetic_root, tmp_path), "data.val_size=100,600")
@@ -198,7 +201,7 @@ def test_a_job_that_stops_the_sweep_before_its_run_opens_is_counted(
     assert "2 jobs, 1 not finished" in sweep.stdout + sweep.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     parent, children = parent_and_children(client)
-    assert [r.info.status for r in children] == ["FINISHED"]
+    assert [r.info.status for r in children] == ["FINISHED", "FAILED"]
     assert parent.info.status == "FAILED"
     assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("2", "1")
     config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
@@ -207,6 +210,53 @@ def test_a_job_that_stops_the_sweep_before_its_run_opens_is_counted(
         f"sweep {parent.info.run_id} is incomplete: 1 of its 2 jobs finished; the others "
         "failed or did not run" in (tmp_path / "compare" / "table.md").read_text()
     )
+
+
+# Slow: a whole script end to end, no training (~15 s on 2 cores).
+@pytest.mark.slow
+def test_a_sweep_whose_jobs_failed_before_their_runs_opened_keeps_why_on_their_runs(
+    synthetic_root, tmp_path, empty_mlflow_db
+):
+    """Every job that ran was refused as it started (a validation split the 600 images at
+    hand cannot give), which ends the sweep: the reason was on the screen only, and the
+    sweep's end said its summary could not be made: "no training runs ... or run the
+    sweep first"."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    sweep = run_train_script(*sweep_overrides(synthetic_root, tmp_path), "data.val_size=600,700")
+    assert sweep.returncode == 2
+    reason = "data.val_size=600 must be between 1 and 599"
+    assert sweep.stderr.splitlines() == [f"error: {reason}"]
+    printed = sweep.stdout + sweep.stderr
+    assert "run the sweep first" not in printed
+    assert "2 jobs, 2 not finished: 1 FAILED, 1 with no run" in printed
+    parent, (refused,) = parent_and_children(
+        MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    )
+    assert (parent.info.status, refused.info.status) == ("FAILED", "FAILED")
+    # The run's description, on its page in MLflow's UI.
+    assert refused.data.tags["mlflow.note.content"] == (
+        f"Failed before its MLflow run opened: DataError: {reason}"
+    )
+    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("2", "2")
+
+
+def test_a_sweep_that_ends_with_no_run_says_so_without_a_summary(tmp_path, empty_mlflow_db, caplog):
+    """A sweep stopped before any job opened its run (Ctrl-C while the first one loads its
+    data) said at its end that its summary could not be made: "no training runs in
+    experiment ...; check parent_run_id / filter, or run the sweep first"."""
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("sweep")
+    parent = client.create_run(experiment_id).info.run_id
+    sweep = MlflowSweep()
+    sweep._parent = (uri, experiment_id, parent, tmp_path / "sweep", 2)
+    with caplog.at_level(logging.INFO):
+        sweep._end_parent()
+    assert f"Sweep parent run {parent}: 2 jobs, 2 not finished: 2 with no run" in caplog.text
+    assert "summary" not in caplog.text
+    assert client.get_run(parent).info.status == "FAILED"
 
 
 def test_a_sweep_with_an_invalid_job_is_refused_before_it_starts(synthetic_root, tmp_path):

@@ -284,7 +284,8 @@ def plot(rows: list[Row], title: str, path: Path) -> Path:
     acc_ax.invert_yaxis()
     time_ax.barh(y, [_mean(row.epoch_time_s) or 0 for row in rows], color="tab:gray")
     time_ax.set(xlabel="seconds per epoch", title="cost")
-    fig.legend(loc="lower center", ncol=4, fontsize=8)
+    if acc_ax.get_legend_handles_labels()[0]:  # none when no run finished and no reference
+        fig.legend(loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

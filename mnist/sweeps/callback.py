@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
-from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE, JobContext, parent_run_id
+from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE
 from mnist.overrides import task_overrides
+from mnist.sweeps.failed import record_failed_job
 from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
 from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_sweep_parent, sweep_sha256
@@ -26,12 +28,8 @@ from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
 from mnist.sweeps.stop import stop_jobs_on_signals
 from mnist.tracking import store
 from mnist.tracking.parent import children, end_parent, open_parent
-from mnist.tracking.store import PARENT_TAG
 
 log = logging.getLogger(__name__)
-
-# MLflow keeps tag values of up to 8000 characters.
-MAX_ERROR = 4000
 
 
 def swept_overrides(config: DictConfig) -> dict[str, str]:
@@ -53,43 +51,14 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
     return swept
 
 
-def record_failed_job(config: DictConfig, job_return: JobReturn) -> None:
-    """A FAILED child run, with its error, for a job of the sweep that failed before its
-    own run opened (a crash while it set up): otherwise the sweep's runs would look like
-    all of it. A job with a run in the sweep (its config's hash, as a resumed sweep finds
-    it) needs none: that run ended FAILED itself."""
-    from mlflow.tracking import MlflowClient
-
-    from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
-
-    parent = parent_run_id(config.hydra)
-    if parent is None:
-        return
-    client = MlflowClient(store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns))
-    experiment_id = client.get_run(parent).info.experiment_id
-    config_hash = config_sha256(job_return.cfg)
-    own = f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}'"
-    if current_runs(children(client, experiment_id, parent, own)):
-        return
-    ctx = JobContext.from_hydra()
-    error = job_error(job_return)
-    message = f"{type(error).__name__}: {error}"[:MAX_ERROR]
-    tags = {
-        PARENT_TAG: parent,
-        "model": ctx.choices.get("model", "n/a"),
-        "seed": str(config.seed),
-        "hydra.overrides": " ".join(ctx.overrides),
-        CONFIG_HASH_TAG: config_hash,
-        "error": message,
-        "mlflow.note.content": f"Failed before its MLflow run opened: {message}",
-    }
-    name = config.logger.run_name or ctx.run_name
-    run_id = store.retry_when_locked(
-        lambda: client.create_run(experiment_id, run_name=name, tags=tags)
-    ).info.run_id
-    store.retry_when_locked(lambda: client.set_terminated(run_id, "FAILED"))
-    log.error("Job %d failed before its MLflow run opened; recorded as FAILED run %s: %s",
-              ctx.job_num, run_id, message)  # fmt: skip
+def _not_finished(runs: list[Any], jobs: int) -> str:
+    """What became of the jobs that did not finish, by their runs' status, e.g. ": 1 FAILED,
+    1 with no run" (it stopped the sweep before its run opened, or never started)."""
+    counts = Counter(run.info.status for run in runs if run.info.status != "FINISHED")
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    if without := jobs - len(runs):
+        parts.append(f"{without} with no run")
+    return f": {', '.join(parts)}" if parts else ""
 
 
 class MlflowSweep(Callback):
@@ -162,7 +131,7 @@ class MlflowSweep(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
-            record_failed_job(config, job_return)
+            record_failed_job(job_return.cfg, job_error(job_return))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._restore_signals()
@@ -189,9 +158,11 @@ class MlflowSweep(Callback):
         failed = jobs - finished
         client.set_tag(run_id, JOBS_TAG, str(jobs))
         client.set_tag(run_id, FAILED_JOBS_TAG, str(failed))
-        summarize_sweep(uri, experiment_id, run_id, sweep_dir / "compare")
+        if runs:  # no run, nothing to compare
+            summarize_sweep(uri, experiment_id, run_id, sweep_dir / "compare")
         complete = sweep_completed and jobs and not failed
         end_parent(client, run_id, "FINISHED" if complete else "FAILED")
-        log.info("Sweep parent run %s: %d jobs, %d not finished", run_id, jobs, failed)
+        log.info("Sweep parent run %s: %d jobs, %d not finished%s", run_id, jobs, failed,
+                 _not_finished(runs, jobs))  # fmt: skip
         if hint := how_to_open(uri, experiment_id):
             log.info("Compare the runs: %s", hint)
