@@ -16,6 +16,8 @@ from mnist.overrides import split_override, task_overrides
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 # The keys the sweep varies, one a line: each job's run is named by their values.
 SWEPT_KEYS_FILE = "swept_keys"
+# The config groups every run's name starts with, by their options (JobContext.run_name).
+FIRST_GROUPS = ("model", "augmentation")
 
 
 def _sweep_file(hydra_cfg: Any, name: str) -> str | None:
@@ -48,8 +50,8 @@ class JobContext:
     output_dir: Path
     overrides: list[str] = field(default_factory=list)
     choices: dict[str, str] = field(default_factory=dict)
-    # Hydra's override_dirname: the overrides minus where-to-write keys, e.g. "model=cnn2,seed=1".
-    override_dirname: str = ""
+    # Said before the run's name: a tuning trial's number ("trial 3").
+    name_prefix: str = ""
     # The MLflow run of the sweep this job is part of (mnist/sweeps/callback.py); None outside one.
     parent_run_id: str | None = None
     # The keys the sweep varies, in the order it gave them (e.g. ["model", "seed"]); empty
@@ -74,7 +76,6 @@ class JobContext:
             output_dir=Path(hydra.runtime.output_dir),
             overrides=task_overrides(hydra),
             choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
-            override_dirname=hydra.job.override_dirname,
             parent_run_id=parent_run_id(hydra),
             swept_keys=swept_keys(hydra),
             job_num=hydra.job.num if hydra.mode == RunMode.MULTIRUN else 0,
@@ -82,13 +83,30 @@ class JobContext:
 
     @property
     def run_name(self) -> str:
-        """In a sweep, what tells this job from the others: the values of the swept keys,
-        a config group by its choice alone ("fast seed=0"; an augmentation by its ops); a
-        single run by its overrides, else its model."""
+        """One naming for single runs and a sweep's jobs: the model, its augmentation
+        (unless none), then what else tells the run apart: in a sweep the values of the keys
+        it varies, alone its overrides that can change its numbers (where it wrote left
+        out). A config group by its option alone, numbers to 3 significant digits (the
+        exact values are the run's params): "fast seed=0", "cnn4 affine(rot10,shift0.1)
+        trainer.epochs=30"."""
+        from mnist.tracking.params import changes_results
+
         values = dict(map(split_override, self.overrides))
-        swept = [
-            self.choices.get(key, f"{key}={value}")
-            for key in self.swept_keys
-            if (value := values.get(key)) is not None
+        keys = self.swept_keys or [key for key in values if changes_results(key)]
+        # No augmentation goes without saying.
+        first = [self.choices.get(group) for group in FIRST_GROUPS]
+        first = [option for option in first if option != "none"]
+        rest = [
+            self.choices.get(key) or f"{key}={_rounded(values[key])}"
+            for key in keys
+            if key not in FIRST_GROUPS and key in values
         ]
-        return " ".join(swept) or self.override_dirname or self.choices.get("model", "run")
+        return " ".join(word for word in [self.name_prefix, *first, *rest] if word) or "run"
+
+
+def _rounded(value: str) -> str:
+    """optimizer.lr=0.0031234 -> 0.00312: a name stays readable; other values as given."""
+    try:
+        return f"{float(value):.3g}" if any(c in value for c in ".eE") else value
+    except ValueError:
+        return value

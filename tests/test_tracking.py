@@ -62,22 +62,36 @@ def test_a_glob_sweep_is_listed_as_the_options_it_matches():
     ("swept", "overrides", "name"),
     [
         (["model", "seed"], ["data.train_subset=5000", "model=fast", "seed=0"], "fast seed=0"),
-        (["optimizer.lr", "model"], ["model=cnn3", "optimizer.lr=0.1"], "optimizer.lr=0.1 cnn3"),
-        (["seed"], ["model=cnn4", "seed=1"], "seed=1"),
-        ([], ["model=cnn4", "trainer.epochs=30"], "model=cnn4,trainer.epochs=30"),
+        (["optimizer.lr", "model"], ["model=cnn3", "optimizer.lr=0.1"], "cnn3 optimizer.lr=0.1"),
+        (["seed"], ["model=cnn4", "seed=1"], "cnn4 seed=1"),
+        # A single run: what it overrides that can change its numbers, not where it wrote.
+        (
+            [],
+            ["data.train_subset=3000", "device=cpu", "trainer.epochs=2", "paths.outputs=/o"],
+            "fast data.train_subset=3000 cpu trainer.epochs=2",
+        ),
+        (
+            [],
+            ["model=cnn4", "optimizer.lr=0.0031234", "trainer.progress=true"],
+            "cnn4 optimizer.lr=0.00312",
+        ),
+        ([], ["augmentation=shift_rotate"], "fast affine(rot10,shift0.1)"),
         ([], [], "fast"),
     ],
 )
-def test_a_run_is_named_by_what_tells_it_apart(swept, overrides, name, tmp_path):
-    # A config group (model) is named by its option alone, any other key as key=value.
+def test_a_run_is_named_by_its_model_augmentation_and_what_else_differs(
+    swept, overrides, name, tmp_path
+):
+    """Single runs and a sweep's jobs alike; a config group by its option alone."""
     chosen = dict(override.split("=", 1) for override in overrides)
+    augmentation = "affine(rot10,shift0.1)" if "augmentation" in chosen else "none"
     ctx = JobContext(
         output_dir=tmp_path,
         overrides=overrides,
-        choices={"model": chosen.get("model", "fast"), "optimizer": "adam"},
-        override_dirname=",".join(overrides),
+        choices={"model": chosen.get("model", "fast"), "optimizer": "adam",
+                 "augmentation": augmentation, "device": chosen.get("device", "auto")},
         swept_keys=swept,
-    )
+    )  # fmt: skip
     assert ctx.run_name == name
 
 

@@ -184,7 +184,7 @@ def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
     assert (runs[1].info.status, runs[1].data.tags["optuna.state"]) == ("KILLED", "PRUNED")
     assert len(client.get_metric_history(runs[1].info.run_id, "val/acc")) == 1
     assert "test/acc" not in runs[1].data.metrics  # a pruned trial never reaches the test set
-    assert runs[1].info.run_name.startswith("1_optimizer.lr=1e-06,")
+    assert runs[1].info.run_name.startswith("trial 1 fast optimizer.lr=1e-06")
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials/pruned"] == 1
     assert parent.data.metrics["pruning/epochs_saved"] == 1

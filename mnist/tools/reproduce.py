@@ -139,6 +139,7 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     run_cfg = stored_config(text, f"run_id={run_id} (its config.yaml)")
     try:
         run_cfg.logger.tracking_uri = uri
+        run_cfg.logger.run_name = f"reproduce: {source.info.run_name}"
         run_cfg = as_now(run_cfg)
         validate_config(run_cfg)
     except (OmegaConfBaseException, AttributeError, KeyError, TypeError) as e:
@@ -158,7 +159,6 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
         output_dir=output_dir,
         overrides=tags.get("hydra.overrides", "").split(),
         choices={**choices, "model": tags.get("model", "")},
-        override_dirname=f"reproduce:{source.info.run_name}",
         extra_tags={"reproduced_from": run_id},
     )
     result = train(run_cfg, ctx)

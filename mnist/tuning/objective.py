@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from mnist.context import JobContext
 from mnist.errors import ConfigError, DataError, ModelConfigError, TrackingError
+from mnist.overrides import override_key
 from mnist.tuning.space import Param, trial_overrides
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,6 @@ class TrialInterrupted(BaseException):
     Neither an Exception nor a KeyboardInterrupt, which Optuna would log as a failed trial
     with its traceback (17 lines): it leaves `study.optimize` as it is, and stops the
     search (mnist/tuning/search.py)."""
-
-
-def _compact(override: str) -> str:
-    """optimizer.lr=0.0031234 -> optimizer.lr=0.00312: run names stay readable; the exact
-    values are the run's params."""
-    key, _, value = override.partition("=")
-    try:
-        return f"{key}={float(value):.3g}" if "." in value or "e-" in value else override
-    except ValueError:
-        return override
 
 
 class Objective:
@@ -80,7 +71,9 @@ class Objective:
             output_dir=self.trials_dir / f"trial_{trial.number:04d}",
             overrides=[*self.base_overrides, *overrides],
             choices=choices,
-            override_dirname=f"{trial.number}_" + ",".join(map(_compact, overrides)),
+            # Named by what was sampled: "trial 3 fast optimizer.lr=0.00312".
+            name_prefix=f"trial {trial.number}",
+            swept_keys=[override_key(override) for override in overrides],
             parent_run_id=self.parent_run_id,
             extra_tags={
                 "optuna.study": trial.study.study_name,
