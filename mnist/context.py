@@ -63,7 +63,7 @@ class JobContext:
     # Added to the run's tags, e.g. the source run of a reproduction.
     extra_tags: dict[str, str] = field(default_factory=dict)
     # Sees each epoch's metrics after they are logged, with the epoch number; what it raises
-    # stops the training (a tuning trial reports val/acc to its pruner: mnist/tuning/).
+    # stops the training (a tuning trial reports acc/val to its pruner: mnist/tuning/).
     epoch_observer: Callable[[dict[str, float], int], None] | None = None
 
     @classmethod

@@ -23,6 +23,7 @@ from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.inference.evaluate_checkpoints import run_evaluation
 from mnist.job import run_training
+from mnist.metric_names import VAL_ACC
 from mnist.models import build_model
 from mnist.training.build import set_up
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
@@ -287,7 +288,7 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu_with_warnings(tiny_cfg, tmp_path, m
     assert "device=cuda, which this machine lacks: resuming with device=cpu" in caplog.text
     assert "Resuming on cpu a run that was training on cuda:0" in caplog.text
     assert resumed["run_id"] == first["run_id"]
-    assert [m.step for m in client.get_metric_history(first["run_id"], "val/acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(first["run_id"], VAL_ACC)] == [1, 2]
 
 
 def test_mps_random_state_is_saved_and_restored_only_where_mps_exists(tiny_cfg, monkeypatch):

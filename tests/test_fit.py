@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mnist.config import validate_config
 from mnist.data.batches import batch_indices
 from mnist.errors import ConfigError, TrainingInterrupted
+from mnist.metric_names import TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from mnist.recipes import CONF_DIR
 from mnist.tools.reproduce import TIMING_METRICS
 from mnist.training.build import build_learner, initial_model, set_up
@@ -109,14 +110,14 @@ def test_plateau_schedule_cuts_the_rate_when_validation_stalls(tiny_cfg, tmp_pat
     cfg = tiny_cfg("scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
                    "optimizer.lr=1e-6", "trainer.epochs=4")  # fmt: skip
     _, logged, _ = run_fit(cfg, tmp_path)
-    val = [epoch["val/acc"] for epoch in logged]
+    val = [epoch[VAL_ACC] for epoch in logged]
     assert all(later <= val[0] for later in val[1:])
     assert lrs(logged) == pytest.approx([1e-6, 1e-6, 5e-7, 2.5e-7])
 
 
 def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tiny_cfg, tmp_path):
     result, logged, _ = run_fit(tiny_cfg("trainer.target_acc=0.5", "trainer.epochs=10"), tmp_path)
-    reached = [epoch["val/acc"] >= 0.5 for epoch in logged]
+    reached = [epoch[VAL_ACC] >= 0.5 for epoch in logged]
     assert reached[-1] and not any(reached[:-1])
     assert result.stopped_early and len(logged) < 10
     assert [epoch["epoch"] for epoch in logged if "time_to_target_s" in epoch] == [len(logged)]
@@ -152,8 +153,8 @@ def test_label_smoothing_bounds_the_training_loss_only(tiny_cfg, tmp_path):
     entropy = -(target * target.log()).sum().item()
     _, logged, _ = run_fit(tiny_cfg(f"trainer.label_smoothing={smoothing}", "trainer.epochs=3"),
                            tmp_path)  # fmt: skip
-    assert all(epoch["train/loss"] >= entropy for epoch in logged)
-    assert logged[-1]["val/loss"] < entropy
+    assert all(epoch[TRAIN_LOSS] >= entropy for epoch in logged)
+    assert logged[-1][VAL_LOSS] < entropy
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -169,8 +170,8 @@ def test_memory_layout_follows_channels_last(tiny_cfg, tmp_path, channels_last):
 def test_bf16_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.precision=bf16", "trainer.epochs=3")
     result, logged, learner = run_fit(cfg, tmp_path)
-    assert all(math.isfinite(epoch["train/loss"]) for epoch in logged)
-    assert logged[-1]["train/loss"] < logged[0]["train/loss"]
+    assert all(math.isfinite(epoch[TRAIN_LOSS]) for epoch in logged)
+    assert logged[-1][TRAIN_LOSS] < logged[0][TRAIN_LOSS]
     assert result.best_val_acc > 0.9
     setup = set_up(cfg, CPU)
     data, val_idx = setup.data, setup.val_idx
@@ -192,7 +193,7 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
     plain = evaluate(eager(learner.model), images, labels, 64, CPU)
     assert torch.equal(compiled.predictions, plain.predictions)
     assert compiled.loss == pytest.approx(plain.loss, rel=1e-4)
-    assert compiled.accuracy == reference[-1]["val/acc"]
+    assert compiled.accuracy == reference[-1][VAL_ACC]
 
     resumed = stopped_after_one_epoch_then_resumed(cfg, tmp_path / "run")
     assert untimed(resumed) == untimed(reference[1:])
@@ -205,8 +206,8 @@ def test_the_moving_average_is_what_is_validated_and_kept_as_best(tiny_cfg, tmp_
     data, val_idx = setup.data, setup.val_idx
     images, labels = data.train_images[val_idx], data.train_labels[val_idx]
     average, trained = learner.ema.module, learner.model
-    assert evaluate(average, images, labels, 64, CPU).loss == pytest.approx(logged[0]["val/loss"])
-    assert evaluate(trained, images, labels, 64, CPU).loss != pytest.approx(logged[0]["val/loss"])
+    assert evaluate(average, images, labels, 64, CPU).loss == pytest.approx(logged[0][VAL_LOSS])
+    assert evaluate(trained, images, labels, 64, CPU).loss != pytest.approx(logged[0][VAL_LOSS])
     best = load_checkpoint(tmp_path / "best.pt")["model"]
     # BatchNorm's running statistics are the average's too.
     assert all(torch.equal(best[k], v) for k, v in average.state_dict().items())

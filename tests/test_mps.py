@@ -16,6 +16,7 @@ from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError, TrainingInterrupted
 from mnist.job import run_training
+from mnist.metric_names import TRAIN_LOSS
 from mnist.tools.reproduce import TIMING_METRICS
 from mnist.training.checkpoint import load_checkpoint
 from mnist.training.device import precision_problem
@@ -57,7 +58,7 @@ def test_autocast_precisions_train_on_mps(tiny_cfg, tmp_path, precision):
         tiny_cfg("device=mps", f"trainer.precision={precision}", "trainer.epochs=3"), tmp_path,
         device=MPS,
     )  # fmt: skip
-    assert all(math.isfinite(epoch["train/loss"]) for epoch in logged)
+    assert all(math.isfinite(epoch[TRAIN_LOSS]) for epoch in logged)
     assert result.best_val_acc > 0.9
 
 

@@ -21,6 +21,7 @@ from mnist.context import JobContext
 from mnist.data.idx import IdxError, parse_idx
 from mnist.errors import CheckpointWriteError, ConfigError, TrackingError, UnsafeModelConfig
 from mnist.job import run_training
+from mnist.metric_names import VAL_ACC
 from mnist.models import build_model
 from mnist.paths import REPO_ROOT
 from mnist.tools.reproduce import (
@@ -108,7 +109,7 @@ def test_reproduce_script_passes_on_a_finished_run(tiny_cfg, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PASS: run" in result.stdout and "DIFFERS" not in result.stdout
-    assert "best.weights_sha256" in result.stdout and "val/acc[2]" in result.stdout
+    assert "best.weights_sha256" in result.stdout and f"{VAL_ACC}[2]" in result.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
     copy = next(r for r in runs if r.info.run_id != original["run_id"])

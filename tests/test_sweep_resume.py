@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from mnist.config import validate_config
 from mnist.context import PARENT_RUN_FILE, JobContext
 from mnist.errors import ConfigError, SweepInterrupted
+from mnist.metric_names import VAL_ACC
 from mnist.reporting.compare import compare
 from mnist.resume import resume_config
 from mnist.sweeps.resume import mark_superseded, resume_job, sweep_sha256
@@ -143,7 +144,7 @@ def _runs(store: Path) -> dict[str, tuple[str, bool]]:
         with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30) as db:
             rows = db.execute(
                 "SELECT r.run_uuid, r.status, EXISTS (SELECT 1 FROM latest_metrics l "
-                "WHERE l.run_uuid = r.run_uuid AND l.key = 'val/acc') FROM runs r "
+                f"WHERE l.run_uuid = r.run_uuid AND l.key = '{VAL_ACC}') FROM runs r "
                 "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = 'model'"
             ).fetchall()
     except sqlite3.OperationalError:  # the schema is still being created

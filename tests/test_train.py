@@ -12,10 +12,11 @@ import mnist.job as job_module
 from mnist.context import JobContext
 from mnist.errors import TrainingDiverged
 from mnist.job import run_training
+from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from mnist.training.checkpoint import load_checkpoint
 from tests.helpers import run_train_script, tiny_overrides
 
-EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s",
+EPOCH_METRICS = [TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, "lr", "epoch_time_s",
                  "throughput_img_s"]  # fmt: skip
 FINAL_METRICS = ["test/acc", "test/loss", "best/val_acc", "best/epoch", "params_count",
                  "macs_per_image", "train_time_s", "test/eval_time_s"]  # fmt: skip
@@ -110,7 +111,7 @@ def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg, tmp_path):
     first = _run_in_process(tiny_cfg, tmp_path, "a", *augmented)
     second = _run_in_process(tiny_cfg, tmp_path, "b", *augmented)
     client = store(tmp_path)
-    for name in ["train/loss", "val/loss", "val/acc"]:
+    for name in [TRAIN_LOSS, VAL_LOSS, VAL_ACC]:
         a = [m.value for m in client.get_metric_history(first["run_id"], name)]
         b = [m.value for m in client.get_metric_history(second["run_id"], name)]
         assert a == b and len(a) == 2, name
@@ -130,7 +131,7 @@ def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg, tmp_path):
 
 def test_best_checkpoint_is_chosen_on_validation_and_resumable_state_is_saved(tiny_cfg, tmp_path):
     result = _run_in_process(tiny_cfg, tmp_path, "run", "trainer.epochs=3")
-    history = [m.value for m in store(tmp_path).get_metric_history(result["run_id"], "val/acc")]
+    history = [m.value for m in store(tmp_path).get_metric_history(result["run_id"], VAL_ACC)]
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["val_acc"] == max(history) == result["best/val_acc"]
     assert best["epoch"] == history.index(max(history)) + 1
@@ -147,7 +148,7 @@ def test_early_stopping_uses_patience_on_validation(tiny_cfg, tmp_path):
         "trainer.early_stopping.min_delta=0.5",
     )  # fmt: skip
     # No epoch can gain 0.5 in accuracy over the first, so the second epoch stops the run.
-    assert len(store(tmp_path).get_metric_history(result["run_id"], "val/acc")) == 2
+    assert len(store(tmp_path).get_metric_history(result["run_id"], VAL_ACC)) == 2
 
 
 def test_a_failing_job_closes_its_run_as_failed(tiny_cfg, tmp_path, monkeypatch):
@@ -168,12 +169,12 @@ def test_a_diverging_run_stops_as_failed_with_a_clear_message(tiny_cfg, tmp_path
         _run_in_process(tiny_cfg, tmp_path, "run", "optimizer=sgd", "optimizer.lr=1e30",
                         "optimizer.weight_decay=0", "scheduler=none")  # fmt: skip
     message = str(diverged.value)
-    assert re.match(r"training diverged: train/loss is (nan|-?inf) in epoch 1 ", message)
+    assert re.match(rf"training diverged: {TRAIN_LOSS} is (nan|-?inf) in epoch 1 ", message)
     assert "(learning rate 1e+30, weight decay 0); lower optimizer.lr or " in message
     assert "optimizer.weight_decay, or set trainer.grad_clip" in message and "\n" not in message
     assert mlflow.active_run() is None
     [run] = runs_of(store(tmp_path))
-    assert run.info.status == "FAILED" and "train/loss" not in run.data.metrics
+    assert run.info.status == "FAILED" and TRAIN_LOSS not in run.data.metrics
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
@@ -190,8 +191,8 @@ def test_tensorboard_mirrors_the_metrics_without_changing_the_run(tiny_cfg, tmp_
     events = EventAccumulator(
         str(tmp_path / "tb" / "tensorboard"), {"scalars": 0, "histograms": 0, "images": 0}
     ).Reload()
-    val = [(e.step, e.value) for e in events.Scalars("val/acc")]
-    history = store(tmp_path).get_metric_history(with_board["run_id"], "val/acc")
+    val = [(e.step, e.value) for e in events.Scalars(VAL_ACC)]
+    history = store(tmp_path).get_metric_history(with_board["run_id"], VAL_ACC)
     assert val == [(m.step, pytest.approx(m.value)) for m in history]
     assert events.Scalars("test/acc")[0].value == pytest.approx(with_board["test/acc"])
     histograms = events.Tags()["histograms"]

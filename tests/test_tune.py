@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from mnist.context import JobContext
 from mnist.errors import ConfigError, SearchInterrupted, TrackingError
 from mnist.job import run_training
+from mnist.metric_names import VAL_ACC
 from mnist.tuning.search import TUNE_KEYS, SearchContext, config_groups, run_search
 from mnist.tuning.study import stores
 from mnist.tuning.workers import worker_command
@@ -182,7 +183,7 @@ def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
     client, parent, runs = study_runs(tmp_path)
     assert (runs[0].info.status, runs[0].data.tags["optuna.state"]) == ("FINISHED", "COMPLETE")
     assert (runs[1].info.status, runs[1].data.tags["optuna.state"]) == ("KILLED", "PRUNED")
-    assert len(client.get_metric_history(runs[1].info.run_id, "val/acc")) == 1
+    assert len(client.get_metric_history(runs[1].info.run_id, VAL_ACC)) == 1
     assert "test/acc" not in runs[1].data.metrics  # a pruned trial never reaches the test set
     assert runs[1].info.run_name.startswith("trial 1 fast optimizer.lr=1e-06")
     assert parent.info.status == "FINISHED"

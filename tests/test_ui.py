@@ -15,6 +15,7 @@ import pytest
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
 from mlflow.tracking import MlflowClient
 
+from mnist.metric_names import TRAIN_LOSS, VAL_ACC
 from mnist.tracking.registry import promote_sweep
 from mnist.tracking.store import get_or_create_experiment
 from mnist.tracking.ui import CURVES, KEY_METRICS, experiment_tags, runs_path
@@ -59,8 +60,8 @@ def small_sweep(uri: str) -> tuple[str, str]:
             Metric(key, value, 0, epoch)
             for epoch in range(1, EPOCHS + 1)
             for key, value in (
-                ("val/acc", val_acc - (1 - val_acc) * (EPOCHS - epoch) / epoch),
-                ("train/loss", 3 * (1 - val_acc) + 0.3 / epoch),
+                (VAL_ACC, val_acc - (1 - val_acc) * (EPOCHS - epoch) / epoch),
+                (TRAIN_LOSS, 3 * (1 - val_acc) + 0.3 / epoch),
             )
         ]
         values = {"best/val_acc": val_acc, "test/acc": test_acc, "train_time_s": seconds}

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+
 
 def pyplot():
     import matplotlib
@@ -51,10 +53,10 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    panels = [("loss", "loss"), ("acc", "accuracy")]
-    for ax, (key, label) in zip(axes, panels, strict=False):
-        for split in ("train", "val"):
-            ax.plot(epochs, [row[f"{split}/{key}"] for row in history], marker="o", label=split)
+    panels = [("loss", TRAIN_LOSS, VAL_LOSS), ("accuracy", TRAIN_ACC, VAL_ACC)]
+    for ax, (label, *curves) in zip(axes, panels, strict=False):
+        for split, name in zip(("train", "val"), curves, strict=True):
+            ax.plot(epochs, [row[name] for row in history], marker="o", label=split)
         ax.set(xlabel="epoch", ylabel=label, title=f"{label}: train vs validation")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist.config import as_now, validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError
+from mnist.metric_names import current
 from mnist.targets import first_line, stored_config
 from mnist.tracking import runs, store
 from mnist.tracking.params import GROUPS
@@ -69,19 +70,21 @@ def _histories(client, run_id: str, names) -> dict[str, list[float]]:
 
 
 def compare_runs(client, original_id: str, reproduced_id: str) -> list[Comparison]:
-    """Every non-timing metric, epoch by epoch, and the hash of the best weights."""
+    """Every non-timing metric, epoch by epoch, and the hash of the best weights; a run
+    stored before the curves' names (mnist/metric_names.py) is compared under them."""
     original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
     names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
     first = _histories(client, original_id, names)
-    second = _histories(client, reproduced_id, names)
+    second = _histories(client, reproduced_id, map(current, names))
     rows = []
     for name in names:
+        now, reproduced_values = current(name), second[current(name)]
         for step, value in enumerate(first[name]):
-            other = second[name][step] if step < len(second[name]) else None
-            label = name if len(first[name]) == 1 else f"{name}[{step + 1}]"
+            other = reproduced_values[step] if step < len(reproduced_values) else None
+            label = now if len(first[name]) == 1 else f"{now}[{step + 1}]"
             rows.append(Comparison(label, value, other))
-        if len(second[name]) > len(first[name]):
-            rows.append(Comparison(f"{name} (extra steps)", "none", "present"))
+        if len(reproduced_values) > len(first[name]):
+            rows.append(Comparison(f"{now} (extra steps)", "none", "present"))
     rows.append(
         Comparison(
             WEIGHTS_TAG,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mnist.data.batches import MNIST_MEAN, MNIST_STD
+from mnist.metric_names import current
 from mnist.paths import REPO_ROOT
 from mnist.tracking.store import get_or_create_experiment, retry_when_locked
 
@@ -202,14 +203,27 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
 
 def logged_steps() -> set[tuple[str, int]]:
     """(metric, step) pairs the active run has logged: a resumed run redoes what came after
-    its last checkpoint, and leaves out what the interrupted process had logged of it."""
+    its last checkpoint, and leaves out what the interrupted process had logged of it. A
+    run stopped before the curves' names (mnist/metric_names.py) gets its curves under them
+    too, so that its epochs read as one history."""
     import mlflow
+    from mlflow.entities import Metric
 
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-    return {
-        (name, metric.step)
+    histories = {
+        name: client.get_metric_history(run_id, name)
         for name in client.get_run(run_id).data.metrics
-        for metric in client.get_metric_history(run_id, name)
+    }
+    moved = [
+        Metric(current(name), metric.value, metric.timestamp, metric.step)
+        for name, history in histories.items()
+        if current(name) not in histories
+        for metric in history
+    ]
+    if moved:
+        retry_when_locked(lambda: client.log_batch(run_id, metrics=moved))
+    return {
+        (current(name), metric.step) for name, history in histories.items() for metric in history
     }
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mnist.metric_names import OLD_NAMES, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+
 # The metrics a comparison needs at first sight, best validation first: what picks a model.
 KEY_METRICS = ("best/val_acc", "test/acc", "train_time_s")
-# The curves the chart view opens on, per epoch of every job: how the runs learned.
-CURVES = ("val/acc", "train/loss")
+# The curves the chart view opens on, per epoch of every job, each quantity's train beside
+# its val: how the runs learned.
+CURVES = (TRAIN_ACC, VAL_ACC, TRAIN_LOSS, VAL_LOSS)
 VIEW_KEY = "training-runs"
 # Where `make ui` serves the repository's store (Makefile, PORT).
 LOCAL_UI = "http://127.0.0.1:5000"
@@ -22,13 +25,14 @@ LOCAL_UI = "http://127.0.0.1:5000"
 
 def _curve(metric: str) -> dict[str, Any]:
     """A line chart of `metric` against the epoch, as the UI stores one (all its fields:
-    the UI reads them without defaults)."""
+    the UI reads them without defaults); runs stored under its old name draw in it too."""
+    old = [name for name, new in OLD_NAMES.items() if new == metric]
     return {
         "uuid": f"curve-{metric}",
         "type": "LINE",
         "metricSectionId": "curves",
         "metricKey": metric,
-        "selectedMetricKeys": [metric],
+        "selectedMetricKeys": [metric, *old],
         "displayName": metric,
         "isGenerated": False,
         "deleted": False,
@@ -48,10 +52,11 @@ def _curve(metric: str) -> dict[str, Any]:
 
 
 def _charts() -> dict[str, Any]:
-    """The chart view opening on the learning curves, in a section of their own first.
-    The UI adds a chart for every other metric after it; `isAccordionReordered` keeps the
-    sections in this order instead of sorting them by name."""
-    section = {"uuid": "curves", "name": "Learning curves", "display": True}
+    """The chart view opening on the learning curves, in a section of their own first, two
+    charts a row: train beside val. The UI adds a chart for every other metric after it;
+    `isAccordionReordered` keeps the sections in this order instead of sorting them by
+    name."""
+    section = {"uuid": "curves", "name": "Learning curves", "display": True, "columns": 2}
     return {
         "compareRunSections": [{**section, "isReordered": True}],
         "compareRunCharts": [_curve(metric) for metric in CURVES],

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
 from mnist.errors import TrainingDiverged, TrainingInterrupted
+from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
 from mnist.training.device import autocast, synchronize
 from mnist.training.evaluation import Evaluation, evaluate
@@ -87,9 +88,9 @@ def fit(
             metrics = end_of_epoch(learner, data, val_idx, cfg, device, progress, checkpoints)
             if progress.best_epoch == progress.epoch:
                 listener.on_checkpoint(checkpoints.directory / "best.pt")
-            if cfg.target_acc is not None and metrics["val/acc"] >= cfg.target_acc:
+            if cfg.target_acc is not None and metrics[VAL_ACC] >= cfg.target_acc:
                 metrics["time_to_target_s"] = time.perf_counter() - fit_start
-                log.info("Target val/acc %g reached in %.1f s", cfg.target_acc,
+                log.info("Target validation accuracy %g reached in %.1f s", cfg.target_acc,
                          metrics["time_to_target_s"])  # fmt: skip
                 progress.stopped_early = True
             metrics["epoch_time_s"] = time.perf_counter() - epoch_start
@@ -222,7 +223,7 @@ def end_of_epoch(
         # Each step shrinks the weights by lr x weight_decay of themselves: both can diverge.
         weight_decay = learner.optimizer.param_groups[0].get("weight_decay", 0)
         raise TrainingDiverged(
-            f"training diverged: train/loss is {train_loss} in epoch {progress.epoch} "
+            f"training diverged: {TRAIN_LOSS} is {train_loss} in epoch {progress.epoch} "
             f"(learning rate {progress.epoch_lr:g}, weight decay {weight_decay:g}); lower "
             "optimizer.lr or optimizer.weight_decay, or set trainer.grad_clip"
         )
@@ -233,10 +234,10 @@ def end_of_epoch(
     elif schedule and schedule.interval == "plateau":
         schedule.scheduler.step(val.accuracy)
     metrics = {
-        "train/loss": train_loss,
-        "train/acc": progress.correct.item() / progress.seen,  # no float64: MPS has none
-        "val/loss": val.loss,
-        "val/acc": val.accuracy,
+        TRAIN_LOSS: train_loss,
+        TRAIN_ACC: progress.correct.item() / progress.seen,  # no float64: MPS has none
+        VAL_LOSS: val.loss,
+        VAL_ACC: val.accuracy,
         "lr": progress.epoch_lr,
     }
     if cfg.test_every_epoch:
@@ -253,7 +254,8 @@ def end_of_epoch(
     else:
         progress.epochs_without_gain += 1
     if patience is not None and progress.epochs_without_gain >= patience:
-        log.info("Early stopping: no val/acc gain >= %g for %d epochs", min_delta, patience)
+        log.info("Early stopping: no validation accuracy gain >= %g for %d epochs", min_delta,
+                 patience)  # fmt: skip
         progress.stopped_early = True
     return metrics
 
@@ -265,7 +267,7 @@ def _record(
     progress.history.append({"epoch": progress.epoch, **metrics})
     log.info(
         "epoch %d/%d train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs %.0f img/s",
-        progress.epoch, epochs, metrics["train/loss"], metrics["train/acc"],
-        metrics["val/loss"], metrics["val/acc"], metrics["epoch_time_s"],
+        progress.epoch, epochs, metrics[TRAIN_LOSS], metrics[TRAIN_ACC],
+        metrics[VAL_LOSS], metrics[VAL_ACC], metrics["epoch_time_s"],
         metrics["throughput_img_s"],
     )  # fmt: skip

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from mnist.data.augment import BatchAugment
+from mnist.metric_names import renamed
 from mnist.training.optim import Schedule
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ class Learner:
             )  # fmt: skip
         elif self.augment.generator is not None:
             self.augment.generator.set_state(rng["augment"])
-        return Progress(**state["progress"])
+        progress = Progress(**state["progress"])
+        progress.history = [renamed(row) for row in progress.history]  # stored before them
+        return progress
 
 
 def _device_of(model: nn.Module) -> torch.device:

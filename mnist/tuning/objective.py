@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from mnist.context import JobContext
 from mnist.errors import ConfigError, DataError, ModelConfigError, TrackingError
+from mnist.metric_names import VAL_ACC
 from mnist.overrides import override_key
 from mnist.tuning.space import Param, trial_overrides
 
@@ -107,10 +108,10 @@ class Objective:
         def observe(metrics: dict[str, float], epoch: int) -> None:
             epoch_times.append(metrics["epoch_time_s"])
             trial.set_user_attr("epoch_times_s", epoch_times)
-            trial.report(metrics["val/acc"], epoch)
+            trial.report(metrics[VAL_ACC], epoch)
             # A stop request (SIGINT/SIGTERM) is the training loop's to honour, after this
             # epoch's last.pt is written; the objective then re-queues the trial.
             if epoch < epochs and trial.should_prune():
-                raise PrunedTrial(f"val/acc {metrics['val/acc']:.4f} at epoch {epoch}/{epochs}")
+                raise PrunedTrial(f"{VAL_ACC} {metrics[VAL_ACC]:.4f} at epoch {epoch}/{epochs}")
 
         return observe
