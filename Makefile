@@ -61,13 +61,20 @@ format: setup-all
 # MLflow's job runner is off (JOBS=true turns it on): it runs the UI's GenAI jobs, which
 # this project has none of, in about 8 more processes (10 and 2.1 GB in all, instead of 2
 # and 0.5 GB, measured on MLflow 3.17). STORE: the store's directory (mlflow.db, artifacts/).
+# Both record the address they serve in $(STORE)/ui_address: the UI links that commands
+# print for that store point there (mnist/tracking/ui.py; its DEFAULT_ADDRESS is PORT's
+# default). A store on a read-only mount is served all the same, unrecorded.
+HOST := 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 1
 JOBS ?= false
 STORE ?= $(CURDIR)/mlruns
 MLFLOW_SERVE := MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(JOBS) $(RUN) mlflow
+RECORD_ADDRESS := mkdir -p '$(STORE)' && echo http://$(HOST):$(PORT) > '$(STORE)/ui_address' \
+	|| echo "note: $(STORE)/ui_address not written: printed links may name another port"
 ui: setup
-	$(MLFLOW_SERVE) ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --host 127.0.0.1 \
+	@$(RECORD_ADDRESS)
+	$(MLFLOW_SERVE) ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --host $(HOST) \
 		--port $(PORT) --workers $(WORKERS)
 
 # The repository's store behind a tracking server, for jobs in other processes or on other
@@ -75,6 +82,7 @@ ui: setup
 # Artifacts go through the server into mlruns/artifacts. Loopback only: reach it from a
 # cluster through an SSH tunnel (docs/sweeps.md#parallel-cluster-server).
 server: setup
+	@$(RECORD_ADDRESS)
 	$(MLFLOW_SERVE) server --backend-store-uri sqlite:///$(STORE)/mlflow.db \
-		--artifacts-destination $(STORE)/artifacts --host 127.0.0.1 --port $(PORT) \
+		--artifacts-destination $(STORE)/artifacts --host $(HOST) --port $(PORT) \
 		--workers $(WORKERS)

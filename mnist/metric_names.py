@@ -6,7 +6,7 @@ follows the prefix. Named by quantity, the curves' sections come first (`acc`, `
 sort before `best`, `test` and `time`, whose single values follow), each holding train
 beside val. There is no other way to order that page: MLflow keeps its layout in the
 browser only. Readers of stored runs map an old name with `current` (reproduce, a resumed
-run, the chart view of mnist/tracking/ui.py)."""
+run); their own pages show them as they were logged."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path)
     assert console.count("Total parameters") == 1
     for note in ("Detected uv project", "pip version", "Pickle", "Downloading artifacts"):
         assert note not in console, note
-    assert "Compare the runs: mlflow ui --backend-store-uri sqlite:///" in console
+    assert f"Compare the runs: make ui STORE={tmp_path / 'mlruns'}, then open http" in console
     assert "workflowType=machine_learning" in result.stdout.splitlines()[-1]
     client = store(tmp_path)
     runs = [r for r in runs_of(client, "sweep") if "mlflow.parentRunId" in r.data.tags]

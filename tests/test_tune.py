@@ -165,9 +165,10 @@ def tiny_search(synthetic_root: Path, tmp_path: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow  # two tiny trials and the study's plots, ~30-50 s on a loaded 2-core machine
 def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
-    tiny_cfg, synthetic_root, tmp_path
+    tiny_cfg, synthetic_root, tmp_path, caplog
 ):
     tiny_cfg()  # the store, initialised
+    caplog.set_level("INFO")
     overrides = tiny_search(
         synthetic_root, tmp_path, "n_trials=2",
         f"hparams_search.enqueue=[{{optimizer.lr:{GOOD_LR}}},{{optimizer.lr:{USELESS_LR}}}]",
@@ -187,6 +188,12 @@ def test_a_pruned_trial_stops_early_and_is_marked_pruned_in_optuna_and_mlflow(
     assert "test/acc" not in runs[1].data.metrics  # a pruned trial never reaches the test set
     assert runs[1].info.run_name.startswith("trial 1 fast optimizer.lr=1e-06")
     assert parent.info.status == "FINISHED"
+    # Its link: the study's own trials in MLflow's training view.
+    view = f"viewStateShareKey=runs-of-{parent.info.run_id}&workflowType=machine_learning"
+    assert f"Compare the trials: make ui STORE={tmp_path / 'mlruns'}, then open http" in caplog.text
+    assert view in caplog.text.splitlines()[-1]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert f"mlflow.sharedViewState.runs-of-{parent.info.run_id}" in experiment.tags
     assert parent.data.metrics["trials/pruned"] == 1
     assert parent.data.metrics["pruning/epochs_saved"] == 1
     assert parent.data.metrics["best/val_acc"] == kept.value

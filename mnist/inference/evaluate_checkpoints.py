@@ -25,7 +25,7 @@ from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
 from mnist.errors import ConfigError
 from mnist.inference.loading import LoadedModel, load_model
 from mnist.reporting.reports import write_test_reports
-from mnist.tracking import runs, store
+from mnist.tracking import runs, store, ui
 from mnist.training.device import configure_torch, resolve_device
 from mnist.training.evaluation import Evaluation, accuracy, evaluate
 
@@ -220,3 +220,5 @@ def _log_to_mlflow(
         runs.log_metrics(metrics)
         runs.log_artifacts(artifacts)
         log.info("Logged to MLflow run %s in %s", run.info.run_id, uri)
+        if hint := ui.how_to_open(uri, ui.run_path(run.info.experiment_id, run.info.run_id)):
+            log.info("See it: %s", hint)

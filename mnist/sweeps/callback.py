@@ -144,7 +144,7 @@ class MlflowSweep(Callback):
         from mlflow.tracking import MlflowClient
 
         from mnist.sweeps.summary import summarize_sweep
-        from mnist.tracking.ui import how_to_open
+        from mnist.tracking.ui import how_to_open, show_children
 
         uri, experiment_id, run_id, sweep_dir, jobs = self._parent
         self._parent = None
@@ -164,5 +164,5 @@ class MlflowSweep(Callback):
         end_parent(client, run_id, "FINISHED" if complete else "FAILED")
         log.info("Sweep parent run %s: %d jobs, %d not finished%s", run_id, jobs, failed,
                  _not_finished(runs, jobs))  # fmt: skip
-        if hint := how_to_open(uri, experiment_id):
+        if hint := how_to_open(uri, show_children(client, experiment_id, run_id)):
             log.info("Compare the runs: %s", hint)

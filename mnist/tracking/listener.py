@@ -8,6 +8,7 @@ names, and what a store that failed during a run says."""
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from mnist.tracking.params import run_params
 from mnist.training.build import Setup
 from mnist.training.device import torch_settings
 from mnist.training.events import RunListener
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,6 +128,9 @@ def training_run(
             yield listener
         finally:
             listener.close()
+        curves = ui.run_path(run.info.experiment_id, run.info.run_id, "model-metrics")
+        if hint := ui.how_to_open(uri, curves):
+            log.info("Its learning curves: %s", hint)
 
 
 def _tags(cfg: DictConfig, ctx: JobContext, start: RunStart) -> dict[str, str]:

@@ -335,6 +335,8 @@ def _summarize(
         with written_atomically(saved) as staged:
             shutil.copyfile(preset, staged)
         log.info("Preset saved as %s: python scripts/train.py experiment=%s", saved, saved.stem)
+    if hint := tracking.how_to_open_trials(uri, parent):
+        log.info("Compare the trials: %s", hint)
 
 
 def _write_best_preset(cfg: DictConfig, ctx: SearchContext, study: optuna.Study, url: str) -> Path:

@@ -22,6 +22,7 @@ from mnist.reporting.plots import pyplot
 from mnist.tracking.parent import children, end_parent, open_parent, reopen_parent
 from mnist.tracking.runs import git_state
 from mnist.tracking.store import get_or_create_experiment, retry_when_locked
+from mnist.tracking.ui import experiment_tags, how_to_open, show_children
 from mnist.tuning.space import Param, override_text
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ def create_parent_run(
 ) -> str:
     """The study's run; `search`: the hparams_search config (sampler, pruner)."""
     client = _client(uri)
-    experiment_id = retry_when_locked(lambda: get_or_create_experiment(uri, experiment))
+    experiment_id = retry_when_locked(
+        lambda: get_or_create_experiment(uri, experiment, experiment_tags)
+    )
     commit, dirty = git_state()
     tags = {
         "optuna.study": study,
@@ -57,6 +60,13 @@ def create_parent_run(
     params |= flatten({"sampler": search["sampler"], "pruner": search["pruner"]})
     params |= {"study": study, "storage": storage}
     return open_parent(client, experiment_id, f"study {study}", tags, params)
+
+
+def how_to_open_trials(uri: str, run_id: str) -> str | None:
+    """How to open the study's trials in the MLflow UI: their own view, saved here."""
+    client = _client(uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return how_to_open(uri, show_children(client, experiment_id, run_id))
 
 
 def reopen_parent_run(uri: str, run_id: str) -> None:
