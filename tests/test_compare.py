@@ -178,16 +178,27 @@ def test_a_sweep_parent_becomes_its_summary_and_compare_logs_under_it(store, tmp
     assert metrics["summary/linear/test/acc_mean"] == pytest.approx(0.9)
     assert "summary/linear/test/acc_std" not in metrics  # one run has no spread
     assert {a.path for a in store.list_artifacts(parent)} == {"table.md", "table.csv", "chart.png"}
-    assert (
-        "| cnn3 ★ | n/a | 3 | MaxPool | n/a | 2 | 97.75 ± 1.06 | 98.50 ± 0.71 |"
-        in run.data.tags["mlflow.note.content"]
-    )
+    # Its description opens with the winner, links the sweep's own runs, then the table's
+    # key columns (those that fit the half page MLflow gives it), under the sweep's name.
+    description = run.data.tags["mlflow.note.content"]
+    assert description.startswith("**Winner: cnn3** by validation accuracy, 97.75 ± 1.06%")
+    assert f"viewStateShareKey=runs-of-{parent}" in description
+    assert "## table: sweep\n" in description and "tags.`mlflow" not in description
+    assert "| cnn3 ★ | 2 | 97.75 ± 1.06 | 98.50 ± 0.71 | 10.5 |" in description
 
     compare(compare_config(tmp_path, f"parent_run_id={parent}"), tmp_path / "out")
     summaries = store.get_experiment_by_name("table/compare").experiment_id
     (summary,) = store.search_runs([summaries], "attributes.run_name = 'compare'")
     assert summary.data.tags["compare.parent_run_id"] == parent
     assert summary.data.tags["compare.runs"] == "3"
+    # Its page says what it found and links the sweep it compares.
+    description = summary.data.tags["mlflow.note.content"]
+    assert description.startswith("**Winner: cnn3**")
+    assert (
+        f"[sweep](#/experiments/{exp}/runs/{parent}?workflowType=machine_learning)" in description
+    )
+    assert "| cnn3 ★ | 2 | 97.75 ± 1.06 | 98.50 ± 0.71 | 10.5 |" in description
+    assert summary.data.metrics["summary/cnn3/test/acc_mean"] == pytest.approx(0.985)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,12 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "table.md", "table.csv", "chart.png",
     }  # fmt: skip
-    assert "| 29,178 | 3 | MaxPool |" in parent.data.tags["mlflow.note.content"]
+    # Its description opens with the winner, and links the sweep's own runs.
+    description = parent.data.tags["mlflow.note.content"]
+    assert description.startswith(f"**Winner: {children[0].data.tags['model']}**") or (
+        description.startswith(f"**Winner: {children[1].data.tags['model']}**")
+    )
+    assert f"viewStateShareKey=runs-of-{parent.info.run_id}" in description
 
     # In process: scripts/compare.py only adds Hydra's output directory, and another
     # interpreter would cost this 2-core test machine half a minute of imports.

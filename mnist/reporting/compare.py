@@ -7,6 +7,7 @@ compare.py logs its own to the experiment `<experiment>/compare`, out of the tra
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,11 @@ from mnist.overrides import override_key, split_override
 from mnist.reporting import table
 from mnist.reporting.table import Row
 from mnist.sweeps.runs import current_runs, partial_sweep
-from mnist.tracking import store
+from mnist.tracking import store, ui
 from mnist.tracking.params import changes_results
 from mnist.tracking.parent import children_filter
 from mnist.tracking.registry import latest_sweep
-from mnist.tracking.runs import log_artifacts, mlflow_run
+from mnist.tracking.runs import log_artifacts, log_metrics, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 ALL_RUNS = "all"
 # compare.py's summary runs go to `<experiment>` + this: never among the training runs.
 SUMMARY_EXPERIMENT_SUFFIX = "/compare"
+# A run's description in MLflow.
+NOTE_TAG = "mlflow.note.content"
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -226,20 +229,38 @@ def load_references(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             for model, reference in references.items()}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[Row]
+    paths: list[Path]  # table.md, table.csv, chart.png
+    markdown: str
+    title: str  # the experiment, the sweep's name, the extra filter
+    incomplete: str | None  # what a sweep that not every job finished is missing
+
+    def description(self, about: str) -> str:
+        """A run's description of it: the winner, `about` (what it compares), whether the
+        sweep is incomplete, then the table's key columns."""
+        note = f" **Incomplete:** {self.incomplete}." if self.incomplete else ""
+        return table.description(self.rows, self.title, about + note)
+
+
 def write_comparison(
-    client: Any, experiment: str, filter_string: str, group_by: list[str] | None,
-    references: dict[str, Any], output_dir: Path, parent_run_id: str | None = None,
-) -> tuple[list[Row], list[Path], str]:  # fmt: skip
-    """(rows, [table.md, table.csv, chart.png] written into `output_dir`, the Markdown).
-    The table of a sweep (`parent_run_id`) that not all jobs finished says so: a job that
-    failed before its run opened, or never ran, is in its parent's count, not in its runs."""
-    runs = load_runs(client, experiment, filter_string)
+    client: Any, experiment: str, parent_run_id: str | None, extra_filter: str | None,
+    group_by: list[str] | None, references: dict[str, Any], output_dir: Path,
+) -> Comparison:  # fmt: skip
+    """The comparison of the sweep `parent_run_id` (None: every training run), of its runs
+    that match `extra_filter`, written into `output_dir`. The table of a sweep that not all
+    jobs finished says so: a job that failed before its run opened, or never ran, is in its
+    parent's count, not in its runs."""
+    runs = load_runs(client, experiment, search_filter(parent_run_id, extra_filter))
     rows = build_rows(client, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
-    title = experiment + (f" ({filter_string})" if filter_string else "")
-    markdown = table.markdown(rows, title)
     parent = client.get_run(parent_run_id) if parent_run_id else None
-    if parent and (note := partial_sweep(parent, sum(row.finished for row in rows))):
+    title = f"{experiment}: {parent.info.run_name}" if parent else experiment
+    title += f" ({extra_filter})" if extra_filter else ""
+    markdown = table.markdown(rows, title)
+    note = partial_sweep(parent, sum(row.finished for row in rows)) if parent else None
+    if note:
         log.warning("%s", note)
         markdown += f"\n**Incomplete:** {note}.\n"
     paths = [
@@ -247,7 +268,23 @@ def write_comparison(
         table.write_csv(rows, output_dir / "table.csv"),
         table.plot(rows, title, output_dir / "chart.png"),
     ]
-    return rows, paths, markdown
+    return Comparison(rows, paths, markdown, title, note)
+
+
+def _about(client: Any, experiment: str, parent_run_id: str | None, cfg: DictConfig) -> str:
+    """What a comparison run compares, linked: the sweep (its run and its runs' view) or
+    the experiment's training runs, and how."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    if parent_run_id:
+        name = client.get_run(parent_run_id).info.run_name
+        source = (
+            f"the runs of [{name}]({ui.run_path(experiment_id, parent_run_id)}) "
+            f"([open them]({ui.show_children(client, experiment_id, parent_run_id)}))"
+        )
+    else:
+        source = f"the training runs of [{experiment}]({ui.runs_path(experiment_id)})"
+    how = "".join(f", {key}={cfg[key]}" for key in ("filter", "group_by") if cfg[key] is not None)
+    return f"Compares {source}{how}. table.md, table.csv and chart.png: Artifacts."
 
 
 def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
@@ -262,24 +299,36 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
     store.check_store(uri, writes=cfg.log_summary, read_only_option="log_summary=false")
     client = MlflowClient(uri)
     parent_run_id = selected_sweep(client, experiment, cfg.parent_run_id)
-    filter_string = search_filter(parent_run_id, cfg.filter)
     group_by = None if cfg.group_by is None else list(cfg.group_by)
-    rows, paths, markdown = write_comparison(
-        client, experiment, filter_string, group_by, load_references(cfg), output_dir,
-        parent_run_id,
+    comparison = write_comparison(
+        client, experiment, parent_run_id, cfg.filter, group_by, load_references(cfg),
+        output_dir,
     )  # fmt: skip
-    log.info("%s", markdown)
+    log.info("%s", comparison.markdown)
     if cfg.log_summary:
-        tags = {
-            "compare.experiment": experiment,
-            "compare.parent_run_id": parent_run_id or ALL_RUNS,
-            "compare.filter": filter_string,
-            "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
-        }
-        params = {"group_by": ",".join(["model", *rows[0].groups])}
-        run_name = cfg.logger.run_name or "compare"
-        summaries = experiment + SUMMARY_EXPERIMENT_SUFFIX
-        with mlflow_run(uri, summaries, run_name, tags, params) as run:
-            log_artifacts(paths)
-        log.info("Logged as artifacts of run %s in experiment %r", run.info.run_id, summaries)
-    return paths
+        _log_summary(cfg, uri, client, parent_run_id, comparison)
+    return comparison.paths
+
+
+def _log_summary(
+    cfg: DictConfig, uri: str, client: Any, parent_run_id: str | None, comparison: Comparison
+) -> None:
+    """The comparison as a run of `<experiment>/compare`: its files, its key columns and
+    where it comes from as description, each row's mean ± std as metrics."""
+    experiment, rows = cfg.logger.experiment, comparison.rows
+    tags = {
+        "compare.experiment": experiment,
+        "compare.parent_run_id": parent_run_id or ALL_RUNS,
+        "compare.filter": search_filter(parent_run_id, cfg.filter),
+        "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
+        NOTE_TAG: comparison.description(_about(client, experiment, parent_run_id, cfg)),
+    }
+    params = {"group_by": ",".join(["model", *rows[0].groups])}
+    run_name = cfg.logger.run_name or "compare"
+    summaries = experiment + SUMMARY_EXPERIMENT_SUFFIX
+    with mlflow_run(uri, summaries, run_name, tags, params) as run:
+        log_artifacts(comparison.paths)
+        log_metrics(table.summary_metrics(rows))
+    log.info("Logged as run %s in experiment %r", run.info.run_id, summaries)
+    if hint := ui.how_to_open(uri, ui.run_path(run.info.experiment_id, run.info.run_id)):
+        log.info("See the comparison: %s", hint)

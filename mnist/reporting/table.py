@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,10 @@ def _epochs(row: Row) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def _runs_of(row: Row) -> str:
+    return f"{row.finished} run{'' if row.finished == 1 else 's'}"
+
+
 def _runs(row: Row) -> str:
     return f"{row.finished}" + (f" + {len(row.unfinished)} failed" if row.unfinished else "")
 
@@ -165,12 +170,17 @@ def _notes(rows: list[Row]) -> list[str]:
     return [*mixed, *incomparable]
 
 
-def markdown(rows: list[Row], title: str) -> str:
+def _winner(rows: list[Row]) -> Row | None:
+    return next((row for row in rows if row.val_acc), None)
+
+
+def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
     """The table, in the order of `rows`, ★ on the first with a validation accuracy; the
     final and max test accuracy columns only where some run logged the test accuracy per
-    epoch (trainer.test_every_epoch), with a note saying so otherwise."""
+    epoch (trainer.test_every_epoch), with a note saying so otherwise. `only`: these
+    columns, and no notes (a run's description: DESCRIPTION_COLUMNS)."""
     per_epoch = any(row.final_acc for row in rows)
-    winner = next((row for row in rows if row.val_acc), None)
+    winner = _winner(rows)
     columns: list[tuple[str, Any]] = [
         ("params", lambda row: _number(row.params, 0)),
         ("conv layers", lambda row: "n/a" if row.conv_layers is None else str(row.conv_layers)),
@@ -189,15 +199,17 @@ def markdown(rows: list[Row], title: str) -> str:
         ("ref max %", lambda row: _reference(row, "max")),
         ("vs ref", _versus_cell),
     ]  # fmt: skip
+    columns = [column for column in columns if not only or column[0] in only]
     header = ["model", *rows[0].groups, *(name for name, _ in columns)]
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         model = row.model + (" ★" if row is winner else "")
         cells = [model, *row.groups.values(), *(cell(row) for _, cell in columns)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES, *_notes(rows)]
+    if not only:
+        lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES, *_notes(rows)]
     sources = [f"- {row.model}: {row.reference['source']}" for row in rows if row.reference]
-    if sources:
+    if sources and not only:
         lines += ["", "References:", *dict.fromkeys(sources)]
     failed = [(row, run) for row in rows for run in row.unfinished]
     if failed:
@@ -208,6 +220,44 @@ def markdown(rows: list[Row], title: str) -> str:
             for row, run in failed
         ]
     return "\n".join(lines) + "\n"
+
+
+# What a run's description shows of the table: the columns that fit the half of the page
+# MLflow gives it (table.md holds them all).
+DESCRIPTION_COLUMNS = ("runs", "best val acc %", "best-val ckpt test acc %", "train time s")
+# MLflow keeps tag values (a run's description) of up to 8000 characters.
+MAX_DESCRIPTION = 8000
+
+
+def description(rows: list[Row], title: str, about: str) -> str:
+    """A run's description of the comparison: the winner first, then `about` (where the
+    rows come from, links), then the table's key columns where MLflow keeps that much."""
+    winner = _winner(rows)
+    found = (
+        f"**Winner: {label(winner)}** by validation accuracy, "
+        f"{_percent_spread(winner.val_acc)}% over {_runs_of(winner)}; the test accuracy of "
+        f"the same weights {_percent_spread(winner.checkpoint_acc)}%."
+        if winner
+        else "No run finished with a validation accuracy."
+    )
+    text = f"{found}\n\n{about}\n\n{markdown(rows, title, DESCRIPTION_COLUMNS)}"
+    return text if len(text) <= MAX_DESCRIPTION else f"{found}\n\n{about}"
+
+
+def summary_metrics(rows: list[Row]) -> dict[str, float]:
+    """Each row's mean (and, over 2 runs or more, sample std) of the key metrics, e.g.
+    summary/fast/test/acc_mean, summary/fast/test/acc_std: one section of MLflow's charts
+    (its part before the first "/")."""
+    metrics = {}
+    for row in rows:
+        name = re.sub(r"[^\w./ -]", "_", label(row))  # as MLflow metric names allow it
+        for key, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
+                            ("train_time_s", row.train_time_s)):  # fmt: skip
+            if values:
+                metrics[f"summary/{name}/{key}_mean"] = statistics.fmean(values)
+            if len(values) > 1:
+                metrics[f"summary/{name}/{key}_std"] = statistics.stdev(values)
+    return metrics
 
 
 def write_text(text: str, path: Path) -> Path:

@@ -1,49 +1,22 @@
 """The sweep's summary on its parent run: the comparison of its runs
-(mnist/reporting/compare.py) as artifacts and description, and each row's mean ± std as
-metrics under summary/ (MLflow's charts make a section of each name's part before the
-first "/": one section for the whole summary)."""
+(mnist/reporting/compare.py) as artifacts, a description that opens with the winner, and
+each row's mean ± std as metrics under summary/ (MLflow's charts make a section of each
+name's part before the first "/": one section for the whole summary)."""
 
 from __future__ import annotations
 
 import logging
-import re
-import statistics
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mnist.paths import REPO_ROOT
-from mnist.reporting.compare import load_references, search_filter, write_comparison
-from mnist.reporting.table import Row, label
+from mnist.reporting import table
+from mnist.reporting.compare import NOTE_TAG, load_references, write_comparison
+from mnist.tracking.ui import children_path
 
 log = logging.getLogger(__name__)
-
-# MLflow keeps tag values (a run's description) of up to 8000 characters.
-MAX_DESCRIPTION = 8000
-
-
-# The section of the parent's charts that holds them all.
-PREFIX = "summary"
-
-
-def _metric_label(row: Row) -> str:
-    """A row's name as MLflow metric names allow it ("fast", "fast optimizer_adamw")."""
-    return re.sub(r"[^\w./ -]", "_", label(row))
-
-
-def summary_metrics(rows: list[Row]) -> dict[str, float]:
-    """Each row's mean (and, over 2 runs or more, sample std) of the key metrics, e.g.
-    summary/fast/test/acc_mean, summary/fast/test/acc_std."""
-    metrics = {}
-    for row in rows:
-        for name, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
-                             ("train_time_s", row.train_time_s)):  # fmt: skip
-            if values:
-                metrics[f"{PREFIX}/{_metric_label(row)}/{name}_mean"] = statistics.fmean(values)
-            if len(values) > 1:
-                metrics[f"{PREFIX}/{_metric_label(row)}/{name}_std"] = statistics.stdev(values)
-    return metrics
 
 
 def summarize_sweep(uri: str, experiment_id: str, parent_run_id: str, output_dir: Path) -> None:
@@ -57,18 +30,20 @@ def summarize_sweep(uri: str, experiment_id: str, parent_run_id: str, output_dir
     try:
         experiment = client.get_experiment(experiment_id).name
         references = load_references(OmegaConf.load(REPO_ROOT / "conf" / "compare.yaml"))
-        rows, paths, markdown = write_comparison(
-            client, experiment, search_filter(parent_run_id, None), None, references,
-            output_dir, parent_run_id,
-        )  # fmt: skip
+        comparison = write_comparison(
+            client, experiment, parent_run_id, None, None, references, output_dir
+        )
         # The table itself, without its notes: which model won, at the end of the sweep.
-        log.info("%s", markdown.split("\n\n")[1])
-        for path in paths:
+        log.info("%s", comparison.markdown.split("\n\n")[1])
+        for path in comparison.paths:
             client.log_artifact(parent_run_id, str(path))
         timestamp = int(1000 * time.time())
-        metrics = [Metric(k, v, timestamp, 0) for k, v in summary_metrics(rows).items()]
-        client.log_batch(parent_run_id, metrics=metrics)
-        if len(markdown) <= MAX_DESCRIPTION:
-            client.set_tag(parent_run_id, "mlflow.note.content", markdown)
+        metrics = table.summary_metrics(comparison.rows).items()
+        client.log_batch(parent_run_id, metrics=[Metric(k, v, timestamp, 0) for k, v in metrics])
+        about = (
+            f"[Open this sweep's runs]({children_path(experiment_id, parent_run_id)}), best "
+            "validation first. The whole table (table.md, table.csv, chart.png): Artifacts."
+        )
+        client.set_tag(parent_run_id, NOTE_TAG, comparison.description(about))
     except Exception as e:  # the parent must still end with its status
         log.warning("The sweep's summary could not be made: %s", e)

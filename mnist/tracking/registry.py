@@ -11,6 +11,7 @@ from mnist.errors import ConfigError
 from mnist.tracking import store
 from mnist.tracking.parent import children
 from mnist.tracking.runs import MODEL_CONTRACT
+from mnist.tracking.ui import run_path
 
 CHAMPION = "champion"
 # What picks the best model of a sweep: the checkpoint's own validation accuracy.
@@ -80,6 +81,20 @@ def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
     return best, partial_sweep(parent, len(current_runs(runs)))
 
 
+def _description(run: Any) -> str:
+    """What the version's page says first: how good it is (on the validation split that
+    chose it, and on the test set), the run it comes from and how to train it again; then
+    what it takes and returns."""
+    metrics, info = run.data.metrics, run.info
+    test = f"{metrics['test/acc']:.2%}" if "test/acc" in metrics else "n/a"
+    return (
+        f"Validation accuracy {metrics[SELECTION_METRIC]:.2%} ({SELECTION_METRIC}, what chose "
+        f"it), test accuracy {test} (test/acc). From run [{info.run_name}]"
+        f"({run_path(info.experiment_id, info.run_id)}); train it again and compare: "
+        f"`python scripts/reproduce.py run_id={info.run_id}`.\n\n{MODEL_CONTRACT}"
+    )
+
+
 def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -> Promotion:
     """Points `name@alias` at the sweep's best model: its version of `name` if registered
     (logger.register), else a new version registered now. mlflow.register_model, not the
@@ -93,7 +108,7 @@ def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -
     version = next((v for v in versions if v.source == source), None)
     if version is None:
         version = mlflow.register_model(source, name)
-        client.update_model_version(name, version.version, MODEL_CONTRACT)
+    client.update_model_version(name, version.version, _description(run))
     client.set_registered_model_alias(name, alias, version.version)
     return Promotion(name, str(version.version), alias, run, incomplete)
 
