@@ -266,11 +266,15 @@ def write_text(text: str, path: Path) -> Path:
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
-    """Unrounded numbers, accuracies in percent like the references; vs_ref empty where
-    the table says n/c."""
+    """Numbers to 6 significant digits (more than any run resolves; MLflow shows the file
+    as a table, where float noise read 76.42999999999999), accuracies in percent like the
+    references; vs_ref empty where the table says n/c."""
 
     def pct(value: float | None) -> float | None:
         return None if value is None else 100 * value
+
+    def cell(value: Any) -> Any:
+        return f"{value:.6g}" if isinstance(value, float) else value
 
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -282,7 +286,7 @@ def write_csv(rows: list[Row], path: Path) -> Path:
                          "vs_ref"])  # fmt: skip
         for row in rows:
             ref = row.reference or {}
-            writer.writerow([row.model, *row.groups.values(), row.params, row.conv_layers,
+            writer.writerow(map(cell, [row.model, *row.groups.values(), row.params, row.conv_layers,
                              row.pooling, max(row.epochs, default=None),
                              "/".join(sorted({str(n) for n in row.train_images})), row.finished,
                              len(row.unfinished), ",".join(row.mixed), pct(_mean(row.final_acc)),
@@ -291,7 +295,7 @@ def write_csv(rows: list[Row], path: Path) -> Path:
                              pct(_mean(row.checkpoint_acc)), pct(_std(row.checkpoint_acc)),
                              _mean(row.epoch_time_s), _mean(row.train_time_s),
                              _mean(row.img_per_s), ref.get("final"), ref.get("max"),
-                             _versus_target(row)])  # fmt: skip
+                             _versus_target(row)]))  # fmt: skip
     return path
 
 
