@@ -1,25 +1,27 @@
-"""The MLflow UI as a user first sees it: `mlflow ui` on a small store, opened in headless
-Chromium (Debian's `chromium`, driven by Playwright) at the address a sweep prints. It must
-show the training runs table, named by the swept keys, best validation first, not MLflow
-3's GenAI overview; its chart view must open on the learning curves; the champion's logged
-model must show its registered version."""
+"""The MLflow UI as a user meets it: `make ui` on a store, every command printing the link
+to what it made, and each link opened in headless Chromium (Debian's `chromium`, driven
+by Playwright): MLflow's training view (not its GenAI pages) of a single run opening on
+its learning curves, of a sweep's own runs best first, of the comparison and of the
+champion's version, each page saying what it holds."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mnist.metric_names import TRAIN_LOSS, VAL_ACC
-from mnist.tracking.registry import promote_sweep
-from mnist.tracking.store import get_or_create_experiment
-from mnist.tracking.ui import CURVES, KEY_METRICS, experiment_tags, runs_path
-from tests.helpers import REPO_ROOT
+from mnist.context import JobContext
+from mnist.metric_names import TRAIN_ACC, VAL_ACC
+from mnist.paths import DEFAULT_MLRUNS
+from mnist.reporting.compare import compare
+from mnist.tracking import ui
+from mnist.training.job import run_training
+from tests.helpers import REPO_ROOT, run_script, run_train_script, tiny_overrides
+from tests.helpers.compare import compare_config
 from tests.helpers.server import free_port, wait_until_up
 
 CHROMIUM = shutil.which("chromium")
@@ -27,124 +29,209 @@ CHROMIUM = shutil.which("chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]  # fmt: skip
-# Illustrative numbers of the size real runs give: best val acc, test acc, training seconds.
-RUNS = {
-    "fast seed=0": (0.9912, 0.9907, 12.4),
-    "fast seed=1": (0.9894, 0.9901, 12.9),
-    "linear seed=0": (0.9120, 0.9147, 3.1),
-}
-EPOCHS = 3
 ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'
-# Where the test leaves its pictures (the docs' screenshots come from here), else tmp_path.
+# Where the test leaves its pictures (the docs' screenshots come from here: of runs on 2,000
+# real digits, which show the numbers real runs give), else tmp_path.
 SCREENSHOTS = os.environ.get("MNIST_UI_SCREENSHOTS")
+# What only MLflow's GenAI pages show (their side menu): a link must not land there.
+GENAI = ("Observability", "Judges", "Prompts & versions")
+LINK = re.compile(r"then open (http://\S+)")
+# The pages docs/tracking.md shows.
+PICTURES = ("run", "runs", "charts", "compare", "champion")
 
 
-def small_sweep(uri: str) -> tuple[str, str]:
-    """A sweep as training leaves it: a parent with the swept keys and summary metrics,
-    children named by them with curves per epoch, final metrics and a logged model.
-    Returns the experiment and parent run ids."""
-    experiment_id = get_or_create_experiment(uri, "sweep", experiment_tags)
-    client = MlflowClient(uri)
-    parent = client.create_run(
-        experiment_id, run_name="sweep 2026-01-01/12-00-00", tags={"sweep.dir": "sweep"}
-    ).info.run_id
-    client.log_batch(parent, params=[Param("model", "fast,linear"), Param("seed", "0,1")],
-                     metrics=[Metric("summary/fast/best/val_acc_mean", 0.9903, 0, 0)])  # fmt: skip
-    for name, (val_acc, test_acc, seconds) in RUNS.items():
-        model, seed = name.split(" seed=")
-        run = client.create_run(
-            experiment_id, run_name=name,
-            tags={"mlflow.parentRunId": parent, "model": model, "seed": seed},
-        ).info.run_id  # fmt: skip
-        curves = [
-            Metric(key, value, 0, epoch)
-            for epoch in range(1, EPOCHS + 1)
-            for key, value in (
-                (VAL_ACC, val_acc - (1 - val_acc) * (EPOCHS - epoch) / epoch),
-                (TRAIN_LOSS, 3 * (1 - val_acc) + 0.3 / epoch),
-            )
-        ]
-        values = {"best/val_acc": val_acc, "test/acc": test_acc, "train_time_s": seconds}
-        final = [Metric(key, values[key], 0, EPOCHS) for key in KEY_METRICS]
-        final.append(Metric("best/epoch", EPOCHS, 0, EPOCHS))
-        client.log_batch(run, metrics=curves + final, params=[Param("model", model)])
-        logged = client.create_logged_model(experiment_id, name=model, source_run_id=run)
-        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        client.log_outputs(run, [LoggedModelOutput(logged.model_id, step=EPOCHS)])
-        client.set_terminated(run)
-    client.set_terminated(parent)
-    return experiment_id, parent
+def test_links_say_the_training_view_and_where_make_ui_serves_the_store(tmp_path):
+    """A SQLite store's link names `make ui` with its STORE (and PORT, as `make ui` last
+    recorded it beside the store); a server's link is the server's own address."""
+    path = ui.run_path("1", "abc", "model-metrics")
+    assert path == "#/experiments/1/runs/abc/model-metrics?workflowType=machine_learning"
+    for other in (ui.runs_path("1"), ui.children_path("1", "p"), ui.version_path("m n", "2")):
+        assert other.endswith("?workflowType=machine_learning") or "&workflowType=" in other
+    assert ui.version_path("m n", "2").startswith("#/models/m%20n/versions/2?")
+
+    repository = f"sqlite:///{DEFAULT_MLRUNS.resolve() / 'mlflow.db'}"
+    assert re.fullmatch(rf"make ui( PORT=\d+)?, then open http://\S+/{re.escape(path)}",
+                        ui.how_to_open(repository, path))  # fmt: skip
+    store = tmp_path / "my store"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    address = ui.DEFAULT_ADDRESS
+    assert ui.how_to_open(uri, path) == f"make ui STORE='{store}', then open {address}/{path}"
+    store.mkdir()
+    (store / ui.ADDRESS_FILE).write_text("http://127.0.0.1:5055\n")  # make ui PORT=5055
+    assert ui.how_to_open(uri, path) == (
+        f"make ui STORE='{store}' PORT=5055, then open http://127.0.0.1:5055/{path}"
+    )
+    assert ui.how_to_open("http://tracking:5000/", path) == f"open http://tracking:5000/{path}"
+    assert ui.how_to_open("postgresql://db/mlflow", path) is None
 
 
-@pytest.mark.slow  # a server and a browser start: a minute or more on a busy 2-core machine
+def test_make_ui_serves_by_default_where_links_point_before_it_records_an_address(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "STORE")}
+    dry_run = subprocess.run(["make", "-s", "-n", "ui", f"STORE={tmp_path}"], cwd=REPO_ROOT,
+                             env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    port = ui.DEFAULT_ADDRESS.rsplit(":", 1)[1]
+    assert f"echo {ui.DEFAULT_ADDRESS} > '{tmp_path}/{ui.ADDRESS_FILE}'" in dry_run.stdout
+    assert f"--port {port}" in dry_run.stdout
+
+
+def printed_link(text: str, before: str) -> str:
+    """The URL of the line of `text` that starts with `before` (after the log prefix)."""
+    line = next(line for line in text.splitlines() if before in line)
+    return LINK.search(line).group(1)
+
+
+@pytest.mark.slow  # a sweep, a promotion, a server and a browser: minutes on a busy 2-core machine
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_a_newcomer_sees_the_runs_best_first_the_curves_and_the_registered_champion(tmp_path):
+def test_every_command_links_a_page_of_mlflows_training_view_that_says_what_it_made(
+    tiny_cfg, synthetic_root, tmp_path, caplog, request
+):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     shots = SCREENSHOTS or tmp_path
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment_id, parent = small_sweep(uri)
-    champion = promote_sweep(uri, "sweep", parent, "mnist").run
-    model_id = champion.outputs.model_outputs[-1].model_id
-    url = f"http://127.0.0.1:{free_port()}"
-    log = tmp_path / "ui.log"
+    digits = synthetic_root
+    if SCREENSHOTS:
+        digits = request.getfixturevalue("mnist_root")
+    tiny_cfg()  # the store, its schema made
+    store, port = tmp_path / "mlruns", free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "make-ui.log"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host",
-         "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
+        ["make", "-s", "ui", f"PORT={port}", f"STORE={store}"],
+        cwd=REPO_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    text = {}
     try:
+        links = made_with_links(tiny_cfg, digits, tmp_path, caplog)
+        assert all(link.startswith(f"{url}/#/") for link in links.values()), links
         wait_until_up(url, server, log)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            pages = {
-                "runs": (runs_path(experiment_id), "fast seed=0"),
-                "charts": (
-                    f"{runs_path(experiment_id)}&compareRunsMode=CHART",
-                    f"linear seed=0 ({CURVES[-1]})",  # the legend: the plot is drawn
-                ),
-                "champion": (f"#/experiments/{experiment_id}/models/{model_id}", "mnist"),
-            }
-            for name, (path, shown) in pages.items():
-                page.goto(f"{url}/{path}", timeout=300_000)
-                page.get_by_text(shown, exact=True).first.wait_for(timeout=300_000)
-                if name == "charts":  # both curves drawn by Plotly, not their spinners
-                    page.locator(".scatterlayer .trace").nth(1).wait_for(timeout=300_000)
-                assistant = page.locator(ASSISTANT_CLOSE)
-                if assistant.count():  # room for the page in the picture
-                    assistant.click()
-                page.screenshot(path=f"{shots}/mlflow_{name}.png")
-                text[name] = page.inner_text("body")
+            text = {name: shown(page, link, name, shots) for name, link in pages(links).items()}
             browser.close()
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-    runs, charts, model = text["runs"], text["charts"], text["champion"]
-    # The runs table of the "Model training" view, sorted by validation accuracy...
-    for name in [*RUNS, *KEY_METRICS]:
-        assert name in runs, name
-    assert runs.index("fast seed=0") < runs.index("fast seed=1") < runs.index("linear seed=0")
-    # ...not the GenAI pages a plain link to the experiment opens on.
-    for genai in ("Observability", "Judges", "Prompts & versions"):
-        assert genai not in runs, genai
-    # The chart view opens on the curves, before the sections of single values that the UI
-    # makes of the other metrics (best/, test/, the parent's summary).
+    for name, body in text.items():
+        for genai in GENAI:
+            assert genai not in body, (name, genai)
+    check_run_page(text["run"])
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    parent = re.search(r"runs-of-(\w+)", links["runs"]).group(1)
+    jobs = client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    check_sweep(jobs, text["runs"], text["charts"])
+    champion = client.get_run(client.get_model_version_by_alias("mnist", "champion").run_id)
+    check_descriptions(text, client.get_run(parent).info.run_name, champion)
+
+
+def made_with_links(tiny_cfg, digits: Path, tmp_path, caplog) -> dict[str, str]:
+    """A single run, a sweep of two models, their comparison and the champion, each made as
+    its command makes it, on `digits` (2,000 of them); {what: the link it printed}."""
+    caplog.set_level("INFO")
+    data = [f"data.root={digits}", "data.train_subset=2000"]
+    overrides = ["optimizer.lr=0.02"]  # what the single run is named by, after its model
+    ctx = JobContext(tmp_path / "single", overrides=overrides, choices={"model": "fast"})
+    run_training(tiny_cfg(*data, *overrides), ctx)
+    single = printed_link(caplog.text, "Its learning curves: ")
+
+    tiny = [o for o in tiny_overrides(digits, tmp_path) if "log_model" not in o]
+    sweep = run_train_script("-m", *tiny, "data.train_subset=2000", "model=fast,linear")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    runs = printed_link(sweep.stdout, "Compare the runs: ")
+
+    caplog.clear()
+    compare(compare_config(tmp_path, experiment="mnist"), tmp_path / "compare")
+    comparison = printed_link(caplog.text, "See the comparison: ")
+    promote = run_script("promote", f"paths.mlruns={tmp_path / 'mlruns'}")
+    assert promote.returncode == 0, promote.stderr[-3000:]
+    champion = printed_link(promote.stdout, "See it: ")
+    return {"run": single, "runs": runs, "compare": comparison, "champion": champion}
+
+
+def pages(links: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{name: (address, text that shows the page is drawn)}: the printed links, the sweep's
+    chart view and its parent run's page."""
+    parent = re.search(r"runs-of-(\w+)", links["runs"]).group(1)
+    experiment = re.search(r"experiments/(\d+)/", links["runs"]).group(1)
+    base = links["runs"].split("/#/")[0]
+    return {
+        "run": (links["run"], "avg_loss"),
+        "runs": (links["runs"], "linear"),
+        "charts": (f"{links['runs']}&compareRunsMode=CHART", "Learning curves"),
+        "sweep": (f"{base}/{ui.run_path(experiment, parent)}", "Winner"),
+        "compare": (links["compare"], "Winner"),
+        "champion": (links["champion"], "Validation accuracy"),
+    }
+
+
+def shown(page, link: tuple[str, str], name: str, shots) -> str:
+    """The page's text once drawn, and its picture as mlflow_<name>.png (PICTURES)."""
+    address, drawn = link
+    page.goto(address, timeout=300_000)
+    page.get_by_text(drawn).first.wait_for(timeout=300_000)
+    if name in ("run", "charts"):  # the curves drawn by Plotly, not their spinners
+        page.locator(".scatterlayer .trace").nth(1).wait_for(timeout=300_000)
+    assistant = page.locator(ASSISTANT_CLOSE)
+    if assistant.count():  # room for the page in the picture
+        assistant.click()
+    text = page.inner_text("body")
+    more = page.get_by_text("Show more", exact=True)
+    if more.count():  # the picture shows what a click shows: the description's table
+        more.first.click()
+    if name in PICTURES:
+        page.screenshot(path=f"{shots}/mlflow_{name}.png")
+    return text
+
+
+def check_run_page(run: str) -> None:
+    """Named by its model, then what it overrides; its page opens on the learning curves,
+    train beside val, before the sections of single values."""
+    assert "fast optimizer.lr=0.02" in run
+    sections = [run.index(f"\n{name}\n(") for name in ("acc", "avg_loss", "best", "test", "time")]
+    assert sections == sorted(sections), sections
+    curves = run[sections[0] : sections[2]]
+    for quantity in ("acc", "avg_loss"):
+        section = curves[curves.index(f"{quantity}\n(") :]
+        assert section.index("train") < section.index("val"), quantity
+
+
+def check_sweep(jobs: list, runs: str, charts: str) -> None:
+    """The sweep's link: its runs alone (not the single run), best validation first (the
+    run names come before the other columns), the key metrics as columns; its chart view
+    opens on the curves."""
+    assert sorted(job.info.run_name for job in jobs) == ["fast", "linear"]
+    shown = sorted(jobs, key=lambda job: runs.index(f"\n{job.info.run_name}\n"))
+    accuracies = [job.data.metrics["best/val_acc"] for job in shown]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert "fast optimizer.lr=0.02" not in runs
+    for column in ui.KEY_METRICS:
+        assert column in runs, column
     first = charts.index("Learning curves")
-    assert first < charts.index(CURVES[0], first) < charts.index(CURVES[1], first)
-    for section in ("best\n", "Model metrics", "summary"):
-        assert charts.index(CURVES[1], first) < charts.index(section, first), section
-    # The champion's logged model shows its registered version.
-    assert "Not registered" not in model
-    assert "Model versions\nmnist\nv1" in model, model
+    assert first < charts.index(TRAIN_ACC, first) < charts.index(VAL_ACC, first)
+    assert charts.index(ui.CURVES[-1], first) < charts.index("Model metrics", first)
+
+
+def check_descriptions(text: dict[str, str], sweep: str, best) -> None:
+    """The sweep and the comparison open with the winner (one run per model: the model of
+    the best run, the champion), the comparison names the sweep; the champion's version
+    says how good it is, its run and how to train it again."""
+    for name in ("sweep", "compare"):
+        winner = f"Winner: {best.data.tags['model']}"
+        assert text[name].index(winner) < text[name].index("Show more"), name
+    assert sweep in text["compare"]
+    metrics = best.data.metrics
+    assert f"Validation accuracy {metrics['best/val_acc']:.2%}" in text["champion"]
+    assert f"test accuracy {metrics['test/acc']:.2%}" in text["champion"]
+    assert f"reproduce.py run_id={best.info.run_id}" in text["champion"]
+    assert best.info.run_name in text["champion"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["ui", "server"])
-def test_make_ui_and_server_start_no_job_runner(tmp_path, target):
+def test_make_ui_and_server_start_no_job_runner_and_record_their_address(tmp_path, target):
     """MLflow 3.17 starts a job runner beside its server (10 processes, 2.1 GB in all); it
     hands the server the runner's storage before the server starts, so its absence is
-    known as soon as the server answers."""
+    known as soon as the server answers. The address served is recorded beside the store,
+    where commands find it for their links."""
     port = free_port()
     url, log = f"http://127.0.0.1:{port}", tmp_path / "make.log"
     make = subprocess.Popen(
@@ -156,6 +243,7 @@ def test_make_ui_and_server_start_no_job_runner(tmp_path, target):
         group = [p for p in Path("/proc").glob("[0-9]*") if _group_of(p) == make.pid]
         environments = [(p / "environ").read_bytes() for p in group if p.exists()]
         assert environments and not [e for e in environments if b"_MLFLOW_HUEY_STORAGE" in e]
+        assert (tmp_path / ui.ADDRESS_FILE).read_text().strip() == url
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(timeout=60)
