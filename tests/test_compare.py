@@ -157,7 +157,8 @@ def test_columns_that_need_test_every_epoch_are_left_out_and_said_so(store, tmp_
 
 
 def test_a_sweep_parent_becomes_its_summary_and_compare_logs_under_it(store, tmp_path):
-    exp = store.create_experiment("table")
+    # Its artifacts beside the test's store (MLflow's default: ./mlruns/<id> of the checkout).
+    exp = store.create_experiment("table", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = store.create_run(exp, run_name="sweep").info.run_id
     store.log_batch(parent, params=[Param("model", "cnn3,linear"), Param("seed", "0,1")])
     for seed, acc, val in ((0, 0.98, 0.97), (1, 0.99, 0.985)):
