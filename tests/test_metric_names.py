@@ -4,11 +4,11 @@ before keep working when they are resumed or reproduced."""
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from mnist.training.job import run_training
 
 import mnist.training.loop as loop_module
 from mnist import metric_names
 from mnist.context import JobContext
+from mnist.job import run_training
 from mnist.metric_names import OLD_NAMES
 from mnist.tools.reproduce import WEIGHTS_TAG, compare_runs, passes
 

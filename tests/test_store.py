@@ -26,6 +26,7 @@ from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import TrackingError
 from mnist.job import run_training
+from mnist.metric_names import VAL_ACC
 from mnist.paths import REPO_ROOT
 from mnist.tracking import store
 from tests.helpers import (
@@ -394,7 +395,7 @@ def test_a_server_killed_mid_run_ends_it_in_one_line_whose_command_resumes_it(
         client = MlflowClient(url)
         (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2, 3]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, VAL_ACC)] == [1, 2, 3]
         assert_logged_once_per_step(client, run.info.run_id)
     finally:
         stop_server(server)

@@ -15,11 +15,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mnist.context import JobContext
+from mnist.job import run_training
 from mnist.metric_names import TRAIN_ACC, VAL_ACC
 from mnist.paths import DEFAULT_MLRUNS
 from mnist.reporting.compare import compare
 from mnist.tracking import ui
-from mnist.training.job import run_training
 from tests.helpers import REPO_ROOT, run_script, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config
 from tests.helpers.server import free_port, wait_until_up
@@ -133,7 +133,7 @@ def made_with_links(tiny_cfg, digits: Path, tmp_path, caplog) -> dict[str, str]:
     run_training(tiny_cfg(*data, *overrides), ctx)
     single = printed_link(caplog.text, "Its learning curves: ")
 
-    tiny = [o for o in tiny_overrides(digits, tmp_path) if "log_model" not in o]
+    tiny = [*tiny_overrides(digits, tmp_path), "logger.log_model=true"]
     sweep = run_train_script("-m", *tiny, "data.train_subset=2000", "model=fast,linear")
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     runs = printed_link(sweep.stdout, "Compare the runs: ")
