@@ -5,6 +5,7 @@ best.pt or run must not be able to run code or read the environment."""
 
 import copy
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,18 +162,11 @@ def test_prediction_evaluation_and_export_refuse_a_hostile_checkpoint(tmp_path, 
 def test_reproduce_refuses_a_run_whose_config_yaml_names_a_foreign_target(
     tiny_cfg, tmp_path, victims
 ):
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     config = OmegaConf.to_container(tiny_cfg(), resolve=True)
-    (tmp_path / "config.yaml").write_text(
-        OmegaConf.to_yaml(plant(config, "optimizer value", payloads(tmp_path)["open"]))
-    )
-    run_id = logged_run_with_config(uri, tmp_path / "config.yaml")
-    cfg = compose_config(
-        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
-        config_name="reproduce",
-    )
+    planted = plant(config, "optimizer value", payloads(tmp_path)["open"])
+    _, reproduction = reproduction_of(tmp_path, OmegaConf.to_yaml(planted))
     with pytest.raises(UnsafeConfigError, match=r"its config\.yaml\): refusing its config"):
-        reproduce(cfg, tmp_path / "reproduction", run_training)
+        reproduction()
     assert_untouched(victims)
 
 
@@ -214,15 +208,9 @@ def test_reproduce_refuses_a_config_yaml_that_reads_the_environment(tiny_cfg, tm
     """Before, the reproduction was named after the token."""
     config = OmegaConf.to_container(tiny_cfg(), resolve=True)
     config["logger"]["run_name"] = "${oc.env:MY_TOKEN}"
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    run_id = logged_run_with_config(uri, tmp_path / "config.yaml")
-    cfg = compose_config(
-        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
-        config_name="reproduce",
-    )
+    _, reproduction = reproduction_of(tmp_path, OmegaConf.to_yaml(config))
     with pytest.raises(UnsafeConfigError, match=r"interpolation logger\.run_name="):
-        reproduce(cfg, tmp_path / "reproduction", run_training)
+        reproduction()
     assert not (tmp_path / "reproduction").exists()
 
 
@@ -249,13 +237,20 @@ NOT_A_CONFIG = {
 }  # fmt: skip
 
 
-def logged_run_with_config(uri: str, config_yaml: Path) -> str:
-    """A run whose config.yaml is `config_yaml`; its artifacts beside the store, as the
-    project places them (MLflow's default is ./mlruns of the working directory)."""
+def reproduction_of(tmp_path: Path, config_yaml: str) -> tuple[str, Callable[[], object]]:
+    """(the id of a run in tmp_path's store whose config.yaml artifact is `config_yaml`, a
+    call that reproduces it). Its artifacts lie beside the store, as the project places
+    them (MLflow's default is ./mlruns of the working directory)."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "config.yaml").write_text(config_yaml)
     client = MlflowClient(uri)
-    run = client.create_run(get_or_create_experiment(uri, "shared"))
-    client.log_artifact(run.info.run_id, str(config_yaml))
-    return run.info.run_id
+    run_id = client.create_run(get_or_create_experiment(uri, "shared")).info.run_id
+    client.log_artifact(run_id, str(tmp_path / "config.yaml"))
+    cfg = compose_config(
+        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
+        config_name="reproduce",
+    )
+    return run_id, lambda: reproduce(cfg, tmp_path / "reproduction", run_training)
 
 
 @pytest.mark.parametrize("case", NOT_A_CONFIG)
@@ -263,16 +258,10 @@ def test_reproduce_refuses_a_config_yaml_that_is_no_config_in_one_line(tiny_cfg,
     """A traceback of PyYAML's or OmegaConf's before (exit 1, the directory left behind)."""
     text, message = NOT_A_CONFIG[case]
     victim = tmp_path / "created-by-payload"
-    (tmp_path / "config.yaml").write_text(text.format(victim=victim))
     tiny_cfg()  # the SQLite store
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    run_id = logged_run_with_config(uri, tmp_path / "config.yaml")
-    cfg = compose_config(
-        [f"run_id={run_id}", f"tracking_uri={uri}", f"paths.mlruns={tmp_path}"],
-        config_name="reproduce",
-    )
+    run_id, reproduction = reproduction_of(tmp_path, text.format(victim=victim))
     with pytest.raises(ConfigError) as refused:
-        reproduce(cfg, tmp_path / "reproduction", run_training)
+        reproduction()
     assert str(refused.value).startswith(f"run_id={run_id}")
     assert message in str(refused.value) and "\n" not in str(refused.value)
     assert not victim.exists() and not (tmp_path / "reproduction").exists()
