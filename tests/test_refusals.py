@@ -6,6 +6,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mnist.tracking.store import get_or_create_experiment
 from tests.helpers import run_script, run_train_script
 from tests.helpers.server import web_server_that_is_not_mlflow
 
@@ -24,8 +25,10 @@ def test_reproduce_refuses_a_config_yaml_with_a_python_tag(tmp_path, empty_mlflo
     (tmp_path / "mlruns").mkdir()
     shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
     (tmp_path / "config.yaml").write_text('!!python/object/apply:os.system ["true"]\n')
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    run_id = client.create_run(client.create_experiment("shared")).info.run_id
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    # Its artifacts beside the store: MLflow's default is the checkout's ./mlruns.
+    run_id = client.create_run(get_or_create_experiment(uri, "shared")).info.run_id
     client.log_artifact(run_id, str(tmp_path / "config.yaml"))
     result = run_script(
         "reproduce", f"run_id={run_id}", f"paths.mlruns={tmp_path / 'mlruns'}",
