@@ -59,11 +59,18 @@ def stop_on_signals() -> Iterator[StopRequested]:
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def request_stop(signum: int, frame: Any) -> None:
-        log.warning("%s received: stopping at the next safe point", signal.Signals(signum).name)
+        # Nothing is logged here: a handler runs between any two bytecodes, and logging
+        # while the interrupted code was writing to the same file raised "reentrant call".
         requested.append(signal.Signals(signum))
         signal.signal(signum, previous[signum])
 
+    announced: list[bool] = []
+
     def stop_requested() -> signal.Signals | None:
+        """Asked at the safe points, which stop when it answers a signal: said once there."""
+        if requested and not announced:
+            announced.append(True)
+            log.warning("%s received: stopping at a safe point", requested[0].name)
         return requested[0] if requested else None
 
     restore = install_handler(request_stop)
