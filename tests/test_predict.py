@@ -244,12 +244,17 @@ def _sweep_child(client, experiment_id, parent, name, val_acc, test_acc, status=
     return run.info.run_id
 
 
-def test_promote_picks_the_sweep_best_by_validation_never_test(tmp_path, empty_mlflow_db):
+def _sweep_store(tmp_path, empty_mlflow_db) -> tuple[str, MlflowClient, str, str]:
+    """(its URI, a client, the experiment, the parent run) of a new store holding a sweep."""
     shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.create_experiment("sweep")
-    parent = client.create_run(exp, tags={"sweep.dir": "x"}).info.run_id
+    return uri, client, exp, client.create_run(exp, tags={"sweep.dir": "x"}).info.run_id
+
+
+def test_promote_picks_the_sweep_best_by_validation_never_test(tmp_path, empty_mlflow_db):
+    uri, client, exp, parent = _sweep_store(tmp_path, empty_mlflow_db)
     best_val = _sweep_child(client, exp, parent, "a", val_acc=0.99, test_acc=0.95)
     _sweep_child(client, exp, parent, "b", val_acc=0.98, test_acc=0.99)  # better on test only
     _sweep_child(client, exp, parent, "c", val_acc=1.0, test_acc=1.0, status="FAILED")
@@ -300,11 +305,7 @@ runpy.run_path(script, run_name="__main__")
 
 @pytest.mark.slow  # two promote.py processes, each importing MLflow: ~20 s on 2 cores
 def test_two_promotions_at_once_register_one_version_and_both_say_so(tmp_path, empty_mlflow_db):
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri, registry_uri=uri)
-    exp = client.create_experiment("sweep")
-    parent = client.create_run(exp, tags={"sweep.dir": "x"}).info.run_id
+    _, client, exp, parent = _sweep_store(tmp_path, empty_mlflow_db)
     best = _sweep_child(client, exp, parent, "a", val_acc=0.99, test_acc=0.95)
     (tmp_path / "barrier").mkdir()
     command = [
