@@ -160,7 +160,7 @@ def _claimed_run(
     validate_config(cfg)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if not cfg.trainer.resume:
-        store.check_store(uri)
+        store.check_store(uri, experiment=cfg.logger.experiment)
         with claimed(ctx.output_dir / "checkpoints"):
             yield cfg, uri, None
         return
@@ -169,7 +169,7 @@ def _claimed_run(
         resume_state = load_resume_checkpoint(cfg.trainer.resume, checkpoint_path)
         resumed = resume_config(resume_state, checkpoint_path, cfg.device)
         uri = store.tracking_uri(resumed.logger.tracking_uri, resumed.paths.mlruns)
-        store.check_store(uri)
+        store.check_store(uri, experiment=cfg.logger.experiment)
         refuse_finished_run(cfg.trainer.resume, resume_state["mlflow_run_id"], uri)
         ctx.output_dir = checkpoint_path.parent.parent
         continue_log_in(ctx.output_dir, cfg.paths.outputs)

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -274,34 +275,63 @@ def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_built(
-    synthetic_root, tmp_path
+    synthetic_root, tmp_path, monkeypatch
 ):
-    """Before, a 401 passed the start-up check: data and model were built, then MLflow's
-    client failed with a 40-line traceback and an outputs/ directory was left behind."""
+    """Before, a 401, or a user who may read but not add runs to the experiment, passed the
+    start-up check: data and model were built, then MLflow's client failed with a 40-line
+    traceback and an outputs/ directory was left behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+
+    def refused(uri: str, case: str, *args: str, **user: str) -> str:
+        outputs = tmp_path / case
+        trained = subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *args, f"data.root={tmp_path / 'never'}",
+             f"paths.outputs={outputs}", f"logger.tracking_uri={uri}", "device=cpu"],
+            capture_output=True, text=True, timeout=300, env={**env, **user},
+        )  # fmt: skip
+        assert trained.returncode == 2, (case, trained.stderr[-2000:])
+        lines = trained.stderr.strip().splitlines()
+        assert len(lines) == 1, (case, trained.stderr[-2000:])
+        assert not [*outputs.rglob("*")] and not (tmp_path / "never").exists()
+        return lines[0]
+
+    def train(uri: str, *args: str, **user: str) -> None:
+        trained = subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
+             "trainer.epochs=1", f"logger.tracking_uri={uri}", "logger.log_model=false", *args],
+            capture_output=True, text=True, timeout=600, env={**env, **user},
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr[-3000:]
+
     with mlflow_server(tmp_path, auth=True) as url:
         host = url.removeprefix("http://")
         given = {"none": url, "a wrong password": f"http://{ADMIN[0]}:wrong@{host}"}
         for case, uri in given.items():
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-            outputs = tmp_path / case
-            trained = subprocess.run(
-                [sys.executable, str(TRAIN_SCRIPT), f"data.root={tmp_path / 'never'}",
-                 f"paths.outputs={outputs}", f"logger.tracking_uri={uri}", "device=cpu"],
-                capture_output=True, text=True, timeout=300, env=env,
-            )  # fmt: skip
-            assert trained.returncode == 2, (case, trained.stderr[-2000:])
-            (line,) = trained.stderr.strip().splitlines()
+            line = refused(uri, case)
             assert line.startswith(f"error: MLflow tracking server {url} ")
             assert "(HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in line
             assert "wrong" not in line
-            assert not [*outputs.iterdir()] and not (tmp_path / "never").exists()
-        admin = {**env, "MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
-        trained = subprocess.run(
-            [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
-             "trainer.epochs=1", f"logger.tracking_uri={url}", "logger.log_model=false"],
-            capture_output=True, text=True, timeout=600, env=admin,
-        )  # fmt: skip
-        assert trained.returncode == 0, trained.stderr[-3000:]
+        train(url, MLFLOW_TRACKING_USERNAME=ADMIN[0], MLFLOW_TRACKING_PASSWORD=ADMIN[1])
+        # A second user may read the administrator's experiment (the server's default
+        # permission) but not add runs to it; an experiment of their own is theirs.
+        reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "pw-1234567890"}
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])  # this process: the admin
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+        get_app_client("basic-auth", tracking_uri=url).create_user(*reader.values())
+        for case, args in {"run": [], "sweep": ["-m", "seed=0,1"]}.items():
+            line = refused(url, f"reader {case}", *args, **reader)
+            assert line == (
+                f"error: MLflow tracking server {url} does not let user 'reader' add runs to "
+                "experiment 'mnist': ask its owner for EDIT permission, or set "
+                "logger.experiment to an experiment of your own"
+            ), case
+        train(url, "logger.experiment=readers", **reader)
+        admin = MlflowClient(url)
+        by_experiment = {
+            name: len(admin.search_runs([admin.get_experiment_by_name(name).experiment_id]))
+            for name in ("mnist", "readers")
+        }
+        assert by_experiment == {"mnist": 1, "readers": 1}  # the checks created no run
 
 
 # `$0` bind-mounted on itself and remounted read-only, in a user and mount namespace of the

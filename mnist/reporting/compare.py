@@ -296,7 +296,9 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
 
     experiment = cfg.logger.experiment
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    store.check_store(uri, writes=cfg.log_summary, read_only_option="log_summary=false")
+    store.check_store(
+        uri, writes=cfg.log_summary, read_only_option="log_summary=false", experiment=experiment
+    )
     client = MlflowClient(uri)
     parent_run_id = selected_sweep(client, experiment, cfg.parent_run_id)
     group_by = None if cfg.group_by is None else list(cfg.group_by)

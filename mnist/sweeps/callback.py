@@ -87,7 +87,7 @@ class MlflowSweep(Callback):
         # Hydra turns a callback's exception into a warning and runs the jobs anyway: a
         # store that cannot work ends the sweep here, in one line, before any job starts.
         with exit_on_user_error():
-            store.check_store(uri)
+            store.check_store(uri, experiment=config.logger.experiment)
         # Creates the store's schema and the experiment once, here, before parallel jobs
         # would race each other to do it.
         experiment_id = store.get_or_create_experiment(

@@ -295,7 +295,7 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     augment = BatchAugment.from_config(cfg.augmentation, None)
     classic_transform(augment)  # an op without a twin is refused before anything is written
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    store.check_store(uri)
+    store.check_store(uri, experiment=cfg.logger.experiment)
     setup = set_up_benchmark(cfg)
     device = setup.device
     results = run_benchmark(cfg, setup)

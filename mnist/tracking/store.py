@@ -220,10 +220,13 @@ def _check_database_driver(uri: str) -> None:
         ) from e
 
 
-def _server_request(uri: str, path: str) -> urllib.request.Request:
-    """A GET of `path` on the server at `uri`, with the basic-auth credentials MLflow's
-    client would send ($MLFLOW_TRACKING_USERNAME/PASSWORD)."""
-    request = urllib.request.Request(f"{uri.rstrip('/')}{path}")
+def _server_request(uri: str, path: str, body: dict | None = None) -> urllib.request.Request:
+    """A GET of `path` on the server at `uri` (a POST of `body` as JSON when given), with the
+    basic-auth credentials MLflow's client would send ($MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         login = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
         request.add_header("Authorization", f"Basic {base64.b64encode(login).decode()}")
@@ -235,11 +238,11 @@ def _server_request(uri: str, path: str) -> urllib.request.Request:
 API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
 
 
-def _get(uri: str, path: str) -> tuple[int, bytes]:
-    """(HTTP status, start of the body) of GET `path` on the server; TrackingError when
-    nothing answers."""
+def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+    """(HTTP status, start of the body) of GET `path` on the server (POST `body` when
+    given); TrackingError when nothing answers."""
     try:
-        with urllib.request.urlopen(_server_request(uri, path), timeout=5) as response:
+        with urllib.request.urlopen(_server_request(uri, path, body), timeout=5) as response:
             return response.status, response.read(4096)
     except urllib.error.HTTPError as e:
         return e.code, e.read(4096)
@@ -249,6 +252,26 @@ def _get(uri: str, path: str) -> tuple[int, bytes]:
             f"({getattr(e, 'reason', e)}); start it (make server) or unset "
             "MLFLOW_TRACKING_URI"
         ) from e
+
+
+def _check_may_create_runs(uri: str, experiment: str) -> None:
+    """On an auth server, a user may read an experiment yet not add runs to it. MLflow's API
+    lets no user read their own permission, so a run is created with an invalid start time:
+    the server checks the permission first (403), then refuses the request (400), and
+    nothing is created. An experiment not there yet is the user's to create."""
+    name = urllib.parse.quote(experiment)
+    status, body = _get(uri, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")
+    if status != 200:
+        return
+    experiment_id = json.loads(body)["experiment"]["experiment_id"]
+    probe = {"experiment_id": experiment_id, "start_time": "not-a-time"}
+    if _get(uri, "/api/2.0/mlflow/runs/create", probe)[0] == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise TrackingError(
+            f"MLflow tracking server {uri} does not let user {user!r} add runs to experiment "
+            f"{experiment!r}: ask its owner for EDIT permission, or set logger.experiment to "
+            "an experiment of your own"
+        )
 
 
 def _speaks_mlflow(body: bytes) -> bool:
@@ -273,7 +296,7 @@ def _refused_credentials(uri: str, status: int) -> str:
     return f"MLflow tracking server {uri} refused the password of user {user!r} (HTTP 401): {fix}"
 
 
-def _check_server(uri: str) -> None:
+def _check_server(uri: str, experiment: str | None) -> None:
     """The server answers /health, then MLflow's API: any web server may have a /health,
     and MLflow's client fails on one that is no tracking server with a long traceback."""
     path = "/health"
@@ -284,6 +307,8 @@ def _check_server(uri: str) -> None:
         if status in (401, 403):
             raise TrackingError(_refused_credentials(uri, status))
         if _speaks_mlflow(body):
+            if experiment is not None:
+                _check_may_create_runs(uri, experiment)
             return
     raise TrackingError(
         f"{uri} is not a working MLflow tracking server: GET "
@@ -293,18 +318,25 @@ def _check_server(uri: str) -> None:
     )
 
 
-def check_store(uri: str, *, writes: bool = True, read_only_option: str | None = None) -> None:
+def check_store(
+    uri: str,
+    *,
+    writes: bool = True,
+    read_only_option: str | None = None,
+    experiment: str | None = None,
+) -> None:
     """Fail in a second, before any side effect, when runs could not be recorded (or, with
     `writes=False`, read): MLflow itself would retry for minutes, or fail only when the first
     metric is logged, or with a traceback. A command that only reads (predict, compare
     without its summary run) passes writes=False, so that a store on a read-only mount
     serves it; `read_only_option` is the option that makes a writing command such a reader,
-    offered when the store is read-only. Nothing is created or written here."""
+    offered when the store is read-only; `experiment`, the one runs will be added to, is
+    checked on a server with permissions. Nothing is created or written here."""
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
     if uri.startswith("sqlite:"):
         _check_sqlite(uri, writes, read_only_option)
     elif scheme in ("http", "https"):
-        _check_server(uri)
+        _check_server(uri, experiment if writes else None)
     elif scheme.partition("+")[0] in DATABASE_SCHEMES:
         _check_database_driver(uri)
     else:

@@ -145,7 +145,7 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
     study consistent."""
     space, base, compose = _checked(cfg, ctx)
     uri, url = stores(cfg)
-    store.check_store(uri)
+    store.check_store(uri, experiment=base.logger.experiment)
     ensure_mnist(base.data.root, verify=base.data.verify_checksums)
     search = cfg.hparams_search
     study, created = open_study(
