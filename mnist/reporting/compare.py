@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist.data.tensors import MNIST_TRAIN_SIZE
 from mnist.errors import ConfigError
 from mnist.overrides import override_key, split_override
-from mnist.reporting import table
+from mnist.reporting import plots, table
 from mnist.reporting.table import Row
 from mnist.sweeps.runs import current_runs, partial_sweep
 from mnist.tracking import store, ui
@@ -266,7 +266,7 @@ def write_comparison(
     paths = [
         table.write_text(markdown, output_dir / "table.md"),
         table.write_csv(rows, output_dir / "table.csv"),
-        table.plot(rows, title, output_dir / "chart.png"),
+        plots.plot_comparison(rows, title, output_dir / "chart.png"),
     ]
     return Comparison(rows, paths, markdown, title, note)
 

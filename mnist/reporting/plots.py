@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from mnist.reporting import table
 
 
 def pyplot():
@@ -157,4 +158,49 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
         spine.set_visible(False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_comparison(rows: list[table.Row], title: str, path: Path) -> Path:
+    """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
+    markers, beside the seconds per epoch: what each model buys and what it costs. A series
+    no run logged (final: trainer.test_every_epoch) is left out, legend included."""
+    plt = pyplot()
+    y = list(range(len(rows)))
+    fig, (acc_ax, time_ax) = plt.subplots(
+        1, 2, figsize=(11, 1.8 + 0.5 * len(rows)), sharey=True, width_ratios=[3, 2]
+    )
+    series = [
+        (attribute, color, name)
+        for attribute, color, name in (
+            ("final_acc", "tab:blue", "final test acc"),
+            ("checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
+        )
+        if any(getattr(row, attribute) for row in rows)
+    ]
+    height = 0.8 / max(len(series), 1)
+    shown = []
+    for n, (attribute, color, name) in enumerate(series):
+        offset = (n - (len(series) - 1) / 2) * height
+        bars = [(i + offset, getattr(row, attribute)) for i, row in enumerate(rows)]
+        bars = [(bar_y, values) for bar_y, values in bars if values]
+        shown += [100 * table.average(values) for _, values in bars]
+        acc_ax.barh([bar_y for bar_y, _ in bars], [100 * table.average(v) for _, v in bars], height,
+                    xerr=[100 * (table.deviation(v) or 0) for _, v in bars], color=color,
+                    label=f"{name} (mean ± std)")  # fmt: skip
+    for key, marker, color in (("final", "x", "tab:red"), ("max", "|", "black")):
+        points = [(r.reference[key], i) for i, r in enumerate(rows) if (r.reference or {}).get(key)]
+        shown += [value for value, _ in points]
+        if points:
+            acc_ax.scatter(*zip(*points, strict=True), marker=marker, color=color, s=80,
+                           zorder=3, label=f"reference {key}")  # fmt: skip
+    acc_ax.set(xlim=(max(0.0, min(shown, default=90.0) - 1), 100), xlabel="test accuracy %")
+    acc_ax.set_title(title)
+    acc_ax.set_yticks(y, [table.label(row) for row in rows])
+    acc_ax.invert_yaxis()
+    time_ax.barh(y, [table.average(row.epoch_time_s) or 0 for row in rows], color="tab:gray")
+    time_ax.set(xlabel="seconds per epoch", title="cost")
+    if acc_ax.get_legend_handles_labels()[0]:  # none when no run finished and no reference
+        fig.legend(loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _save(fig, path)

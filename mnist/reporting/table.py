@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnist.reporting.plots import pyplot
-
 
 @dataclass
 class Row:
@@ -62,16 +60,16 @@ COMMON_NOTES = """\
   Both depend on the machine and on how many jobs shared it (tag `torch.num_threads`)."""
 
 
-def _mean(values: list[float]) -> float | None:
+def average(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
 def validation(row: Row) -> float:
     """What ranks the rows: their mean best validation accuracy (-inf: none logged)."""
-    return _mean(row.val_acc) or -math.inf
+    return average(row.val_acc) or -math.inf
 
 
-def _std(values: list[float]) -> float | None:
+def deviation(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
@@ -80,8 +78,8 @@ def _percent(value: float | None) -> str:
 
 
 def _percent_spread(values: list[float]) -> str:
-    std = _std(values)
-    return _percent(_mean(values)) + ("" if std is None else f" ± {100 * std:.2f}")
+    std = deviation(values)
+    return _percent(average(values)) + ("" if std is None else f" ± {100 * std:.2f}")
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -136,7 +134,7 @@ def _incomparable(row: Row) -> str | None:
 
 
 def _versus_target(row: Row) -> float | None:
-    goal, mean = _target(row), _mean(row.checkpoint_acc)
+    goal, mean = _target(row), average(row.checkpoint_acc)
     if goal is None or mean is None or _incomparable(row):
         return None
     return 100 * mean - goal
@@ -192,9 +190,9 @@ def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
           if per_epoch else []),
         ("best val acc %", lambda row: _percent_spread(row.val_acc)),
         ("best-val ckpt test acc %", lambda row: _percent_spread(row.checkpoint_acc)),
-        ("s / epoch", lambda row: _number(_mean(row.epoch_time_s))),
-        ("train time s", lambda row: _number(_mean(row.train_time_s))),
-        ("img/s", lambda row: _number(_mean(row.img_per_s), 0)),
+        ("s / epoch", lambda row: _number(average(row.epoch_time_s))),
+        ("train time s", lambda row: _number(average(row.train_time_s))),
+        ("img/s", lambda row: _number(average(row.img_per_s), 0)),
         ("ref final %", lambda row: _reference(row, "final")),
         ("ref max %", lambda row: _reference(row, "max")),
         ("vs ref", _versus_cell),
@@ -289,58 +287,11 @@ def write_csv(rows: list[Row], path: Path) -> Path:
             writer.writerow(map(cell, [row.model, *row.groups.values(), row.params, row.conv_layers,
                              row.pooling, max(row.epochs, default=None),
                              "/".join(sorted({str(n) for n in row.train_images})), row.finished,
-                             len(row.unfinished), ",".join(row.mixed), pct(_mean(row.final_acc)),
-                             pct(_std(row.final_acc)), pct(max(row.max_acc, default=None)),
-                             pct(_mean(row.val_acc)), pct(_std(row.val_acc)),
-                             pct(_mean(row.checkpoint_acc)), pct(_std(row.checkpoint_acc)),
-                             _mean(row.epoch_time_s), _mean(row.train_time_s),
-                             _mean(row.img_per_s), ref.get("final"), ref.get("max"),
+                             len(row.unfinished), ",".join(row.mixed), pct(average(row.final_acc)),
+                             pct(deviation(row.final_acc)), pct(max(row.max_acc, default=None)),
+                             pct(average(row.val_acc)), pct(deviation(row.val_acc)),
+                             pct(average(row.checkpoint_acc)), pct(deviation(row.checkpoint_acc)),
+                             average(row.epoch_time_s), average(row.train_time_s),
+                             average(row.img_per_s), ref.get("final"), ref.get("max"),
                              _versus_target(row)]))  # fmt: skip
-    return path
-
-
-def plot(rows: list[Row], title: str, path: Path) -> Path:
-    """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
-    markers, beside the seconds per epoch: what each model buys and what it costs. A series
-    no run logged (final: trainer.test_every_epoch) is left out, legend included."""
-    plt = pyplot()
-    y = list(range(len(rows)))
-    fig, (acc_ax, time_ax) = plt.subplots(
-        1, 2, figsize=(11, 1.8 + 0.5 * len(rows)), sharey=True, width_ratios=[3, 2]
-    )
-    series = [
-        (attribute, color, name)
-        for attribute, color, name in (
-            ("final_acc", "tab:blue", "final test acc"),
-            ("checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
-        )
-        if any(getattr(row, attribute) for row in rows)
-    ]
-    height = 0.8 / max(len(series), 1)
-    shown = []
-    for n, (attribute, color, name) in enumerate(series):
-        offset = (n - (len(series) - 1) / 2) * height
-        bars = [(i + offset, getattr(row, attribute)) for i, row in enumerate(rows)]
-        bars = [(bar_y, values) for bar_y, values in bars if values]
-        shown += [100 * _mean(values) for _, values in bars]
-        acc_ax.barh([bar_y for bar_y, _ in bars], [100 * _mean(v) for _, v in bars], height,
-                    xerr=[100 * (_std(v) or 0) for _, v in bars], color=color,
-                    label=f"{name} (mean ± std)")  # fmt: skip
-    for key, marker, color in (("final", "x", "tab:red"), ("max", "|", "black")):
-        points = [(r.reference[key], i) for i, r in enumerate(rows) if (r.reference or {}).get(key)]
-        shown += [value for value, _ in points]
-        if points:
-            acc_ax.scatter(*zip(*points, strict=True), marker=marker, color=color, s=80,
-                           zorder=3, label=f"reference {key}")  # fmt: skip
-    acc_ax.set(xlim=(max(0.0, min(shown, default=90.0) - 1), 100), xlabel="test accuracy %")
-    acc_ax.set_title(title)
-    acc_ax.set_yticks(y, [label(row) for row in rows])
-    acc_ax.invert_yaxis()
-    time_ax.barh(y, [_mean(row.epoch_time_s) or 0 for row in rows], color="tab:gray")
-    time_ax.set(xlabel="seconds per epoch", title="cost")
-    if acc_ax.get_legend_handles_labels()[0]:  # none when no run finished and no reference
-        fig.legend(loc="lower center", ncol=4, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
