@@ -9,7 +9,7 @@ from mnist.data.augment import OPS, Affine, BatchAugment, Erase, Op, augmentatio
 from mnist.errors import ConfigError
 from mnist.job import run_training
 from mnist.resume import resume_config
-from mnist.tools.benchmark import classic_transform
+from mnist.tools.classic import classic_transform
 from tests.helpers import compose_config
 
 

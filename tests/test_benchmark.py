@@ -10,14 +10,8 @@ import mnist.tools.benchmark as benchmark_module
 from mnist.data.augment import OPS, BatchAugment, Op
 from mnist.data.tensors import load_mnist
 from mnist.errors import ConfigError
-from mnist.tools.benchmark import (
-    benchmark,
-    classic_batches,
-    epoch_orders,
-    project_batches,
-    run_benchmark,
-    set_up_benchmark,
-)
+from mnist.tools.benchmark import benchmark, project_batches, run_benchmark, set_up_benchmark
+from mnist.tools.classic import classic_batches, epoch_orders
 from mnist.training.loop import train_step
 from tests.helpers import compose_config, tiny_overrides, write_synthetic_mnist
 

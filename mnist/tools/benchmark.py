@@ -1,38 +1,42 @@
-"""This project's input pipeline against the classic torchvision one, in one process:
-same model (architecture and initial weights), optimizer, batch size, step count, image
-order and training step (the trainer's own: precision, compile, clipping, label smoothing,
-schedule), so the difference in images per second is the pipeline's. The classic side is what
-the PyTorch MNIST examples do: `datasets.MNIST` + per-sample PIL `transforms` +
-`DataLoader`, with the model in PyTorch's default memory layout
-(`benchmark.classic_channels_last=true` gives it this project's NHWC layout too)."""
+"""This project's input pipeline against the classic torchvision one (mnist/tools/classic.py),
+in one process: same model (architecture and initial weights), optimizer, batch size, step
+count, image order and training step (the trainer's own: precision, compile, clipping, label
+smoothing, schedule), so the difference in images per second is the pipeline's. The classic
+model keeps PyTorch's default memory layout (`benchmark.classic_channels_last=true` gives it
+this project's NHWC layout too)."""
 
 from __future__ import annotations
 
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 from mnist.config import flatten, validate_config
-from mnist.data.augment import Affine, BatchAugment, Erase
-from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices, training_batches
+from mnist.data.augment import BatchAugment
+from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
-from mnist.errors import ConfigError, DataError
+from mnist.errors import ConfigError
 from mnist.seeding import generator
+from mnist.tools.classic import (
+    Batches,
+    classic_batches,
+    classic_eval_img_s,
+    classic_transform,
+    epoch_orders,
+)
 from mnist.tracking import runs, store
 from mnist.training.build import Setup, build_learner, initial_model, set_up
-from mnist.training.device import autocast, synchronize
+from mnist.training.device import synchronize
 from mnist.training.evaluation import evaluate
 from mnist.training.loop import train_step
 from mnist.training.resume import Learner
-
-Batches = Iterator[tuple[Tensor, Tensor]]
 
 # Schedules the trainer steps once per epoch (mnist/training/optim.py).
 EPOCH_SCHEDULERS = ("step", "plateau")
@@ -54,13 +58,6 @@ def peak_rss_mb() -> float:
     return peak / (1024**2 if sys.platform == "darwin" else 1024)
 
 
-def epoch_orders(train_idx: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """The image order of each epoch, shared by both pipelines."""
-    shuffle = generator(seed, "shuffle")
-    while True:
-        yield torch.cat(list(batch_indices(train_idx.cpu(), batch_size, shuffle, drop_last=True)))
-
-
 def project_batches(
     data: MnistTensors, train_idx: Tensor, batch_size: int, augment: BatchAugment, seed: int
 ) -> Batches:
@@ -70,85 +67,6 @@ def project_batches(
         yield from training_batches(
             data.train_images, data.train_labels, train_idx, batch_size, shuffle, augment
         )
-
-
-def _classic_affine(op: Affine) -> list:
-    from torchvision import transforms
-
-    steps = []
-    if op.crops:
-        crop = [transforms.CenterCrop(op.crop_size), transforms.Resize(28)]
-        steps.append(transforms.RandomApply(crop, p=op.crop_prob))
-    if op.rotate_deg or op.translate:
-        translate = (op.translate, op.translate) if op.translate else None
-        steps.append(transforms.RandomAffine(degrees=op.rotate_deg, translate=translate))
-    return steps
-
-
-def _classic_erase(op: Erase) -> list:
-    from torchvision import transforms
-
-    return [transforms.RandomErasing(op.prob, tuple(op.area), tuple(op.aspect), value=0)]
-
-
-# The per-sample torchvision twin of each augmentation op (mnist/data/augment.py), and
-# whether it needs a tensor (RandomErasing) or also takes the PIL image (the rest).
-CLASSIC_TWINS = {"affine": (_classic_affine, False), "erase": (_classic_erase, True)}
-
-
-def classic_transform(augment: BatchAugment):
-    """The per-sample torchvision equivalent of an augmentation, its ops in order, on the
-    PIL image until an op needs a tensor; ConfigError for an op it has no twin of."""
-    from torchvision import transforms
-
-    steps, on_tensor = [], False
-    for op in augment.ops:
-        if op.key not in CLASSIC_TWINS:
-            raise ConfigError(
-                f"augmentation.{op.key}: the classic pipeline has no torchvision twin of it "
-                f"(it mirrors {', '.join(CLASSIC_TWINS)}); benchmark without it"
-            )
-        twin, needs_tensor = CLASSIC_TWINS[op.key]
-        if needs_tensor and not on_tensor:
-            steps.append(transforms.ToTensor())
-            on_tensor = True
-        steps += twin(op)
-    if not on_tensor:
-        steps.append(transforms.ToTensor())
-    return transforms.Compose([*steps, transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
-
-
-def classic_dataset(data_root: str | Path, train: bool, transform):
-    from torchvision import datasets
-
-    raw = Path(data_root)
-    if raw.name != "raw" or raw.parent.name != "MNIST":
-        raise DataError(
-            f"the classic pipeline reads torchvision's layout <dir>/MNIST/raw; data.root={raw}"
-        )
-    return datasets.MNIST(str(raw.parent.parent), train=train, download=False, transform=transform)
-
-
-def classic_batches(
-    data_root: str | Path,
-    augment: BatchAugment,
-    orders: Iterator[Tensor],
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-) -> Batches:
-    """DataLoader batches in the given image orders: one DataLoader per epoch, as in a
-    classic training loop, fed the same order as the project's pipeline."""
-    from torch.utils.data import DataLoader
-
-    dataset = classic_dataset(data_root, True, classic_transform(augment))
-    for order in orders:
-        loader = DataLoader(
-            dataset, batch_size, sampler=order.tolist(), num_workers=workers,
-            pin_memory=device.type == "cuda", drop_last=True,
-        )  # fmt: skip
-        for images, labels in loader:
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
 def _train(
@@ -178,22 +96,6 @@ def _train(
             if accuracy >= target_acc:
                 time_to_target, reached = seconds, accuracy
     return steps * trainer.batch_size / seconds, time_to_target, reached
-
-
-def _classic_eval_img_s(
-    model: nn.Module, data_root, batch_size: int, device: torch.device, precision: str
-) -> float:
-    """The PyTorch examples' test loop: DataLoader batches under torch.no_grad (each
-    batch's .item() waits for its work)."""
-    from torch.utils.data import DataLoader
-
-    dataset = classic_dataset(data_root, False, classic_transform(BatchAugment([])))
-    start = time.perf_counter()
-    model.eval()
-    with torch.no_grad(), autocast(device, precision):
-        for images, labels in DataLoader(dataset, batch_size=batch_size):
-            model(images.to(device)).argmax(1).eq(labels.to(device)).sum().item()
-    return len(dataset) / (time.perf_counter() - start)
 
 
 def set_up_benchmark(cfg: DictConfig) -> Setup:
@@ -251,7 +153,7 @@ def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
             )  # fmt: skip
             eval_img_s = len(data.test_labels) / (time.perf_counter() - start)
         else:
-            eval_img_s = _classic_eval_img_s(
+            eval_img_s = classic_eval_img_s(
                 learner.model, cfg.data.root, bench.classic_eval_batch_size, device,
                 trainer.precision,
             )  # fmt: skip

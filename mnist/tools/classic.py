@@ -1,0 +1,123 @@
+"""The classic side of the benchmark (mnist/tools/benchmark.py): what the PyTorch MNIST
+examples do, `datasets.MNIST` + per-sample PIL `transforms` + `DataLoader`, with a
+torchvision twin of each augmentation op, fed the same image orders as the project's
+pipeline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mnist.data.augment import Affine, BatchAugment, Erase
+from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices
+from mnist.errors import ConfigError, DataError
+from mnist.seeding import generator
+from mnist.training.device import autocast
+
+Batches = Iterator[tuple[Tensor, Tensor]]
+
+
+def epoch_orders(train_idx: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """The image order of each epoch, shared by both pipelines."""
+    shuffle = generator(seed, "shuffle")
+    while True:
+        yield torch.cat(list(batch_indices(train_idx.cpu(), batch_size, shuffle, drop_last=True)))
+
+
+def _classic_affine(op: Affine) -> list:
+    from torchvision import transforms
+
+    steps = []
+    if op.crops:
+        crop = [transforms.CenterCrop(op.crop_size), transforms.Resize(28)]
+        steps.append(transforms.RandomApply(crop, p=op.crop_prob))
+    if op.rotate_deg or op.translate:
+        translate = (op.translate, op.translate) if op.translate else None
+        steps.append(transforms.RandomAffine(degrees=op.rotate_deg, translate=translate))
+    return steps
+
+
+def _classic_erase(op: Erase) -> list:
+    from torchvision import transforms
+
+    return [transforms.RandomErasing(op.prob, tuple(op.area), tuple(op.aspect), value=0)]
+
+
+# The per-sample torchvision twin of each augmentation op (mnist/data/augment.py), and
+# whether it needs a tensor (RandomErasing) or also takes the PIL image (the rest).
+CLASSIC_TWINS = {"affine": (_classic_affine, False), "erase": (_classic_erase, True)}
+
+
+def classic_transform(augment: BatchAugment):
+    """The per-sample torchvision equivalent of an augmentation, its ops in order, on the
+    PIL image until an op needs a tensor; ConfigError for an op it has no twin of."""
+    from torchvision import transforms
+
+    steps, on_tensor = [], False
+    for op in augment.ops:
+        if op.key not in CLASSIC_TWINS:
+            raise ConfigError(
+                f"augmentation.{op.key}: the classic pipeline has no torchvision twin of it "
+                f"(it mirrors {', '.join(CLASSIC_TWINS)}); benchmark without it"
+            )
+        twin, needs_tensor = CLASSIC_TWINS[op.key]
+        if needs_tensor and not on_tensor:
+            steps.append(transforms.ToTensor())
+            on_tensor = True
+        steps += twin(op)
+    if not on_tensor:
+        steps.append(transforms.ToTensor())
+    return transforms.Compose([*steps, transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+
+
+def classic_dataset(data_root: str | Path, train: bool, transform):
+    from torchvision import datasets
+
+    raw = Path(data_root)
+    if raw.name != "raw" or raw.parent.name != "MNIST":
+        raise DataError(
+            f"the classic pipeline reads torchvision's layout <dir>/MNIST/raw; data.root={raw}"
+        )
+    return datasets.MNIST(str(raw.parent.parent), train=train, download=False, transform=transform)
+
+
+def classic_batches(
+    data_root: str | Path,
+    augment: BatchAugment,
+    orders: Iterator[Tensor],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> Batches:
+    """DataLoader batches in the given image orders: one DataLoader per epoch, as in a
+    classic training loop, fed the same order as the project's pipeline."""
+    from torch.utils.data import DataLoader
+
+    dataset = classic_dataset(data_root, True, classic_transform(augment))
+    for order in orders:
+        loader = DataLoader(
+            dataset, batch_size, sampler=order.tolist(), num_workers=workers,
+            pin_memory=device.type == "cuda", drop_last=True,
+        )  # fmt: skip
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def classic_eval_img_s(
+    model: nn.Module, data_root, batch_size: int, device: torch.device, precision: str
+) -> float:
+    """The PyTorch examples' test loop: DataLoader batches under torch.no_grad (each
+    batch's .item() waits for its work)."""
+    from torch.utils.data import DataLoader
+
+    dataset = classic_dataset(data_root, False, classic_transform(BatchAugment([])))
+    start = time.perf_counter()
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        for images, labels in DataLoader(dataset, batch_size=batch_size):
+            model(images.to(device)).argmax(1).eq(labels.to(device)).sum().item()
+    return len(dataset) / (time.perf_counter() - start)
