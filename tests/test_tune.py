@@ -391,7 +391,7 @@ def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
         search(tmp_path, overrides, train=interrupted_at_trial(1))
     trials = load_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
-    assert trials[2].params == {} and trials[2].user_attrs == {"retry_of": 1}
+    assert trials[2].params == trials[1].params and trials[2].system_attrs["failed_trial"] == 1
     _, parent, runs = study_runs(tmp_path)
     assert parent.info.status == "KILLED"
     assert runs[1].info.status == "KILLED"

@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
 
 from mnist.context import JobContext
 from mnist.errors import ConfigError, DataError, ModelConfigError, TrackingError
@@ -40,27 +43,30 @@ class TrialFailed(Exception):
 
 
 class TrialInterrupted(BaseException):
-    """A signal stopped the trial, which the objective has recorded FAIL and queued again.
-    Neither an Exception nor a KeyboardInterrupt, which Optuna would log as a failed trial
-    with its traceback (17 lines): it leaves `study.optimize` as it is, and stops the
-    search (mnist/tuning/search.py)."""
+    """A signal stopped the trial, which is recorded FAIL and queued again. Neither an
+    Exception nor a KeyboardInterrupt, which Optuna would log as a failed trial with its
+    17-line traceback: it leaves `study.optimize` as it is, and stops the search."""
 
 
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """The ended `trial` queued again with its parameters, Optuna's way (the study's
+    heartbeat does the same for a trial whose process died): its `retry_history` keeps
+    the failed one from counting towards n_trials."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+
+
+@dataclass
 class Objective:
     """Called by Optuna with each trial; returns its best validation accuracy."""
 
-    def __init__(
-        self,
-        train: TrainFn,
-        compose: ComposeFn,
-        space: list[Param],
-        base_overrides: list[str],
-        trials_dir: Path,
-        parent_run_id: str,
-    ) -> None:
-        self.train, self.compose, self.space = train, compose, space
-        self.base_overrides, self.trials_dir = base_overrides, trials_dir
-        self.parent_run_id = parent_run_id
+    train: TrainFn
+    compose: ComposeFn
+    space: list[Param]
+    base_overrides: list[str]
+    trials_dir: Path
+    parent_run_id: str
 
     def __call__(self, trial: optuna.Trial) -> float:
         overrides = trial_overrides(self.space, trial)
@@ -76,22 +82,17 @@ class Objective:
             name_prefix=f"trial {trial.number}",
             swept_keys=[override_key(override) for override in overrides],
             parent_run_id=self.parent_run_id,
-            extra_tags={
-                "optuna.study": trial.study.study_name,
-                "optuna.trial": str(trial.number),
-                "optuna.state": "RUNNING",
-            },
-            epoch_observer=self._observer(trial, cfg.trainer.epochs),
-        )
+            extra_tags={"optuna.study": trial.study.study_name,
+                        "optuna.trial": str(trial.number), "optuna.state": "RUNNING"},
+            epoch_observer=_observer(trial, cfg.trainer.epochs),
+        )  # fmt: skip
         try:
             return self.train(cfg, ctx)["best/val_acc"]
         except PrunedTrial:
             raise
         except KeyboardInterrupt as e:
             # SIGINT/SIGTERM: the same parameters run again first when the study goes on.
-            trial.set_user_attr("interrupted", True)
-            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            requeue(trial.study, trial.study.tell(trial, state=TrialState.FAIL))
             log.warning("Trial %d interrupted; it runs again first when the study goes on",
                         trial.number)  # fmt: skip
             raise TrialInterrupted from e
@@ -100,18 +101,17 @@ class Objective:
         except Exception as e:
             raise TrialFailed(f"trial {trial.number} failed: {e!r}") from e
 
-    def _observer(
-        self, trial: optuna.Trial, epochs: int
-    ) -> Callable[[dict[str, float], int], None]:
-        epoch_times: list[float] = []
 
-        def observe(metrics: dict[str, float], epoch: int) -> None:
-            epoch_times.append(metrics["epoch_time_s"])
-            trial.set_user_attr("epoch_times_s", epoch_times)
-            trial.report(metrics[VAL_ACC], epoch)
-            # A stop request (SIGINT/SIGTERM) is the training loop's to honour, after this
-            # epoch's last.pt is written; the objective then re-queues the trial.
-            if epoch < epochs and trial.should_prune():
-                raise PrunedTrial(f"{VAL_ACC} {metrics[VAL_ACC]:.4f} at epoch {epoch}/{epochs}")
+def _observer(trial: optuna.Trial, epochs: int) -> Callable[[dict[str, float], int], None]:
+    epoch_times: list[float] = []
 
-        return observe
+    def observe(metrics: dict[str, float], epoch: int) -> None:
+        epoch_times.append(metrics["epoch_time_s"])
+        trial.set_user_attr("epoch_times_s", epoch_times)
+        trial.report(metrics[VAL_ACC], epoch)
+        # A stop request (SIGINT/SIGTERM) is the training loop's to honour, after this
+        # epoch's last.pt is written; the objective then queues the trial again.
+        if epoch < epochs and trial.should_prune():
+            raise PrunedTrial(f"{VAL_ACC} {metrics[VAL_ACC]:.4f} at epoch {epoch}/{epochs}")
+
+    return observe

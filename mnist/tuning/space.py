@@ -1,7 +1,6 @@
 """A study's search space: the `params` of conf/hparams_search/<name>.yaml, each a config key
 (`optimizer.lr`) or a config group (`optimizer`) with a distribution. Checked against the
-composed config before any trial, so that a typo fails in one line instead of in trial 7;
-each trial turns its suggestions into Hydra overrides of the training config."""
+composed config before any trial, so that a typo fails in one line instead of in trial 7."""
 
 from __future__ import annotations
 
@@ -11,12 +10,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mnist.config import validate_config
 from mnist.errors import ConfigError
 
-TYPES = ("float", "int", "categorical")
 KEYS = {
     "float": {"type", "low", "high", "log", "step"},
     "int": {"type", "low", "high", "log", "step"},
@@ -37,14 +35,15 @@ def override_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_number(value: Any, kind: str = "float") -> bool:
+    types = int if kind == "int" else (int, float)
+    return isinstance(value, types) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched key. A categorical choice that is not a scalar (a list of stage widths)
-    is known to Optuna by its override text, and maps back to the value here."""
+    """One searched key. Optuna knows a categorical choice that is not a scalar (a list of
+    stage widths) by its override text; `labels` maps what Optuna stores to the value."""
 
     path: str
     kind: str
@@ -55,40 +54,29 @@ class Param:
     choices: tuple[Any, ...] = ()
 
     @property
-    def labels(self) -> list[Any]:
-        return [
-            c if isinstance(c, (str, int, float, bool)) else override_text(c) for c in self.choices
-        ]
+    def labels(self) -> dict[Any, Any]:
+        scalar = (str, int, float, bool)
+        return {c if isinstance(c, scalar) else override_text(c): c for c in self.choices}
 
     def value(self, label: Any) -> Any:
         """The config value of what Optuna suggested or stored."""
-        if self.kind != "categorical":
-            return label
-        return self.choices[self.labels.index(label)]
+        return self.labels[label] if self.kind == "categorical" else label
 
     def label(self, value: Any) -> Any:
-        """What Optuna stores for a config value (the inverse of `value`)."""
+        """What Optuna stores for a config value; _ABSENT when the space has no such value."""
         if self.kind != "categorical":
-            return value
-        return self.labels[[override_text(c) for c in self.choices].index(override_text(value))]
-
-    def admits(self, value: Any) -> bool:
-        if self.kind == "categorical":
-            return override_text(value) in {override_text(c) for c in self.choices}
-        return _is_number(value) and self.low <= value <= self.high
+            return value if _is_number(value) and self.low <= value <= self.high else _ABSENT
+        texts = {override_text(v): label for label, v in self.labels.items()}
+        return texts.get(override_text(value), _ABSENT)
 
     def suggest(self, trial: Any) -> Any:
-        if self.kind == "float":
-            return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "categorical":
+            return self.value(trial.suggest_categorical(self.path, list(self.labels)))
         if self.kind == "int":
             return trial.suggest_int(
                 self.path, self.low, self.high, log=self.log, step=self.step or 1
             )
-        return self.value(trial.suggest_categorical(self.path, self.labels))
-
-    def corners(self) -> list[Any]:
-        """The values checked before any trial: a range's ends, every choice."""
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+        return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
 
     def describe(self) -> str:
         if self.kind == "categorical":
@@ -100,15 +88,13 @@ class Param:
 
 def _param_problems(path: str, spec: Any) -> Iterator[str]:
     where = f"hparams_search.params.{path}"
-    if not isinstance(spec, Mapping) or spec.get("type") not in TYPES:
-        kind = spec.get("type") if isinstance(spec, Mapping) else spec
-        yield f"{where}: distribution type {kind!r} is not one of {', '.join(TYPES)}"
+    kind = spec.get("type") if isinstance(spec, Mapping) else spec
+    if kind not in KEYS:
+        yield f"{where}: distribution type {kind!r} is not one of {', '.join(KEYS)}"
         return
-    unknown = set(spec) - KEYS[spec["type"]]
-    if unknown:
-        known = sorted(KEYS[spec["type"]])
-        yield f"{where}: unknown keys {sorted(unknown)} (a {spec['type']} takes {known})"
-    if spec["type"] == "categorical":
+    if unknown := set(spec) - KEYS[kind]:
+        yield f"{where}: unknown keys {sorted(unknown)} (a {kind} takes {sorted(KEYS[kind])})"
+    if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             yield f"{where}: choices must be a non-empty list"
@@ -116,19 +102,14 @@ def _param_problems(path: str, spec: Any) -> Iterator[str]:
             yield f"{where}: choices {override_text(choices)} repeat a value"
         return
     low, high, step = spec.get("low"), spec.get("high"), spec.get("step")
-    number = (
-        (lambda v: isinstance(v, int) and not isinstance(v, bool))
-        if spec["type"] == "int"
-        else _is_number
-    )
-    if not (number(low) and number(high)):
-        yield f"{where}: low={low!r} and high={high!r} must be {spec['type']}s"
+    if not (_is_number(low, kind) and _is_number(high, kind)):
+        yield f"{where}: low={low!r} and high={high!r} must be {kind}s"
     elif low >= high:
         yield f"{where}: the range [{low}, {high}] is empty or inverted (low must be < high)"
     elif spec.get("log") and low <= 0:
         yield f"{where}: a log range needs low > 0 (got {low})"
-    if step is not None and not (number(step) and step > 0):
-        yield f"{where}: step={step!r} must be a {spec['type']} > 0"
+    if step is not None and not (_is_number(step, kind) and step > 0):
+        yield f"{where}: step={step!r} must be a {kind} > 0"
     if step is not None and spec.get("log"):
         yield f"{where}: log and step cannot be combined"
 
@@ -144,35 +125,30 @@ def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield f"{prefix}{key}", value
 
 
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("Invalid search space: " + "; ".join(problems) + ".")
+
+
 def parse_space(params: Any) -> list[Param]:
     """The `params` mapping as Params; ConfigError listing every malformed entry."""
-    if isinstance(params, DictConfig):
-        params = OmegaConf.to_container(params, resolve=True)
+    params = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else params
     if not isinstance(params, Mapping) or not params:
         raise ConfigError("hparams_search.params must map config keys to distributions")
     params = dict(_leaves(params))
-    problems = [p for path, spec in params.items() for p in _param_problems(path, spec)]
-    if problems:
-        raise ConfigError("Invalid search space: " + "; ".join(problems) + ".")
+    _refuse([p for path, spec in params.items() for p in _param_problems(path, spec)])
     return [
-        Param(
-            path=path,
-            kind=spec["type"],
-            low=spec.get("low"),
-            high=spec.get("high"),
-            log=bool(spec.get("log", False)),
-            step=spec.get("step"),
-            choices=tuple(spec.get("choices", ())),
-        )
+        Param(path, spec["type"], spec.get("low"), spec.get("high"), bool(spec.get("log")),
+              spec.get("step"), tuple(spec.get("choices", ())))
         for path, spec in params.items()
-    ]
+    ]  # fmt: skip
 
 
 def first_trials(space: list[Param], entries: Any) -> list[dict[str, Any]]:
     """`hparams_search.enqueue`: trials to run before the sampler's own (e.g. the recipe
-    you already have), each a mapping of some searched keys to values in their ranges, as
-    Optuna's parameters; a key left out is sampled."""
-    if isinstance(entries, (DictConfig, ListConfig)):
+    you already have), each some searched keys with values in their ranges, as Optuna's
+    parameters; a key left out is sampled."""
+    if OmegaConf.is_config(entries):
         entries = OmegaConf.to_container(entries, resolve=True)
     by_path = {p.path: p for p in space}
     trials, problems = [], []
@@ -181,20 +157,19 @@ def first_trials(space: list[Param], entries: Any) -> list[dict[str, Any]]:
         if not isinstance(entry, Mapping):
             problems.append(f"{where} must map searched keys to values")
             continue
-        params = dict(_leaves(entry))
-        for path, value in params.items():
+        trials.append({})
+        for path, value in _leaves(entry):
             param = by_path.get(path)
+            label = _ABSENT if param is None else param.label(value)
             if param is None:
                 problems.append(f"{where}: {path!r} is not a searched key ({', '.join(by_path)})")
-            elif not param.admits(value):
+            elif label is _ABSENT:
                 problems.append(
                     f"{where}: {path}={override_text(value)} is not in {param.describe()}"
                 )
-        trials.append(
-            {path: by_path[path].label(value) for path, value in params.items() if path in by_path}
-        )
-    if problems:
-        raise ConfigError("Invalid search space: " + "; ".join(problems) + ".")
+            else:
+                trials[-1][path] = label
+    _refuse(problems)
     return trials
 
 
@@ -210,8 +185,8 @@ def check_space(
     compose: Callable[[list[str]], DictConfig],
 ) -> None:
     """Every key exists in `cfg` (the training config the search starts from), every
-    choice of a config group is one of its options, and the ends of every range and every
-    choice give a valid config. `compose` builds the training config with overrides."""
+    choice of a config group is one of its options, and every choice and both ends of
+    every range give a valid config. `compose` builds the training config with overrides."""
     for param in space:
         where = f"hparams_search.params.{param.path}"
         if param.path in groups:
@@ -232,7 +207,7 @@ def check_space(
                 f"{where}: {param.path!r} is not a key of the training config "
                 f"(nor a config group: {', '.join(sorted(groups))})"
             )
-        for value in param.corners():
+        for value in param.choices or (param.low, param.high):
             candidate = copy.deepcopy(cfg)
             OmegaConf.update(candidate, param.path, value, merge=False)
             _check_valid(candidate, f"{param.path}={override_text(value)}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import re
 import time
 import warnings
@@ -20,20 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist.errors import ConfigError, TrackingError
-from mnist.tracking import store
+from mnist.tracking.store import tracking_uri
 from mnist.training.signals import StopRequested
-from mnist.tuning.objective import TrialFailed
-
-log = logging.getLogger(__name__)
+from mnist.tuning.objective import TrialFailed, requeue
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "successive_halving", "none")
-# Trials a study counts: those that ran to an end (FAIL only when not re-queued).
-ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _settings_problems(cfg: DictConfig) -> Iterator[str]:
@@ -45,32 +36,28 @@ def _settings_problems(cfg: DictConfig) -> Iterator[str]:
         return
     if not re.fullmatch(r"[A-Za-z0-9_-]+", str(search.study)):
         yield f"hparams_search.study={search.study!r} must be letters, digits, _ or -"
-    for key in ("n_trials", "n_jobs", "heartbeat_s"):
-        if not _positive_int(cfg[key]):
-            yield f"{key}={cfg[key]!r} must be an integer >= 1"
+    integers = {key: (cfg[key], 1) for key in ("n_trials", "n_jobs", "heartbeat_s")}
+    for key in ("min_epochs", "reduction_factor"):
+        integers[f"hparams_search.pruner.{key}"] = (search.pruner[key], 1)
+    for part in ("sampler", "pruner"):
+        integers[f"hparams_search.{part}.n_startup_trials"] = (search[part].n_startup_trials, 0)
+    for key, (value, least) in integers.items():
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            yield f"{key}={value!r} must be an integer >= {least}"
     for key in ("save_preset", "overwrite"):
         if not isinstance(cfg[key], bool):
             yield f"{key}={cfg[key]!r} must be true or false"
     timeout = cfg.timeout_s
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         yield f"timeout_s={timeout!r} must be > 0, or null for no limit"
-    for key, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        if search[key].name not in names:
-            name = search[key].name
-            yield f"hparams_search.{key}.name={name!r} is not one of {', '.join(names)}"
-    for key in ("min_epochs", "reduction_factor"):
-        if not _positive_int(search.pruner[key]):
-            yield f"hparams_search.pruner.{key}={search.pruner[key]!r} must be an integer >= 1"
-    for key in ("sampler", "pruner"):
-        startup = search[key].n_startup_trials
-        if not (_positive_int(startup) or startup == 0):
-            yield f"hparams_search.{key}.n_startup_trials={startup!r} must be an integer >= 0"
+    for part, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if (name := search[part].name) not in names:
+            yield f"hparams_search.{part}.name={name!r} is not one of {', '.join(names)}"
 
 
 def check_settings(cfg: DictConfig) -> None:
     """The study's own settings (the tune config minus the search space and training)."""
-    problems = list(_settings_problems(cfg))
-    if problems:
+    if problems := list(_settings_problems(cfg)):
         raise ConfigError("Invalid search settings: " + "; ".join(problems) + ".")
 
 
@@ -81,11 +68,10 @@ def study_dir(cfg: DictConfig) -> Path:
 
 
 def stores(cfg: DictConfig) -> tuple[str, str]:
-    """(the MLflow store's URI, the study's storage URL), decided in one place so that the
-    study follows the store this run uses (logger.tracking_uri, $MLFLOW_TRACKING_URI or
-    paths.mlruns): `storage` if set, else optuna.db beside an SQLite store's file, else
-    (a tracking server, a database) in study_dir. Nothing is created here."""
-    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    """(the MLflow store's URI, the study's storage URL): `storage` if set, else optuna.db
+    beside an SQLite store's file, else (a tracking server, a database) in study_dir, so
+    that the study follows the store this run uses. Nothing is created here."""
+    uri = tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.storage:
         return uri, str(cfg.storage)
     local = uri.startswith("sqlite:///")
@@ -98,9 +84,8 @@ class SeededPerTrial(optuna.samplers.BaseSampler):
     per process would repeat its first draws in every process that runs the study: each
     run of a resumed study, each of n_jobs workers, each process started by hand."""
 
-    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int | None):
-        self._make, self._seed = make, seed
-        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+    def __init__(self, make: Callable[[int | None], Any], seed: int | None) -> None:
+        self._make, self._seed, self._by_trial = make, seed, {}
 
     def _of(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
         if trial.number not in self._by_trial:
@@ -117,31 +102,23 @@ class SeededPerTrial(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: Any) -> Any:
         return self._of(trial).sample_relative(study, trial, space)
 
-    def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any
-    ) -> Any:
-        return self._of(trial).sample_independent(study, trial, name, distribution)
+    def sample_independent(self, study: Any, trial: FrozenTrial, name: str, dist: Any) -> Any:
+        return self._of(trial).sample_independent(study, trial, name, dist)
 
-    def after_trial(
-        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any
-    ) -> None:
-        self._of(trial).after_trial(study, trial, state, values)
-        del self._by_trial[trial.number]
+    def after_trial(self, study: Any, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._by_trial.pop(trial.number, self._of(trial)).after_trial(study, trial, state, values)
 
 
 def make_sampler(settings: DictConfig) -> optuna.samplers.BaseSampler:
     if settings.name == "random":
         return SeededPerTrial(lambda seed: optuna.samplers.RandomSampler(seed=seed), settings.seed)
-
-    def tpe(seed: int | None) -> optuna.samplers.BaseSampler:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # constant_liar: parallel workers treat running trials as bad, so they spread out.
-            return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=settings.n_startup_trials, constant_liar=True
-            )
-
-    return SeededPerTrial(tpe, settings.seed)
+    # constant_liar: parallel workers treat running trials as bad, so they spread out.
+    return SeededPerTrial(
+        lambda seed: optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=settings.n_startup_trials, constant_liar=True
+        ),
+        settings.seed,
+    )
 
 
 def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
@@ -157,39 +134,29 @@ def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(
-    url: str,
-    name: str,
-    sampler: optuna.samplers.BaseSampler,
-    pruner: optuna.pruners.BasePruner,
-    heartbeat_s: int,
-) -> tuple[optuna.Study, bool]:
-    """(the study, whether this call created it). Creating is atomic in the database, so
-    of several processes started at once exactly one is the creator. A trial whose process
-    died stops beating; after 3 heartbeats it is marked FAIL and re-queued as it was."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = _storage(url, heartbeat_s)
+def open_study(url: str, name: str, settings: DictConfig, heartbeat_s: int) -> tuple[Any, bool]:
+    """(the study, whether this call created it): creating is atomic in the database, so of
+    several processes started at once exactly one is the creator. `settings`: the
+    hparams_search config (sampler, pruner)."""
+    storage = _storage(url, heartbeat_s)
+    kwargs = dict(study_name=name, storage=storage, sampler=make_sampler(settings.sampler))
+    kwargs["pruner"] = make_pruner(settings.pruner)
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner
-        )
-        return study, True
+        return optuna.create_study(direction="maximize", **kwargs), True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        return study, False
+        return optuna.load_study(**kwargs), False
 
 
 @contextlib.contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    """For an SQLite file, an exclusive kernel lock on `<file>.lock` while the storage is
-    opened. Opening creates the schema when the file is new, and two processes started at
-    once would both create it: one of them fails with "table studies already exists"."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url == prefix + ":memory:":
+    """For an SQLite file, an exclusive lock on `<file>.lock` while the storage is opened:
+    two processes creating a new file's schema at once fail ("table studies already
+    exists")."""
+    path = url.removeprefix("sqlite:///")
+    if path == url or path == ":memory:":
         yield
         return
-    lock = Path(url[len(prefix) :]).with_suffix(".lock")
+    lock = Path(path).with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -197,17 +164,16 @@ def _schema_lock(url: str) -> Iterator[None]:
 
 
 def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
-    # SQLite: writers from several processes wait for each other instead of failing.
+    """A trial whose process died stops beating; after 3 heartbeats it is marked FAIL and
+    queued again as it was. SQLite writers in several processes wait for each other."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
-        with _schema_lock(url):
+        with _schema_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=heartbeat_s,
-                grace_period=3 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-            )
+                url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=requeue,
+            )  # fmt: skip
     except Exception as e:  # SQLAlchemy: a malformed URL, a missing driver, no server
         raise TrackingError(
             f"the study storage {url} cannot be opened ({str(e).splitlines()[0]}); "
@@ -215,17 +181,12 @@ def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
         ) from e
 
 
-def retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
-    """Numbers of the trials that were re-queued (interrupted, or their process died)."""
-    numbers = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    return numbers | {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-
-
 def counts(study: optuna.Study) -> tuple[int, int]:
-    """(trials that ran to an end and count towards n_trials, trials running now)."""
+    """(trials that ran to an end and count towards n_trials, trials running now): a trial
+    queued again (interrupted, or its process died) does not count."""
     trials = study.get_trials(deepcopy=False)
-    again = retried(trials)
-    ended = sum(t.state in ENDED and t.number not in again for t in trials)
+    again = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    ended = sum(t.state.is_finished() and t.number not in again for t in trials)
     return ended, sum(t.state == TrialState.RUNNING for t in trials)
 
 
@@ -238,9 +199,9 @@ def run_trials(
     poll_s: float,
 ) -> None:
     """Run trials until the study has `n_trials` that ended, the deadline (time.monotonic)
-    passes or a stop is requested. Trials queued again (interrupted ones) run first. When
-    the remaining trials are all running elsewhere, wait for them: a process that dies
-    leaves its trial to come back to the queue, and then this process runs it."""
+    passes or a stop is requested; queued trials first. When the remaining trials all run
+    elsewhere, wait for them: a process that dies leaves its trial to come back to the
+    queue, and then this process runs it."""
     while not stop_requested() and (deadline is None or time.monotonic() < deadline):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

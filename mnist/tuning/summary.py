@@ -1,0 +1,158 @@
+"""Where a study stands, when a tune command ends: the best trial as an experiment preset,
+the trial counts and what pruning saved, Optuna's plots, all in the study's MLflow parent
+run (mnist/tracking/study_runs.py), and the preset copied into conf/experiment/ if asked."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import textwrap
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist.atomic import written_atomically
+from mnist.paths import REPO_ROOT
+from mnist.reporting.plots import pyplot
+from mnist.tracking.study_runs import end_study_run
+from mnist.tuning.preset import write_preset
+from mnist.tuning.space import override_text, parse_space
+from mnist.tuning.study import counts
+
+log = logging.getLogger(__name__)
+
+# The folder of the output directory's experiment/ that holds the search's preset: an
+# option no committed preset has (see _write_best_preset).
+SEARCH_PRESETS = "search"
+
+
+def saved_preset(cfg: DictConfig) -> Path | None:
+    """Where save_preset=true copies the preset (conf/experiment/ by default); None when
+    not asked: a command never replaces a file under version control on its own."""
+    if not cfg.save_preset:
+        return None
+    return Path(cfg.preset_dir) / f"tuned_{cfg.hparams_search.study}.yaml"
+
+
+def pruning_savings(trials: list[FrozenTrial]) -> dict[str, float]:
+    """Epochs and seconds of training the pruned trials did not run: for each, the epochs
+    it had left times its own mean epoch time (what they would have taken had it gone on)."""
+    ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    times = {t.number: t.user_attrs.get("epoch_times_s", []) for t in ran}
+    pruned = [t for t in ran if t.state == TrialState.PRUNED and times[t.number]]
+    left = {t.number: t.user_attrs["epochs"] - len(times[t.number]) for t in pruned}
+    return {
+        "trials/epochs_run": sum(len(t) for t in times.values()),
+        "trials/epoch_time_s": sum(sum(t) for t in times.values()),
+        "pruning/epochs_saved": sum(left.values()),
+        "pruning/time_saved_s": sum(n * statistics.fmean(times[k]) for k, n in left.items()),
+    }
+
+
+def _plots(study: optuna.Study, output_dir: Path) -> list[Path]:
+    """Optimisation history, intermediate values (what the pruner saw) and parameter
+    importances (PED-ANOVA: needs no scikit-learn; at least two complete trials)."""
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plt = pyplot()
+    figures = {
+        "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
+        "intermediate_values.png": lambda: optuna_plots.plot_intermediate_values(study),
+    }
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+        figures["param_importances.png"] = lambda: optuna_plots.plot_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator()
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, draw in figures.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = draw()
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.tight_layout()
+        figure.savefig(output_dir / name, dpi=120)
+        plt.close(figure)
+    return [output_dir / name for name in figures]
+
+
+def summarize(
+    cfg: DictConfig,
+    ctx: Any,
+    study: optuna.Study,
+    stores: tuple[str, str],
+    parent: str,
+    status: str,
+) -> None:
+    """The best trial written as a preset in the output directory, the parent run brought
+    up to date (the preset among its artifacts) and ended, the preset saved when asked.
+    `ctx`: the command's SearchContext; `stores`: (MLflow URI, study storage URL)."""
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    metrics = {f"trials/{state}": float(states[state]) for state in ("complete", "pruned", "fail")}
+    metrics |= pruning_savings(trials)
+    artifacts: dict[Path, str | None] = dict.fromkeys(_plots(study, ctx.output_dir))
+    tags, preset = {}, None
+    if states["complete"]:
+        best = study.best_trial
+        metrics |= {"best/val_acc": best.value, "best/trial": float(best.number)}
+        tags = {f"best.{key}": override_text(value) for key, value in best.params.items()}
+        preset = _write_best_preset(cfg, ctx, study, stores[1])
+        artifacts[preset] = str(preset.parent.relative_to(ctx.output_dir))
+    trial_states = {t.number: t.state.name for t in trials}
+    summary = (metrics, tags, len(trials))
+    hint = end_study_run(stores[0], parent, status, summary, artifacts, trial_states)
+    ended, running = counts(study)
+    log.info(
+        "Study %r: %d trials ended (%d complete, %d pruned, %d failed), %d running elsewhere; "
+        "pruning saved %d epochs (~%.0f s of training)",
+        study.study_name, ended, states["complete"], states["pruned"], states["fail"], running,
+        metrics["pruning/epochs_saved"], metrics["pruning/time_saved_s"],
+    )  # fmt: skip
+    saved = saved_preset(cfg)
+    if preset is not None and saved is not None:
+        with written_atomically(saved) as staged:
+            shutil.copyfile(preset, staged)
+        log.info("Preset saved as %s: python scripts/train.py experiment=%s", saved, saved.stem)
+    if hint:
+        log.info("Compare the trials: %s", hint)
+
+
+def _write_best_preset(cfg: DictConfig, ctx: Any, study: optuna.Study, url: str) -> Path:
+    """<output dir>/experiment/search/tuned_<study>.yaml, for `--config-dir <output dir>
+    experiment=search/tuned_<study>`: Hydra looks in conf/ before any --config-dir, so
+    under the name save_preset gives it a committed preset of the study (the shipped
+    conf/experiment/tuned_fast.yaml) would be trained instead."""
+    best, name = study.best_trial, f"tuned_{study.study_name}"
+    by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
+    params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
+    option = f"{SEARCH_PRESETS}/{name}"
+    path = Path(url.removeprefix("sqlite:///"))
+    shown = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
+    states = Counter(t.state.name.lower() for t in study.trials)
+    provenance = textwrap.fill(
+        f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
+        f"{shown}, trial {best.number} of {len(study.trials)} "
+        f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}): "
+        f"best/val_acc {best.value:.6g} on the validation split (the test set chose nothing).",
+        width=90,
+    )
+    comment = (
+        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2)"
+        "\nas saved in conf/experiment/; from the search's output directory or its parent run's"
+        f"\nartifacts: python scripts/train.py --config-dir <that folder> experiment={option}"
+    )
+    path = ctx.output_dir / "experiment" / f"{option}.yaml"
+    write_preset(path, [*study.user_attrs["recipe_overrides"], *params], ctx.groups, comment)
+    log.info(
+        "Best trial %d: val acc %.4f with %s -> %s\nRe-train it: python scripts/train.py "
+        "--config-dir %s experiment=%s  (save_preset=true saves it in %s)",
+        best.number, best.value, " ".join(params), path, ctx.output_dir, option, cfg.preset_dir,
+    )  # fmt: skip
+    return path
