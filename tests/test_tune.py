@@ -279,7 +279,7 @@ def test_the_printed_retrain_command_trains_the_search_result_not_the_committed_
         o for o in tune_overrides(synthetic_root, tmp_path, "hparams_search=fast", "n_trials=1")
         if o != "trainer.epochs=2"
     ] + ["trainer.epochs=1"]  # fmt: skip
-    caplog.set_level("INFO", logger="mnist.tuning.search")
+    caplog.set_level("INFO", logger="mnist.tuning")
     search(tmp_path, overrides)
 
     (best,) = load_study(tmp_path, "fast").trials

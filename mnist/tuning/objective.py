@@ -33,25 +33,22 @@ ComposeFn = Callable[[list[str]], tuple[DictConfig, dict[str, str]]]
 
 
 class PrunedTrial(optuna.TrialPruned, KeyboardInterrupt):
-    """The pruner stopped the trial. Optuna records it PRUNED; as a KeyboardInterrupt it
-    also ends the trial's MLflow run KILLED (stopped on purpose), not FAILED."""
+    """Optuna records it PRUNED; as a KeyboardInterrupt it ends the MLflow run KILLED."""
 
 
 class TrialFailed(Exception):
-    """A trial that raised: recorded FAIL and the search goes on. A user error (config,
-    data, store) is not wrapped: it stops the search, as it would fail every trial."""
+    """Recorded FAIL, and the search goes on. A user error (config, data, store) is not
+    wrapped: it would fail every trial, so it stops the search."""
 
 
 class TrialInterrupted(BaseException):
-    """A signal stopped the trial, which is recorded FAIL and queued again. Neither an
-    Exception nor a KeyboardInterrupt, which Optuna would log as a failed trial with its
-    17-line traceback: it leaves `study.optimize` as it is, and stops the search."""
+    """A signal stopped the trial. Not an Exception nor a KeyboardInterrupt, which Optuna
+    would log with a 17-line traceback: it leaves `study.optimize` as it is."""
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """The ended `trial` queued again with its parameters, Optuna's way (the study's
-    heartbeat does the same for a trial whose process died): its `retry_history` keeps
-    the failed one from counting towards n_trials."""
+    """`trial` queued again with its parameters, as the heartbeat does for a trial whose
+    process died; its `retry_history` keeps the failed one from counting."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)

@@ -1,15 +1,11 @@
-"""`scripts/tune.py`: check everything, join (or create) the study, run its trials here or
-in n_jobs worker processes, then sum the study up (mnist/tuning/summary.py). Every check
-that can fail on the user's input runs before the first trial. The command writes where
-runs write (its output directory, the MLflow store, the study's storage); a preset goes
-into conf/experiment/ only when asked."""
+"""`scripts/tune.py`: check everything before the first trial, join (or create) the study,
+run its trials here or in n_jobs worker processes, then sum the study up."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -46,9 +42,8 @@ JOIN_TIMEOUT_S = 120
 
 @dataclass
 class SearchContext(JobContext):
-    """A job's context plus what the tune command needs: every config group a search may
-    pick an option of (unselected ones too), the where-to-write keys
-    (hydra.job.config.override_dirname.exclude_keys) and the command line its workers repeat."""
+    """A job's context plus every config group (unselected ones too), the where-to-write
+    keys (hydra.job.config.override_dirname.exclude_keys) and the command line."""
 
     groups: set[str] = field(default_factory=set)
     where_keys: list[str] = field(default_factory=list)
@@ -67,8 +62,7 @@ class SearchContext(JobContext):
 
 
 def config_groups(choices: Mapping[str, Any]) -> set[str]:
-    """The training config's groups, from Hydra's runtime choices: what a search may pick
-    an option of, and what a preset selects in its defaults list."""
+    """What a search may pick an option of, and a preset selects in its defaults list."""
     return {group for group in choices if not group.startswith(("hydra/", "hparams_search"))}
 
 
@@ -114,10 +108,8 @@ def composer(ctx: SearchContext) -> ComposeFn:
 
 
 def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | None:
-    """Returns the study's best validation accuracy (None before any trial completed).
-    ConfigError/DataError/TrackingError before the first trial when the input cannot work;
-    SearchInterrupted (in a worker, WorkerInterrupted) after a SIGINT/SIGTERM, with the
-    study consistent."""
+    """The study's best validation accuracy (None before a trial completed). A signal
+    raises SearchInterrupted (in a worker, WorkerInterrupted) with the study consistent."""
     space, base, compose = _checked(cfg, ctx)
     uri, url = stores(cfg)
     check_store(uri, experiment=base.logger.experiment)
@@ -135,38 +127,27 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
         shared = [o for o in ctx.overrides if override_key(o).split(".")[0] not in TUNE_KEYS]
         objective = Objective(train, compose, space, shared, study_dir(cfg) / "trials", parent)
         work = partial(_run_here, study, objective, cfg, deadline)
-    if is_worker():  # the command that started it sums the study up
-        with _interrupted_search(name):
-            work()
-        return None
-    reopen_study_run(uri, parent)
+    worker = is_worker()  # a worker leaves the summary to the command that started it
+    if not worker:
+        reopen_study_run(uri, parent)
     status = "FAILED"
     try:
-        with _interrupted_search(name):
-            work()
+        work()
         status = "FINISHED"
-    except SearchInterrupted:
+    except (KeyboardInterrupt, TrialInterrupted) as e:
+        # A worker says nothing: the command that started it says how to go on.
         status = "KILLED"
-        raise
+        raise (WorkerInterrupted() if worker else SearchInterrupted(name)) from e
     finally:
-        summarize(cfg, ctx, study, (uri, url), parent, status)
+        if not worker:
+            summarize(cfg, ctx, study, (uri, url), parent, status)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return study.best_value if complete else None
 
 
-@contextmanager
-def _interrupted_search(study: str) -> Iterator[None]:
-    """A trial stopped by a signal (or a signal between trials) stops the search: in a
-    worker, without a line of its own (the command that started it says how to go on)."""
-    try:
-        yield
-    except (KeyboardInterrupt, TrialInterrupted) as e:
-        raise (WorkerInterrupted() if is_worker() else SearchInterrupted(study)) from e
-
-
 def _checked(cfg: DictConfig, ctx: SearchContext) -> tuple[list[Param], DictConfig, ComposeFn]:
-    """(the search space, the training config the trials start from, the trial composer),
-    all checked: nothing is written before this returns."""
+    """(the search space, the trials' base training config, the trial composer), all
+    checked: nothing is written before this returns."""
     check_settings(cfg)
     saved = saved_preset(cfg)
     if saved is not None and saved.exists() and not cfg.overwrite:
@@ -194,8 +175,8 @@ def _parent_run(
     cfg: DictConfig,
     ctx: SearchContext,
 ) -> str:
-    """The study's MLflow run, opened by the process that created the study; a process
-    joining it first checks it searches the same space with the same overrides."""
+    """The study's MLflow run, opened by its creator; a process joining the study checks
+    it searches the same space with the same overrides."""
     recipe = recipe_overrides(ctx)
     identity = {"search_space": space_signature(space), "recipe_overrides": recipe}
     if created:

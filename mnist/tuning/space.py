@@ -89,7 +89,7 @@ class Param:
 def _param_problems(path: str, spec: Any) -> Iterator[str]:
     where = f"hparams_search.params.{path}"
     kind = spec.get("type") if isinstance(spec, Mapping) else spec
-    if kind not in KEYS:
+    if kind not in tuple(KEYS):
         yield f"{where}: distribution type {kind!r} is not one of {', '.join(KEYS)}"
         return
     if unknown := set(spec) - KEYS[kind]:

@@ -85,28 +85,24 @@ class SeededPerTrial(optuna.samplers.BaseSampler):
     run of a resumed study, each of n_jobs workers, each process started by hand."""
 
     def __init__(self, make: Callable[[int | None], Any], seed: int | None) -> None:
-        self._make, self._seed, self._by_trial = make, seed, {}
-
-    def _of(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
-        if trial.number not in self._by_trial:
-            seed = None if self._seed is None else self._seed + trial.number
-            self._by_trial[trial.number] = self._make(seed)
-        return self._by_trial[trial.number]
+        self._make, self._seed, self._sampler = make, seed, make(seed)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._of(trial).before_trial(study, trial)
+        # Optuna calls it first for each trial, and a process runs one trial at a time.
+        self._sampler = self._make(None if self._seed is None else self._seed + trial.number)
+        self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
-        return self._of(trial).infer_relative_search_space(study, trial)
+        return self._sampler.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: Any) -> Any:
-        return self._of(trial).sample_relative(study, trial, space)
+        return self._sampler.sample_relative(study, trial, space)
 
     def sample_independent(self, study: Any, trial: FrozenTrial, name: str, dist: Any) -> Any:
-        return self._of(trial).sample_independent(study, trial, name, dist)
+        return self._sampler.sample_independent(study, trial, name, dist)
 
     def after_trial(self, study: Any, trial: FrozenTrial, state: TrialState, values: Any) -> None:
-        self._by_trial.pop(trial.number, self._of(trial)).after_trial(study, trial, state, values)
+        self._sampler.after_trial(study, trial, state, values)
 
 
 def make_sampler(settings: DictConfig) -> optuna.samplers.BaseSampler:

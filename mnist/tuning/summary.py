@@ -75,7 +75,7 @@ def _plots(study: optuna.Study, output_dir: Path) -> list[Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             axes = draw()
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure = axes.figure
         figure.tight_layout()
         figure.savefig(output_dir / name, dpi=120)
         plt.close(figure)

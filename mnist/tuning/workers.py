@@ -52,8 +52,7 @@ def run_workers(argv: list[str], n_jobs: int, output_dir: Path, deadline: float 
 
     def forward(signum: int, frame: object) -> None:
         for process in processes:
-            if process.poll() is None:
-                process.send_signal(signum)
+            process.send_signal(signum)  # nothing, for one that has ended
 
     restore = install_handler(forward)
     try:
