@@ -22,9 +22,10 @@ from mnist.tracking.store import check_store
 from mnist.tracking.study_runs import open_study_run, reopen_study_run
 from mnist.training.signals import stop_on_signals
 from mnist.tuning.objective import ComposeFn, Objective, TrainFn, TrialInterrupted
+from mnist.tuning.preset import saved_preset
 from mnist.tuning.space import Param, check_space, first_trials, parse_space, space_signature
 from mnist.tuning.study import check_settings, open_study, run_trials, stores, study_dir
-from mnist.tuning.summary import saved_preset, summarize
+from mnist.tuning.summary import summarize
 from mnist.tuning.workers import is_worker, run_workers
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,11 @@
-"""Where a study stands, when a tune command ends: the best trial as an experiment preset,
-the trial counts and what pruning saved, Optuna's plots, all in the study's MLflow parent
-run (mnist/tracking/study_runs.py), and the preset copied into conf/experiment/ if asked."""
+"""Where a study stands, when a tune command ends: the trial counts and what pruning saved,
+Optuna's plots and the best trial's preset, all in the study's MLflow parent run
+(mnist/tracking/study_runs.py)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
-import textwrap
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -17,27 +15,13 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist.atomic import written_atomically
-from mnist.paths import REPO_ROOT
 from mnist.reporting.plots import pyplot
 from mnist.tracking.study_runs import end_study_run
-from mnist.tuning.preset import write_preset
-from mnist.tuning.space import override_text, parse_space
+from mnist.tuning.preset import save_preset, saved_preset, write_best_preset
+from mnist.tuning.space import override_text
 from mnist.tuning.study import counts
 
 log = logging.getLogger(__name__)
-
-# The folder of the output directory's experiment/ that holds the search's preset: an
-# option no committed preset has (see _write_best_preset).
-SEARCH_PRESETS = "search"
-
-
-def saved_preset(cfg: DictConfig) -> Path | None:
-    """Where save_preset=true copies the preset (conf/experiment/ by default); None when
-    not asked: a command never replaces a file under version control on its own."""
-    if not cfg.save_preset:
-        return None
-    return Path(cfg.preset_dir) / f"tuned_{cfg.hparams_search.study}.yaml"
 
 
 def pruning_savings(trials: list[FrozenTrial]) -> dict[str, float]:
@@ -103,7 +87,7 @@ def summarize(
         best = study.best_trial
         metrics |= {"best/val_acc": best.value, "best/trial": float(best.number)}
         tags = {f"best.{key}": override_text(value) for key, value in best.params.items()}
-        preset = _write_best_preset(cfg, ctx, study, stores[1])
+        preset = write_best_preset(cfg, ctx, study, stores[1])
         artifacts[preset] = str(preset.parent.relative_to(ctx.output_dir))
     trial_states = {t.number: t.state.name for t in trials}
     summary = (metrics, tags, len(trials))
@@ -115,44 +99,7 @@ def summarize(
         study.study_name, ended, states["complete"], states["pruned"], states["fail"], running,
         metrics["pruning/epochs_saved"], metrics["pruning/time_saved_s"],
     )  # fmt: skip
-    saved = saved_preset(cfg)
-    if preset is not None and saved is not None:
-        with written_atomically(saved) as staged:
-            shutil.copyfile(preset, staged)
-        log.info("Preset saved as %s: python scripts/train.py experiment=%s", saved, saved.stem)
+    if preset is not None and (saved := saved_preset(cfg)) is not None:
+        save_preset(preset, saved)
     if hint:
         log.info("Compare the trials: %s", hint)
-
-
-def _write_best_preset(cfg: DictConfig, ctx: Any, study: optuna.Study, url: str) -> Path:
-    """<output dir>/experiment/search/tuned_<study>.yaml, for `--config-dir <output dir>
-    experiment=search/tuned_<study>`: Hydra looks in conf/ before any --config-dir, so
-    under the name save_preset gives it a committed preset of the study (the shipped
-    conf/experiment/tuned_fast.yaml) would be trained instead."""
-    best, name = study.best_trial, f"tuned_{study.study_name}"
-    by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
-    params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
-    option = f"{SEARCH_PRESETS}/{name}"
-    path = Path(url.removeprefix("sqlite:///"))
-    shown = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else url
-    states = Counter(t.state.name.lower() for t in study.trials)
-    provenance = textwrap.fill(
-        f"Written by scripts/tune.py: the best trial of study {study.study_name!r} in "
-        f"{shown}, trial {best.number} of {len(study.trials)} "
-        f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}): "
-        f"best/val_acc {best.value:.6g} on the validation split (the test set chose nothing).",
-        width=90,
-    )
-    comment = (
-        f"{provenance}\nRe-train: python scripts/train.py experiment={name}  (-m: seeds 0, 1, 2)"
-        "\nas saved in conf/experiment/; from the search's output directory or its parent run's"
-        f"\nartifacts: python scripts/train.py --config-dir <that folder> experiment={option}"
-    )
-    path = ctx.output_dir / "experiment" / f"{option}.yaml"
-    write_preset(path, [*study.user_attrs["recipe_overrides"], *params], ctx.groups, comment)
-    log.info(
-        "Best trial %d: val acc %.4f with %s -> %s\nRe-train it: python scripts/train.py "
-        "--config-dir %s experiment=%s  (save_preset=true saves it in %s)",
-        best.number, best.value, " ".join(params), path, ctx.output_dir, option, cfg.preset_dir,
-    )  # fmt: skip
-    return path
