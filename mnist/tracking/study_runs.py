@@ -44,19 +44,19 @@ def end_study_run(
     uri: str,
     run_id: str,
     status: str,
-    summary: tuple[dict[str, float], dict[str, str], int],
+    metrics: dict[str, float],
+    tags: dict[str, str],
     artifacts: dict[Path, str | None],
     trial_states: dict[int, str],
 ) -> str | None:
-    """Log the study's `summary` (metrics, tags, the step: its number of trials) and
-    `artifacts` (file -> folder among the run's artifacts), bring its trials' runs up to
-    date with `trial_states` (their Optuna states by number) and end it with `status`.
-    Returns how to open its trials in the MLflow UI, where known."""
+    """Log where the study stands (`artifacts`: file -> folder among the run's artifacts;
+    the metrics' step is its number of trials), bring its trials' runs up to date with
+    `trial_states` (Optuna's, by trial number) and end it with `status`. Returns how to
+    open its trials in the MLflow UI, where known."""
     from mlflow.entities import Metric, RunTag
 
     client = _client(uri)
-    metrics, tags, step = summary
-    now = int(time.time() * 1000)
+    now, step = int(time.time() * 1000), len(trial_states)
     retry_when_locked(
         lambda: client.log_batch(
             run_id,

@@ -90,8 +90,7 @@ def summarize(
         preset = write_best_preset(cfg, ctx, study, stores[1])
         artifacts[preset] = str(preset.parent.relative_to(ctx.output_dir))
     trial_states = {t.number: t.state.name for t in trials}
-    summary = (metrics, tags, len(trials))
-    hint = end_study_run(stores[0], parent, status, summary, artifacts, trial_states)
+    hint = end_study_run(stores[0], parent, status, metrics, tags, artifacts, trial_states)
     ended, running = counts(study)
     log.info(
         "Study %r: %d trials ended (%d complete, %d pruned, %d failed), %d running elsewhere; "
