@@ -116,7 +116,7 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
     check_store(uri, experiment=base.logger.experiment)
     ensure_mnist(base.data.root, verify=base.data.verify_checksums)
     name = cfg.hparams_search.study
-    study, created = open_study(url, name, cfg.hparams_search, cfg.heartbeat_s)
+    study, created = open_study(url, cfg.hparams_search, cfg.heartbeat_s)
     parent = _parent_run(study, created, uri, base.logger.experiment, url, space, cfg, ctx)
     log.info("Study %r in %s; MLflow parent run %s in %s", name, url, parent, uri)
     deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s

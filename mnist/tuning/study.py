@@ -130,13 +130,11 @@ def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(url: str, name: str, settings: DictConfig, heartbeat_s: int) -> tuple[Any, bool]:
-    """(the study, whether this call created it): creating is atomic in the database, so of
-    several processes started at once exactly one is the creator. `settings`: the
-    hparams_search config (sampler, pruner)."""
-    storage = _storage(url, heartbeat_s)
-    kwargs = dict(study_name=name, storage=storage, sampler=make_sampler(settings.sampler))
-    kwargs["pruner"] = make_pruner(settings.pruner)
+def open_study(url: str, search: DictConfig, heartbeat_s: int) -> tuple[optuna.Study, bool]:
+    """(the study `search` (hparams_search) names, whether this call created it): creating
+    is atomic in the database, so of several processes started at once one is the creator."""
+    kwargs: dict[str, Any] = dict(study_name=search.study, storage=_storage(url, heartbeat_s))
+    kwargs |= {"sampler": make_sampler(search.sampler), "pruner": make_pruner(search.pruner)}
     try:
         return optuna.create_study(direction="maximize", **kwargs), True
     except optuna.exceptions.DuplicatedStudyError:
