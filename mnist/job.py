@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist.config import validate_config
+from mnist.config import run_settings, validate_config
 from mnist.context import JobContext
 from mnist.data.augment import BatchAugment, augmentation_name
 from mnist.data.batches import to_unit_float
@@ -37,11 +37,20 @@ from mnist.resume import (
 from mnist.seeding import generator
 from mnist.sweeps import resume as sweep_resume
 from mnist.tracking import store
-from mnist.tracking.listener import RunStart, refuse_finished_run, store_failure, training_run
-from mnist.training.build import Setup, set_up
+from mnist.tracking.listener import (
+    MlflowListener,
+    RunStart,
+    refuse_finished_run,
+    store_failure,
+    training_run,
+)
+from mnist.training.build import RunSettings, Setup, set_up
 from mnist.training.checkpoint import claimed
+from mnist.training.evaluation import Evaluation
+from mnist.training.events import FitResult
 from mnist.training.loop import Checkpoints, fit, test_best
 from mnist.training.phases import PhaseClock
+from mnist.training.settings import Trainer
 from mnist.training.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -73,13 +82,13 @@ def _train(
 ) -> dict[str, Any]:
     """The stages of a run in order, readable top to bottom, each ending in a lap of the
     clock, with the points where a signal stops the run between the steps that close it."""
+    settings = run_settings(cfg)
     # An augmentation is named by what it applies, not by the option(s) it came from
     # (`augmentation=[shift_rotate,erase]` has no single one): in the params and run names.
-    choices = {**ctx.choices, "augmentation": augmentation_name(cfg.augmentation)}
+    choices = {**ctx.choices, "augmentation": augmentation_name(settings.augmentation)}
     ctx = dataclasses.replace(ctx, choices=choices)
-    setup = set_up(cfg, lap=clock.lap)
-    data, device, model = setup.data, setup.device, setup.model
-    start, resolved = _run_start(cfg, ctx, setup, clock)
+    setup = set_up(settings, lap=clock.lap)
+    start, resolved = _run_start(cfg, settings, ctx, setup, clock)
     checkpoint_dir = ctx.output_dir / "checkpoints"
     resume_id = resume_state["mlflow_run_id"] if resume_state else None
 
@@ -98,22 +107,17 @@ def _train(
         clock.lap("mlflow_setup")
         with _explain_nondeterminism():
             result = fit(
-                setup.learner, data, setup.train_idx, setup.val_idx, cfg.trainer, device,
-                checkpoints, run, resume_state,
+                setup.learner, setup.data, setup.train_idx, setup.val_idx, settings.trainer,
+                setup.device, checkpoints, run, resume_state,
             )  # fmt: skip
         clock.lap("training")
         stop_if_requested()
-        test, final, weights_sha256 = test_best(
-            model, data, checkpoints, result, cfg.trainer, device
+        test, final = _test_and_log(
+            run, setup, settings.trainer, checkpoints, result, clock, cfg.logger.log_model
         )
-        clock.lap("evaluation")
-        if cfg.logger.log_model:
-            run.log_model(data.test_images, len(result.history))
-            clock.lap("model_logging")
-        run.log_final(final, weights_sha256, len(result.history))
         stop_if_requested()
         reports = write_training_reports(
-            ctx.output_dir, data.test_images, data.test_labels, test, result.history
+            ctx.output_dir, setup.data.test_images, setup.data.test_labels, test, result.history
         )
         stop_if_requested()
         run.log_files(reports)
@@ -127,8 +131,30 @@ def _train(
     return {**final, "run_id": run.run_id, "params_count": start.summary.total_params}
 
 
+def _test_and_log(
+    run: MlflowListener,
+    setup: Setup,
+    trainer: Trainer,
+    checkpoints: Checkpoints,
+    result: FitResult,
+    clock: PhaseClock,
+    log_model: bool,
+) -> tuple[Evaluation, dict[str, float]]:
+    """The best weights tested, the model (with logger.log_model) and the final metrics
+    logged; returns the test evaluation and the final metrics."""
+    test, final, weights_sha256 = test_best(
+        setup.model, setup.data, checkpoints, result, trainer, setup.device
+    )
+    clock.lap("evaluation")
+    if log_model:
+        run.log_model(setup.data.test_images, len(result.history))
+        clock.lap("model_logging")
+    run.log_final(final, weights_sha256, len(result.history))
+    return test, final
+
+
 def _run_start(
-    cfg: DictConfig, ctx: JobContext, setup: Setup, clock: PhaseClock
+    cfg: DictConfig, settings: RunSettings, ctx: JobContext, setup: Setup, clock: PhaseClock
 ) -> tuple[RunStart, dict[str, Any]]:
     """The model described (in the log once per sweep), the run's first files written;
     returns what the MLflow run opens with, and the resolved config."""
@@ -144,7 +170,9 @@ def _run_start(
     )  # fmt: skip
     clock.lap("model")
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    files, draws = _write_run_files(cfg, ctx.output_dir, resolved, summary, setup.data, train_idx)
+    files, draws = _write_run_files(
+        settings, ctx.output_dir, resolved, summary, setup.data, train_idx
+    )
     clock.lap("preview")
     return RunStart(setup, model_name, summary, files, draws), resolved
 
@@ -180,7 +208,7 @@ def _claimed_run(
 
 
 def _write_run_files(
-    cfg: DictConfig,
+    settings: RunSettings,
     output_dir: Path,
     resolved: dict[str, Any],
     summary: ModelSummary,
@@ -195,7 +223,7 @@ def _write_run_files(
     summary_path = output_dir / "model_summary.txt"
     summary_path.write_text(format_summary(summary) + "\n")
     originals, draws, description = augmentation_preview(
-        cfg, data.train_images, data.train_labels, train_idx
+        settings, data.train_images, data.train_labels, train_idx
     )
     preview = plots.plot_augmented_inputs(
         originals, draws, output_dir / "augmented_inputs.png", description
@@ -230,14 +258,14 @@ def _how_to_go_on(output_dir: Path) -> str:
 
 
 def augmentation_preview(
-    cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    settings: RunSettings, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(originals (N, 28, 28), augmented draws (N, K, 28, 28), a description): what the
     model is trained on, for the first training image of each digit. Drawn from a
     generator of its own, so the run's training stream of random numbers is the same
     whether or not anyone looks."""
     augment = BatchAugment.from_config(
-        cfg.augmentation, generator(cfg.seed, "augment-preview", images.device)
+        settings.augmentation, generator(settings.seed, "augment-preview", images.device)
     )
     _, first = np.unique(labels[indices].cpu().numpy(), return_index=True)
     originals = to_unit_float(images[indices[torch.from_numpy(first).to(indices.device)]])

@@ -50,7 +50,8 @@ def cpu_recipes(conf_dir: Path = CONF_DIR) -> str:
     def cost(model: str) -> int:
         file = _recipe_file(conf_dir, model)
         epochs = OmegaConf.select(OmegaConf.load(file), "trainer.epochs") if file.exists() else None
-        macs = summarize(build_model(OmegaConf.load(conf_dir / "model" / f"{model}.yaml"))).macs
+        model_cfg = OmegaConf.to_container(OmegaConf.load(conf_dir / "model" / f"{model}.yaml"))
+        macs = summarize(build_model(model_cfg)).macs
         return (epochs or shared) * macs
 
     models = sorted(model_names(conf_dir), key=cost, reverse=True)

@@ -1,7 +1,7 @@
 """The layer table of a model, without training: python scripts/summary.py model=cnn4"""
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error, run
 
@@ -11,7 +11,8 @@ def main(cfg: DictConfig) -> None:
     from mnist.models import build_model, format_summary, summarize
 
     with exit_on_user_error(cfg):
-        print(format_summary(summarize(build_model(cfg.model))))
+        model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+        print(format_summary(summarize(model)))
 
 
 if __name__ == "__main__":

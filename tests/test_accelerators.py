@@ -18,7 +18,7 @@ from torch import nn
 
 import mnist.training.loop as loop_module
 from mnist import Classifier
-from mnist.config import validate_config
+from mnist.config import run_settings, validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.inference.evaluate_checkpoints import run_evaluation
@@ -29,6 +29,7 @@ from mnist.training.build import set_up
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
 from mnist.training.device import (
     DEFAULT_NUM_THREADS,
+    DeviceSettings,
     configure_torch,
     determinism_problem,
     precision_problem,
@@ -80,7 +81,7 @@ def torch_globals(monkeypatch):
 
 
 def device_settings(num_threads):
-    return OmegaConf.create({"name": "cpu", "num_threads": num_threads, "malloc_tuning": False})
+    return DeviceSettings("cpu", num_threads, malloc_tuning=False)
 
 
 def test_each_job_sets_every_torch_global_from_its_own_config(torch_globals):
@@ -110,9 +111,8 @@ def test_a_non_deterministic_job_does_not_import_torchs_compiler():
     """Setting determinism imports torch._inductor (seconds at start-up): only on a change."""
     code = """
 import sys, torch
-from omegaconf import OmegaConf
-from mnist.training.device import configure_torch
-settings = OmegaConf.create({"name": "cpu", "num_threads": 1, "malloc_tuning": False})
+from mnist.training.device import DeviceSettings, configure_torch
+settings = DeviceSettings("cpu", num_threads=1, malloc_tuning=False)
 configure_torch(torch.device("cpu"), settings, deterministic=False)
 assert not torch.are_deterministic_algorithms_enabled()
 print("torch._inductor" in sys.modules)
@@ -240,7 +240,7 @@ def test_deterministic_training_is_refused_exactly_where_a_layer_would_raise(nam
     """On CUDA every model trains deterministically (gap20k's AdaptiveAvgPool2d(1) is a
     mean); on MPS MaxPool2d's backward has no deterministic kernel, so the config is
     refused before anything is written, not in the first step of a logged run."""
-    model = build_model(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    model = build_model(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")))
     ops = training_step_ops(model)
     assert refused_ops(ops, "cuda") == set()
     assert determinism_problem(model, CUDA) is None and determinism_problem(model, CPU) is None
@@ -250,7 +250,8 @@ def test_deterministic_training_is_refused_exactly_where_a_layer_would_raise(nam
 
 
 def test_validation_refuses_deterministic_mps_training_of_a_pooling_model(monkeypatch):
-    monkeypatch.setattr("mnist.config.available", lambda name: True)  # as on a Mac
+    for module in ("mnist.config", "mnist.training.device"):
+        monkeypatch.setattr(f"{module}.available", lambda name: True)  # as on a Mac
     with pytest.raises(ConfigError, match="MaxPool2d has no deterministic backward on mps"):
         validate_config(compose_config(["device=mps", "trainer.deterministic=true"]))
     validate_config(compose_config(["device=mps", "trainer.deterministic=false"]))
@@ -299,7 +300,7 @@ def test_mps_random_state_is_saved_and_restored_only_where_mps_exists(tiny_cfg, 
     monkeypatch.setattr(
         torch.mps, "set_rng_state", lambda state, device="mps": restored.append(state)
     )
-    learner = set_up(tiny_cfg(), CPU).learner
+    learner = set_up(run_settings(tiny_cfg()), CPU).learner
     state = learner.state(Progress(), learner.shuffle.get_state())
     assert torch.equal(state["rng"]["mps"], mps_state)
     learner.restore(state)

@@ -111,9 +111,8 @@ def test_the_core_notebook_example_trains_and_tests_a_model(tmp_path, monkeypatc
     page = (REPO_ROOT / "docs" / "core.md").read_text()
     (code,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
     # Where the example expects them: the MNIST files (synthetic digits, enough for its
-    # 1,000 validation images) and the repository's conf/.
+    # 1,000 validation images).
     write_synthetic_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=1600)
-    (tmp_path / "conf").symlink_to(CONF_DIR)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "docs/core.md", "exec"), {})
     shown = capsys.readouterr().out.splitlines()

@@ -229,7 +229,7 @@ def test_every_model_config_exports_and_matches(fmt, tmp_path):
     built = set()
     for config in sorted((CONF_DIR / "model").glob("*.yaml")):
         torch.manual_seed(0)
-        model = build_model(OmegaConf.load(config))
+        model = build_model(OmegaConf.to_container(OmegaConf.load(config)))
         with torch.no_grad():  # BatchNorm statistics other than the initial 0 and 1
             model.train()(torch.randn(64, 1, 28, 28) * 2 + 1)
         model = model.eval().to(memory_format=torch.channels_last)

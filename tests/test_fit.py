@@ -10,7 +10,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mnist.config import validate_config
+from mnist.config import run_settings, validate_config
 from mnist.data.batches import batch_indices
 from mnist.errors import ConfigError, TrainingInterrupted
 from mnist.metric_names import TRAIN_LOSS, VAL_ACC, VAL_LOSS
@@ -91,7 +91,7 @@ def test_every_small_run_steps_its_whole_schedule_or_is_refused(
     except ConfigError as e:
         assert "\n" not in str(e)
         return
-    learner = build_learner(cfg, torch.nn.Linear(1, 1), CPU, train_size)
+    learner = build_learner(run_settings(cfg), torch.nn.Linear(1, 1), CPU, train_size)
     batches = len(list(batch_indices(torch.arange(train_size), batch_size, drop_last=True)))
     for _ in range(epochs):
         for _ in range(batches):
@@ -135,7 +135,7 @@ def test_gradient_clipping_bounds_every_step(tiny_cfg, tmp_path):
     def distance_moved(*overrides) -> float:
         cfg = tiny_cfg(*plain_sgd, *overrides)
         _, _, learner = run_fit(cfg, tmp_path)
-        start = dict(initial_model(cfg, CPU).named_parameters())
+        start = dict(initial_model(run_settings(cfg), CPU).named_parameters())
         moved = [p.detach() - start[name] for name, p in learner.model.named_parameters()]
         return torch.linalg.vector_norm(torch.cat([m.flatten() for m in moved])).item()
 
@@ -173,7 +173,7 @@ def test_bf16_trains_and_evaluates_on_cpu(tiny_cfg, tmp_path):
     assert all(math.isfinite(epoch[TRAIN_LOSS]) for epoch in logged)
     assert logged[-1][TRAIN_LOSS] < logged[0][TRAIN_LOSS]
     assert result.best_val_acc > 0.9
-    setup = set_up(cfg, CPU)
+    setup = set_up(run_settings(cfg), CPU)
     data, val_idx = setup.data, setup.val_idx
     val = evaluate(learner.model, data.train_images[val_idx], data.train_labels[val_idx], 64,
                    CPU, "bf16")  # fmt: skip
@@ -186,7 +186,7 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
     cfg = tiny_cfg("trainer.compile=true", "trainer.eval_batch_size=64", "trainer.epochs=3",
                    "trainer.test_every_epoch=true", "augmentation=shift_rotate")  # fmt: skip
     _, reference, learner = run_fit(cfg, tmp_path / "reference")
-    setup = set_up(cfg, CPU)
+    setup = set_up(run_settings(cfg), CPU)
     data, val_idx = setup.data, setup.val_idx
     images, labels = data.train_images[val_idx], data.train_labels[val_idx]
     compiled = evaluate(learner.model, images, labels, 64, CPU)
@@ -202,7 +202,7 @@ def test_compiled_model_trains_evaluates_ragged_batches_and_resumes(tiny_cfg, tm
 def test_the_moving_average_is_what_is_validated_and_kept_as_best(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.ema_decay=0.9", "trainer.epochs=1", "model=gap20k")
     _, logged, learner = run_fit(cfg, tmp_path)
-    setup = set_up(cfg, CPU)
+    setup = set_up(run_settings(cfg), CPU)
     data, val_idx = setup.data, setup.val_idx
     images, labels = data.train_images[val_idx], data.train_labels[val_idx]
     average, trained = learner.ema.module, learner.model

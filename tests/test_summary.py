@@ -17,7 +17,7 @@ MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 
 def build(name: str) -> nn.Module:
-    return build_model(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    return build_model(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")))
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)

@@ -207,6 +207,7 @@ def test_tensorboard_mirrors_the_metrics_without_changing_the_run(tiny_cfg, tmp_
 def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     tiny_cfg, synthetic_root, augmentation
 ):
+    from mnist.config import run_settings
     from mnist.data.tensors import load_mnist
     from mnist.job import PREVIEW_DRAWS, augmentation_preview
 
@@ -214,7 +215,7 @@ def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     data = load_mnist(synthetic_root)
     indices = torch.arange(20, 60)
     originals, draws, description = augmentation_preview(
-        cfg, data.train_images, data.train_labels, indices
+        run_settings(cfg), data.train_images, data.train_labels, indices
     )
     # The first image of each digit among `indices`, in digit order.
     labels = data.train_labels[indices].tolist()

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 IMAGE_SIZE = 28
@@ -220,12 +219,12 @@ class Erase(Op):
         return images.masked_fill(erased[:, None], 0.0)
 
 
-def augmentation_problems(section: DictConfig) -> Iterator[str]:
+def augmentation_problems(section: Mapping[str, Mapping[str, Any]]) -> Iterator[str]:
     """One line per unknown op and per bad parameter of an `augmentation` config."""
     for key, values in section.items():
         if key not in OPS:
             yield f"augmentation.{key} is not an augmentation op (known: {', '.join(sorted(OPS))})"
-        elif not isinstance(values, DictConfig):
+        elif not isinstance(values, Mapping):
             yield f"augmentation.{key}={values!r} must be a mapping of {key}'s parameters"
         else:
             yield from OPS[key].problems(values)
@@ -236,16 +235,11 @@ def augmentation_problems(section: DictConfig) -> Iterator[str]:
 _FLAT_FORM = {"name", "rotate_deg", "translate", "crop_prob", "crop_size"}
 
 
-def stored_form(section: DictConfig) -> DictConfig:
+def stored_form(section: Mapping[str, Any]) -> Mapping[str, Any]:
     """An `augmentation` config a run stored, as ops: the flat form as its affine op."""
     if set(section) != _FLAT_FORM:
         return section
-    return OmegaConf.create({"affine": {f.name: section[f.name] for f in fields(Affine)}})
-
-
-def build_ops(section: DictConfig) -> list[Op]:
-    """The ops of a validated `augmentation` config, in its order."""
-    return [OPS[key](**OmegaConf.to_container(values)) for key, values in section.items()]
+    return {"affine": {f.name: section[f.name] for f in fields(Affine)}}
 
 
 class BatchAugment:
@@ -256,9 +250,12 @@ class BatchAugment:
         self.generator = generator
 
     @classmethod
-    def from_config(cls, section: DictConfig, generator: torch.Generator | None) -> BatchAugment:
-        """From an `augmentation` config (one or more conf/augmentation/*.yaml options)."""
-        return cls(build_ops(section), generator)
+    def from_config(
+        cls, section: Mapping[str, Mapping[str, Any]], generator: torch.Generator | None
+    ) -> BatchAugment:
+        """From a validated `augmentation` config (one or more conf/augmentation/*.yaml
+        options): its ops, in its order."""
+        return cls([OPS[key](**values) for key, values in section.items()], generator)
 
     @property
     def active(self) -> bool:
@@ -280,6 +277,6 @@ class BatchAugment:
         return images
 
 
-def augmentation_name(section: DictConfig) -> str:
+def augmentation_name(section: Mapping[str, Mapping[str, Any]]) -> str:
     """The name of a validated `augmentation` config, from its ops and their values."""
     return BatchAugment.from_config(section, None).name

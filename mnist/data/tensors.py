@@ -1,19 +1,22 @@
 """MNIST on the training device: the IDX files parsed once into uint8 tensors, and a
-seeded validation split of the training images."""
+seeded validation split of the training images; the `data` config group and its checks."""
 
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
+from mnist.data.fetch import root_problem
 from mnist.data.idx import IdxError, read_idx
 from mnist.errors import DataError
+from mnist.values import boolean_problems, is_int
 
 MNIST_TRAIN_SIZE = 60_000
 
@@ -94,10 +97,40 @@ def split_indices(
     return order[~in_val], order[in_val]
 
 
-def prepare_split(cfg: DictConfig, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """The run's (train, validation) indices on the labels' device: `data.val_size`
-    held out, `data.train_subset` of the rest kept."""
-    train_idx, val_idx = split_indices(labels, cfg.data.val_size, cfg.seed, cfg.data.stratify)
-    if cfg.data.train_subset is not None:
-        train_idx = train_idx[: cfg.data.train_subset]
-    return train_idx.to(labels.device), val_idx.to(labels.device)
+@dataclass(frozen=True)
+class DataSettings:
+    """The `data` config group (conf/dataset/mnist.yaml)."""
+
+    root: str
+    val_size: int
+    train_subset: int | None = None
+    stratify: bool = True
+    verify_checksums: bool = True
+
+    def split(self, labels: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+        """The run's (train, validation) indices on the labels' device: `val_size` held
+        out, `train_subset` of the rest kept."""
+        train_idx, val_idx = split_indices(labels, self.val_size, seed, self.stratify)
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        return train_idx.to(labels.device), val_idx.to(labels.device)
+
+
+def data_problems(data: Mapping[str, Any]) -> Iterator[str]:
+    """One line per invalid value of a `data` section."""
+    val_size, subset = data["val_size"], data["train_subset"]
+    if not is_int(val_size) or not 1 <= val_size < MNIST_TRAIN_SIZE:
+        yield (
+            f"data.val_size={val_size!r} must be an integer between 1 and "
+            f"{MNIST_TRAIN_SIZE - 1} (the validation split comes out of the training set)"
+        )
+    if subset is not None and (not is_int(subset) or subset < 1):
+        yield f"data.train_subset={subset!r} must be an integer >= 1, or null for all images"
+    yield from boolean_problems("data", data, ("stratify", "verify_checksums"))
+    if problem := root_problem(data["root"]):
+        yield problem
+        return
+    root = Path(data["root"])
+    existing = next((path for path in (root, *root.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        yield f"data.root={data['root']} must be a directory, and {existing} is a file"

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from mnist.config import flatten
 from mnist.context import JobContext
 from mnist.data.fetch import ensure_mnist
-from mnist.data.tensors import MnistTensors, load_mnist, prepare_split
+from mnist.data.tensors import MnistTensors, load_mnist, split_indices
 from mnist.errors import ConfigError
 from mnist.inference.loading import LoadedModel, load_model
 from mnist.reporting.reports import write_test_reports
 from mnist.tracking import runs, store, ui
-from mnist.training.device import configure_torch, resolve_device
+from mnist.training.device import DeviceSettings, configure_torch, resolve_device
 from mnist.training.evaluation import Evaluation, accuracy, evaluate
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ def split_images(data: MnistTensors, held_out: DictConfig | None) -> tuple[Tenso
     """The test set, or the validation images of the run whose config is `held_out`."""
     if held_out is None:
         return data.test_images, data.test_labels
-    _, val_idx = prepare_split(held_out, data.train_labels)
+    split = held_out.data
+    _, val_idx = split_indices(data.train_labels, split.val_size, held_out.seed, split.stratify)
+    val_idx = val_idx.to(data.train_labels.device)
     return data.train_images[val_idx], data.train_labels[val_idx]
 
 
@@ -144,7 +146,7 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     members = [load_model(spec, uri) for spec in specs]
     held_out = validation_split(members) if cfg.split == "val" else None
     device = resolve_device(cfg.device.name)
-    configure_torch(device, cfg.device, deterministic=False)
+    configure_torch(device, DeviceSettings(**cfg.device), deterministic=False)
     data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums), device)
     images, labels = split_images(data, held_out)
     results = [

@@ -8,7 +8,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnist.errors import ModelConfigError, UnsafeModelConfig
@@ -73,11 +72,10 @@ def _nested_targets(value: Any) -> bool:
 
 
 def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Instantiate a `conf/model` config. Configs also come from checkpoints, and loading a
-    checkpoint must not be able to run code, so only this package's model classes are
-    built, with plain keyword arguments (no nested `_target_`, no Hydra instantiate)."""
-    if isinstance(model_cfg, DictConfig):
-        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    """Instantiate a `conf/model` config, as plain containers. Configs also come from
+    checkpoints, and loading a checkpoint must not be able to run code, so only this
+    package's model classes are built, with plain keyword arguments (no nested `_target_`,
+    no Hydra instantiate)."""
     target = str(model_cfg.get("_target_", ""))
     kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
     cls = model_class(target)

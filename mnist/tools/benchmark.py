@@ -11,14 +11,14 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
-from mnist.config import flatten, validate_config
+from mnist.config import flatten, run_settings, validate_config
 from mnist.data.augment import BatchAugment
 from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
@@ -32,11 +32,12 @@ from mnist.tools.classic import (
     epoch_orders,
 )
 from mnist.tracking import runs, store
-from mnist.training.build import Setup, build_learner, initial_model, set_up
+from mnist.training.build import RunSettings, Setup, build_learner, initial_model, set_up
 from mnist.training.device import synchronize
 from mnist.training.evaluation import evaluate
 from mnist.training.loop import train_step
 from mnist.training.resume import Learner
+from mnist.training.settings import Trainer
 
 # Schedules the trainer steps once per epoch (mnist/training/optim.py).
 EPOCH_SCHEDULERS = ("step", "plateau")
@@ -73,7 +74,7 @@ def _train(
     learner: Learner,
     batches: Batches,
     steps: int,
-    trainer: DictConfig,
+    trainer: Trainer,
     device: torch.device,
     validate: Callable[[], float],
     target_acc: float | None,
@@ -101,24 +102,24 @@ def _train(
 def set_up_benchmark(cfg: DictConfig) -> Setup:
     """The project pipeline's run, set up as training sets one up; its schedule spans the
     benchmark's steps (one "epoch": the span of onecycle and cosine schedules)."""
-    return set_up(_steps_config(cfg), train_size=cfg.benchmark.steps * cfg.trainer.batch_size)
+    return set_up(_steps_settings(cfg), train_size=cfg.benchmark.steps * cfg.trainer.batch_size)
 
 
-def _steps_config(cfg: DictConfig) -> DictConfig:
-    return OmegaConf.merge(cfg, {"trainer": {"epochs": 1}})
+def _steps_settings(cfg: DictConfig, **trainer: bool) -> RunSettings:
+    settings = run_settings(cfg)
+    return replace(settings, trainer=replace(settings.trainer, epochs=1, **trainer))
 
 
 def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
     """Both pipelines, the project's first (so the peak memory it reports is its own). Each
     trains as the trainer config says (precision, compile, clipping, label smoothing, and
     a per-step schedule spread over the benchmark's steps)."""
-    bench, trainer = cfg.benchmark, cfg.trainer
+    bench = cfg.benchmark
     data, train_idx, device = setup.data, setup.train_idx, setup.device
     val_images, val_labels = data.train_images[setup.val_idx], data.train_labels[setup.val_idx]
     results = []
-    classic_cfg = OmegaConf.merge(
-        _steps_config(cfg), {"trainer": {"channels_last": bench.classic_channels_last}}
-    )
+    classic = _steps_settings(cfg, channels_last=bench.classic_channels_last)
+    trainer = classic.trainer
     for name in ("project", "classic"):
         # Same architecture and initial weights; the memory layout is each pipeline's own.
         if name == "project":
@@ -127,8 +128,8 @@ def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
                 data, train_idx, trainer.batch_size, learner.augment, cfg.seed
             )
         else:
-            model = initial_model(classic_cfg, device)
-            learner = build_learner(classic_cfg, model, device, bench.steps * trainer.batch_size)
+            model = initial_model(classic, device)
+            learner = build_learner(classic, model, device, bench.steps * trainer.batch_size)
             orders = epoch_orders(train_idx, trainer.batch_size, cfg.seed)
             batches = classic_batches(
                 cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers,
@@ -194,7 +195,7 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
             f"the benchmark counts steps, not epochs, so scheduler={cfg.scheduler.name} "
             "(stepped once per epoch) would never step; use scheduler=none, onecycle or cosine"
         )
-    augment = BatchAugment.from_config(cfg.augmentation, None)
+    augment = BatchAugment.from_config(run_settings(cfg).augmentation, None)
     classic_transform(augment)  # an op without a twin is refused before anything is written
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri, experiment=cfg.logger.experiment)

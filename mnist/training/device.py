@@ -4,10 +4,14 @@ import contextlib
 import ctypes
 import os
 import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
+
+from mnist.values import is_int
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,10 +124,41 @@ DEFAULT_NUM_THREADS = torch.get_num_threads()
 MAX_NUM_THREADS = os.cpu_count() or 1
 
 
-def configure_torch(device: torch.device, settings: DictConfig, deterministic: bool) -> None:
+@dataclass(frozen=True)
+class DeviceSettings:
+    """The `device` config group (conf/device/*.yaml)."""
+
+    name: str = "auto"  # cpu, cuda, mps, or auto: the first of cuda, mps, cpu available
+    num_threads: int | None = None  # None: DEFAULT_NUM_THREADS
+    malloc_tuning: bool | str = "auto"  # keep_freed_memory; auto: with one thread
+
+
+def device_problems(settings: Mapping[str, Any], precision: str) -> Iterator[str]:
+    """One line per invalid value of a `device` section, and for a precision it lacks."""
+    if not (isinstance(settings["malloc_tuning"], bool) or settings["malloc_tuning"] == "auto"):
+        yield f"device.malloc_tuning={settings['malloc_tuning']!r} must be auto, true or false"
+    threads = settings["num_threads"]
+    if threads is not None and not (is_int(threads) and 1 <= threads <= MAX_NUM_THREADS):
+        yield (
+            f"device.num_threads={threads!r} must be an integer between 1 and "
+            f"{MAX_NUM_THREADS} (this machine's CPUs), or null for PyTorch's default"
+        )
+    name = settings["name"]
+    if name != "auto" and not available(name):
+        yield (
+            f"device={name} is not available on this machine "
+            "(use device=auto to fall back to what is)"
+            if name in ("cpu", "cuda", "mps")
+            else f"device.name={name!r} is not one of auto, cpu, cuda, mps"
+        )
+    elif problem := precision_problem(precision, resolve_device(name)):
+        yield problem
+
+
+def configure_torch(device: torch.device, settings: DeviceSettings, deterministic: bool) -> None:
     """Set every global torch setting a run depends on from its own config, whatever the
     previous job of the process (a basic-launcher sweep runs its jobs one after another in
-    one process) left behind. `settings`: the `device` config group (conf/device/*.yaml).
+    one process) left behind.
 
     Two settings cannot be taken back within a process: glibc's malloc tuning (mallopt
     switches off glibc's own threshold adjustment for good; it changes speed, not results)

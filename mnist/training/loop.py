@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -27,6 +26,7 @@ from mnist.training.device import autocast, synchronize
 from mnist.training.evaluation import Evaluation, evaluate
 from mnist.training.events import FitResult, RunListener
 from mnist.training.resume import Learner, Progress, eager
+from mnist.training.settings import Trainer
 from mnist.training.signals import StopRequested, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,14 @@ def fit(
     data: MnistTensors,
     train_idx: Tensor,
     val_idx: Tensor,
-    cfg: DictConfig,
+    trainer: Trainer,
     device: torch.device,
     checkpoints: Checkpoints,
     listener: RunListener | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train for `cfg.epochs` (the `trainer` config group), or what remains of them when
-    `resume_from` holds a last.pt, telling `listener` as it goes."""
+    """Train for `trainer.epochs`, or what remains of them when `resume_from` holds a
+    last.pt, telling `listener` as it goes."""
     listener = listener or RunListener()
     progress = learner.restore(resume_from) if resume_from is not None else Progress()
     if resume_from is not None:
@@ -77,29 +77,27 @@ def fit(
         return path
 
     with stop_on_signals() as stop_requested:
-        while progress.epoch <= cfg.epochs and not progress.stopped_early:
+        while progress.epoch <= trainer.epochs and not progress.stopped_early:
             epoch_start = time.perf_counter() - progress.epoch_train_s
             shuffle_state = learner.shuffle.get_state()
-            if not train_one_epoch(learner, data, train_idx, cfg, device, progress, stop_requested):
+            if not train_one_epoch(
+                learner, data, train_idx, trainer, device, progress, stop_requested
+            ):
                 progress.epoch_train_s = time.perf_counter() - epoch_start
                 raise TrainingInterrupted(save_last(shuffle_state), stop_requested())
             synchronize(device)  # the epoch's queued steps are training time, not validation
             train_seconds = time.perf_counter() - epoch_start
-            metrics = end_of_epoch(learner, data, val_idx, cfg, device, progress, checkpoints)
+            metrics = end_of_epoch(learner, data, val_idx, trainer, device, progress, checkpoints)
             if progress.best_epoch == progress.epoch:
                 listener.on_checkpoint(checkpoints.directory / "best.pt")
-            if cfg.target_acc is not None and metrics[VAL_ACC] >= cfg.target_acc:
-                metrics["time_to_target_s"] = time.perf_counter() - fit_start
-                log.info("Target validation accuracy %g reached in %.1f s", cfg.target_acc,
-                         metrics["time_to_target_s"])  # fmt: skip
-                progress.stopped_early = True
+            _stop_at_target(trainer, metrics, progress, time.perf_counter() - fit_start)
             metrics["epoch_time_s"] = time.perf_counter() - epoch_start
             metrics["throughput_img_s"] = progress.seen / train_seconds
-            _record(metrics, progress, cfg.epochs, listener)
+            _record(metrics, progress, trainer.epochs, listener)
             progress.start_next_epoch()
             last = save_last(learner.shuffle.get_state())
             signum = stop_requested()
-            if signum and progress.epoch <= cfg.epochs and not progress.stopped_early:
+            if signum and progress.epoch <= trainer.epochs and not progress.stopped_early:
                 raise TrainingInterrupted(last, signum)
 
     result = FitResult(
@@ -118,7 +116,7 @@ def test_best(
     data: MnistTensors,
     checkpoints: Checkpoints,
     result: FitResult,
-    cfg: DictConfig,
+    trainer: Trainer,
     device: torch.device,
 ) -> tuple[Evaluation, dict[str, float], str]:
     """The best-validation weights loaded into `model` and evaluated on the test set (the
@@ -128,9 +126,7 @@ def test_best(
     model.load_state_dict(best["model"])
     synchronize(device)  # evaluate() ends in .item(), which waits for its own work
     test_start = time.perf_counter()
-    test = evaluate(
-        model, data.test_images, data.test_labels, cfg.eval_batch_size, device, cfg.precision
-    )
+    test = _evaluate(model, data.test_images, data.test_labels, trainer, device)
     return (
         test,
         {
@@ -149,7 +145,7 @@ def train_one_epoch(
     learner: Learner,
     data: MnistTensors,
     train_idx: Tensor,
-    cfg: DictConfig,
+    trainer: Trainer,
     device: torch.device,
     progress: Progress,
     stop_requested: StopRequested,
@@ -159,17 +155,17 @@ def train_one_epoch(
     if progress.step == 0:
         progress.epoch_lr = learner.optimizer.param_groups[0]["lr"]
     batches = training_batches(
-        data.train_images, data.train_labels, train_idx, cfg.batch_size, learner.shuffle,
+        data.train_images, data.train_labels, train_idx, trainer.batch_size, learner.shuffle,
         learner.augment, skip=progress.step,
     )  # fmt: skip
     learner.model.train()
     bar = tqdm(
-        batches, total=max(1, len(train_idx) // cfg.batch_size), initial=progress.step,
-        leave=False, desc=f"epoch {progress.epoch}/{cfg.epochs}",
-        disable=None if cfg.progress else True,
+        batches, total=max(1, len(train_idx) // trainer.batch_size), initial=progress.step,
+        leave=False, desc=f"epoch {progress.epoch}/{trainer.epochs}",
+        disable=None if trainer.progress else True,
     )  # fmt: skip
     for step, (images, labels) in enumerate(bar, start=progress.step):
-        loss, logits = train_step(learner, images, labels, cfg, device)
+        loss, logits = train_step(learner, images, labels, trainer, device)
         progress.loss_sum += loss.detach() * len(labels)
         progress.correct += (logits.argmax(1) == labels).sum()
         progress.seen += len(labels)
@@ -181,22 +177,22 @@ def train_one_epoch(
 
 
 def train_step(
-    learner: Learner, images: Tensor, labels: Tensor, cfg: DictConfig, device: torch.device
+    learner: Learner, images: Tensor, labels: Tensor, trainer: Trainer, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """One optimisation step as the `trainer` config describes it (precision, label
+    """One optimisation step as `trainer` describes it (precision, label
     smoothing, gradient clipping, a per-step schedule, the moving average); the benchmark
     times this same step. Returns the loss and the float32 logits."""
     model, optimizer, scaler, schedule = (
         learner.model, learner.optimizer, learner.scaler, learner.schedule,
     )  # fmt: skip
-    with autocast(device, cfg.precision):
+    with autocast(device, trainer.precision):
         logits = model(images).float()
-    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+    loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if cfg.grad_clip:
+    if trainer.grad_clip:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     if schedule and schedule.interval == "step":
@@ -210,7 +206,7 @@ def end_of_epoch(
     learner: Learner,
     data: MnistTensors,
     val_idx: Tensor,
-    cfg: DictConfig,
+    trainer: Trainer,
     device: torch.device,
     progress: Progress,
     checkpoints: Checkpoints,
@@ -228,7 +224,7 @@ def end_of_epoch(
             "optimizer.lr or optimizer.weight_decay, or set trainer.grad_clip"
         )
     val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
-    val = evaluate(model, val_images, val_labels, cfg.eval_batch_size, device, cfg.precision)
+    val = _evaluate(model, val_images, val_labels, trainer, device)
     if schedule and schedule.interval == "epoch":
         schedule.scheduler.step()
     elif schedule and schedule.interval == "plateau":
@@ -240,15 +236,13 @@ def end_of_epoch(
         VAL_ACC: val.accuracy,
         "lr": progress.epoch_lr,
     }
-    if cfg.test_every_epoch:
-        test = evaluate(
-            model, data.test_images, data.test_labels, cfg.eval_batch_size, device, cfg.precision
-        )
+    if trainer.test_every_epoch:
+        test = _evaluate(model, data.test_images, data.test_labels, trainer, device)
         metrics["test/acc_epoch"] = test.accuracy
     if val.accuracy > progress.best_val_acc:
         progress.best_val_acc, progress.best_epoch = val.accuracy, progress.epoch
         checkpoints.save_best(model, progress.epoch, val.accuracy)
-    min_delta, patience = cfg.early_stopping.min_delta, cfg.early_stopping.patience
+    min_delta, patience = trainer.early_stopping.min_delta, trainer.early_stopping.patience
     if val.accuracy >= progress.best_for_patience + min_delta:
         progress.best_for_patience, progress.epochs_without_gain = val.accuracy, 0
     else:
@@ -258,6 +252,22 @@ def end_of_epoch(
                  patience)  # fmt: skip
         progress.stopped_early = True
     return metrics
+
+
+def _evaluate(
+    model: nn.Module, images: Tensor, labels: Tensor, trainer: Trainer, device: torch.device
+) -> Evaluation:
+    return evaluate(model, images, labels, trainer.eval_batch_size, device, trainer.precision)
+
+
+def _stop_at_target(
+    trainer: Trainer, metrics: dict[str, float], progress: Progress, seconds: float
+) -> None:
+    """At trainer.target_acc, training stops, with the time it took among the metrics."""
+    if trainer.target_acc is not None and metrics[VAL_ACC] >= trainer.target_acc:
+        metrics["time_to_target_s"] = seconds
+        log.info("Target validation accuracy %g reached in %.1f s", trainer.target_acc, seconds)
+        progress.stopped_early = True
 
 
 def _record(

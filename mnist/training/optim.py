@@ -1,16 +1,17 @@
-"""Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups."""
+"""Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups,
+and what their values must be."""
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnist.errors import ConfigError, UnsafeConfigError
+from mnist.values import is_finite, is_int
 
 SCHEDULERS = ("none", "step", "onecycle", "cosine", "plateau")
 
@@ -35,9 +36,8 @@ def _plain(value: Any) -> bool:
 
 
 def _optimizer_class_and_arguments(
-    cfg: DictConfig | Mapping[str, Any],
+    config: Mapping[str, Any],
 ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     target = config.get("_target_")
     cls = OPTIMIZERS.get(target) if isinstance(target, str) else None
     if cls is None:
@@ -61,12 +61,12 @@ def _optimizer_class_and_arguments(
     return cls, kwargs
 
 
-def build_optimizer(cfg: DictConfig | Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """`cfg` is a `_target_` config (conf/optimizer/*.yaml). Configs also come from
+def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """`config` is a `_target_` config (conf/optimizer/*.yaml). Configs also come from
     checkpoints and MLflow runs, and Hydra's instantiate would import and call whatever
     a `_target_` names, nested ones included: so only the optimizers above are built,
     with plain values as keyword arguments."""
-    cls, kwargs = _optimizer_class_and_arguments(cfg)
+    cls, kwargs = _optimizer_class_and_arguments(config)
     return cls(model.parameters(), **kwargs)
 
 
@@ -93,20 +93,37 @@ def _check_weight_decay(cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]
         )
 
 
-def check_optimizer(cfg: DictConfig | Mapping[str, Any]) -> None:
+def check_optimizer(config: Mapping[str, Any]) -> None:
     """Raise what build_optimizer would (ConfigError for a foreign `_target_` or an
     unknown key; TypeError or ValueError for a value torch.optim refuses, e.g. momentum=-1)
     without building one: torch.optim checks the values before it looks at the parameters,
     and the first optimizer built imports torch._dynamo (seconds), which a refused config
     must not wait for. Given no parameters, it stops at that check, past the values. Also
     a ConfigError for a weight decay that cannot work (_check_weight_decay)."""
-    cls, kwargs = _optimizer_class_and_arguments(cfg)
+    cls, kwargs = _optimizer_class_and_arguments(config)
     try:
         cls([], **kwargs)
     except ValueError as e:
         if "empty parameter list" not in str(e):
             raise
     _check_weight_decay(cls, kwargs)
+
+
+def valid_lr(lr: Any) -> bool:
+    return is_finite(lr) and lr > 0
+
+
+def optimizer_problems(optimizer: Mapping[str, Any]) -> Iterator[str]:
+    """One line for what is wrong with an `optimizer` section, if anything."""
+    if not valid_lr(optimizer["lr"]):
+        yield f"optimizer.lr={optimizer['lr']!r} must be a finite number > 0"
+        return
+    try:  # torch.optim checks the other values (momentum, betas, ...)
+        check_optimizer(optimizer)
+    except ConfigError as e:  # a foreign _target_, an unknown key
+        yield str(e)
+    except (TypeError, ValueError) as e:
+        yield f"optimizer.* cannot build {optimizer['_target_']} ({e})"
 
 
 @dataclass
@@ -119,7 +136,9 @@ class Schedule:
 
 
 def _step(cfg, optimizer, epochs, steps):
-    return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma), "epoch")
+    return Schedule(
+        torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), "epoch"
+    )
 
 
 def _warm_up_fraction(pct_start: float, total_steps: int) -> float:
@@ -133,27 +152,27 @@ def _warm_up_fraction(pct_start: float, total_steps: int) -> float:
 
 
 def _onecycle(cfg, optimizer, epochs, steps):
-    max_lr = [group["lr"] * cfg.max_lr_factor for group in optimizer.param_groups]
+    max_lr = [group["lr"] * cfg["max_lr_factor"] for group in optimizer.param_groups]
     total = epochs * steps
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=max_lr,
         total_steps=total,
-        pct_start=_warm_up_fraction(cfg.pct_start, total),
+        pct_start=_warm_up_fraction(cfg["pct_start"], total),
     )
     return Schedule(scheduler, "step")
 
 
 def _cosine(cfg, optimizer, epochs, steps):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs * steps, eta_min=cfg.min_lr
+        optimizer, T_max=epochs * steps, eta_min=cfg["min_lr"]
     )
     return Schedule(scheduler, "step")
 
 
 def _plateau(cfg, optimizer, epochs, steps):
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.factor, patience=cfg.patience
+        optimizer, mode="max", factor=cfg["factor"], patience=cfg["patience"]
     )
     return Schedule(scheduler, "plateau")
 
@@ -167,9 +186,72 @@ _BUILDERS: dict[str, Callable[..., Schedule]] = {
 
 
 def build_scheduler(
-    cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+    config: Mapping[str, Any], optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
 ) -> Schedule | None:
     """Schedules that span the run (onecycle, cosine) need its length, hence the counts."""
-    if cfg.name == "none":
+    if config["name"] == "none":
         return None
-    return _BUILDERS[cfg.name](cfg, optimizer, epochs, steps_per_epoch)
+    return _BUILDERS[config["name"]](config, optimizer, epochs, steps_per_epoch)
+
+
+# What each schedule's values must be: torch checks few of them, and some only when the
+# schedule first steps, an epoch into the run.
+_SCHEDULE_RULES = {
+    "step": {
+        "step_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "gamma": (lambda v: is_finite(v) and v > 0, "a number > 0"),
+    },
+    "onecycle": {
+        "max_lr_factor": (lambda v: is_finite(v) and v > 0, "a number > 0"),
+        "pct_start": (lambda v: is_finite(v) and 0 < v < 1, "a number in (0, 1)"),
+    },
+    "cosine": {"min_lr": (lambda v: is_finite(v) and v >= 0, "a number >= 0")},
+    "plateau": {
+        "factor": (lambda v: is_finite(v) and 0 < v < 1, "a number in (0, 1)"),
+        "patience": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    },
+}
+
+
+# Float32 weights overflow past 3.4e38, and an optimizer scales the learning rate before it
+# applies it (Adam's first step by 1 / (1 - beta1), 10 by default): above this peak, a step
+# fails inside torch.optim with a traceback, where a merely too large rate diverges, which
+# the trainer stops and reports.
+MAX_PEAK_LR = 1e30
+
+
+def _peak_lr(lr: float, schedule: Mapping[str, Any], epochs: int) -> float:
+    """The largest learning rate the schedule reaches: lr times what it multiplies it by."""
+    if schedule["name"] == "onecycle":
+        return lr * schedule["max_lr_factor"]
+    if schedule["name"] == "cosine":
+        return max(lr, schedule["min_lr"])
+    if schedule["name"] == "step":  # stepped after each epoch; the last epoch's rate is the peak
+        try:
+            return lr * max(schedule["gamma"], 1.0) ** ((epochs - 1) // schedule["step_size"])
+        except OverflowError:
+            return math.inf
+    return lr
+
+
+def scheduler_problems(scheduler: Mapping[str, Any], lr: Any, epochs: Any) -> Iterator[str]:
+    """One line per invalid value of a `scheduler` section, and for a peak learning rate
+    (from optimizer.lr over trainer.epochs) that cannot work."""
+    name = scheduler["name"]
+    if name not in SCHEDULERS:
+        yield f"scheduler.name={name!r} is not one of {', '.join(SCHEDULERS)}"
+        return
+    problems = [
+        f"scheduler.{key}={scheduler.get(key)!r} must be {expected} (scheduler={name})"
+        for key, (valid, expected) in _SCHEDULE_RULES.get(name, {}).items()
+        if not valid(scheduler.get(key))
+    ]
+    yield from problems
+    if problems or not valid_lr(lr) or not (is_int(epochs) and epochs >= 1):
+        return
+    if (peak := _peak_lr(lr, scheduler, epochs)) > MAX_PEAK_LR:
+        yield (
+            f"optimizer.lr={lr!r} with scheduler={name} peaks at "
+            f"{peak:.3g}, above the {MAX_PEAK_LR:.0e} torch.optim can apply to float32 "
+            "weights without overflow: lower optimizer.lr (or the schedule's factor)"
+        )

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from mnist.config import run_settings
 from mnist.training.build import set_up
 from mnist.training.events import RunListener
 from mnist.training.loop import Checkpoints, FitResult, fit
@@ -26,7 +27,8 @@ def run_fit(
     """fit() on `cfg`, set up as a training job sets up, checkpoints in `directory`;
     returns its result, the metrics it reported (one dict per epoch, with its "epoch") and
     the learner. `after_epoch` sees each epoch's metrics as they are reported."""
-    setup = set_up(cfg, device)
+    settings = run_settings(cfg)
+    setup = set_up(settings, device)
     logged: list[dict[str, float]] = []
 
     class Recorder(RunListener):
@@ -35,7 +37,7 @@ def run_fit(
             after_epoch(metrics)
 
     result = fit(
-        setup.learner, setup.data, setup.train_idx, setup.val_idx, cfg.trainer, device,
+        setup.learner, setup.data, setup.train_idx, setup.val_idx, settings.trainer, device,
         Checkpoints(directory), Recorder(), resume_from,
     )  # fmt: skip
     return result, logged, setup.learner
