@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.config import run_settings, validate_config
 from mnist.context import JobContext
-from mnist.data.augment import BatchAugment, augmentation_name
+from mnist.data.augment import BatchAugment
 from mnist.data.batches import to_unit_float
 from mnist.data.tensors import MnistTensors
 from mnist.errors import CheckpointWriteError, ConfigError, RunFailed, TrainingInterrupted
@@ -85,7 +85,8 @@ def _train(
     settings = run_settings(cfg)
     # An augmentation is named by what it applies, not by the option(s) it came from
     # (`augmentation=[shift_rotate,erase]` has no single one): in the params and run names.
-    choices = {**ctx.choices, "augmentation": augmentation_name(settings.augmentation)}
+    augmentation = BatchAugment.from_config(settings.augmentation, None).name
+    choices = {**ctx.choices, "augmentation": augmentation}
     ctx = dataclasses.replace(ctx, choices=choices)
     setup = set_up(settings, lap=clock.lap)
     start, resolved = _run_start(cfg, settings, ctx, setup, clock)

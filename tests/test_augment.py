@@ -3,9 +3,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from mnist.config import validate_config
+from mnist.config import run_settings, validate_config
 from mnist.context import JobContext
-from mnist.data.augment import OPS, Affine, BatchAugment, Erase, Op, augmentation_name
+from mnist.data.augment import OPS, Affine, BatchAugment, Erase, Op
 from mnist.errors import ConfigError
 from mnist.job import run_training
 from mnist.resume import resume_config
@@ -129,7 +129,8 @@ def test_ops_apply_in_the_configs_order():
     ],
 )
 def test_an_augmentation_is_named_by_its_ops_and_values(overrides, name):
-    assert augmentation_name(compose_config(overrides).augmentation) == name
+    augmentation = run_settings(compose_config(overrides)).augmentation
+    assert BatchAugment.from_config(augmentation, None).name == name
 
 
 def test_a_run_is_named_and_logged_by_what_its_augmentation_applies(tiny_cfg, tmp_path):

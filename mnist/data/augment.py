@@ -275,8 +275,3 @@ class BatchAugment:
         for op in self.ops:
             images = op(images, self.generator)
         return images
-
-
-def augmentation_name(section: Mapping[str, Mapping[str, Any]]) -> str:
-    """The name of a validated `augmentation` config, from its ops and their values."""
-    return BatchAugment.from_config(section, None).name
