@@ -1,11 +1,11 @@
 """Validation of a composed training config, run before anything is downloaded, built or
-logged, and its flat form for MLflow params."""
+logged (each group's checks live beside what it configures); the core's settings read from
+it once; and its flat form for MLflow params."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -13,8 +13,7 @@ from mnist.data.augment import augmentation_problems, stored_form
 from mnist.data.tensors import data_problems
 from mnist.errors import ConfigError, ModelConfigError
 from mnist.extras import missing
-from mnist.models import build_model
-from mnist.models.checks import check_forward
+from mnist.models import built_on_meta
 from mnist.paths import REPO_ROOT
 from mnist.training.build import RunSettings
 from mnist.training.device import available, determinism_problem, device_problems, resolve_device
@@ -41,9 +40,11 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     else:  # Hydra drops the group for an empty selection
         yield "augmentation=[] selects no option: use augmentation=none for no augmentation"
     yield from optimizer_problems(optimizer)
-    model, model_problem = _meta_model(plain["model"])
-    if model_problem:
-        yield model_problem
+    try:
+        model = built_on_meta(plain["model"])
+    except ModelConfigError as e:
+        model = None
+        yield str(e)
     yield from scheduler_problems(plain["scheduler"], optimizer["lr"], trainer["epochs"])
     yield from _logger_problems(cfg.logger)
     yield from device_problems(device, trainer["precision"])
@@ -102,19 +103,6 @@ def _unknown_key_problems(cfg: DictConfig) -> Iterator[str]:
         known = known or frozenset().union(*options.values())
         for key in sorted(_keys(cfg[section]) - known):
             yield f"{section}.{key} is not a key of {section} (known: {', '.join(sorted(known))})"
-
-
-def _meta_model(model_cfg: Mapping[str, Any]) -> tuple[nn.Module | None, str | None]:
-    """The model built on the meta device and called on a batch of digits there, which
-    checks any model without allocating or drawing anything, or None and why it cannot
-    be built or run."""
-    try:
-        with torch.device("meta"):
-            model = build_model(model_cfg)
-        check_forward(model, model_cfg["_target_"])
-    except ModelConfigError as e:
-        return None, str(e)
-    return model, None
 
 
 # logger switches: (the module each needs, the extra that installs it).

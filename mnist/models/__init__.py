@@ -8,10 +8,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from mnist.errors import ModelConfigError, UnsafeModelConfig
-from mnist.models.checks import blamed, check_arguments, check_module
+from mnist.models.checks import blamed, check_arguments, check_forward, check_module
 from mnist.models.cnn import CNN2, ConvNet
 from mnist.models.dense import DenseNet
 from mnist.models.summary import LayerSummary, ModelSummary, format_summary, summarize
@@ -30,6 +31,7 @@ __all__ = [
     "TinyVGG",
     "UnsafeModelConfig",
     "build_model",
+    "built_on_meta",
     "format_summary",
     "model_class",
     "summarize",
@@ -92,4 +94,14 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2
         raise ModelConfigError(f"cannot build {target} from {blamed(kwargs, e)} ({e})") from e
     check_module(model, kwargs)
+    return model
+
+
+def built_on_meta(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """The model built on the meta device and called on a batch of digits there, which
+    checks any model without allocating or drawing anything; ModelConfigError says why it
+    cannot be built or run."""
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    check_forward(model, model_cfg["_target_"])
     return model
