@@ -109,13 +109,13 @@ def check_optimizer(config: Mapping[str, Any]) -> None:
     _check_weight_decay(cls, kwargs)
 
 
-def valid_lr(lr: Any) -> bool:
+def _valid_lr(lr: Any) -> bool:
     return is_finite(lr) and lr > 0
 
 
 def optimizer_problems(optimizer: Mapping[str, Any]) -> Iterator[str]:
     """One line for what is wrong with an `optimizer` section, if anything."""
-    if not valid_lr(optimizer["lr"]):
+    if not _valid_lr(optimizer["lr"]):
         yield f"optimizer.lr={optimizer['lr']!r} must be a finite number > 0"
         return
     try:  # torch.optim checks the other values (momentum, betas, ...)
@@ -247,7 +247,7 @@ def scheduler_problems(scheduler: Mapping[str, Any], lr: Any, epochs: Any) -> It
         if not valid(scheduler.get(key))
     ]
     yield from problems
-    if problems or not valid_lr(lr) or not (is_int(epochs) and epochs >= 1):
+    if problems or not _valid_lr(lr) or not (is_int(epochs) and epochs >= 1):
         return
     if (peak := _peak_lr(lr, scheduler, epochs)) > MAX_PEAK_LR:
         yield (
