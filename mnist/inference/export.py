@@ -39,37 +39,20 @@ EXAMPLE_BATCH = 2
 CHECK_BATCHES = (1, 32)
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode fp32 CPU copy in the default memory format: a model may be on a GPU,
-    in reduced precision or channels_last (as training leaves it), and the file should
-    run anywhere on the plain float32 input it documents. The caller's model is untouched."""
-    plain = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
-    return plain.eval()
-
-
 @contextmanager
-def _quiet_onnx_exporter() -> Iterator[None]:
-    """The ONNX exporter's optimiser (onnxscript, onnx_ir) logs a dozen INFO lines per
-    export, which Hydra's logging config would print: only its warnings are kept."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-@contextmanager
-def _torchscript_without_deprecation_warnings() -> Iterator[None]:
-    """PyTorch deprecates TorchScript in favour of torch.export and warns on every trace,
-    save and load. Whoever asks for format=torchscript has chosen it (ONNX is the
-    default); four FutureWarnings per export would only bury the script's report."""
+def _without_jit_deprecation() -> Iterator[None]:
+    """PyTorch deprecates TorchScript and warns on every trace, save and load: whoever asks
+    for format=torchscript has chosen it, and the warnings would bury the report."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         yield
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode fp32 CPU copy in the default memory format (training may leave a model
+    on a GPU, in reduced precision or channels_last); the caller's model is untouched."""
+    plain = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    return plain.eval()
 
 
 def write_model(model: nn.Module, path: Path, fmt: str) -> None:
@@ -77,47 +60,45 @@ def write_model(model: nn.Module, path: Path, fmt: str) -> None:
     under a temporary name and keeps the file only once it is checked)."""
     plain = _plain_copy(model)
     example = model_input(torch.zeros(EXAMPLE_BATCH, 28, 28, dtype=torch.uint8))
-    if fmt == "onnx":
-        for module in ("onnx", "onnxscript"):
-            require(module, "export", "ONNX export")
-        with _quiet_onnx_exporter():
-            torch.onnx.export(
-                plain,
-                (example,),
-                path,
-                dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                external_data=False,  # one self-contained file, weights included
-                input_names=["images"],
-                output_names=["logits"],
-                # Otherwise the exporter prints a progress line for each of its four
-                # steps on stdout, in between the script's own report.
-                verbose=False,
-            )
-    else:
+    if fmt == "torchscript":
         # Tracing records the operations one forward pass runs; every model in
         # mnist.models has a forward without data-dependent branches, so the trace is
         # the whole model (the all-models test in tests/test_export.py checks this).
-        with _torchscript_without_deprecation_warnings(), torch.no_grad():
+        with _without_jit_deprecation(), torch.no_grad():
             torch.jit.save(torch.jit.trace(plain, (example,)), str(path))
+        return
+    for module in ("onnx", "onnxscript"):
+        require(module, "export", "ONNX export")
+    for name in ("onnxscript", "onnx_ir"):  # a dozen INFO lines per export otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.onnx.export(
+        plain,
+        (example,),
+        path,
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        external_data=False,  # one self-contained file, weights included
+        input_names=["images"],
+        output_names=["logits"],
+        verbose=False,  # else a progress line per step on stdout, amid the script's report
+    )
 
 
 def _runner(path: Path, fmt: str) -> Callable[[Tensor], Tensor]:
     """The exported file loaded as a user would load it, as a function of a batch."""
-    if fmt == "onnx":
-        onnxruntime = require("onnxruntime", "export", "Checking an ONNX export")
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda batch: torch.from_numpy(session.run(["logits"], {"images": batch.numpy()})[0])
-    with _torchscript_without_deprecation_warnings():
-        return torch.jit.load(str(path), map_location="cpu")
+    if fmt == "torchscript":
+        with _without_jit_deprecation():
+            return torch.jit.load(str(path), map_location="cpu")
+    onnxruntime = require("onnxruntime", "export", "Checking an ONNX export")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda batch: torch.from_numpy(session.run(["logits"], {"images": batch.numpy()})[0])
 
 
 def check_export(path: str | Path, fmt: str, model: nn.Module, inputs: Sequence[Tensor]) -> float:
     """The largest absolute difference between the logits of the exported file and of
-    `model`, over `inputs`: batches of normalised images, of several sizes to check that
-    the batch size stayed dynamic. Raises ExportError if the file returns another shape."""
-    reference = _plain_copy(model)
-    run = _runner(Path(path), fmt)
+    `model` over `inputs` (batches of several sizes, so a fixed batch size shows). Raises
+    ExportError if the file returns another shape."""
+    reference, run = _plain_copy(model), _runner(Path(path), fmt)
     largest = 0.0
     with torch.inference_mode():
         for batch in inputs:
@@ -134,20 +115,9 @@ def check_export(path: str | Path, fmt: str, model: nn.Module, inputs: Sequence[
     return largest
 
 
-def _check_batches() -> list[Tensor]:
-    """Seeded noise images through model_input: the values a real input can take, in
-    batches of CHECK_BATCHES sizes."""
-    generator = torch.Generator().manual_seed(0)
-    return [
-        model_input(torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator))
-        for n in CHECK_BATCHES
-    ]
-
-
 def _output_path(out: str | None, fmt: str, output_dir: Path) -> Path:
-    """Where to write: `out`, or model.onnx / model.pt in the run directory. Raises
-    ConfigError for a path that could not be written or whose suffix names the other
-    format (a TorchScript file named .onnx would fail wherever it is shipped)."""
+    """`out`, or model.onnx / model.pt in the run directory. Refuses a path that could not
+    be written or whose suffix names the other format (it would fail wherever shipped)."""
     name = f"model{SUFFIXES[fmt]}"
     if out is None:
         return output_dir / name
@@ -176,9 +146,13 @@ def run_export(cfg: DictConfig, output_dir: Path) -> Path:
         raise ConfigError(f"out={cfg.out} is the checkpoint itself; name another file")
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     loaded = load_model(cfg.ckpt, uri, cfg.registered_model)
+    # Seeded noise images through model_input: the values a real input can take.
+    rng = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (sum(CHECK_BATCHES), 28, 28), dtype=torch.uint8, generator=rng)
+    inputs = [model_input(images) for images in noise.split(CHECK_BATCHES)]
     with written_atomically(path) as staged:
         write_model(loaded.model, staged, fmt)
-        difference = check_export(staged, fmt, loaded.model, _check_batches())
+        difference = check_export(staged, fmt, loaded.model, inputs)
         if difference > TOLERANCE:
             raise ExportError(
                 f"the {fmt} export of {loaded.source} differs from PyTorch by up to "
