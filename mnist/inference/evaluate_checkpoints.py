@@ -35,16 +35,14 @@ log = logging.getLogger(__name__)
 # softmax outputs are averaged. Shifts only: MNIST digits are centred by mass, so a
 # one-pixel error in that centring is the variation a test image most likely has.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+SPLITS = ("test", "val")
 
 
 def shifted(images: Tensor, dy: int, dx: int) -> Tensor:
     """(..., H, W) images moved down by dy and right by dx pixels, filled with zeros."""
-    out = torch.zeros_like(images)
     h, w = images.shape[-2:]
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
-        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
+    p = max(abs(dy), abs(dx))
+    return F.pad(images, (p, p, p, p))[..., p - dy : p - dy + h, p - dx : p - dx + w]
 
 
 def averaged(results: Sequence[Evaluation], labels: Tensor) -> Evaluation:
@@ -71,17 +69,21 @@ def evaluate_model(
     return averaged([evaluate(model, s, labels, batch_size, device) for s in shifts], labels)
 
 
-def checkpoint_specs(ckpt: Any) -> list[str | None]:
-    """The `ckpt` option as a list: one checkpoint (or null, the latest run) or several,
-    `ckpt=[a,b,c]`, for an ensemble."""
+def checkpoint_specs(cfg: DictConfig) -> list[str | None]:
+    """The `ckpt` option as a list, once the other options are checked: one checkpoint (or
+    null, the latest run) or several, `ckpt=[a,b,c]`, for an ensemble."""
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
+    if not isinstance(cfg.grid_size, int) or cfg.grid_size < 0:
+        raise ConfigError(f"grid_size={cfg.grid_size!r} must be an integer >= 0")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} must be one of {', '.join(SPLITS)}")
+    ckpt = cfg.ckpt
     if isinstance(ckpt, ListConfig | list | tuple):
         if not ckpt:
             raise ConfigError("ckpt=[] names no model; give one checkpoint or several")
         return [str(spec) for spec in ckpt]
     return [None if ckpt is None else str(ckpt)]
-
-
-SPLITS = ("test", "val")
 
 
 def validation_split(members: list[LoadedModel]) -> DictConfig:
@@ -116,9 +118,7 @@ def split_images(data: MnistTensors, held_out: DictConfig | None) -> tuple[Tenso
     return data.train_images[val_idx], data.train_labels[val_idx]
 
 
-def _members_table(
-    members: list[LoadedModel], results: list[Evaluation], split: str
-) -> str:  # fmt: skip
+def _members_table(members: list[LoadedModel], results: list[Evaluation], split: str) -> str:
     lines = [f"| model | {split} accuracy | errors | loss |", "|---|---:|---:|---:|"]
     for member, result in zip(members, results, strict=True):
         errors = round((1 - result.accuracy) * len(result.predictions))
@@ -133,13 +133,7 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
     everything to MLflow. Several checkpoints are evaluated one by one and as an ensemble
     (softmax outputs averaged); the reports are the ensemble's. Raises ConfigError or
     DataError before any side effect."""
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
-    if not isinstance(cfg.grid_size, int) or cfg.grid_size < 0:
-        raise ConfigError(f"grid_size={cfg.grid_size!r} must be an integer >= 0")
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r} must be one of {', '.join(SPLITS)}")
-    specs = checkpoint_specs(cfg.ckpt)
+    specs = checkpoint_specs(cfg)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.log:
         store.check_store(uri, read_only_option="log=false")
@@ -154,35 +148,31 @@ def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
         for member in members
     ]
     result = results[0] if len(results) == 1 else averaged(results, labels)
-    ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    report, table, artifacts = write_test_reports(
-        ctx.output_dir, images, labels, result, cfg.grid_size
-    )
-    split = cfg.split
+    out, split = ctx.output_dir, cfg.split
+    out.mkdir(parents=True, exist_ok=True)
+    report, table, artifacts = write_test_reports(out, images, labels, result, cfg.grid_size)
+    errors = int((result.predictions != labels).sum())
     metrics = {
         f"{split}/acc": result.accuracy,
         f"{split}/loss": result.loss,
-        f"{split}/errors": int((result.predictions != labels).sum()),
+        f"{split}/errors": errors,
         f"{split}/macro_f1": report["macro_avg"]["f1"],
     }
     tta = " with test-time augmentation (5 shifts)" if cfg.tta else ""
     if len(members) > 1:
-        for i, member_result in enumerate(results):
-            metrics[f"member{i}/{split}/acc"] = member_result.accuracy
+        metrics |= {f"member{i}/{split}/acc": r.accuracy for i, r in enumerate(results)}
         members_table = _members_table(members, results, split)
-        members_path = ctx.output_dir / "members.md"
-        members_path.write_text(members_table)
-        artifacts.append(members_path)
+        (out / "members.md").write_text(members_table)
+        artifacts.append(out / "members.md")
         print(f"Ensemble of {len(members)} models{tta}:\n\n{members_table}")
-    (ctx.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    artifacts.append(ctx.output_dir / "metrics.json")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    artifacts.append(out / "metrics.json")
     name = members[0].source if len(members) == 1 else f"ensemble of {len(members)}"
     images_name = "Test set" if held_out is None else f"Validation images of seed {held_out.seed}"
-    errors = metrics[f"{split}/errors"]
     print(
         f"Model: {name}\n{images_name}: {len(labels)} images{tta}\n"
         f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  errors {errors}"
-        f"\n\n{table}\nReports in {ctx.output_dir}"
+        f"\n\n{table}\nReports in {out}"
     )
     if cfg.log:
         _log_to_mlflow(cfg, ctx, uri, members, metrics, artifacts, device)
