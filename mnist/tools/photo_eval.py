@@ -37,11 +37,6 @@ def photo_digits(images: np.ndarray, style: str, seed: int) -> np.ndarray:
     return np.stack([to_mnist(io.BytesIO(render(image, style, rng))) for image in images])
 
 
-def _row(images: str, accuracy: float, original: float, ms_per_image: str = "-") -> dict:
-    gap = 100 * (original - accuracy)
-    return {"images": images, "accuracy": accuracy, "gap_pp": gap, "ms_per_image": ms_per_image}
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| images | accuracy | gap to original (pp) | render + read + preprocess, ms/image |",
@@ -64,33 +59,33 @@ def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
     if not isinstance(cfg.n, int) or cfg.n < 1:
         raise ConfigError(f"n={cfg.n!r} must be an integer >= 1 (test digits to render)")
     loaded = load_model(cfg.ckpt, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns))
-    model, source = loaded.model, loaded.source
-    device = torch.device("cpu")
     data = load_mnist(ensure_mnist(cfg.data.root, verify=cfg.data.verify_checksums))
     order = torch.randperm(len(data.test_labels), generator=generator(cfg.seed, "photo_subset"))
-    subset = order[: cfg.n]
-    images, labels = data.test_images[subset], data.test_labels[subset]
-    original = evaluate(model, images, labels, cfg.batch_size, device)
-    rows = [_row("original 28x28 MNIST", original.accuracy, original.accuracy)]
+    images, labels = data.test_images[order[: cfg.n]], data.test_labels[order[: cfg.n]]
+    cpu = torch.device("cpu")
+    original = evaluate(loaded.model, images, labels, cfg.batch_size, cpu).accuracy
+    rows = [{"images": "original 28x28 MNIST", "accuracy": original, "ms_per_image": "-"}]
     output_dir.mkdir(parents=True, exist_ok=True)
     all_correct = 0
     for style in cfg.styles:
         start = time.perf_counter()
         digits = torch.from_numpy(photo_digits(images.numpy(), style, cfg.seed))
         seconds = time.perf_counter() - start
-        result = evaluate(model, digits, labels, cfg.batch_size, device)
+        result = evaluate(loaded.model, digits, labels, cfg.batch_size, cpu)
         all_correct += int((result.predictions == labels).sum())
         ms = f"{1000 * seconds / len(labels):.0f}"
-        rows.append(_row(style, result.accuracy, original.accuracy, ms))
+        rows.append({"images": style, "accuracy": result.accuracy, "ms_per_image": ms})
         plots.plot_misclassified(
             digits, labels, result.predictions, result.probabilities,
             output_dir / f"misclassified_{style}.png", GRID_SIZE, f"misclassified: {style}",
         )  # fmt: skip
         log.info("%s: accuracy %.4f (%.1fs)", style, result.accuracy, seconds)
     photo_accuracy = all_correct / (len(labels) * len(cfg.styles))
-    rows.append(_row("all photo styles", photo_accuracy, original.accuracy))
+    rows.append({"images": "all photo styles", "accuracy": photo_accuracy, "ms_per_image": "-"})
+    for row in rows:
+        row["gap_pp"] = 100 * (original - row["accuracy"])
     report = (
-        f"Model: {source}\nTest digits: {len(labels)} (seeded subset, seed {cfg.seed})\n\n"
+        f"Model: {loaded.source}\nTest digits: {len(labels)} (seeded subset, seed {cfg.seed})\n\n"
         + _table(rows)
     )
     (output_dir / "photo_eval.md").write_text(report)

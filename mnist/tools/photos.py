@@ -132,12 +132,8 @@ def phone_jpeg(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image
 
 
 STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[Image.Image, str]]] = {
-    "paper": paper,
-    "white_on_noisy_black": white_on_noisy_black,
-    "marker": marker,
-    "small_in_large": small_in_large,
-    "transparent_png": transparent_png,
-    "phone_jpeg": phone_jpeg,
+    style.__name__: style
+    for style in (paper, white_on_noisy_black, marker, small_in_large, transparent_png, phone_jpeg)
 }
 
 
