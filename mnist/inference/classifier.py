@@ -1,5 +1,4 @@
-"""The public prediction API: a trained model with the preprocessing it needs, what
-predict.py and Python callers share, so both give the same answer for the same image."""
+"""The public prediction API (`from mnist import Classifier`)."""
 
 from __future__ import annotations
 
@@ -26,8 +25,8 @@ class Prediction:
 
 
 class Classifier:
-    """A trained model with the preprocessing it needs: what predict.py and the Python
-    API share, so both give the same answer for the same image.
+    """A trained model with the preprocessing it needs, shared by predict.py and Python
+    callers so that both give the same answer for the same image:
 
         clf = Classifier.load("outputs/.../checkpoints/best.pt")  # or a run id, or None
         clf.predict("digit.jpg").digit
@@ -60,11 +59,7 @@ class Classifier:
         logits = self.model(model_input(digits).to(self.device)).float()
         probabilities, ranked = logits.softmax(1).cpu().topk(3, dim=1)
         return [
-            Prediction(
-                digit=best[0],
-                probability=probs[0],
-                top3=tuple(zip(best, probs, strict=True)),
-            )
+            Prediction(best[0], probs[0], tuple(zip(best, probs, strict=True)))
             for best, probs in zip(ranked.tolist(), probabilities.tolist(), strict=True)
         ]
 

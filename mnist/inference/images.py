@@ -122,9 +122,9 @@ def as_image(source: ImageSource) -> Image.Image:
     )
 
 
-def _grey_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Luminance in [0, 1] at most WORK_SIZE on the long side, and opacity if any pixel is
-    transparent. 16-bit and float images are stretched to their own range."""
+def grey_levels(image: Image.Image) -> np.ndarray:
+    """Luminance in [0, 1] at most WORK_SIZE on the long side, transparency flattened.
+    16-bit and float images are stretched to their own range."""
     if image.mode in _SIXTEEN_BIT_OR_FLOAT:
         image = image.convert("F")
     elif image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
@@ -138,25 +138,16 @@ def _grey_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
         span = np.ptp(values)
-        return (values - values.min()) / span if span > 0 else np.zeros_like(values), None
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
     pixels = np.asarray(image, dtype=np.float32) / 255
     if image.mode == "L":
-        return pixels, None
-    alpha = pixels[..., 1]
-    return pixels[..., 0], alpha if alpha.min() < 1 else None
-
-
-def _flatten_alpha(gray: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """A digit drawn on a transparent canvas is ink wherever it is opaque, whatever its
-    colour: composite it over the background it contrasts with (white under dark ink)."""
-    if alpha is None:
+        return pixels
+    gray, alpha = pixels[..., 0], pixels[..., 1]
+    if alpha.min() == 1:
         return gray
+    # A digit drawn on a transparent canvas is ink wherever it is opaque, whatever its
+    # colour: composite it over the background it contrasts with (white under dark ink).
     opaque = alpha > 0.5
     ink_is_dark = not opaque.any() or gray[opaque].mean() < 0.5
     background = 1.0 if ink_is_dark else 0.0
     return gray * alpha + background * (1 - alpha)
-
-
-def grey_levels(image: Image.Image) -> np.ndarray:
-    """Luminance in [0, 1], at most WORK_SIZE on the long side, transparency flattened."""
-    return _flatten_alpha(*_grey_and_alpha(image))
