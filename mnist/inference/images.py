@@ -81,7 +81,6 @@ def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
 def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
     """(H, W), (H, W, 1|3|4) or channels-first (1|3|4, H, W) arrays, with any leading batch
     dimensions of size 1; uint8, uint16, or bool/float in [0, 1] (else stretched to it)."""
-    array = np.asarray(array)
     if array.ndim > 3 and all(d == 1 for d in array.shape[:-3]):
         array = array.reshape(array.shape[-3:])
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
@@ -111,7 +110,7 @@ def as_image(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return ImageOps.exif_transpose(source)
     if isinstance(source, torch.Tensor):
-        return _array_to_image(source.detach().cpu().numpy(), name)
+        source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
         return _array_to_image(source, name)
     if isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):

@@ -71,21 +71,19 @@ def predict_all(
     todo = [outcome for outcome in outcomes if outcome.error is None]
     used: set[str] = set()
     for start in range(0, len(todo), CHUNK):
-        readable, digits = [], []
+        readable = []
         for outcome in todo[start : start + CHUNK]:
             try:
                 digit = to_mnist(outcome.name)
             except ImageError as e:
                 outcome.error = str(e)
                 continue
-            readable.append(outcome)
-            digits.append(digit)
+            readable.append((outcome, digit))
             if save_dir is not None:
                 _save(digit, outcome.name, save_dir, used)
-        if digits:
-            for outcome, prediction in zip(
-                readable, classifier.classify(np.stack(digits)), strict=True
-            ):
+        if readable:
+            batch = np.stack([digit for _, digit in readable])
+            for (outcome, _), prediction in zip(readable, classifier.classify(batch), strict=True):
                 outcome.prediction = prediction
     return outcomes
 
