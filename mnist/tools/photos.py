@@ -75,10 +75,8 @@ def _on_paper(ink: np.ndarray, rng: np.random.Generator, noise: float = 0.03) ->
     pen = np.float32(INKS[rng.choice(list(INKS))])
     height, width = ink.shape
     ink = ink.astype(np.float32)[..., None]
-    rgb = (paper * (1 - ink) + pen * ink) * _lighting(height, width, rng).astype(np.float32)[
-        ..., None
-    ]
-    return rgb + _texture(height, width, rng, noise)[..., None]
+    light = _lighting(height, width, rng).astype(np.float32)[..., None]
+    return (paper * (1 - ink) + pen * ink) * light + _texture(height, width, rng, noise)[..., None]
 
 
 def _to_image(values: np.ndarray) -> Image.Image:
