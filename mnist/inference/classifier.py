@@ -45,9 +45,8 @@ class Classifier:
         tracking_uri: str | None = None,
         registered_model: str | None = DEFAULT_REGISTERED_MODEL,
     ) -> Classifier:
-        """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a
-        run id, or None for models:/<registered_model>@champion where it exists (see
-        scripts/promote.py), else the best checkpoint of the latest finished run."""
+        """The model `checkpoint` names, as mnist.inference.loading.load_model finds it: a
+        checkpoint path, runs:/ or models:/ URI, run id, or None for the champion."""
         loaded = load_model(checkpoint, tracking_uri, registered_model)
         return cls(loaded.model, device, loaded.source)
 
