@@ -122,12 +122,8 @@ def _digit_mask(strong: np.ndarray, weight: np.ndarray) -> np.ndarray:
     candidates = inner if inner.any() else np.ones(n, bool)
     main = np.argmax(np.where(candidates, mass, -1.0))
     margin = 0.5 * max(bottom[main] - top[main], right[main] - left[main]) + 1
-    near = (
-        (top >= top[main] - margin)
-        & (bottom <= bottom[main] + margin)
-        & (left >= left[main] - margin)
-        & (right <= right[main] + margin)
-    )
+    near = (top >= top[main] - margin) & (bottom <= bottom[main] + margin)
+    near &= (left >= left[main] - margin) & (right <= right[main] + margin)
     keep = (mass >= PIECE_FRACTION * mass[main]) & near & (candidates | (np.arange(n) == main))
     return np.concatenate([[False], keep])[labels]
 
