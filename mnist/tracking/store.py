@@ -5,27 +5,25 @@ level, so the sweep callback and the scripts' start-up stay cheap."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import sqlite3
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mnist import disk
 from mnist.errors import TrackingError
 from mnist.redact import without_credentials
+from mnist.tracking.server import check_server
 
 # MLflow's tag that makes a run the child of another: a sweep's jobs, a study's trials,
 # compare's summary of a sweep.
 PARENT_TAG = "mlflow.parentRunId"
+# A run's description, what MLflow's UI shows first on its page.
+NOTE_TAG = "mlflow.note.content"
 
 # Runs must not phone home (and machines without internet must not wait on it).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -67,6 +65,14 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
         return None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
     return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / slug).as_uri()
+
+
+def client(uri: str) -> Any:
+    """The MlflowClient of the store `uri`, its registry included. MLflow caches each
+    store's connection, so a client per call costs nothing."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
 
 
 T = TypeVar("T")
@@ -123,24 +129,23 @@ def get_or_create_experiment(
     """The id of experiment `name`, created if needed. `tags(experiment_id)`: tags it must
     carry, set where they differ (an experiment made before them gets them too)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with store_lock(uri):  # a process's first client opens the store (and caches it)
-        client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
+        tracker = client(uri)
+    experiment = tracker.get_experiment_by_name(name)
     if experiment is None:
         try:
-            client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            tracker.create_experiment(name, artifact_location=_artifact_location(uri, name))
         except MlflowException:
             # Another job of a sweep created it first.
-            if client.get_experiment_by_name(name) is None:
+            if tracker.get_experiment_by_name(name) is None:
                 raise
-        experiment = client.get_experiment_by_name(name)
+        experiment = tracker.get_experiment_by_name(name)
     for key, value in (tags(experiment.experiment_id) if tags else {}).items():
         if experiment.tags.get(key) != value:
-            client.set_experiment_tag(experiment.experiment_id, key, value)
+            tracker.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -220,104 +225,6 @@ def _check_database_driver(uri: str) -> None:
         ) from e
 
 
-def _server_request(uri: str, path: str, body: dict | None = None) -> urllib.request.Request:
-    """A GET of `path` on the server at `uri` (a POST of `body` as JSON when given), with the
-    basic-auth credentials MLflow's client would send ($MLFLOW_TRACKING_USERNAME/PASSWORD)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{uri.rstrip('/')}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
-    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
-        login = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
-        request.add_header("Authorization", f"Basic {base64.b64encode(login).decode()}")
-    return request
-
-
-# A read of MLflow's REST API that any tracking server answers with its JSON: the
-# experiment, or (as here) the error RESOURCE_DOES_NOT_EXIST.
-API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
-
-
-def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
-    """(HTTP status, start of the body) of GET `path` on the server (POST `body` when
-    given); TrackingError when nothing answers."""
-    try:
-        with urllib.request.urlopen(_server_request(uri, path, body), timeout=5) as response:
-            return response.status, response.read(4096)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(4096)
-    except (OSError, ValueError) as e:
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable "
-            f"({getattr(e, 'reason', e)}); start it (make server) or unset "
-            "MLFLOW_TRACKING_URI"
-        ) from e
-
-
-def _check_may_create_runs(uri: str, experiment: str) -> None:
-    """On an auth server, a user may read an experiment yet not add runs to it. MLflow's API
-    lets no user read their own permission, so a run is created with an invalid start time:
-    the server checks the permission first (403), then refuses the request (400), and
-    nothing is created. An experiment not there yet is the user's to create."""
-    name = urllib.parse.quote(experiment)
-    status, body = _get(uri, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")
-    if status != 200:
-        return
-    experiment_id = json.loads(body)["experiment"]["experiment_id"]
-    probe = {"experiment_id": experiment_id, "start_time": "not-a-time"}
-    if _get(uri, "/api/2.0/mlflow/runs/create", probe)[0] == 403:
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        raise TrackingError(
-            f"MLflow tracking server {uri} does not let user {user!r} add runs to experiment "
-            f"{experiment!r}: ask its owner for EDIT permission, or set logger.experiment to "
-            "an experiment of your own"
-        )
-
-
-def _speaks_mlflow(body: bytes) -> bool:
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(answer, dict) and bool({"experiment", "error_code"} & answer.keys())
-
-
-def _refused_credentials(uri: str, status: int) -> str:
-    """What a server's 401 or 403 means for the user, and what to set."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    fix = (
-        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or give them in the URI "
-        "(http://user:password@host)"
-    )
-    if status == 403:
-        return f"MLflow tracking server {uri} does not let user {user!r} read experiments"
-    if user is None:
-        return f"MLflow tracking server {uri} asks for credentials (HTTP 401): {fix}"
-    return f"MLflow tracking server {uri} refused the password of user {user!r} (HTTP 401): {fix}"
-
-
-def _check_server(uri: str, experiment: str | None) -> None:
-    """The server answers /health, then MLflow's API: any web server may have a /health,
-    and MLflow's client fails on one that is no tracking server with a long traceback."""
-    path = "/health"
-    status, _ = _get(uri, path)
-    if status == 200:
-        path = API_PROBE
-        status, body = _get(uri, path)
-        if status in (401, 403):
-            raise TrackingError(_refused_credentials(uri, status))
-        if _speaks_mlflow(body):
-            if experiment is not None:
-                _check_may_create_runs(uri, experiment)
-            return
-    raise TrackingError(
-        f"{uri} is not a working MLflow tracking server: GET "
-        f"{path.partition('?')[0]} answered HTTP {status}"
-        f"{'' if path == '/health' else ', not MLflow JSON'}; start one (make server) or "
-        "set logger.tracking_uri / MLFLOW_TRACKING_URI to one"
-    )
-
-
 def check_store(
     uri: str,
     *,
@@ -336,7 +243,7 @@ def check_store(
     if uri.startswith("sqlite:"):
         _check_sqlite(uri, writes, read_only_option)
     elif scheme in ("http", "https"):
-        _check_server(uri, experiment if writes else None)
+        check_server(uri, experiment if writes else None)
     elif scheme.partition("+")[0] in DATABASE_SCHEMES:
         _check_database_driver(uri)
     else:
