@@ -21,11 +21,12 @@ from omegaconf import DictConfig
 from mnist.context import JobContext
 from mnist.data.batches import normalize, to_unit_float
 from mnist.errors import ConfigError
+from mnist.metric_names import current
 from mnist.models import ModelSummary
 from mnist.models.describe import shape_tags
 from mnist.tracking import runs, store, ui
-from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.datasets import log_datasets
+from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
 from mnist.tracking.params import run_params
 from mnist.training.build import Setup
 from mnist.training.device import torch_settings
@@ -54,7 +55,7 @@ class MlflowListener(RunListener):
         self, run_id: str, cfg: DictConfig, ctx: JobContext, start: RunStart, resumed: bool
     ) -> None:
         self.run_id, self.cfg, self.ctx, self.start, self.resumed = run_id, cfg, ctx, start, resumed
-        self.logged = runs.logged_steps() if resumed else set()
+        self.logged = logged_steps() if resumed else set()
         self.board = None
         if cfg.logger.tensorboard:
             from mnist.tracking.tensorboard import TensorBoardLog
@@ -104,6 +105,32 @@ class MlflowListener(RunListener):
             self.board = None
 
 
+def logged_steps() -> set[tuple[str, int]]:
+    """(metric, step) pairs the active run has logged: a resumed run redoes what came after
+    its last checkpoint, and leaves out what the interrupted process had logged of it. A
+    run stopped before the curves' names (mnist/metric_names.py) gets its curves under them
+    too, so that its epochs read as one history."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    histories = {
+        name: client.get_metric_history(run_id, name)
+        for name in client.get_run(run_id).data.metrics
+    }
+    moved = [
+        Metric(current(name), metric.value, metric.timestamp, metric.step)
+        for name, history in histories.items()
+        if current(name) not in histories
+        for metric in history
+    ]
+    if moved:
+        store.retry_when_locked(lambda: client.log_batch(run_id, metrics=moved))
+    return {
+        (current(name), metric.step) for name, history in histories.items() for metric in history
+    }
+
+
 @contextmanager
 def training_run(
     cfg: DictConfig, ctx: JobContext, uri: str, start: RunStart, resume_id: str | None
@@ -147,10 +174,9 @@ def _tags(cfg: DictConfig, ctx: JobContext, start: RunStart) -> dict[str, str]:
 def _stored_run(run_id: str, uri: str, missing: str) -> Any:
     """The store's run `run_id`; ConfigError(`missing`) if the store has none."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     try:
-        return MlflowClient(uri).get_run(run_id)
+        return store.client(uri).get_run(run_id)
     except MlflowException as e:
         raise ConfigError(missing) from e
 

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 from mnist.data.batches import MNIST_MEAN, MNIST_STD
-from mnist.metric_names import current
 from mnist.paths import REPO_ROOT
-from mnist.tracking.store import get_or_create_experiment, retry_when_locked
+from mnist.tracking.store import NOTE_TAG, get_or_create_experiment, retry_when_locked
 
 # What a logged model expects and returns: its description in MLflow, and its metadata.
 MODEL_CONTRACT = (
@@ -201,32 +200,6 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             raise MlflowException(f"uploading {written[-1]} failed: {e}") from e
 
 
-def logged_steps() -> set[tuple[str, int]]:
-    """(metric, step) pairs the active run has logged: a resumed run redoes what came after
-    its last checkpoint, and leaves out what the interrupted process had logged of it. A
-    run stopped before the curves' names (mnist/metric_names.py) gets its curves under them
-    too, so that its epochs read as one history."""
-    import mlflow
-    from mlflow.entities import Metric
-
-    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-    histories = {
-        name: client.get_metric_history(run_id, name)
-        for name in client.get_run(run_id).data.metrics
-    }
-    moved = [
-        Metric(current(name), metric.value, metric.timestamp, metric.step)
-        for name, history in histories.items()
-        if current(name) not in histories
-        for metric in history
-    ]
-    if moved:
-        retry_when_locked(lambda: client.log_batch(run_id, metrics=moved))
-    return {
-        (current(name), metric.step) for name, history in histories.items() for metric in history
-    }
-
-
 def _discard_unfinished_models(name: str) -> bool:
     """Whether the active run has a complete model `name`. Deletes the unfinished ones,
     files first: those of a process stopped while logging it (PENDING), which would shadow
@@ -284,7 +257,7 @@ def log_pytorch_model(
             serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
             metadata={"contract": MODEL_CONTRACT},
-            tags={"mlflow.note.content": MODEL_CONTRACT},
+            tags={NOTE_TAG: MODEL_CONTRACT},
             registered_model_name=registered_name,
             step=step,
             validate_serving_input=False,
