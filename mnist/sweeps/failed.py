@@ -31,7 +31,7 @@ def record_failed_job(cfg: DictConfig, error: BaseException) -> None:
     from hydra.core.hydra_config import HydraConfig
     from mlflow.tracking import MlflowClient
 
-    from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
+    from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256
 
     parent = parent_run_id(HydraConfig.get())
     if parent is None:

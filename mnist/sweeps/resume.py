@@ -1,7 +1,7 @@
 """A stopped sweep continued, not started over: the same command with sweep.resume=true.
 The sweep's parent run is found by the hash of its command line (SWEEP_HASH_TAG, on every
 parent), each job among that parent's children by the hash of its resolved config
-(config.sha256, mnist/tracking/config_hash.py): a FINISHED run is done and not re-run, an
+(config.sha256, mnist/tracking/params.py): a FINISHED run is done and not re-run, an
 interrupted one continues from its last.pt in the same MLflow run (trainer.resume), and
 one without a last.pt is restarted as a new run that supersedes it, so that every job
 counts once (mnist/sweeps/runs.py: `current_runs`)."""
@@ -69,7 +69,7 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
         return cfg, None
     from mlflow.tracking import MlflowClient
 
-    from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256  # imports torch
+    from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256  # imports torch
 
     client = MlflowClient(store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns))
     parent = client.get_run(ctx.parent_run_id)

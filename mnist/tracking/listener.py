@@ -26,8 +26,7 @@ from mnist.models import ModelSummary
 from mnist.models.describe import shape_tags
 from mnist.tracking import runs, store, ui
 from mnist.tracking.datasets import log_datasets
-from mnist.tracking.config_hash import CONFIG_HASH_TAG, config_sha256
-from mnist.tracking.params import run_params
+from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256, run_params
 from mnist.training.build import Setup
 from mnist.training.device import torch_settings
 from mnist.training.events import RunListener

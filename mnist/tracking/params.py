@@ -1,10 +1,14 @@
 """A training run's MLflow params: what makes its result differ from another run's, in the
 form the UI compares and searches (`params.model = "fast"`). The whole resolved config
 stays the run's config.yaml artifact; params leave out where a run wrote, how it
-reported, and Hydra's internals."""
+reported, and Hydra's internals. And the identity of what a run computes, a SHA-256 of
+the same values: logged as the `config.sha256` tag of every training run, it is how a
+resumed sweep recognises a job it already ran (mnist/sweeps/resume.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from omegaconf import DictConfig
@@ -15,8 +19,7 @@ from mnist.config import ADDED_KEYS, flatten
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "device", "experiment")
 # Keys (or key prefixes ending in ".") that change where or how a run is recorded, how it
 # was started (a resumed run computes what an uninterrupted one does; sweep.resume), or
-# only its speed, never its numbers. Also what the config.sha256 tag leaves out
-# (mnist/tracking/config_hash.py).
+# only its speed, never its numbers. Also what the config.sha256 tag leaves out.
 NOT_COMPARED = (
     "paths.",
     "logger.",
@@ -33,6 +36,7 @@ NOT_COMPARED = (
 )
 # Hydra's instructions to instantiate: the group's option says the same in a word.
 HYDRA_KEYS = ("_target_", "_partial_")
+CONFIG_HASH_TAG = "config.sha256"
 
 
 def changes_results(key: str) -> bool:
@@ -67,3 +71,18 @@ def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
         if values.get(f"{group}.name") == option:
             del values[f"{group}.name"]
     return {**groups, **values}
+
+
+def config_sha256(cfg: DictConfig | dict[str, Any]) -> str:
+    """Hex digest of the resolved config, independent of key order, without the keys the
+    run's params leave out too (NOT_COMPARED): where it reads and writes (paths, data.root),
+    how it is recorded (logger), the progress bar, how it was started (trainer.resume: a
+    resumed run computes what an uninterrupted one does; sweep.resume) and settings of
+    speed only (eval batch size, allocator tuning, checksum verification). Everything else
+    counts, Hydra's `_target_` included (two models may share their arguments), and so do
+    keys whose effect on the numbers is doubtful (device.num_threads): a job is matched
+    only when nothing that might matter changed. A key added since runs were stored counts
+    only away from its old behaviour (ADDED_KEYS)."""
+    kept = result_values(cfg)
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
