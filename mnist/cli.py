@@ -57,7 +57,7 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         if cfg is not None and not isinstance(e, TrackingError) and _in_sweep():
             # A job refused as it starts ends its sweep: its FAILED run there keeps why, as
             # for a job that crashed before its run opened (a store refused cannot).
-            from mnist.sweeps.failed import record_failed_job
+            from mnist.sweeps.resume import record_failed_job
 
             record_failed_job(cfg, e)
         # paths.outputs may itself be the value that does not resolve.

@@ -36,7 +36,7 @@ from mnist.resume import (
 )
 from mnist.seeding import generator
 from mnist.sweeps import resume as sweep_resume
-from mnist.tracking import store
+from mnist.tracking import store, sweep_runs
 from mnist.tracking.listener import (
     MlflowListener,
     RunStart,
@@ -103,7 +103,7 @@ def _train(
                 raise TrainingInterrupted(checkpoint_dir / "last.pt", signum)
 
         if not resume_state:
-            sweep_resume.mark_superseded(uri, ctx, run.run_id)
+            sweep_runs.mark_superseded(uri, ctx, run.run_id)
         checkpoints = Checkpoints(checkpoint_dir, {"config": resolved, "mlflow_run_id": run.run_id})
         clock.lap("mlflow_setup")
         with _explain_nondeterminism():

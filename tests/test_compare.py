@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from mnist.errors import ConfigError
 from mnist.reporting.compare import compare
 from mnist.reporting.table import Row, markdown
-from mnist.sweeps.summary import summarize_sweep
+from mnist.sweeps.callback import summarize_sweep
 from mnist.tracking.registry import latest_sweep
 from tests.helpers.compare import compare_config, read_csv
 
@@ -168,7 +168,7 @@ def test_a_sweep_parent_becomes_its_summary_and_compare_logs_under_it(store, tmp
             train_time_s=1.0)  # fmt: skip
     log_run(store, exp, "linear", 9, LINEAR, test__acc=0.1)  # another sweep's: not summarised
 
-    summarize_sweep(store.tracking_uri, exp, parent, tmp_path / "summary")
+    summarize_sweep(store.tracking_uri, "table", parent, tmp_path / "summary")
 
     run = store.get_run(parent)
     metrics = run.data.metrics
@@ -241,7 +241,7 @@ def test_without_arguments_the_latest_sweep_is_compared_as_promote_picks_it(stor
 
     compare(compare_config(tmp_path, "log_summary=false"), tmp_path / "out")
 
-    assert latest_sweep(store, "table") == latest  # promote.py's choice
+    assert latest_sweep(store.tracking_uri, "table") == latest  # promote.py's choice
     (row,) = read_csv(tmp_path / "out" / "table.csv")
     assert (row["runs"], float(row["best_val_ckpt_acc_mean"])) == ("1", pytest.approx(90.0))
     compare(compare_config(tmp_path, "parent_run_id=all", "log_summary=false"), tmp_path / "all")

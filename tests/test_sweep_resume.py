@@ -24,10 +24,10 @@ from mnist.errors import ConfigError, SweepInterrupted
 from mnist.metric_names import VAL_ACC
 from mnist.reporting.compare import compare
 from mnist.resume import resume_config
-from mnist.sweeps.resume import mark_superseded, resume_job, sweep_sha256
-from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
+from mnist.sweeps.resume import resume_job, sweep_sha256
 from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256, run_params
 from mnist.tracking.store import PARENT_TAG
+from mnist.tracking.sweep_runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs, mark_superseded
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
 

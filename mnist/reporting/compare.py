@@ -18,12 +18,12 @@ from mnist.errors import ConfigError
 from mnist.overrides import override_key, split_override
 from mnist.reporting import plots, table
 from mnist.reporting.table import Row
-from mnist.sweeps.runs import current_runs, partial_sweep
-from mnist.tracking import store, ui
+from mnist.tracking import queries, store, ui
 from mnist.tracking.params import changes_results
 from mnist.tracking.parent import children_filter
 from mnist.tracking.registry import latest_sweep
 from mnist.tracking.runs import log_artifacts, log_metrics, mlflow_run
+from mnist.tracking.sweep_runs import current_runs, partial_sweep
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 ALL_RUNS = "all"
 # compare.py's summary runs go to `<experiment>` + this: never among the training runs.
 SUMMARY_EXPERIMENT_SUFFIX = "/compare"
-# A run's description in MLflow.
-NOTE_TAG = "mlflow.note.content"
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -40,54 +38,25 @@ def search_filter(parent_run_id: str | None, extra: str | None) -> str:
     return " and ".join([*clauses, *([extra] if extra else [])])
 
 
-def _experiment(client: Any, experiment: str) -> Any:
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-        raise ConfigError(
-            f"logger.experiment={experiment!r} names no MLflow experiment in "
-            f"{client.tracking_uri} (known: {known}); pass the logger.experiment of the sweep"
-        )
-    return found
-
-
-def selected_sweep(client: Any, experiment: str, parent_run_id: str | None) -> str | None:
+def selected_sweep(uri: str, experiment: str, parent_run_id: str | None) -> str | None:
     """The parent run of the sweep to compare: `parent_run_id`, else the latest sweep of
     `experiment` (the one promote.py promotes from); None for parent_run_id=all."""
-    _experiment(client, experiment)
+    queries.experiment_id(uri, experiment)
     if parent_run_id == ALL_RUNS:
         return None
     if parent_run_id:
         return parent_run_id
     try:
-        return latest_sweep(client, experiment)
+        return latest_sweep(uri, experiment)
     except ConfigError as e:
         raise ConfigError(f"{e}, or parent_run_id={ALL_RUNS} for all its runs") from e
 
 
-def load_runs(client: Any, experiment: str, filter_string: str) -> list[Any]:
+def load_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
     """The training runs of `experiment` matching `filter_string`, oldest first
     (current_runs: a run that a resumed sweep restarted as a new run counts once)."""
-    from mlflow.exceptions import MlflowException
-
-    found = _experiment(client, experiment)
-    runs: list[Any] = []
-    token = None
-    while True:
-        try:
-            page = client.search_runs(
-                [found.experiment_id],
-                filter_string,
-                max_results=1000,
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-        except MlflowException as e:
-            raise ConfigError(f"filter={filter_string!r} is not an MLflow filter: {e}") from e
-        runs += current_runs(page)
-        token = page.token
-        if not token:
-            break
+    found = queries.experiment_id(uri, experiment)
+    runs = current_runs(queries.search_runs(uri, found, filter_string))
     if not runs:
         raise ConfigError(
             f"no training runs in experiment {experiment!r}"
@@ -158,17 +127,12 @@ def train_images(run: Any) -> int | None:
     return available if subset == "None" else min(available, int(subset))
 
 
-def _history(client: Any, run_id: str, metric: str) -> list[float]:
-    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
-    return [m.value for m in history]
-
-
-def _add_finished(row: Row, client: Any, run: Any) -> None:
+def _add_finished(row: Row, uri: str, run: Any) -> None:
     """A metric the run did not log (an older trainer, a run cut short) stays out of the
     row's numbers instead of failing the table."""
     metrics, run_id = run.data.metrics, run.info.run_id
-    test_per_epoch = _history(client, run_id, "test/acc_epoch")
-    epoch_times = _history(client, run_id, "epoch_time_s")
+    test_per_epoch = queries.metric_history(uri, run_id, "test/acc_epoch")
+    epoch_times = queries.metric_history(uri, run_id, "epoch_time_s")
     row.finished += 1
     row.train_images.append(train_images(run))
     if test_per_epoch:
@@ -181,11 +145,11 @@ def _add_finished(row: Row, client: Any, run: Any) -> None:
                          ("train_time_s", row.train_time_s)):  # fmt: skip
         if name in metrics:
             values.append(metrics[name])
-    row.img_per_s += _history(client, run_id, "throughput_img_s")
+    row.img_per_s += queries.metric_history(uri, run_id, "throughput_img_s")
 
 
 def build_rows(
-    client: Any, runs: list[Any], group_by: list[str] | None, references: dict[str, Any]
+    uri: str, runs: list[Any], group_by: list[str] | None, references: dict[str, Any]
 ) -> list[Row]:
     """One row per model and value of each group_by key (None: of each key of split_keys),
     best validation accuracy first. A row that still pools runs of different configs names
@@ -201,11 +165,11 @@ def build_rows(
     for run in runs:
         groups = (group_value(run, key) or "n/a" for key in keys)
         grouped.setdefault((run.data.tags["model"], *groups), []).append(run)
-    rows = [_row(client, row_runs, keys, references) for row_runs in grouped.values()]
+    rows = [_row(uri, row_runs, keys, references) for row_runs in grouped.values()]
     return sorted(rows, key=table.validation, reverse=True)
 
 
-def _row(client: Any, runs: list[Any], keys: list[str], references: dict[str, Any]) -> Row:
+def _row(uri: str, runs: list[Any], keys: list[str], references: dict[str, Any]) -> Row:
     first = runs[0]
     model = first.data.tags["model"]
     groups = {key: group_value(first, key) or "n/a" for key in keys}
@@ -215,7 +179,7 @@ def _row(client: Any, runs: list[Any], keys: list[str], references: dict[str, An
         if "params_count" in run.data.metrics:
             row.params = int(run.data.metrics["params_count"])
         if run.info.status == "FINISHED":
-            _add_finished(row, client, run)
+            _add_finished(row, uri, run)
         else:
             row.unfinished.append(run)
     return row
@@ -245,17 +209,17 @@ class Comparison:
 
 
 def write_comparison(
-    client: Any, experiment: str, parent_run_id: str | None, extra_filter: str | None,
+    uri: str, experiment: str, parent_run_id: str | None, extra_filter: str | None,
     group_by: list[str] | None, references: dict[str, Any], output_dir: Path,
 ) -> Comparison:  # fmt: skip
     """The comparison of the sweep `parent_run_id` (None: every training run), of its runs
     that match `extra_filter`, written into `output_dir`. The table of a sweep that not all
     jobs finished says so: a job that failed before its run opened, or never ran, is in its
     parent's count, not in its runs."""
-    runs = load_runs(client, experiment, search_filter(parent_run_id, extra_filter))
-    rows = build_rows(client, runs, group_by, references)
+    runs = load_runs(uri, experiment, search_filter(parent_run_id, extra_filter))
+    rows = build_rows(uri, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
-    parent = client.get_run(parent_run_id) if parent_run_id else None
+    parent = queries.get_run(uri, parent_run_id) if parent_run_id else None
     title = f"{experiment}: {parent.info.run_name}" if parent else experiment
     title += f" ({extra_filter})" if extra_filter else ""
     markdown = table.markdown(rows, title)
@@ -271,15 +235,16 @@ def write_comparison(
     return Comparison(rows, paths, markdown, title, note)
 
 
-def _about(client: Any, experiment: str, parent_run_id: str | None, cfg: DictConfig) -> str:
+def _about(uri: str, experiment: str, parent_run_id: str | None, cfg: DictConfig) -> str:
     """What a comparison run compares, linked: the sweep (its run and its runs' view) or
     the experiment's training runs, and how."""
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    experiment_id = queries.experiment_id(uri, experiment)
     if parent_run_id:
-        name = client.get_run(parent_run_id).info.run_name
+        name = queries.get_run(uri, parent_run_id).info.run_name
+        view = ui.show_children(store.client(uri), experiment_id, parent_run_id)
         source = (
             f"the runs of [{name}]({ui.run_path(experiment_id, parent_run_id)}) "
-            f"([open them]({ui.show_children(client, experiment_id, parent_run_id)}))"
+            f"([open them]({view}))"
         )
     else:
         source = f"the training runs of [{experiment}]({ui.runs_path(experiment_id)})"
@@ -292,28 +257,24 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
     with cfg.log_summary, logs them to a run of `<experiment>/compare`: an experiment of
     its own keeps the training runs' list to training runs, and leaves a sweep's parent
     with the summary the sweep ended with, whatever filter or group_by this one used."""
-    from mlflow.tracking import MlflowClient
-
     experiment = cfg.logger.experiment
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(
         uri, writes=cfg.log_summary, read_only_option="log_summary=false", experiment=experiment
     )
-    client = MlflowClient(uri)
-    parent_run_id = selected_sweep(client, experiment, cfg.parent_run_id)
+    parent_run_id = selected_sweep(uri, experiment, cfg.parent_run_id)
     group_by = None if cfg.group_by is None else list(cfg.group_by)
     comparison = write_comparison(
-        client, experiment, parent_run_id, cfg.filter, group_by, load_references(cfg),
-        output_dir,
-    )  # fmt: skip
+        uri, experiment, parent_run_id, cfg.filter, group_by, load_references(cfg), output_dir
+    )
     log.info("%s", comparison.markdown)
     if cfg.log_summary:
-        _log_summary(cfg, uri, client, parent_run_id, comparison)
+        _log_summary(cfg, uri, parent_run_id, comparison)
     return comparison.paths
 
 
 def _log_summary(
-    cfg: DictConfig, uri: str, client: Any, parent_run_id: str | None, comparison: Comparison
+    cfg: DictConfig, uri: str, parent_run_id: str | None, comparison: Comparison
 ) -> None:
     """The comparison as a run of `<experiment>/compare`: its files, its key columns and
     where it comes from as description, each row's mean ± std as metrics."""
@@ -323,7 +284,7 @@ def _log_summary(
         "compare.parent_run_id": parent_run_id or ALL_RUNS,
         "compare.filter": search_filter(parent_run_id, cfg.filter),
         "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
-        NOTE_TAG: comparison.description(_about(client, experiment, parent_run_id, cfg)),
+        store.NOTE_TAG: comparison.description(_about(uri, experiment, parent_run_id, cfg)),
     }
     params = {"group_by": ",".join(["model", *rows[0].groups])}
     run_name = cfg.logger.run_name or "compare"

@@ -1,8 +1,7 @@
 """A multirun as one MLflow experiment: a parent run opened before the first job starts and
 closed after the last one ends, with every job's run as its child, named by the keys the
 sweep varies. A Hydra callback, so every launcher (basic, joblib, submitit) gets it without
-the jobs knowing which one ran them. The parent ends as the sweep's summary
-(mnist/sweeps/summary.py)."""
+the jobs knowing which one ran them. The parent ends as the sweep's summary."""
 
 from __future__ import annotations
 
@@ -20,14 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE
 from mnist.overrides import task_overrides
-from mnist.sweeps.failed import record_failed_job
+from mnist.paths import REPO_ROOT
 from mnist.sweeps.internals import job_error
 from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
-from mnist.sweeps.resume import SWEEP_HASH_TAG, reopen_sweep_parent, sweep_sha256
-from mnist.sweeps.runs import FAILED_JOBS_TAG, JOBS_TAG, current_runs
+from mnist.sweeps.resume import record_failed_job, sweep_sha256
 from mnist.sweeps.stop import stop_jobs_on_signals
-from mnist.tracking import store
-from mnist.tracking.parent import children, end_parent, open_parent
+from mnist.tracking import queries, store, sweep_runs
+from mnist.tracking.store import NOTE_TAG
+from mnist.tracking.sweep_runs import FAILED_JOBS_TAG, JOBS_TAG, SWEEP_HASH_TAG, current_runs
+from mnist.tracking.ui import children_path, how_to_open
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,34 @@ def _not_finished(runs: list[Any], jobs: int) -> str:
     return f": {', '.join(parts)}" if parts else ""
 
 
+def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: Path) -> None:
+    """Makes the parent run the sweep's summary: its comparison (one row per model and
+    config, mnist/reporting/compare.py) as artifacts, a description that opens with the
+    winner, and each row's mean ± std as metrics under summary/ (one section of MLflow's
+    charts, which groups names by their part before the first "/"). A sweep whose summary
+    fails still ends: it is only logged."""
+    from mnist.reporting import table
+    from mnist.reporting.compare import load_references, write_comparison  # imports torch
+
+    try:
+        references = load_references(OmegaConf.load(REPO_ROOT / "conf" / "compare.yaml"))
+        comparison = write_comparison(
+            uri, experiment, parent_run_id, None, None, references, output_dir
+        )
+        # The table itself, without its notes: which model won, at the end of the sweep.
+        log.info("%s", comparison.markdown.split("\n\n")[1])
+        experiment_id = queries.experiment_id(uri, experiment)
+        about = (
+            f"[Open this sweep's runs]({children_path(experiment_id, parent_run_id)}), best "
+            "validation first. The whole table (table.md, table.csv, chart.png): Artifacts."
+        )
+        note = {NOTE_TAG: comparison.description(about)}
+        metrics = table.summary_metrics(comparison.rows)
+        sweep_runs.log_to_parent(uri, parent_run_id, note, metrics, comparison.paths)
+    except Exception as e:  # the parent must still end with its status
+        log.warning("The sweep's summary could not be made: %s", e)
+
+
 class MlflowSweep(Callback):
     """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
     an invalid job is refused before it has a parent run; with sweep.resume=true, the
@@ -72,62 +100,38 @@ class MlflowSweep(Callback):
     (mnist/sweeps/stop.py)."""
 
     def __init__(self) -> None:
-        # tracking URI, experiment id, parent run id, sweep directory, number of jobs (None
+        # tracking URI, experiment, parent run id, sweep directory, number of jobs (None
         # under a sweeper other than Hydra's basic one: its jobs are known as it runs them)
         self._parent: tuple[str, str, str, Path, int | None] | None = None
         self._restore_signals: Callable[[], None] = lambda: None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from mnist.tracking.ui import experiment_tags
-
         refuse_invalid_sweep(config)
         uri = store.tracking_uri(config.logger.tracking_uri, config.paths.mlruns)
         # Hydra turns a callback's exception into a warning and runs the jobs anyway: a
         # store that cannot work ends the sweep here, in one line, before any job starts.
         with exit_on_user_error():
             store.check_store(uri, experiment=config.logger.experiment)
-        # Creates the store's schema and the experiment once, here, before parallel jobs
-        # would race each other to do it.
-        experiment_id = store.get_or_create_experiment(
-            uri, config.logger.experiment, experiment_tags
-        )
         sweep_dir = Path(config.hydra.sweep.dir)
-        client = MlflowClient(uri)
-        sweep_hash = sweep_sha256(config)
-        run_id = (
-            reopen_sweep_parent(client, experiment_id, sweep_hash)
-            if config.sweep.resume is True
-            else None
-        )
         swept = swept_overrides(config)
         jobs = sweep_jobs(config)
         job_count = None if jobs is None else len(jobs)
-        if run_id is None:
-            tags = {
-                "sweep.dir": str(sweep_dir),
-                "hydra.overrides": " ".join(task_overrides(config.hydra)),
-                SWEEP_HASH_TAG: sweep_hash,
-            }
-            name = f"sweep {'/'.join(sweep_dir.parts[-2:])}"
-            run_id = open_parent(client, experiment_id, name, tags, swept)
-        else:
-            client.set_tag(run_id, "sweep.resumed_dir", str(sweep_dir))
+        tags = {
+            "sweep.dir": str(sweep_dir),
+            "hydra.overrides": " ".join(task_overrides(config.hydra)),
+            SWEEP_HASH_TAG: sweep_sha256(config),
+        }
+        name = f"sweep {'/'.join(sweep_dir.parts[-2:])}"
+        experiment = config.logger.experiment
+        resume = config.sweep.resume is True
+        run_id = sweep_runs.open_sweep(uri, experiment, name, tags, swept, resume, job_count)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key in swept))
-        if job_count is not None:
-            client.set_tag(run_id, JOBS_TAG, str(job_count))
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
-        self._parent = (uri, experiment_id, run_id, sweep_dir, job_count)
+        self._parent = (uri, experiment, run_id, sweep_dir, job_count)
         atexit.register(self._end_parent)
-        self._restore_signals = stop_jobs_on_signals(uri, experiment_id, run_id)
-        log.info(
-            "Sweep parent run %s in MLflow experiment %r (%s)",
-            run_id,
-            config.logger.experiment,
-            uri,
-        )
+        self._restore_signals = stop_jobs_on_signals(uri, run_id)
+        log.info("Sweep parent run %s in MLflow experiment %r (%s)", run_id, experiment, uri)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
@@ -141,28 +145,21 @@ class MlflowSweep(Callback):
     def _end_parent(self, sweep_completed: bool = False) -> None:
         if self._parent is None:
             return
-        from mlflow.tracking import MlflowClient
-
-        from mnist.sweeps.summary import summarize_sweep
-        from mnist.tracking.ui import how_to_open, show_children
-
-        uri, experiment_id, run_id, sweep_dir, jobs = self._parent
+        uri, experiment, run_id, sweep_dir, jobs = self._parent
         self._parent = None
-        client = MlflowClient(uri)
         # A resumed sweep's parent counts each job once: not the runs restarted jobs replaced.
-        runs = current_runs(children(client, experiment_id, run_id))
+        runs = current_runs(sweep_runs.job_runs(uri, run_id))
         finished = sum(run.info.status == "FINISHED" for run in runs)
         # A job with no run (it stopped the sweep before its run opened, or never started)
         # counts as not finished: the jobs are those Hydra launched, not the runs there are.
         jobs = jobs or len(runs)
         failed = jobs - finished
-        client.set_tag(run_id, JOBS_TAG, str(jobs))
-        client.set_tag(run_id, FAILED_JOBS_TAG, str(failed))
+        sweep_runs.log_to_parent(uri, run_id, {JOBS_TAG: str(jobs), FAILED_JOBS_TAG: str(failed)})
         if runs:  # no run, nothing to compare
-            summarize_sweep(uri, experiment_id, run_id, sweep_dir / "compare")
+            summarize_sweep(uri, experiment, run_id, sweep_dir / "compare")
         complete = sweep_completed and jobs and not failed
-        end_parent(client, run_id, "FINISHED" if complete else "FAILED")
+        view = sweep_runs.end_sweep(uri, run_id, "FINISHED" if complete else "FAILED")
         log.info("Sweep parent run %s: %d jobs, %d not finished%s", run_id, jobs, failed,
                  _not_finished(runs, jobs))  # fmt: skip
-        if hint := how_to_open(uri, show_children(client, experiment_id, run_id)):
+        if hint := how_to_open(uri, view):
             log.info("Compare the runs: %s", hint)

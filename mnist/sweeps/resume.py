@@ -1,10 +1,12 @@
-"""A stopped sweep continued, not started over: the same command with sweep.resume=true.
-The sweep's parent run is found by the hash of its command line (SWEEP_HASH_TAG, on every
-parent), each job among that parent's children by the hash of its resolved config
-(config.sha256, mnist/tracking/params.py): a FINISHED run is done and not re-run, an
-interrupted one continues from its last.pt in the same MLflow run (trainer.resume), and
-one without a last.pt is restarted as a new run that supersedes it, so that every job
-counts once (mnist/sweeps/runs.py: `current_runs`)."""
+"""A job of a sweep and its runs there, found by the hash of its resolved config
+(config.sha256, mnist/tracking/params.py). A stopped sweep is continued, not started
+over, by the same command with sweep.resume=true: its parent run is found by the hash of
+its command line (sweep.overrides_sha256, on every parent); a job's FINISHED run is done
+and not re-run, an interrupted one continues from its last.pt in the same MLflow run
+(trainer.resume), and one without a last.pt is restarted as a new run that supersedes it,
+so that every job counts once (mnist/tracking/sweep_runs.py: `current_runs`). A job that
+fails before its own run opens gets a FAILED run saying why: otherwise the sweep's runs
+would look like all of it, and the reason would be on the screen only."""
 
 from __future__ import annotations
 
@@ -15,15 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist.context import JobContext
+from mnist.context import JobContext, parent_run_id
 from mnist.overrides import override_key, task_overrides
-from mnist.sweeps.runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs
-from mnist.tracking import store
-from mnist.tracking.parent import children, reopen_parent
+from mnist.redact import redact
+from mnist.tracking import store, sweep_runs
+from mnist.tracking.sweep_runs import SUPERSEDES_TAG, current_runs, job_runs
 
 log = logging.getLogger(__name__)
-
-SWEEP_HASH_TAG = "sweep.overrides_sha256"
 
 
 def sweep_sha256(config: DictConfig) -> str:
@@ -42,24 +42,6 @@ def sweep_sha256(config: DictConfig) -> str:
     return hashlib.sha256("\n".join(kept).encode()).hexdigest()
 
 
-def reopen_sweep_parent(client: Any, experiment_id: str, sweep_hash: str) -> str | None:
-    """The most recent parent run of the same sweep in the experiment, set RUNNING again;
-    None (said in one line) when there is none."""
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`{SWEEP_HASH_TAG}` = '{sweep_hash}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not found:
-        log.info("sweep.resume=true: no earlier sweep of this command here; starting a new one")
-        return None
-    run_id = found[0].info.run_id
-    reopen_parent(client, run_id)
-    log.info("sweep.resume=true: continuing sweep parent run %s", run_id)
-    return run_id
-
-
 def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, Any] | None]:
     """(the config to run, None), or (cfg, the final metrics) of a job already FINISHED in
     the resumed sweep. An interrupted run of the job with its last.pt on this machine is
@@ -67,15 +49,11 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
     anew and ctx names the run(s) it supersedes. Outside a resumed sweep: (cfg, None)."""
     if not (ctx.parent_run_id and OmegaConf.select(cfg, "sweep.resume") is True):
         return cfg, None
-    from mlflow.tracking import MlflowClient
+    from mnist.tracking.params import config_sha256  # imports torch
 
-    from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256  # imports torch
-
-    client = MlflowClient(store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns))
-    parent = client.get_run(ctx.parent_run_id)
-    same_job = f"tags.`{CONFIG_HASH_TAG}` = '{config_sha256(cfg)}'"
-    runs = children(client, parent.info.experiment_id, ctx.parent_run_id, same_job)
-    earlier = current_runs(runs)[::-1]  # the latest first
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    # The job's earlier runs in the sweep that count, the latest first.
+    earlier = current_runs(job_runs(uri, ctx.parent_run_id, config_sha256(cfg)))[::-1]
     if not earlier:
         return cfg, None
     if finished := [run for run in earlier if run.info.status == "FINISHED"]:
@@ -102,15 +80,36 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
     return cfg, None
 
 
-def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
-    """Tag the runs a restarted job's new run replaces (see resume_job). One still RUNNING
-    lost its process (SIGKILL, power loss) before it could end the run: it is ended FAILED."""
-    from mlflow.tracking import MlflowClient
+# MLflow keeps tag values of up to 8000 characters.
+MAX_ERROR = 4000
 
-    client = MlflowClient(uri)
-    for run_id in filter(None, ctx.extra_tags.get(SUPERSEDES_TAG, "").split(",")):
-        store.retry_when_locked(
-            lambda run_id=run_id: client.set_tag(run_id, SUPERSEDED_TAG, new_run_id)
-        )
-        if client.get_run(run_id).info.status == "RUNNING":
-            store.retry_when_locked(lambda run_id=run_id: client.set_terminated(run_id, "FAILED"))
+
+def record_failed_job(cfg: DictConfig, error: BaseException) -> None:
+    """A FAILED child run whose description (what MLflow's UI shows on the run's page) is
+    the error of a job that failed before its own run opened: a crash while it set up (the
+    sweep's callback), or a refusal as it started, which ends the sweep (mnist/cli.py). A
+    job with a run in the sweep (its config's hash, as a resumed sweep finds it) needs
+    none: that run ended FAILED itself."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256
+
+    parent = parent_run_id(HydraConfig.get())
+    if parent is None:
+        return
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    config_hash = config_sha256(cfg)
+    if current_runs(job_runs(uri, parent, config_hash)):
+        return
+    ctx = JobContext.from_hydra()
+    message = redact(f"{type(error).__name__}: {error}")[:MAX_ERROR]
+    tags = {
+        "model": ctx.choices.get("model", "n/a"),
+        "seed": str(cfg.seed),
+        "hydra.overrides": " ".join(ctx.overrides),
+        CONFIG_HASH_TAG: config_hash,
+    }
+    name = cfg.logger.run_name or ctx.run_name
+    run_id = sweep_runs.record_failed_job(uri, parent, name, tags, message)
+    log.error("Job %d failed before its MLflow run opened; recorded as FAILED run %s: %s",
+              ctx.job_num, run_id, message)  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 from mnist.errors import SweepInterrupted
 from mnist.sweeps.internals import joblib_workers
-from mnist.tracking.parent import children
+from mnist.tracking.sweep_runs import job_runs
 from mnist.training.signals import install_handler
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,8 @@ log = logging.getLogger(__name__)
 GRACE_S = 60.0
 
 
-def _running_children(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
-    from mlflow.tracking import MlflowClient
-
-    running = "attributes.status = 'RUNNING'"
-    runs = children(MlflowClient(uri), experiment_id, parent_run_id, running)
-    return {run.info.run_id for run in runs}
+def _running_jobs(uri: str, parent_run_id: str) -> set[str]:
+    return {run.info.run_id for run in job_runs(uri, parent_run_id, status="RUNNING")}
 
 
 def _forward_ctrl_c(workers: list[int]) -> None:
@@ -46,7 +42,7 @@ def _forward_ctrl_c(workers: list[int]) -> None:
             os.kill(pid, signal.SIGINT)
 
 
-def stop_jobs_on_signals(uri: str, experiment_id: str, parent_run_id: str) -> Callable[[], None]:
+def stop_jobs_on_signals(uri: str, parent_run_id: str) -> Callable[[], None]:
     """Install the launcher's SIGTERM and SIGINT handler; returns what puts the previous
     ones back. In the basic launcher the job runs in this process, and its own handler
     stops it cleanly while it trains (mnist/training/signals.py); this one acts between
@@ -58,13 +54,13 @@ def stop_jobs_on_signals(uri: str, experiment_id: str, parent_run_id: str) -> Ca
         name = signal.Signals(signum).name
         log.warning("%s: stopping the sweep (%d worker processes)", name, len(workers))
         if workers:
-            running = _running_children(uri, experiment_id, parent_run_id)
+            running = _running_jobs(uri, parent_run_id)
             if signum == signal.SIGTERM:  # Ctrl-C's SIGINT reached them from the terminal
                 _forward_ctrl_c(workers)
             deadline = time.monotonic() + GRACE_S
             while running and time.monotonic() < deadline:
                 time.sleep(0.5)
-                running &= _running_children(uri, experiment_id, parent_run_id)
+                running &= _running_jobs(uri, parent_run_id)
         raise SweepInterrupted(signum)
 
     restore = install_handler(stop)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from mnist.errors import ConfigError
 from mnist.overrides import override_key
 from mnist.paths import REPO_ROOT
-from mnist.tracking import runs, store
+from mnist.tracking import queries, runs, store
 from mnist.training.phases import LAUNCHED_AT_ENV, PHASES, phase_metric
 
 # Where the training run goes and its name are the benchmark's to say: it finds the run by
@@ -32,8 +32,6 @@ def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float,
             f"startup.command sets {owned[0]}; the benchmark sets {', '.join(OWN_KEYS)} itself "
             "(set the store and experiment on the benchmark's command line instead)"
         )
-    from mlflow.tracking import MlflowClient
-
     name = f"startup-{uuid.uuid4().hex[:12]}"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *overrides,
                f"logger.tracking_uri={uri}", f"logger.experiment={experiment}",
@@ -44,10 +42,8 @@ def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float,
     wall = time.perf_counter() - start
     if returncode:
         raise ConfigError(f"the training command failed (exit {returncode}); see its output above")
-    client = MlflowClient(uri)
-    found = client.search_runs(
-        [client.get_experiment_by_name(experiment).experiment_id],
-        f"tags.`mlflow.runName` = '{name}'",
+    found = queries.search_runs(
+        uri, queries.experiment_id(uri, experiment), f"tags.`mlflow.runName` = '{name}'"
     )
     if len(found) != 1:
         raise ConfigError(f"the training command made {len(found)} runs, not one (a sweep?)")

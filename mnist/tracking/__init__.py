@@ -1,3 +1,4 @@
-"""Stage 4 of a run, the tracking: where the MLflow store is (`store`), a job's run and
-what it logs (`runs`), and optional TensorBoard files (`tensorboard`). A multirun as a
-parent run with children is mnist/sweeps/. Configured by conf/logger."""
+"""Everything that talks to MLflow: where the store is (`store`), a job's run and what it
+logs (`runs`, `listener`), a sweep's runs (`sweep_runs`), what commands read back
+(`queries`, `artifacts`), the registry, and optional TensorBoard files. Configured by
+conf/logger."""

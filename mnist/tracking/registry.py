@@ -10,7 +10,9 @@ from typing import Any
 from mnist.errors import ConfigError
 from mnist.tracking import store
 from mnist.tracking.parent import children
+from mnist.tracking.queries import latest_run
 from mnist.tracking.runs import MODEL_CONTRACT
+from mnist.tracking.sweep_runs import current_runs, partial_sweep
 from mnist.tracking.ui import run_path
 
 CHAMPION = "champion"
@@ -39,29 +41,25 @@ class Promotion:
         return line
 
 
-def latest_sweep(client: Any, experiment: str) -> str:
+def latest_sweep(uri: str, experiment: str) -> str:
     """The parent run of the most recent sweep in `experiment`."""
-    found = client.get_experiment_by_name(experiment)
-    parents = found and client.search_runs(
-        [found.experiment_id], "tags.`sweep.dir` LIKE '%'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )  # fmt: skip
-    if not parents:
+    found = store.client(uri).get_experiment_by_name(experiment)
+    parent = found and latest_run(uri, found.experiment_id, "tags.`sweep.dir` LIKE '%'")
+    if not parent:
         raise ConfigError(
-            f"no sweep in MLflow experiment {experiment!r} of {client.tracking_uri}; run one "
+            f"no sweep in MLflow experiment {experiment!r} of {uri}; run one "
             "(python scripts/train.py -m ...) or pass parent_run_id and logger.experiment"
         )
-    return parents[0].info.run_id
+    return parent.info.run_id
 
 
-def best_run(client: Any, parent_run_id: str) -> tuple[Any, str | None]:
+def best_run(uri: str, parent_run_id: str) -> tuple[Any, str | None]:
     """The finished child of the sweep with the highest validation accuracy (the earliest
     of equals) that logged a model, and what to say with it when the sweep is incomplete
     (a job failed or did not run: its parent's count says so, mnist/sweeps/callback.py)."""
     from mlflow.exceptions import MlflowException
 
-    from mnist.sweeps.runs import current_runs, partial_sweep
-
+    client = store.client(uri)
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException as e:
@@ -95,36 +93,29 @@ def _description(run: Any) -> str:
     )
 
 
-def promote(client: Any, parent_run_id: str, name: str, alias: str = CHAMPION) -> Promotion:
-    """Points `name@alias` at the sweep's best model: its version of `name` if registered
-    (logger.register), else a new version registered now. mlflow.register_model, not the
-    client's create_model_version, so that the logged model records the version too: its
-    page in the UI then shows it registered (the tag `mlflow.modelVersions`)."""
-    import mlflow
-
-    run, incomplete = best_run(client, parent_run_id)
-    source = f"models:/{run.outputs.model_outputs[-1].model_id}"
-    versions = client.search_model_versions(f"name = '{name}'")
-    version = next((v for v in versions if v.source == source), None)
-    if version is None:
-        version = mlflow.register_model(source, name)
-    client.update_model_version(name, version.version, _description(run))
-    client.set_registered_model_alias(name, alias, version.version)
-    return Promotion(name, str(version.version), alias, run, incomplete)
-
-
 def promote_sweep(
     uri: str, experiment: str, parent_run_id: str | None, name: str, alias: str = CHAMPION
 ) -> Promotion:
-    """promote() on the sweep `parent_run_id`, or on the latest sweep of `experiment`."""
+    """Points `name@alias` at the best model of the sweep `parent_run_id` (else of the
+    latest sweep of `experiment`): its version of `name` if registered (logger.register),
+    else a new version registered now. mlflow.register_model, not the client's
+    create_model_version, so that the logged model records the version too: its page in
+    the UI then shows it registered (the tag `mlflow.modelVersions`)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     # Registering models:/<id> reads the logged model through the global store: this one,
     # not an mlflow.db in the working directory.
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, registry_uri=uri)
+    client = store.client(uri)
     # Promotions at once would each find no version of the run and each register one.
     with store.store_lock(uri):
-        return promote(client, parent_run_id or latest_sweep(client, experiment), name, alias)
+        run, incomplete = best_run(uri, parent_run_id or latest_sweep(uri, experiment))
+        source = f"models:/{run.outputs.model_outputs[-1].model_id}"
+        versions = client.search_model_versions(f"name = '{name}'")
+        version = next((v for v in versions if v.source == source), None)
+        if version is None:
+            version = mlflow.register_model(source, name)
+        client.update_model_version(name, version.version, _description(run))
+        client.set_registered_model_alias(name, alias, version.version)
+    return Promotion(name, str(version.version), alias, run, incomplete)

@@ -17,6 +17,7 @@ from typing import Any
 
 from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from mnist.tracking.parent import children_filter
+from mnist.tracking.store import NOTE_TAG
 
 # The metrics a comparison needs at first sight, best validation first: what picks a model.
 KEY_METRICS = ("best/val_acc", "test/acc", "train_time_s")
@@ -134,7 +135,7 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
     return {
         "mlflow.experimentKind": "custom_model_development",
         f"{VIEW_TAG}{VIEW_KEY}": json.dumps(_view()),
-        "mlflow.note.content": (
+        NOTE_TAG: (
             f"Training runs of this repository: each sweep is a parent run (its summary: "
             f"mean ± std per model, the comparison table and chart) with one child run per "
             f"job. [Open the runs sorted by validation accuracy]({runs_path(experiment_id)}), "
