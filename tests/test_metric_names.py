@@ -55,6 +55,6 @@ def test_reproduce_compares_a_run_stored_under_the_old_names(tmp_path, empty_mlf
             for name, history in values.items() for step, value in enumerate(history, 1)
         ])  # fmt: skip
 
-    rows = compare_runs(client, original, reproduced)
+    rows = compare_runs(client.tracking_uri, original, reproduced)
     assert passes(rows, tolerance=0), [(r.name, r.original, r.reproduced) for r in rows]
     assert {row.name for row in rows} >= {f"{metric_names.VAL_ACC}[2]", "best/val_acc"}

@@ -141,7 +141,7 @@ def test_with_a_tolerance_reproduce_judges_metrics_and_shows_the_weights_hash(
         [client.get_run(original["run_id"]).info.experiment_id],
         f"tags.reproduced_from = '{original['run_id']}'",
     )
-    rows = compare_runs(client, original["run_id"], copy.info.run_id)
+    rows = compare_runs(client.tracking_uri, original["run_id"], copy.info.run_id)
     assert passes(rows, 1e-3) and not passes(rows, 0)  # tolerance 0: bit for bit
 
 

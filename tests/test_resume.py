@@ -182,7 +182,7 @@ def test_a_run_that_fills_the_disk_fails_and_resumes_exactly(tiny_cfg, tmp_path,
     # Epoch 2 was logged before its last.pt failed, and trained again: logged once.
     assert_logged_once_per_step(client, run.info.run_id)
     reference = run_training(tiny_cfg(), JobContext(output_dir=tmp_path / "reference"))
-    rows = compare_runs(client, reference["run_id"], resumed["run_id"])
+    rows = compare_runs(client.tracking_uri, reference["run_id"], resumed["run_id"])
     assert [row.name for row in rows if not row.matches(0)] == []
 
 

@@ -80,7 +80,7 @@ def test_a_signal_while_the_run_is_closing_kills_it_and_resume_logs_the_model_on
     assert [m.status for m in models_of(store(tmp_path), run)] == ["READY"]
     reference = run_training(tiny_cfg(), JobContext(output_dir=tmp_path / "reference"))
     # What reproduce.py compares: every metric at every step, and the weights' hash.
-    rows = compare_runs(store(tmp_path), reference["run_id"], run.info.run_id)
+    rows = compare_runs(store(tmp_path).tracking_uri, reference["run_id"], run.info.run_id)
     assert [row.name for row in rows if not row.matches(0)] == []
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.metric_names import current
 from mnist.targets import first_line, stored_config
-from mnist.tracking import runs, store
+from mnist.tracking import artifacts, queries, runs, store
 from mnist.tracking.params import GROUPS
 from mnist.training.phases import PHASE_PREFIX
 
@@ -60,30 +59,20 @@ class Comparison:
         return math.isclose(self.original, self.reproduced, rel_tol=0, abs_tol=tolerance)
 
 
-def _histories(client, run_id: str, names) -> dict[str, list[float]]:
-    return {
-        name: [
-            m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
-        ]
-        for name in names
-    }
-
-
-def compare_runs(client, original_id: str, reproduced_id: str) -> list[Comparison]:
+def compare_runs(uri: str, original_id: str, reproduced_id: str) -> list[Comparison]:
     """Every non-timing metric, epoch by epoch, and the hash of the best weights; a run
     stored before the curves' names (mnist/metric_names.py) is compared under them."""
-    original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
+    original, reproduced = queries.get_run(uri, original_id), queries.get_run(uri, reproduced_id)
     names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
-    first = _histories(client, original_id, names)
-    second = _histories(client, reproduced_id, map(current, names))
     rows = []
     for name in names:
-        now, reproduced_values = current(name), second[current(name)]
-        for step, value in enumerate(first[name]):
+        now, values = current(name), queries.metric_history(uri, original_id, name)
+        reproduced_values = queries.metric_history(uri, reproduced_id, now)
+        for step, value in enumerate(values):
             other = reproduced_values[step] if step < len(reproduced_values) else None
-            label = now if len(first[name]) == 1 else f"{now}[{step + 1}]"
+            label = now if len(values) == 1 else f"{now}[{step + 1}]"
             rows.append(Comparison(label, value, other))
-        if len(reproduced_values) > len(first[name]):
+        if len(reproduced_values) > len(values):
             rows.append(Comparison(f"{now} (extra steps)", "none", "present"))
     rows.append(
         Comparison(
@@ -125,19 +114,10 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     as a new run tagged `reproduced_from`; print the comparison and return whether every
     metric matched within `cfg.tolerance`. Tolerance 0 also demands the same weights hash
     (bit for bit); above 0 the hash is shown as information."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
-    client = MlflowClient(uri)
-    try:
-        source = client.get_run(run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            text = Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text()
-    except (MlflowException, OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"run_id={run_id}: cannot read the run's config from {uri} ({e})") from e
+    source, text = artifacts.run_config(uri, run_id)
     # Whoever can write to the store wrote this config: nothing of it is built unchecked.
     run_cfg = stored_config(text, f"run_id={run_id} (its config.yaml)")
     try:
@@ -165,7 +145,7 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
         extra_tags={"reproduced_from": run_id},
     )
     result = train(run_cfg, ctx)
-    rows = compare_runs(client, run_id, result["run_id"])
+    rows = compare_runs(uri, run_id, result["run_id"])
     passed = passes(rows, tolerance)
     print(format_comparison(rows, tolerance))
     print(f"{'PASS' if passed else 'FAIL'}: run {result['run_id']} reproduces {run_id}"
