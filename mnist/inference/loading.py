@@ -1,7 +1,7 @@
 """Trained models back for prediction: from a checkpoint file, an MLflow model URI or run
 id, or by default the registered champion (models:/<name>@champion, scripts/promote.py)
 and without one the best checkpoint of the latest finished run (fetched by
-mnist/tracking/artifacts.py). Only weights are read (weights_only=True) and the
+mnist/tracking/queries.py). Only weights are read (weights_only=True) and the
 architecture is rebuilt from the run's own config, restricted to the classes of
 mnist.models: a checkpoint is data, never code."""
 
@@ -17,7 +17,7 @@ from torch import nn
 from mnist.errors import CheckpointError, ModelConfigError
 from mnist.models import build_model
 from mnist.targets import refuse_unsafe_config
-from mnist.tracking.artifacts import FORMS, fetched_checkpoint, first_line
+from mnist.tracking.queries import FORMS, fetched_checkpoint, first_line
 from mnist.training.checkpoint import load_checkpoint
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")

@@ -62,11 +62,10 @@ def _not_finished(runs: list[Any], jobs: int) -> str:
 
 
 def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: Path) -> None:
-    """Makes the parent run the sweep's summary: its comparison (one row per model and
-    config, mnist/reporting/compare.py) as artifacts, a description that opens with the
-    winner, and each row's mean ± std as metrics under summary/ (one section of MLflow's
-    charts, which groups names by their part before the first "/"). A sweep whose summary
-    fails still ends: it is only logged."""
+    """Makes the parent run the sweep's summary: its comparison (mnist/reporting/compare.py)
+    as artifacts, a description that opens with the winner, and each row's mean ± std as
+    metrics under summary/ (one section of MLflow's charts). A sweep whose summary fails
+    still ends: it is only logged."""
     from mnist.reporting import table
     from mnist.reporting.compare import load_references, write_comparison  # imports torch
 

@@ -1,12 +1,9 @@
-"""A job of a sweep and its runs there, found by the hash of its resolved config
-(config.sha256, mnist/tracking/params.py). A stopped sweep is continued, not started
-over, by the same command with sweep.resume=true: its parent run is found by the hash of
-its command line (sweep.overrides_sha256, on every parent); a job's FINISHED run is done
-and not re-run, an interrupted one continues from its last.pt in the same MLflow run
-(trainer.resume), and one without a last.pt is restarted as a new run that supersedes it,
-so that every job counts once (mnist/tracking/sweep_runs.py: `current_runs`). A job that
-fails before its own run opens gets a FAILED run saying why: otherwise the sweep's runs
-would look like all of it, and the reason would be on the screen only."""
+"""A job of a sweep, known among the sweep's runs by the hash of its resolved config
+(config.sha256). A stopped sweep is continued by the same command with sweep.resume=true:
+a job's FINISHED run is not re-run, an interrupted one continues from its last.pt in the
+same MLflow run (trainer.resume), and one without a last.pt is restarted as a new run that
+supersedes it, so that every job counts once. A job that fails before its own run opens
+gets a FAILED run saying why, or the sweep's runs would look like all of it."""
 
 from __future__ import annotations
 

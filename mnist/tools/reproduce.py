@@ -18,7 +18,7 @@ from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.metric_names import current
 from mnist.targets import first_line, stored_config
-from mnist.tracking import artifacts, queries, runs, store
+from mnist.tracking import queries, runs, store
 from mnist.tracking.params import GROUPS
 from mnist.training.phases import PHASE_PREFIX
 
@@ -117,7 +117,7 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
-    source, text = artifacts.run_config(uri, run_id)
+    source, text = queries.run_config(uri, run_id)
     # Whoever can write to the store wrote this config: nothing of it is built unchecked.
     run_cfg = stored_config(text, f"run_id={run_id} (its config.yaml)")
     try:

@@ -1,6 +1,6 @@
 """Registered models: the best model of a sweep, chosen by validation accuracy (never the
-test set), promoted to an alias of a registered model; and the run an alias points at, so
-prediction can default to it (mnist/inference/loading.py)."""
+test set), promoted to an alias of a registered model, which prediction then defaults to
+(mnist/tracking/queries.py: champion_run)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from typing import Any
 from mnist.errors import ConfigError
 from mnist.tracking import store
 from mnist.tracking.parent import children
-from mnist.tracking.queries import latest_run
+from mnist.tracking.queries import CHAMPION, latest_run
 from mnist.tracking.runs import MODEL_CONTRACT
 from mnist.tracking.sweep_runs import current_runs, partial_sweep
 from mnist.tracking.ui import run_path
 
-CHAMPION = "champion"
 # What picks the best model of a sweep: the checkpoint's own validation accuracy.
 SELECTION_METRIC = "best/val_acc"
 

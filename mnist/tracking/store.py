@@ -68,8 +68,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def client(uri: str) -> Any:
-    """The MlflowClient of the store `uri`, its registry included. MLflow caches each
-    store's connection, so a client per call costs nothing."""
+    """The MlflowClient of the store `uri` and its registry (MLflow caches the store)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri, registry_uri=uri)

@@ -49,18 +49,6 @@ def partial_sweep(parent: Any, finished: int) -> str | None:
     )
 
 
-def _reopen(uri: str, experiment_id: str, sweep_hash: str) -> str | None:
-    """The most recent parent run of the same sweep in the experiment, set RUNNING again;
-    None (said in one line) when there is none."""
-    found = queries.latest_run(uri, experiment_id, f"tags.`{SWEEP_HASH_TAG}` = '{sweep_hash}'")
-    if found is None:
-        log.info("sweep.resume=true: no earlier sweep of this command here; starting a new one")
-        return None
-    reopen_parent(store.client(uri), found.info.run_id)
-    log.info("sweep.resume=true: continuing sweep parent run %s", found.info.run_id)
-    return found.info.run_id
-
-
 def open_sweep(
     uri: str, experiment: str, name: str, tags: dict[str, str], swept: dict[str, str],
     resume: bool, jobs: int | None,
@@ -71,11 +59,17 @@ def open_sweep(
     schema and the experiment first, before parallel jobs would race each other to."""
     experiment_id = store.get_or_create_experiment(uri, experiment, experiment_tags)
     tracker = store.client(uri)
-    run_id = _reopen(uri, experiment_id, tags[SWEEP_HASH_TAG]) if resume else None
-    if run_id is None:
+    same_sweep = f"tags.`{SWEEP_HASH_TAG}` = '{tags[SWEEP_HASH_TAG]}'"
+    earlier = queries.latest_run(uri, experiment_id, same_sweep) if resume else None
+    if earlier is None:
+        if resume:
+            log.info("sweep.resume=true: no earlier sweep of this command here; starting a new one")
         run_id = open_parent(tracker, experiment_id, name, tags, swept)
     else:
+        run_id = earlier.info.run_id
+        reopen_parent(tracker, run_id)
         tracker.set_tag(run_id, "sweep.resumed_dir", tags["sweep.dir"])
+        log.info("sweep.resume=true: continuing sweep parent run %s", run_id)
     if jobs is not None:
         tracker.set_tag(run_id, JOBS_TAG, str(jobs))
     return run_id
