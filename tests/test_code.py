@@ -139,9 +139,8 @@ def test_the_training_core_imports_no_tracker_config_or_adapter():
     assert not wrong, "the core (with what it imports) reaches:\n" + "\n".join(wrong)
 
 
-# Only the MLflow adapter speaks to MLflow. mnist.tuning is the one exception until its
-# MLflow part moves into mnist/tracking/ (another branch of issue 32 does it).
-MLFLOW_ADAPTER = ("mnist.tracking", "mnist.tuning")
+# Only the MLflow adapter speaks to MLflow.
+MLFLOW_ADAPTER = ("mnist.tracking",)
 
 
 def test_only_the_mlflow_adapter_imports_mlflow():
