@@ -12,27 +12,31 @@ import torch
 from torch import nn
 
 from mnist.errors import ModelConfigError
+from mnist.values import is_int, is_number
 
 # What every model is called on: a batch of MNIST digits, and what it must return.
 INPUT_SHAPE = (2, 1, 28, 28)
 NUM_CLASSES = 10
 
 
-def _values(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(model.<key>[i]..., value) for every number in an argument, lists included."""
-    if isinstance(value, (list, tuple)):
+def _given(value: Any, path: str = "model") -> Iterator[tuple[str, Any]]:
+    """("model.<key>[i]...=value", value) for every number in the arguments, lists included."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _given(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            yield from _values(item, f"{path}[{index}]")
+            yield from _given(item, f"{path}[{index}]")
     else:
-        yield path, value
+        yield f"{path}={value!r}", value
 
 
 def _number_problem(value: Any, default: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     if not math.isfinite(value):
         return "must be a finite number"
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+    if is_int(default) and isinstance(value, float):
         return f"must be an integer (its default is {default})"
     if isinstance(value, int) and value < 0:
         return "must be >= 0 (a size or a count)"
@@ -43,17 +47,16 @@ def check_arguments(kwargs: Mapping[str, Any], defaults: Mapping[str, Any]) -> N
     """ModelConfigError naming the first number no model is built from: NaN or infinite,
     negative, or a fraction where the class's default is an integer."""
     for key, value in kwargs.items():
-        for path, number in _values(value, f"model.{key}"):
+        for shown, number in _given(value, f"model.{key}"):
             if problem := _number_problem(number, defaults.get(key)):
-                raise ModelConfigError(f"{path}={number!r} {problem}")
+                raise ModelConfigError(f"{shown} {problem}")
 
 
 def _named(kwargs: Mapping[str, Any], wanted: float) -> str:
     """The arguments holding `wanted`, which made the layer the check found: model.x=0."""
     paths = [
-        f"{path}={number!r}"
-        for key, value in kwargs.items()
-        for path, number in _values(value, f"model.{key}")
+        shown
+        for shown, number in _given(kwargs)
         if isinstance(number, type(wanted)) and not isinstance(number, bool) and number == wanted
     ]
     return ", ".join(paths) or "model.*"
@@ -62,12 +65,8 @@ def _named(kwargs: Mapping[str, Any], wanted: float) -> str:
 def blamed(kwargs: Mapping[str, Any], error: Exception) -> str:
     """The arguments whose values the error of a model's constructor quotes (torch names
     the value, not the argument), else all of them."""
-    given = [
-        (f"{path}={number!r}", str(number))
-        for key, value in kwargs.items()
-        for path, number in _values(value, f"model.{key}")
-    ]
-    quoted = [shown for shown, text in given if text in str(error).split()]
+    given = list(_given(kwargs))
+    quoted = [shown for shown, number in given if str(number) in str(error).split()]
     return ", ".join(quoted or [shown for shown, _ in given]) or "model.*"
 
 
