@@ -1,7 +1,7 @@
 """The comparison table of a finished sweep, from MLflow alone: the runs of one config (one
 per seed) become one row, with accuracy over seeds, cost per epoch and the reference numbers
 beside it, best validation accuracy first. Runs that did not finish are counted and listed,
-never dropped. A sweep's parent run gets the table as its summary (mnist/sweeps/summary.py);
+never dropped. A sweep's parent run gets the table as its summary (mnist/sweeps/callback.py);
 compare.py logs its own to the experiment `<experiment>/compare`, out of the training runs."""
 
 from __future__ import annotations
