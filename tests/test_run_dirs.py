@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -27,6 +28,26 @@ def test_each_call_creates_a_directory_of_its_own_next_to_the_taken_ones(tmp_pat
     fresh = tmp_path / "2026-01-02" / "09-00-00"
     assert unique_dir(str(fresh)) == str(fresh)
     assert fresh.is_dir()
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in (REPO_ROOT / "conf").glob("*.yaml")))
+def test_composing_a_command_config_makes_no_directory_until_its_run_dir_is_read(config, tmp_path):
+    """Before, tune.yaml and benchmark.yaml each set hydra.run.dir over train.yaml's: the
+    merge resolved train.yaml's, so every search and benchmark left an empty
+    outputs/<date>/<time>/ behind."""
+    # Hydra merges the configs before it applies overrides: outputs/ set in the config.
+    conf, outputs = tmp_path / "conf", tmp_path / "outputs"
+    shutil.copytree(REPO_ROOT / "conf", conf)
+    paths = conf / "paths" / "default.yaml"
+    paths.write_text(paths.read_text().replace("${paths.root}/outputs", str(outputs)))
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config, return_hydra_config=True)
+    assert not outputs.exists()
+    if "${now:" in OmegaConf.to_container(cfg.hydra.run)["dir"]:
+        made = Path(cfg.hydra.run.dir)
+        ancestors = [*made.relative_to(outputs).parents][:-1]  # up to outputs/
+        assert made.is_dir()
+        assert set(outputs.rglob("*")) == {made, *(outputs / a for a in ancestors)}
 
 
 @pytest.mark.parametrize("config", sorted((REPO_ROOT / "conf").glob("*.yaml")), ids=str)
