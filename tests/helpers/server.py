@@ -59,11 +59,13 @@ ADMIN = ("admin", "admin-pw-1234")
 
 def start_mlflow_server(tmp_path: Path, port: int, auth: bool = False) -> subprocess.Popen:
     """A real `mlflow server` on the store in tmp_path/server, up when this returns. In a
-    process group of its own: it starts uvicorn and job runners, which `stop_server` ends
-    with it (killing the first process alone leaves them serving). auth=True: MLflow's
-    basic-auth app, with one user, ADMIN."""
+    process group of its own: it starts uvicorn, which `stop_server` ends with it (killing
+    the first process alone leaves it serving). auth=True: MLflow's basic-auth app, with
+    one user, ADMIN."""
     log = tmp_path / "server.log"
-    env, app = dict(os.environ), []
+    # No job runner (as `make server` starts it): its ~6 processes, each importing MLflow,
+    # ran the UI's GenAI jobs, which no test has, and took the cores the tests ran on.
+    env, app = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, []
     if auth:
         (tmp_path / "server").mkdir(parents=True, exist_ok=True)
         config = tmp_path / "server" / "auth.ini"
