@@ -40,11 +40,14 @@ setup-all: | uv
 train: setup
 	$(RUN) python scripts/train.py $(ARGS)
 
+# In parallel (pytest-xdist), one worker per core: most tests wait on a subprocess, a server
+# or a training step. TEST_WORKERS=0 runs them in this process (for a debugger).
+TEST_WORKERS ?= auto
 test: setup-all
-	$(RUN) pytest $(ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: setup-all
-	$(RUN) pytest -m "not slow" $(ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) -m "not slow" $(ARGS)
 
 # tests/test_code.py: a function or class defined twice in one scope, which ruff misses.
 lint: setup-all

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from hypothesis import settings
 from omegaconf import DictConfig
 
@@ -52,12 +53,20 @@ def _own_signal_handlers():
 @pytest.fixture(scope="session")
 def empty_mlflow_db(tmp_path_factory) -> Path:
     """An initialised MLflow SQLite store: creating the schema takes ~7 s on a small CPU,
-    so in-process tests start from a copy (the script tests still create theirs)."""
+    so in-process tests start from a copy (the script tests still create theirs). Made
+    once per `make test`: pytest-xdist's workers share this run's temporary directory."""
     from mlflow.tracking import MlflowClient
 
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
+    run_temp = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        run_temp = run_temp.parent  # each worker's is a directory in the run's
+    template = run_temp / "mlflow-template"
+    template.mkdir(exist_ok=True)
+    with FileLock(template / "lock"):
+        if not (template / "mlflow.db").is_file():
+            MlflowClient(f"sqlite:///{template / 'made.db'}").search_experiments()
+            (template / "made.db").rename(template / "mlflow.db")
+    return template / "mlflow.db"
 
 
 @pytest.fixture
@@ -83,3 +92,9 @@ def mnist_root(tmp_path_factory) -> Path:
         return ensure_mnist(root)
     except DataError as e:
         pytest.skip(f"real MNIST is not available here: {e}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: pytest-xdist hands tests out in this order, so the longest start
+    early rather than keep one worker busy after the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
