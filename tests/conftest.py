@@ -51,14 +51,14 @@ def _own_signal_handlers():
 
 
 @pytest.fixture(scope="session")
-def empty_mlflow_db(tmp_path_factory) -> Path:
+def empty_mlflow_db(tmp_path_factory, request) -> Path:
     """An initialised MLflow SQLite store: creating the schema takes ~7 s on a small CPU,
     so in-process tests start from a copy (the script tests still create theirs). Made
     once per `make test`: pytest-xdist's workers share this run's temporary directory."""
     from mlflow.tracking import MlflowClient
 
     run_temp = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
         run_temp = run_temp.parent  # each worker's is a directory in the run's
     template = run_temp / "mlflow-template"
     template.mkdir(exist_ok=True)

@@ -308,7 +308,8 @@ def test_a_typo_in_a_sweep_gets_hydras_error_as_in_a_single_run(synthetic_root, 
 
 # Slow: two worker processes each import torch and MLflow (~35 s on 2 cores).
 @pytest.mark.slow
-def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path):
+def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # joblib caps it, not tests/__init__
     sweep = run_train_script(
         *sweep_overrides(synthetic_root, tmp_path), "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2", "seed=0,1",

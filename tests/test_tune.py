@@ -662,7 +662,10 @@ def test_an_interrupted_search_says_so_in_one_line_per_trial(
 
 # Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).
 @pytest.mark.slow
-def test_n_jobs_workers_run_single_threaded_trials_of_one_study(synthetic_root, tmp_path):
+def test_n_jobs_workers_run_single_threaded_trials_of_one_study(
+    synthetic_root, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # tune sets one, not tests/__init__
     command = tune_command(synthetic_root, tmp_path, "n_trials=3", "n_jobs=2", "save_preset=true")
     command.remove("device.num_threads=1")
     tune = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
