@@ -40,8 +40,8 @@ setup-all: | uv
 train: setup
 	$(RUN) python scripts/train.py $(ARGS)
 
-# In parallel (pytest-xdist), one worker per core: most tests wait on a subprocess, a server
-# or a training step. TEST_WORKERS=0 runs them in this process (for a debugger).
+# In parallel (pytest-xdist), one worker per core, each with its share of torch's threads
+# (tests/__init__.py). TEST_WORKERS=0 runs them in this process (for a debugger).
 TEST_WORKERS ?= auto
 test: setup-all
 	$(RUN) pytest -n $(TEST_WORKERS) $(ARGS)
