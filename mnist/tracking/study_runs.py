@@ -11,17 +11,12 @@ from typing import Any
 
 from mnist.tracking.parent import children, end_parent, open_parent, reopen_parent
 from mnist.tracking.runs import git_state
+from mnist.tracking.store import client as store_client
 from mnist.tracking.store import get_or_create_experiment, retry_when_locked
 from mnist.tracking.ui import experiment_tags, how_to_open, show_children
 
 # Optuna's trial states that are final.
 ENDED = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def _client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
 
 
 def open_study_run(
@@ -33,11 +28,11 @@ def open_study_run(
     )
     commit, dirty = git_state()
     tags = {"optuna.study": study, **tags, "git.commit": commit, "git.dirty": dirty}
-    return open_parent(_client(uri), experiment_id, f"study {study}", tags, params)
+    return open_parent(store_client(uri), experiment_id, f"study {study}", tags, params)
 
 
 def reopen_study_run(uri: str, run_id: str) -> None:
-    reopen_parent(_client(uri), run_id)
+    reopen_parent(store_client(uri), run_id)
 
 
 def end_study_run(
@@ -55,7 +50,7 @@ def end_study_run(
     open its trials in the MLflow UI, where known."""
     from mlflow.entities import Metric, RunTag
 
-    client = _client(uri)
+    client = store_client(uri)
     now, step = int(time.time() * 1000), len(trial_states)
     retry_when_locked(
         lambda: client.log_batch(
