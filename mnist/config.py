@@ -115,11 +115,9 @@ LOGGER_SWITCHES = {
 def _logger_problems(logger: DictConfig) -> Iterator[str]:
     if not (isinstance(logger.experiment, str) and logger.experiment.strip()):
         yield f"logger.experiment={logger.experiment!r} must be a non-empty name"
-    yield from boolean_problems("logger", logger, ("log_model",))
+    yield from boolean_problems("logger", logger, ("log_model", *LOGGER_SWITCHES))
     for key, (module, extra) in LOGGER_SWITCHES.items():
-        if not isinstance(logger[key], bool):
-            yield f"logger.{key}={logger[key]!r} must be true or false"
-        elif logger[key] and (problem := missing(module, extra, f"logger.{key}=true")):
+        if logger[key] is True and (problem := missing(module, extra, f"logger.{key}=true")):
             yield problem
     if logger.register is not None and not (isinstance(logger.register, str) and logger.register):
         yield f"logger.register={logger.register!r} must be a model name, or null"

@@ -22,6 +22,7 @@ from mnist.errors import ConfigError, TrackingError
 from mnist.tracking.store import tracking_uri
 from mnist.training.signals import StopRequested
 from mnist.tuning.objective import TrialFailed, requeue
+from mnist.values import is_int, is_number
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "successive_halving", "none")
@@ -42,13 +43,13 @@ def _settings_problems(cfg: DictConfig) -> Iterator[str]:
     for part in ("sampler", "pruner"):
         integers[f"hparams_search.{part}.n_startup_trials"] = (search[part].n_startup_trials, 0)
     for key, (value, least) in integers.items():
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+        if not (is_int(value) and value >= least):
             yield f"{key}={value!r} must be an integer >= {least}"
     for key in ("save_preset", "overwrite"):
         if not isinstance(cfg[key], bool):
             yield f"{key}={cfg[key]!r} must be true or false"
     timeout = cfg.timeout_s
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+    if timeout is not None and not (is_number(timeout) and timeout > 0):
         yield f"timeout_s={timeout!r} must be > 0, or null for no limit"
     for part, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if (name := search[part].name) not in names:
