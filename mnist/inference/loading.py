@@ -1,9 +1,6 @@
-"""Trained models back for prediction: from a checkpoint file, an MLflow model URI or run
-id, or by default the registered champion (models:/<name>@champion, scripts/promote.py)
-and without one the best checkpoint of the latest finished run (fetched by
-mnist/tracking/queries.py). Only weights are read (weights_only=True) and the
-architecture is rebuilt from the run's own config, restricted to the classes of
-mnist.models: a checkpoint is data, never code."""
+"""Trained models back for prediction, from a checkpoint file, an MLflow URI or run id, or
+the registered champion. Only weights are read, and the architecture is rebuilt from the
+run's own config, restricted to mnist.models: a checkpoint is data, never code."""
 
 from __future__ import annotations
 
@@ -21,23 +18,18 @@ from mnist.tracking.queries import FORMS, fetched_checkpoint, first_line
 from mnist.training.checkpoint import load_checkpoint
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-# The registered model whose champion prediction uses when no model is named.
 DEFAULT_REGISTERED_MODEL = "mnist"
 
 
-def _build(config: dict[str, Any], source: str) -> nn.Module:
-    """The model the run's config describes, built by mnist.models.build_model, which
-    refuses any `_target_` outside this package's models before importing anything."""
-    section = config.get("model")
-    if not isinstance(section, dict) or "_target_" not in section:
-        raise CheckpointError(f"{source}: its config has no model._target_ to build the model")
-    try:
-        return build_model(section)
-    except ModelConfigError as e:
-        raise CheckpointError(f"{source}: {e}") from e
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module  # in eval mode, on the CPU
+    source: str  # where it came from, for messages and reports
+    config: dict[str, Any]  # the resolved config of the run that trained it
 
 
-def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
+def load_model_file(path: Path, source: str) -> LoadedModel:
+    """The model of a best.pt / last.pt written by the trainer."""
     if not path.is_file():
         raise CheckpointError(f"{source}: no such checkpoint file; pass {FORMS}")
     checkpoint = load_checkpoint(path, source=source)
@@ -50,31 +42,24 @@ def _read_checkpoint(path: Path, source: str) -> dict[str, Any]:
             f"{source}: not a checkpoint of this project (expected the 'model' weights and "
             "the run's 'config', as scripts/train.py writes them)"
         )
-    refuse_unsafe_config(checkpoint["config"], source)
-    return checkpoint
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    model: nn.Module  # in eval mode, on the CPU
-    source: str  # where it came from, for messages and reports
-    config: dict[str, Any]  # the resolved config of the run that trained it
-
-
-def load_model_file(path: str | Path, source: str | None = None) -> LoadedModel:
-    """The model of a best.pt / last.pt written by the trainer."""
-    source = source or str(path)
-    checkpoint = _read_checkpoint(Path(path), source)
-    model = _build(checkpoint["config"], source)
+    config = checkpoint["config"]
+    refuse_unsafe_config(config, source)
+    section = config.get("model")
+    if not isinstance(section, dict) or "_target_" not in section:
+        raise CheckpointError(f"{source}: its config has no model._target_ to build the model")
+    try:
+        model = build_model(section)
+    except ModelConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from e
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
         reason = first_line(str(e).split("\n", 1)[-1])
         raise CheckpointError(
-            f"{source}: its weights do not fit {checkpoint['config']['model']['_target_']} "
+            f"{source}: its weights do not fit {section['_target_']} "
             f"as its config describes it, so they come from another architecture ({reason})"
         ) from e
-    return LoadedModel(model.eval(), source, checkpoint["config"])
+    return LoadedModel(model.eval(), source, config)
 
 
 def load_model(
@@ -84,11 +69,11 @@ def load_model(
 ) -> LoadedModel:
     """`checkpoint`: a checkpoint path, runs:/<id>/model, models:/<name>/<version>, a run
     id, or None for models:/<registered_model>@champion where it exists, else the best
-    checkpoint of the latest finished run. MLflow is imported only when it is not a path."""
+    checkpoint of the latest finished run."""
     spec = None if checkpoint is None else str(checkpoint)
     if spec is not None and not spec.startswith(("runs:/", "models:/")):
         path = Path(spec).expanduser()
         if path.exists() or not RUN_ID.fullmatch(spec):
             return load_model_file(path, spec)
     with fetched_checkpoint(spec, tracking_uri, registered_model) as (fetched, source):
-        return load_model_file(fetched, source)
+        return load_model_file(Path(fetched), source)
