@@ -1,6 +1,5 @@
-"""scripts/predict.py: the digit in each image named by img= (files, directories, globs).
-Every image gets one line of output, a prediction or the reason it has none; one bad file
-never stops the others, and the exit status says whether any failed."""
+"""scripts/predict.py: one line per image named by img= (files, directories, globs), a
+prediction or the reason it has none; one bad file never stops the others."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from mnist.tracking import store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FORMATS = ("text", "json")
-# Images preprocessed and classified together: bounds memory on large directories.
+# Images classified together: bounds memory on large directories.
 CHUNK = 256
 
 
@@ -33,8 +32,8 @@ class Outcome:
 
 
 def expand(specs: list[str]) -> list[Outcome]:
-    """One Outcome per image file named by `specs`, in order (a directory's images and a
-    glob's matches sorted by name), and one carrying an error for a spec naming none."""
+    """One Outcome per image file, in order (a directory's or glob's sorted by name), and
+    one carrying an error for a spec naming none."""
     found = []
     for spec in specs:
         path = Path(spec).expanduser()
@@ -54,38 +53,29 @@ def expand(specs: list[str]) -> list[Outcome]:
     return found
 
 
-def _save(digit: np.ndarray, name: str, directory: Path, used: set[str]) -> None:
-    """The 28x28 image the model saw, as <stem>.png (numbered when stems repeat)."""
-    stem, n = Path(name).stem, 1
-    while (file_name := f"{stem}.png" if n == 1 else f"{stem}-{n}.png") in used:
-        n += 1
-    used.add(file_name)
-    Image.fromarray(digit).save(directory / file_name)
-
-
-def predict_all(
-    classifier: Classifier, outcomes: list[Outcome], save_dir: Path | None = None
-) -> list[Outcome]:
-    """Fill in each outcome without an error: preprocess (an unreadable image becomes its
-    error) then classify, CHUNK images per forward pass."""
+def predict_all(classifier: Classifier, outcomes: list[Outcome], save_dir: Path | None) -> None:
+    """Fill in each outcome without an error; an unreadable image becomes its error. The
+    28x28 digit the model saw goes to save_dir as <stem>.png (numbered when stems repeat)."""
     todo = [outcome for outcome in outcomes if outcome.error is None]
     used: set[str] = set()
     for start in range(0, len(todo), CHUNK):
         readable = []
         for outcome in todo[start : start + CHUNK]:
             try:
-                digit = to_mnist(outcome.name)
+                readable.append((outcome, to_mnist(outcome.name)))
             except ImageError as e:
                 outcome.error = str(e)
                 continue
-            readable.append((outcome, digit))
             if save_dir is not None:
-                _save(digit, outcome.name, save_dir, used)
+                stem, n = Path(outcome.name).stem, 1
+                while (file_name := f"{stem}.png" if n == 1 else f"{stem}-{n}.png") in used:
+                    n += 1
+                used.add(file_name)
+                Image.fromarray(readable[-1][1]).save(save_dir / file_name)
         if readable:
-            batch = np.stack([digit for _, digit in readable])
-            for (outcome, _), prediction in zip(readable, classifier.classify(batch), strict=True):
+            predictions = classifier.classify(np.stack([digit for _, digit in readable]))
+            for (outcome, _), prediction in zip(readable, predictions, strict=True):
                 outcome.prediction = prediction
-    return outcomes
 
 
 def as_json(outcome: Outcome) -> str:
@@ -100,34 +90,24 @@ def as_json(outcome: Outcome) -> str:
 
 
 def one_line(text: str) -> str:
-    """`text` with its unprintable characters escaped (\\n, \\u202e, ...): a file name with a
-    newline or a bidi control cannot split a line of output or reorder what it shows."""
+    """Unprintable characters escaped: a file name with a newline or a bidi control cannot
+    split a line of output or reorder what it shows."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def as_text(outcome: Outcome) -> str:
-    p = outcome.prediction
-    top3 = ", ".join(f"{d} {q:.3f}" for d, q in p.top3)
-    return one_line(f"{outcome.name}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})")
-
-
-def _specs(img: str | ListConfig | None) -> list[str]:
-    specs = [str(s) for s in img] if isinstance(img, (list, ListConfig)) else [img]
+def run_prediction(cfg: DictConfig) -> int:
+    """Prints one line per image (text or JSON Lines); returns 1 if any image failed, else 0.
+    A bad config or checkpoint raises ConfigError before anything is printed."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
+    img = cfg.img
+    specs = [str(s) for s in img] if isinstance(img, ListConfig) else [img]
     if img is None or not all(specs):
         raise ConfigError(
             "img= is required: an image file, a directory of images or a glob, e.g. "
             "img=digit.png, img=photos/ or 'img=photos/*.jpg' (or a list: img=[a.png,b.png])"
         )
-    return specs
-
-
-def run_prediction(cfg: DictConfig) -> int:
-    """Prints one line per image (text or JSON Lines); returns the exit status: 0 if
-    every image was predicted, 1 if any failed. A bad config or checkpoint raises
-    ConfigError before anything is printed."""
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
-    outcomes = expand(_specs(cfg.img))
+    outcomes = expand(specs)
     classifier = Classifier.load(
         cfg.ckpt, cfg.device.name, store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns),
         cfg.registered_model,
@@ -136,11 +116,15 @@ def run_prediction(cfg: DictConfig) -> int:
     save_dir = Path(cfg.save_preprocessed) if cfg.save_preprocessed else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
-    for outcome in predict_all(classifier, outcomes, save_dir):
+    predict_all(classifier, outcomes, save_dir)
+    for outcome in outcomes:
+        p = outcome.prediction
         if cfg.format == "json":
             print(as_json(outcome), flush=True)
         elif outcome.error:
             print(f"error: {one_line(outcome.error)}", file=sys.stderr, flush=True)
         else:
-            print(as_text(outcome), flush=True)
+            top3 = ", ".join(f"{d} {q:.3f}" for d, q in p.top3)
+            line = f"{outcome.name}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})"
+            print(one_line(line), flush=True)
     return 1 if any(outcome.error for outcome in outcomes) else 0
