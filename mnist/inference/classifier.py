@@ -1,4 +1,5 @@
-"""The public prediction API (`from mnist import Classifier`)."""
+"""The public prediction API (`from mnist import Classifier`), shared with predict.py so that
+both give the same answer for the same image."""
 
 from __future__ import annotations
 
@@ -20,17 +21,12 @@ from mnist.training.device import resolve_device
 class Prediction:
     digit: int
     probability: float
-    # The three most probable digits, best first, as (digit, probability).
-    top3: tuple[tuple[int, float], ...]
+    top3: tuple[tuple[int, float], ...]  # (digit, probability), best first
 
 
 class Classifier:
-    """A trained model with the preprocessing it needs, shared by predict.py and Python
-    callers so that both give the same answer for the same image:
-
-        clf = Classifier.load("outputs/.../checkpoints/best.pt")  # or a run id, or None
-        clf.predict("digit.jpg").digit
-    """
+    """clf = Classifier.load("outputs/.../checkpoints/best.pt")  # or a run id, or None
+    clf.predict("digit.jpg").digit"""
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", source: str = ""):
         self.device = resolve_device(device) if isinstance(device, str) else device
@@ -45,8 +41,7 @@ class Classifier:
         tracking_uri: str | None = None,
         registered_model: str | None = DEFAULT_REGISTERED_MODEL,
     ) -> Classifier:
-        """The model `checkpoint` names, as mnist.inference.loading.load_model finds it: a
-        checkpoint path, runs:/ or models:/ URI, run id, or None for the champion."""
+        """`checkpoint` as mnist.inference.loading.load_model takes it."""
         loaded = load_model(checkpoint, tracking_uri, registered_model)
         return cls(loaded.model, device, loaded.source)
 
@@ -63,13 +58,10 @@ class Classifier:
         ]
 
     def predict(self, image: ImageSource) -> Prediction:
-        """The digit in one image: a path, file object, PIL image, numpy array or tensor.
-        Raises mnist.ImageError when the image cannot be read."""
+        """The digit in a path, file object, PIL image, numpy array or tensor; ImageError
+        when it cannot be read."""
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
-        """One forward pass for all images; raises ImageError on the first unreadable one
-        (predict.py instead reports each bad file and goes on)."""
-        if not images:
-            return []
-        return self.classify(np.stack([to_mnist(image) for image in images]))
+        """One forward pass; ImageError on the first unreadable image."""
+        return self.classify(np.stack([to_mnist(image) for image in images])) if images else []

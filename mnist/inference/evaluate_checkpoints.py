@@ -1,9 +1,5 @@
-"""scripts/evaluate.py: a trained model, or an ensemble of several, on the MNIST test set
-(or on the validation images its run held out, to choose without looking at the test set),
-with the reports of a training run (per-class table, confusion matrix, misclassified
-digits), optionally with test-time augmentation, optionally logged to MLflow as a run of
-its own. Ensembles because the best MNIST results are ensembles: averaging the softmax of
-models trained from different seeds removes part of each one's errors."""
+"""scripts/evaluate.py: a model, or an ensemble (the best MNIST results are ensembles), on the
+test set or on the validation images its run held out, with a training run's reports."""
 
 from __future__ import annotations
 
@@ -31,23 +27,20 @@ from mnist.training.evaluation import Evaluation, accuracy, evaluate
 
 log = logging.getLogger(__name__)
 
-# Test-time augmentation: the image as is and moved one pixel each way; the model's
-# softmax outputs are averaged. Shifts only: MNIST digits are centred by mass, so a
-# one-pixel error in that centring is the variation a test image most likely has.
+# Test-time augmentation: MNIST digits are centred by mass, so a one-pixel error in that
+# centring is the variation a test image most likely has.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 SPLITS = ("test", "val")
 
 
 def shifted(images: Tensor, dy: int, dx: int) -> Tensor:
-    """(..., H, W) images moved down by dy and right by dx pixels, filled with zeros."""
     h, w = images.shape[-2:]
     p = max(abs(dy), abs(dx))
     return F.pad(images, (p, p, p, p))[..., p - dy : p - dy + h, p - dx : p - dx + w]
 
 
 def averaged(results: Sequence[Evaluation], labels: Tensor) -> Evaluation:
-    """One evaluation from several of the same images (shifted copies, ensemble members):
-    their softmax outputs averaged, the loss that of the averaged probabilities."""
+    """Softmax outputs averaged; the loss is that of the averaged probabilities."""
     probabilities = torch.stack([result.probabilities for result in results]).mean(0)
     predictions = probabilities.argmax(1)
     return Evaluation(
@@ -62,7 +55,6 @@ def evaluate_model(
     model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, device: torch.device,
     tta: bool,
 ) -> Evaluation:  # fmt: skip
-    """`mnist.training.evaluation.evaluate`; with `tta`, averaged over the image and its shifts."""
     if not tta:
         return evaluate(model, images, labels, batch_size, device)
     shifts = [shifted(images, dy, dx) for dy, dx in TTA_SHIFTS]
@@ -70,8 +62,7 @@ def evaluate_model(
 
 
 def checkpoint_specs(cfg: DictConfig) -> list[str | None]:
-    """The `ckpt` option as a list, once the other options are checked: one checkpoint (or
-    null, the latest run) or several, `ckpt=[a,b,c]`, for an ensemble."""
+    """The `ckpt` option as a list, once the other options are checked."""
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
     if not isinstance(cfg.grid_size, int) or cfg.grid_size < 0:
@@ -79,7 +70,7 @@ def checkpoint_specs(cfg: DictConfig) -> list[str | None]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} must be one of {', '.join(SPLITS)}")
     ckpt = cfg.ckpt
-    if isinstance(ckpt, ListConfig | list | tuple):
+    if isinstance(ckpt, ListConfig):
         if not ckpt:
             raise ConfigError("ckpt=[] names no model; give one checkpoint or several")
         return [str(spec) for spec in ckpt]
@@ -87,9 +78,8 @@ def checkpoint_specs(cfg: DictConfig) -> list[str | None]:
 
 
 def validation_split(members: list[LoadedModel]) -> DictConfig:
-    """The config of the run whose validation images the members' runs all held out.
-    Members of different splits are refused: each one's validation images are part of the
-    others' training images, so their ensemble has no images none of them saw."""
+    """The config of the run whose validation images all members held out (members of
+    different splits each trained on the others' validation images)."""
     splits = set()
     for member in members:
         data = member.config.get("data", {})
@@ -109,7 +99,6 @@ def validation_split(members: list[LoadedModel]) -> DictConfig:
 
 
 def split_images(data: MnistTensors, held_out: DictConfig | None) -> tuple[Tensor, Tensor]:
-    """The test set, or the validation images of the run whose config is `held_out`."""
     if held_out is None:
         return data.test_images, data.test_labels
     split = held_out.data
@@ -129,10 +118,8 @@ def _members_table(members: list[LoadedModel], results: list[Evaluation], split:
 
 
 def run_evaluation(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
-    """Returns the metrics; writes the reports to ctx.output_dir and, with cfg.log, logs
-    everything to MLflow. Several checkpoints are evaluated one by one and as an ensemble
-    (softmax outputs averaged); the reports are the ensemble's. Raises ConfigError or
-    DataError before any side effect."""
+    """The metrics; the reports (the ensemble's, for several checkpoints) go to
+    ctx.output_dir and, with cfg.log, to MLflow. ConfigError before any side effect."""
     specs = checkpoint_specs(cfg)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.log:
@@ -188,24 +175,16 @@ def _log_to_mlflow(
     artifacts: list[Path],
     device: torch.device,
 ) -> None:
-    """A run of its own (in logger.experiment, not the training experiment), tagged like a
-    training run, with the trained run's config as `trained.*` params (the first member's,
-    for an ensemble, and each member's checkpoint and model as `member<i>.*`)."""
+    """A run of its own, with the (first) trained run's config as `trained.*` params."""
     trained = members[0].config
     model_name = str(trained["model"]["_target_"]).rsplit(".", 1)[-1]
     tags = runs.run_tags(int(trained.get("seed", 0)), device, ctx.overrides, model_name)
     tags["evaluated.checkpoint"] = ", ".join(member.source for member in members)
-    params = {
-        "checkpoint": tags["evaluated.checkpoint"],
-        "split": cfg.split,
-        "tta": cfg.tta,
-        "members": len(members),
-    }
-    params.update(flatten({"trained": trained}))
-    if len(members) > 1:
-        for i, member in enumerate(members):
-            params[f"member{i}.checkpoint"] = member.source
-            params[f"member{i}.model"] = member.config["model"]["_target_"]
+    params = {"checkpoint": tags["evaluated.checkpoint"], "split": cfg.split, "tta": cfg.tta,
+              "members": len(members), **flatten({"trained": trained})}  # fmt: skip
+    for i, member in enumerate(members if len(members) > 1 else []):
+        params[f"member{i}.checkpoint"] = member.source
+        params[f"member{i}.model"] = member.config["model"]["_target_"]
     default_name = f"evaluate {model_name}" if len(members) == 1 else "evaluate ensemble"
     run_name = cfg.logger.run_name or default_name
     with runs.mlflow_run(uri, cfg.logger.experiment, run_name, tags, params) as run:

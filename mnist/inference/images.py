@@ -1,7 +1,5 @@
-"""Untrusted input -> grey levels: decode a path, file object, PIL image, numpy array or
-tensor into luminance in [0, 1], with EXIF orientation applied, transparency flattened and
-decompression bombs refused from the header alone. Every failure is an ImageError naming
-the input."""
+"""Untrusted input (path, file object, PIL image, array, tensor) -> luminance in [0, 1].
+Every failure is an ImageError naming the input."""
 
 from __future__ import annotations
 
@@ -18,17 +16,16 @@ from mnist.errors import ImageError
 
 ImageSource = str | os.PathLike | IO[bytes] | Image.Image | np.ndarray | torch.Tensor
 
-# Larger images are refused before decoding: a small file can declare a huge canvas
-# (a decompression bomb). 50 MP covers phone cameras; decoded as RGBA it is 200 MB.
+# Refused before decoding: a small file can declare a huge canvas (a decompression bomb).
+# 50 MP covers phone cameras; decoded as RGBA it is 200 MB.
 MAX_PIXELS = 50_000_000
-# Images are shrunk to this long side before the search for the digit: a digit that
-# ends up 20 px tall needs no 12-MP photo, and every step below is linear in pixels.
+# The long side images are shrunk to before the search for the digit: a digit that ends up
+# 20 px tall needs no 12-MP photo.
 WORK_SIZE = 512
 _SIXTEEN_BIT_OR_FLOAT = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def describe(source: ImageSource) -> str:
-    """How an input is named in messages: its path, or its type."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return getattr(source, "name", None) or f"<{type(source).__name__}>"
@@ -42,8 +39,7 @@ def _too_large(name: str, size: str) -> ImageError:
 
 
 def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
-    """Decode a file fully (truncation shows here, not later) with its EXIF orientation
-    applied, refusing decompression bombs from the header alone."""
+    """Decoded fully, so that truncation shows here, not later."""
     name = describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -55,8 +51,7 @@ def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
             raise ImageError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            # PIL warns of a possible bomb from 89 MP on; the limit here is lower, and is
-            # checked below on the header's size, before anything is decoded.
+            # PIL warns from 89 MP on; the lower limit here is checked on the header's size.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 width, height = image.size
@@ -79,8 +74,8 @@ def _open_file(source: str | os.PathLike | IO[bytes]) -> Image.Image:
 
 
 def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
-    """(H, W), (H, W, 1|3|4) or channels-first (1|3|4, H, W) arrays, with any leading batch
-    dimensions of size 1; uint8, uint16, or bool/float in [0, 1] (else stretched to it)."""
+    """(H, W), (H, W, 1|3|4) or (1|3|4, H, W), after leading dimensions of size 1; uint8,
+    uint16, or bool/float in [0, 1] (else stretched to it)."""
     if array.ndim > 3 and all(d == 1 for d in array.shape[:-3]):
         array = array.reshape(array.shape[-3:])
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
@@ -122,8 +117,7 @@ def as_image(source: ImageSource) -> Image.Image:
 
 
 def grey_levels(image: Image.Image) -> np.ndarray:
-    """Luminance in [0, 1] at most WORK_SIZE on the long side, transparency flattened.
-    16-bit and float images are stretched to their own range."""
+    """At most WORK_SIZE on the long side; 16-bit and float images stretched to their range."""
     if image.mode in _SIXTEEN_BIT_OR_FLOAT:
         image = image.convert("F")
     elif image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
