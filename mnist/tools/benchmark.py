@@ -1,16 +1,12 @@
 """This project's input pipeline against the classic torchvision one (mnist/tools/classic.py),
-in one process: same model (architecture and initial weights), optimizer, batch size, step
-count, image order and training step (the trainer's own: precision, compile, clipping, label
-smoothing, schedule), so the difference in images per second is the pipeline's. The classic
-model keeps PyTorch's default memory layout (`benchmark.classic_channels_last=true` gives it
-this project's NHWC layout too)."""
+in one process, with the same model, initial weights, optimizer, image order and training
+step, so that the difference in images per second is the pipeline's."""
 
 from __future__ import annotations
 
 import resource
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,9 +35,6 @@ from mnist.training.loop import train_step
 from mnist.training.resume import Learner
 from mnist.training.settings import Trainer
 
-# Schedules the trainer steps once per epoch (mnist/training/optim.py).
-EPOCH_SCHEDULERS = ("step", "plateau")
-
 
 @dataclass
 class PipelineResult:
@@ -62,7 +55,6 @@ def peak_rss_mb() -> float:
 def project_batches(
     data: MnistTensors, train_idx: Tensor, batch_size: int, augment: BatchAugment, seed: int
 ) -> Batches:
-    """Batches from the tensors resident on the device, as the trainer builds them."""
     shuffle = generator(seed, "shuffle")
     while True:
         yield from training_batches(
@@ -73,78 +65,66 @@ def project_batches(
 def _train(
     learner: Learner,
     batches: Batches,
-    steps: int,
     trainer: Trainer,
     device: torch.device,
-    validate: Callable[[], float],
-    target_acc: float | None,
-    eval_every: int,
+    bench: DictConfig,
+    val: tuple[Tensor, Tensor],
 ) -> tuple[float, float | None, float | None]:
-    """(images/s, time to target, accuracy at target): `steps` steps of the training loop's
-    own step. Time counts waiting for the batch and the step, up to the end of the step's
-    work on the device, not the periodic validation used to detect the target."""
+    """(images/s, time to target, accuracy at target) over the benchmark's steps of the
+    training loop's own step. Time counts waiting for the batch and the step's work on the
+    device, not the periodic validation that detects the target."""
     learner.model.train()
     seconds, time_to_target, reached = 0.0, None, None
-    for step in range(1, steps + 1):
+    for step in range(1, bench.steps + 1):
         start = time.perf_counter()
         images, labels = next(batches)
         train_step(learner, images, labels, trainer, device)
         synchronize(device)
         seconds += time.perf_counter() - start
-        if target_acc is not None and time_to_target is None and step % eval_every == 0:
-            accuracy = validate()
+        target = bench.target_acc
+        if target is not None and time_to_target is None and step % bench.eval_every == 0:
+            accuracy = evaluate(
+                learner.model, *val, trainer.eval_batch_size, device, trainer.precision
+            ).accuracy
             learner.model.train()
-            if accuracy >= target_acc:
+            if accuracy >= target:
                 time_to_target, reached = seconds, accuracy
-    return steps * trainer.batch_size / seconds, time_to_target, reached
-
-
-def set_up_benchmark(cfg: DictConfig) -> Setup:
-    """The project pipeline's run, set up as training sets one up; its schedule spans the
-    benchmark's steps (one "epoch": the span of onecycle and cosine schedules)."""
-    return set_up(_steps_settings(cfg), train_size=cfg.benchmark.steps * cfg.trainer.batch_size)
+    return bench.steps * trainer.batch_size / seconds, time_to_target, reached
 
 
 def _steps_settings(cfg: DictConfig, **trainer: bool) -> RunSettings:
+    """One "epoch" (the span of onecycle and cosine schedules) of the benchmark's steps."""
     settings = run_settings(cfg)
     return replace(settings, trainer=replace(settings.trainer, epochs=1, **trainer))
 
 
+def set_up_benchmark(cfg: DictConfig) -> Setup:
+    return set_up(_steps_settings(cfg), train_size=cfg.benchmark.steps * cfg.trainer.batch_size)
+
+
 def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
-    """Both pipelines, the project's first (so the peak memory it reports is its own). Each
-    trains as the trainer config says (precision, compile, clipping, label smoothing, and
-    a per-step schedule spread over the benchmark's steps)."""
-    bench = cfg.benchmark
-    data, train_idx, device = setup.data, setup.train_idx, setup.device
-    val_images, val_labels = data.train_images[setup.val_idx], data.train_labels[setup.val_idx]
-    results = []
+    """Both pipelines, the project's first (so that the peak memory it reports is its own)."""
+    bench, data, device = cfg.benchmark, setup.data, setup.device
+    val = data.train_images[setup.val_idx], data.train_labels[setup.val_idx]
     classic = _steps_settings(cfg, channels_last=bench.classic_channels_last)
     trainer = classic.trainer
+    results = []
     for name in ("project", "classic"):
         # Same architecture and initial weights; the memory layout is each pipeline's own.
         if name == "project":
             learner = setup.learner
             batches = project_batches(
-                data, train_idx, trainer.batch_size, learner.augment, cfg.seed
+                data, setup.train_idx, trainer.batch_size, learner.augment, cfg.seed
             )
         else:
             model = initial_model(classic, device)
             learner = build_learner(classic, model, device, bench.steps * trainer.batch_size)
-            orders = epoch_orders(train_idx, trainer.batch_size, cfg.seed)
+            orders = epoch_orders(setup.train_idx, trainer.batch_size, cfg.seed)
             batches = classic_batches(
                 cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers,
                 device,
             )  # fmt: skip
-
-        def validate(model=learner.model) -> float:
-            return evaluate(
-                model, val_images, val_labels, trainer.eval_batch_size, device, trainer.precision
-            ).accuracy
-
-        train_img_s, time_to_target, reached = _train(
-            learner, batches, bench.steps, trainer, device, validate, bench.target_acc,
-            bench.eval_every,
-        )  # fmt: skip
+        train_img_s, time_to_target, reached = _train(learner, batches, trainer, device, bench, val)
         if name == "project":
             synchronize(device)
             start = time.perf_counter()
@@ -165,18 +145,16 @@ def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
 
 
 def format_table(results: list[PipelineResult], target_acc: float | None) -> str:
-    def seconds(value: float | None) -> str:
-        return "not reached" if value is None else f"{value:.1f}"
-
     target = f"time to val acc {target_acc:g} (s)" if target_acc else "time to target (s)"
     lines = [
         f"| pipeline | train img/s | eval img/s | {target} | peak RSS so far (MB) |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in results:
+        seconds = "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f}"
         lines.append(
             f"| {r.name} | {r.train_img_s:,.0f} | {r.eval_img_s:,.0f} | "
-            f"{seconds(r.time_to_target_s) if target_acc else 'n/a'} | {r.peak_rss_mb:,.0f} |"
+            f"{seconds if target_acc else 'n/a'} | {r.peak_rss_mb:,.0f} |"
         )
     project, classic = results
     lines.append(
@@ -187,10 +165,9 @@ def format_table(results: list[PipelineResult], target_acc: float | None) -> str
 
 
 def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
-    """Validate, prepare the data as a training run would, time both pipelines, then write
-    the Markdown table and log it with the numbers to MLflow."""
+    """Validate, time both pipelines, then write the Markdown table and log it to MLflow."""
     validate_config(cfg)
-    if cfg.scheduler.name in EPOCH_SCHEDULERS:
+    if cfg.scheduler.name in ("step", "plateau"):
         raise ConfigError(
             f"the benchmark counts steps, not epochs, so scheduler={cfg.scheduler.name} "
             "(stepped once per epoch) would never step; use scheduler=none, onecycle or cosine"
@@ -200,20 +177,17 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri, experiment=cfg.logger.experiment)
     setup = set_up_benchmark(cfg)
-    device = setup.device
     results = run_benchmark(cfg, setup)
-
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = format_table(results, cfg.benchmark.target_acc)
-    tags = runs.run_tags(cfg.seed, device, [], cfg.model._target_)
-    header = (
+    tags = runs.run_tags(cfg.seed, setup.device, [], cfg.model._target_)
+    text = (
         f"model={cfg.model._target_.rsplit('.', 1)[-1]}, augmentation={augment.name}, "
-        f"batch {cfg.trainer.batch_size}, {cfg.benchmark.steps} steps, device {device} "
+        f"batch {cfg.trainer.batch_size}, {cfg.benchmark.steps} steps, device {setup.device} "
         f"({tags['device.name']}, {torch.get_num_threads()} threads)\n\n"
-    )
+    ) + format_table(results, cfg.benchmark.target_acc)
     path = output_dir / "benchmark.md"
-    path.write_text(header + table)
-    print(header + table)
+    path.write_text(text)
+    print(text)
     with runs.mlflow_run(uri, cfg.logger.experiment, "benchmark", tags, flatten(cfg)):
         for r in results:
             metrics = {f"{r.name}/train_img_s": r.train_img_s, f"{r.name}/eval_img_s": r.eval_img_s,
