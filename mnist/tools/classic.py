@@ -1,7 +1,5 @@
-"""The classic side of the benchmark (mnist/tools/benchmark.py): what the PyTorch MNIST
-examples do, `datasets.MNIST` + per-sample PIL `transforms` + `DataLoader`, with a
-torchvision twin of each augmentation op, fed the same image orders as the project's
-pipeline."""
+"""The benchmark's classic side, as the PyTorch MNIST examples do it: `datasets.MNIST` +
+per-sample PIL `transforms` (a twin of each augmentation op) + `DataLoader`."""
 
 from __future__ import annotations
 
@@ -11,6 +9,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
 
 from mnist.data.augment import Affine, BatchAugment, Erase
 from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices
@@ -22,15 +22,12 @@ Batches = Iterator[tuple[Tensor, Tensor]]
 
 
 def epoch_orders(train_idx: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """The image order of each epoch, shared by both pipelines."""
     shuffle = generator(seed, "shuffle")
     while True:
         yield torch.cat(list(batch_indices(train_idx.cpu(), batch_size, shuffle, drop_last=True)))
 
 
 def _classic_affine(op: Affine) -> list:
-    from torchvision import transforms
-
     steps = []
     if op.crops:
         crop = [transforms.CenterCrop(op.crop_size), transforms.Resize(28)]
@@ -42,21 +39,16 @@ def _classic_affine(op: Affine) -> list:
 
 
 def _classic_erase(op: Erase) -> list:
-    from torchvision import transforms
-
     return [transforms.RandomErasing(op.prob, tuple(op.area), tuple(op.aspect), value=0)]
 
 
-# The per-sample torchvision twin of each augmentation op (mnist/data/augment.py), and
-# whether it needs a tensor (RandomErasing) or also takes the PIL image (the rest).
+# The torchvision twin of each augmentation op, and whether it needs a tensor.
 CLASSIC_TWINS = {"affine": (_classic_affine, False), "erase": (_classic_erase, True)}
 
 
 def classic_transform(augment: BatchAugment):
-    """The per-sample torchvision equivalent of an augmentation, its ops in order, on the
-    PIL image until an op needs a tensor; ConfigError for an op it has no twin of."""
-    from torchvision import transforms
-
+    """The ops' twins in order, on the PIL image until one needs a tensor; ConfigError for
+    an op without a twin."""
     steps, on_tensor = [], False
     for op in augment.ops:
         if op.key not in CLASSIC_TWINS:
@@ -75,8 +67,6 @@ def classic_transform(augment: BatchAugment):
 
 
 def classic_dataset(data_root: str | Path, train: bool, transform):
-    from torchvision import datasets
-
     raw = Path(data_root)
     if raw.name != "raw" or raw.parent.name != "MNIST":
         raise DataError(
@@ -93,10 +83,7 @@ def classic_batches(
     workers: int,
     device: torch.device,
 ) -> Batches:
-    """DataLoader batches in the given image orders: one DataLoader per epoch, as in a
-    classic training loop, fed the same order as the project's pipeline."""
-    from torch.utils.data import DataLoader
-
+    """One DataLoader per epoch, as in a classic training loop."""
     dataset = classic_dataset(data_root, True, classic_transform(augment))
     for order in orders:
         loader = DataLoader(
@@ -110,10 +97,7 @@ def classic_batches(
 def classic_eval_img_s(
     model: nn.Module, data_root, batch_size: int, device: torch.device, precision: str
 ) -> float:
-    """The PyTorch examples' test loop: DataLoader batches under torch.no_grad (each
-    batch's .item() waits for its work)."""
-    from torch.utils.data import DataLoader
-
+    """The PyTorch examples' test loop (each batch's .item() waits for its work)."""
     dataset = classic_dataset(data_root, False, classic_transform(BatchAugment([])))
     start = time.perf_counter()
     model.eval()
