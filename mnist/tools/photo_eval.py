@@ -1,6 +1,5 @@
-"""Measured, not promised: a model's accuracy on photo-like renderings of MNIST test digits
-(mnist.tools.photos), each saved as a PNG or JPEG file and read back through the preprocessing
-of predict.py, next to the same model's accuracy on the original 28x28 images."""
+"""Measured, not promised: a model's accuracy on photo-like renderings of MNIST test digits,
+read back as files through predict.py's preprocessing, next to its accuracy on the originals."""
 
 from __future__ import annotations
 
@@ -27,32 +26,16 @@ from mnist.training.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
-GRID_SIZE = 32
-
 
 def photo_digits(images: np.ndarray, style: str, seed: int) -> np.ndarray:
-    """Each uint8 (28, 28) image rendered in `style`, encoded, decoded and preprocessed
-    exactly as predict.py treats a file: uint8 (N, 28, 28), what the model sees."""
+    """Each uint8 (28, 28) image rendered in `style`, then preprocessed as predict.py does."""
     rng = np.random.default_rng(derive_seed(seed, f"photo:{style}"))
     return np.stack([to_mnist(io.BytesIO(render(image, style, rng))) for image in images])
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| images | accuracy | gap to original (pp) | render + read + preprocess, ms/image |",
-        "|---|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['images']} | {100 * row['accuracy']:.2f}% | {row['gap_pp']:+.2f} | "
-            f"{row['ms_per_image']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
-    """Accuracy per style on `cfg.n` test digits (a seeded random subset, as the test
-    set's two halves differ in difficulty), written as a Markdown table to output_dir."""
+    """Accuracy per style on `cfg.n` test digits (a seeded random subset: the test set's two
+    halves differ in difficulty), as a Markdown table."""
     unknown = [style for style in cfg.styles if style not in STYLES]
     if unknown or not cfg.styles:
         raise ConfigError(f"styles={list(cfg.styles)} must be a non-empty list of {list(STYLES)}")
@@ -77,17 +60,23 @@ def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
         rows.append({"images": style, "accuracy": result.accuracy, "ms_per_image": ms})
         plots.plot_misclassified(
             digits, labels, result.predictions, result.probabilities,
-            output_dir / f"misclassified_{style}.png", GRID_SIZE, f"misclassified: {style}",
+            output_dir / f"misclassified_{style}.png", 32, f"misclassified: {style}",
         )  # fmt: skip
         log.info("%s: accuracy %.4f (%.1fs)", style, result.accuracy, seconds)
     photo_accuracy = all_correct / (len(labels) * len(cfg.styles))
     rows.append({"images": "all photo styles", "accuracy": photo_accuracy, "ms_per_image": "-"})
+    lines = [
+        f"Model: {loaded.source}\nTest digits: {len(labels)} (seeded subset, seed {cfg.seed})\n",
+        "| images | accuracy | gap to original (pp) | render + read + preprocess, ms/image |",
+        "|---|---:|---:|---:|",
+    ]
     for row in rows:
         row["gap_pp"] = 100 * (original - row["accuracy"])
-    report = (
-        f"Model: {loaded.source}\nTest digits: {len(labels)} (seeded subset, seed {cfg.seed})\n\n"
-        + _table(rows)
-    )
+        lines.append(
+            f"| {row['images']} | {100 * row['accuracy']:.2f}% | {row['gap_pp']:+.2f} | "
+            f"{row['ms_per_image']} |"
+        )
+    report = "\n".join(lines) + "\n"
     (output_dir / "photo_eval.md").write_text(report)
     print(report, end="")
     return rows

@@ -1,7 +1,5 @@
-"""Photo-like renderings of MNIST digits: the same digit as a user would photograph,
-screenshot or scan it. They exist to measure the preprocessing, so only what a camera or
-a paint program changes is varied (paper, ink, light, noise, size, position, file
-format); the digit's shape is kept, so the model's accuracy on the originals is the bar."""
+"""MNIST digits as a user would photograph, scan or draw them, to measure the preprocessing:
+only what a camera or paint program changes is varied, so accuracy on the originals is the bar."""
 
 from __future__ import annotations
 
@@ -25,21 +23,19 @@ INKS = {
     "blue pen": (0.10, 0.16, 0.55),
     "red pen": (0.70, 0.10, 0.12),
 }
-# The file each rendering is saved as, so that the measurement goes through decoding too.
+# Each rendering is saved as a file, so that the measurement goes through decoding too.
 PNG, JPEG = "PNG", "JPEG"
 EXIF_ORIENTATION = 0x0112
 
 
 def _upscaled_ink(digit: np.ndarray, scale: float) -> np.ndarray:
-    """The digit's ink in [0, 1] at `scale` times its 28 px, smoothly interpolated, as a
-    pen stroke is smooth where the 28x28 image has pixels."""
+    """The digit's ink in [0, 1] at `scale` times its size, smooth as a pen stroke is."""
     size = round(28 * scale)
     ink = Image.fromarray(digit.astype(np.float32) / 255).resize((size, size), Image.BICUBIC)
     return np.clip(np.asarray(ink), 0, 1)
 
 
 def _place(ink: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """`ink` at a random position of a height x width canvas (off-centre on purpose)."""
     canvas = np.zeros((height, width))
     top = rng.integers(0, height - ink.shape[0] + 1)
     left = rng.integers(0, width - ink.shape[1] + 1)
@@ -136,8 +132,7 @@ STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[Image.Image,
 
 
 def render(digit: np.ndarray, style: str, rng: np.random.Generator) -> bytes:
-    """The file a user would hand to predict.py: uint8 (28, 28) MNIST digit -> PNG or
-    JPEG bytes in `style` (one of STYLES)."""
+    """uint8 (28, 28) MNIST digit -> the PNG or JPEG bytes a user would hand to predict.py."""
     image, file_format = STYLES[style](digit, rng)
     buffer = io.BytesIO()
     if file_format == JPEG:

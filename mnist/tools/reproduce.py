@@ -1,5 +1,5 @@
-"""Re-run a logged run from its own resolved config and compare, metric by metric, what
-the two runs recorded: the check behind "bit-reproducible on CPU"."""
+"""Re-run a logged run from its own config and compare the two runs metric by metric: the
+check behind "bit-reproducible on CPU"."""
 
 from __future__ import annotations
 
@@ -25,24 +25,15 @@ from mnist.training.phases import PHASE_PREFIX
 log = logging.getLogger(__name__)
 
 # Wall-clock measurements differ between any two runs; they are not part of the verdict.
-TIMING_METRICS = {
-    "epoch_time_s",
-    "throughput_img_s",
-    "train_time_s",
-    "time_to_target_s",
-    "test/eval_time_s",
-}
+TIMING_METRICS = {"epoch_time_s", "throughput_img_s", "train_time_s", "time_to_target_s",
+                  "test/eval_time_s"}  # fmt: skip
+WEIGHTS_TAG = "best.weights_sha256"
+# run_training of mnist/job.py, passed in by scripts/reproduce.py.
+TrainingCommand = Callable[[DictConfig, JobContext], dict[str, Any]]
 
 
 def is_timing(name: str) -> bool:
-    """A wall-clock metric: those above, and a job's phases (time/<phase>_s)."""
-    return name in TIMING_METRICS or name.startswith(PHASE_PREFIX)
-
-
-WEIGHTS_TAG = "best.weights_sha256"
-
-# run_training of mnist/job.py, passed in by scripts/reproduce.py.
-TrainingCommand = Callable[[DictConfig, JobContext], dict[str, Any]]
+    return name in TIMING_METRICS or name.startswith(PHASE_PREFIX)  # or a job's phase
 
 
 @dataclass
@@ -60,8 +51,8 @@ class Comparison:
 
 
 def compare_runs(uri: str, original_id: str, reproduced_id: str) -> list[Comparison]:
-    """Every non-timing metric, epoch by epoch, and the hash of the best weights; a run
-    stored before the curves' names (mnist/metric_names.py) is compared under them."""
+    """Every non-timing metric, epoch by epoch, under its current name, and the hash of the
+    best weights."""
     original, reproduced = queries.get_run(uri, original_id), queries.get_run(uri, reproduced_id)
     names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
     rows = []
@@ -74,19 +65,14 @@ def compare_runs(uri: str, original_id: str, reproduced_id: str) -> list[Compari
             rows.append(Comparison(label, value, other))
         if len(reproduced_values) > len(values):
             rows.append(Comparison(f"{now} (extra steps)", "none", "present"))
-    rows.append(
-        Comparison(
-            WEIGHTS_TAG,
-            original.data.tags.get(WEIGHTS_TAG, "missing"),
-            reproduced.data.tags.get(WEIGHTS_TAG),
-        )
-    )
+    weights = original.data.tags.get(WEIGHTS_TAG, "missing"), reproduced.data.tags.get(WEIGHTS_TAG)
+    rows.append(Comparison(WEIGHTS_TAG, *weights))
     return rows
 
 
 def counts(row: Comparison, tolerance: float) -> bool:
-    """Whether `row` is part of the verdict. With a tolerance (GPU kernels, cudnn.benchmark)
-    equal metrics need not come from bit-identical weights, so their hash is information."""
+    """With a tolerance (GPU kernels) equal metrics need not come from bit-identical
+    weights, so their hash is only information."""
     return tolerance == 0 or row.name != WEIGHTS_TAG
 
 
@@ -110,10 +96,8 @@ def format_comparison(rows: list[Comparison], tolerance: float) -> str:
 
 
 def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool:
-    """Re-run `cfg.run_id` with `train` (scripts/reproduce.py passes the training command)
-    as a new run tagged `reproduced_from`; print the comparison and return whether every
-    metric matched within `cfg.tolerance`. Tolerance 0 also demands the same weights hash
-    (bit for bit); above 0 the hash is shown as information."""
+    """Re-run `cfg.run_id` with `train` as a new run tagged `reproduced_from`, print the
+    comparison and return whether every metric matched within `cfg.tolerance`."""
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
@@ -136,7 +120,6 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
                     tags.get("git.commit"), commit)  # fmt: skip
     if dirty != "false":
         log.warning("The working tree has uncommitted changes: the code may differ from the run's")
-    # The config groups' options, as the source run logged them (mnist/tracking/params.py).
     choices = {k: v for k, v in source.data.params.items() if k in GROUPS}
     ctx = JobContext(
         output_dir=output_dir,

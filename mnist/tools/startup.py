@@ -1,6 +1,5 @@
-"""The start-up benchmark: a training command run as a fresh process, as a user runs it,
-timed from outside (wall) and split into the phases the run logged itself (time/<phase>_s),
-so that the fixed cost (wall minus train_time_s) shows where it goes."""
+"""The start-up benchmark: a training command run as a fresh process, timed from outside and
+split into the phases the run logged (time/<phase>_s), so the fixed cost shows where it goes."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ from mnist.paths import REPO_ROOT
 from mnist.tracking import queries, runs, store
 from mnist.training.phases import LAUNCHED_AT_ENV, PHASES, phase_metric
 
-# Where the training run goes and its name are the benchmark's to say: it finds the run by
-# them (a name of its own, so that benchmarks running at once each find theirs).
+# The benchmark finds the run by these (a name of its own: benchmarks at once each find theirs).
 OWN_KEYS = ("logger.tracking_uri", "logger.experiment", "logger.run_name")
 
 
@@ -67,7 +65,6 @@ def phase_table(wall: float, metrics: dict[str, float]) -> tuple[str, dict[str, 
 
 
 def startup(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
-    """Run the command, write and print the table, log it with its numbers to MLflow."""
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
     overrides = list(cfg.startup.command)
