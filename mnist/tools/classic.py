@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from mnist.data.augment import Affine, BatchAugment, Erase
+from mnist.data.augment import BatchAugment
 from mnist.data.batches import MNIST_MEAN, MNIST_STD, batch_indices
 from mnist.errors import ConfigError, DataError
 from mnist.seeding import generator
@@ -27,42 +27,28 @@ def epoch_orders(train_idx: Tensor, batch_size: int, seed: int) -> Iterator[Tens
         yield torch.cat(list(batch_indices(train_idx.cpu(), batch_size, shuffle, drop_last=True)))
 
 
-def _classic_affine(op: Affine) -> list:
+def classic_transform(augment: BatchAugment) -> transforms.Compose:
+    """The torchvision twin of each op in order, on the PIL image until RandomErasing needs
+    a tensor; ConfigError for an op without a twin."""
     steps = []
-    if op.crops:
-        crop = [transforms.CenterCrop(op.crop_size), transforms.Resize(28)]
-        steps.append(transforms.RandomApply(crop, p=op.crop_prob))
-    if op.rotate_deg or op.translate:
-        translate = (op.translate, op.translate) if op.translate else None
-        steps.append(transforms.RandomAffine(degrees=op.rotate_deg, translate=translate))
-    return steps
-
-
-def _classic_erase(op: Erase) -> list:
-    return [transforms.RandomErasing(op.prob, tuple(op.area), tuple(op.aspect), value=0)]
-
-
-# The torchvision twin of each augmentation op, and whether it needs a tensor.
-CLASSIC_TWINS = {"affine": (_classic_affine, False), "erase": (_classic_erase, True)}
-
-
-def classic_transform(augment: BatchAugment):
-    """The ops' twins in order, on the PIL image until one needs a tensor; ConfigError for
-    an op without a twin."""
-    steps, on_tensor = [], False
     for op in augment.ops:
-        if op.key not in CLASSIC_TWINS:
+        if op.key == "affine":
+            if op.crops:
+                crop = [transforms.CenterCrop(op.crop_size), transforms.Resize(28)]
+                steps.append(transforms.RandomApply(crop, p=op.crop_prob))
+            if op.rotate_deg or op.translate:
+                translate = (op.translate, op.translate) if op.translate else None
+                steps.append(transforms.RandomAffine(degrees=op.rotate_deg, translate=translate))
+        elif op.key == "erase":
+            erase = transforms.RandomErasing(op.prob, tuple(op.area), tuple(op.aspect), value=0)
+            steps.append(erase)
+        else:
             raise ConfigError(
                 f"augmentation.{op.key}: the classic pipeline has no torchvision twin of it "
-                f"(it mirrors {', '.join(CLASSIC_TWINS)}); benchmark without it"
+                "(it mirrors affine, erase); benchmark without it"
             )
-        twin, needs_tensor = CLASSIC_TWINS[op.key]
-        if needs_tensor and not on_tensor:
-            steps.append(transforms.ToTensor())
-            on_tensor = True
-        steps += twin(op)
-    if not on_tensor:
-        steps.append(transforms.ToTensor())
+    erasing = (i for i, step in enumerate(steps) if isinstance(step, transforms.RandomErasing))
+    steps.insert(next(erasing, len(steps)), transforms.ToTensor())
     return transforms.Compose([*steps, transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
 
 
