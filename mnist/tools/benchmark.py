@@ -40,9 +40,9 @@ from mnist.training.settings import Trainer
 class PipelineResult:
     name: str
     train_img_s: float
-    eval_img_s: float
     time_to_target_s: float | None
     target_acc_reached: float | None
+    eval_img_s: float
     peak_rss_mb: float
 
 
@@ -108,40 +108,31 @@ def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
     val = data.train_images[setup.val_idx], data.train_labels[setup.val_idx]
     classic = _steps_settings(cfg, channels_last=bench.classic_channels_last)
     trainer = classic.trainer
-    results = []
-    for name in ("project", "classic"):
-        # Same architecture and initial weights; the memory layout is each pipeline's own.
-        if name == "project":
-            learner = setup.learner
-            batches = project_batches(
-                data, setup.train_idx, trainer.batch_size, learner.augment, cfg.seed
-            )
-        else:
-            model = initial_model(classic, device)
-            learner = build_learner(classic, model, device, bench.steps * trainer.batch_size)
-            orders = epoch_orders(setup.train_idx, trainer.batch_size, cfg.seed)
-            batches = classic_batches(
-                cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers,
-                device,
-            )  # fmt: skip
-        train_img_s, time_to_target, reached = _train(learner, batches, trainer, device, bench, val)
-        if name == "project":
-            synchronize(device)
-            start = time.perf_counter()
-            evaluate(
-                learner.model, data.test_images, data.test_labels, trainer.eval_batch_size,
-                device, trainer.precision,
-            )  # fmt: skip
-            eval_img_s = len(data.test_labels) / (time.perf_counter() - start)
-        else:
-            eval_img_s = classic_eval_img_s(
-                learner.model, cfg.data.root, bench.classic_eval_batch_size, device,
-                trainer.precision,
-            )  # fmt: skip
-        results.append(
-            PipelineResult(name, train_img_s, eval_img_s, time_to_target, reached, peak_rss_mb())
-        )
-    return results
+    batches = project_batches(
+        data, setup.train_idx, trainer.batch_size, setup.learner.augment, cfg.seed
+    )
+    trained = _train(setup.learner, batches, trainer, device, bench, val)
+    synchronize(device)
+    start = time.perf_counter()
+    evaluate(
+        setup.learner.model, data.test_images, data.test_labels, trainer.eval_batch_size, device,
+        trainer.precision,
+    )  # fmt: skip
+    eval_img_s = len(data.test_labels) / (time.perf_counter() - start)
+    results = [PipelineResult("project", *trained, eval_img_s, peak_rss_mb())]
+    # Same architecture and initial weights; the memory layout is the classic settings'.
+    learner = build_learner(
+        classic, initial_model(classic, device), device, bench.steps * trainer.batch_size
+    )
+    orders = epoch_orders(setup.train_idx, trainer.batch_size, cfg.seed)
+    batches = classic_batches(
+        cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers, device
+    )
+    trained = _train(learner, batches, trainer, device, bench, val)
+    eval_img_s = classic_eval_img_s(
+        learner.model, cfg.data.root, bench.classic_eval_batch_size, device, trainer.precision
+    )
+    return [*results, PipelineResult("classic", *trained, eval_img_s, peak_rss_mb())]
 
 
 def format_table(results: list[PipelineResult], target_acc: float | None) -> str:
