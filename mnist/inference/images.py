@@ -136,11 +136,8 @@ def grey_levels(image: Image.Image) -> np.ndarray:
     if image.mode == "L":
         return pixels
     gray, alpha = pixels[..., 0], pixels[..., 1]
-    if alpha.min() == 1:
-        return gray
     # A digit drawn on a transparent canvas is ink wherever it is opaque, whatever its
     # colour: composite it over the background it contrasts with (white under dark ink).
     opaque = alpha > 0.5
     ink_is_dark = not opaque.any() or gray[opaque].mean() < 0.5
-    background = 1.0 if ink_is_dark else 0.0
-    return gray * alpha + background * (1 - alpha)
+    return gray * alpha + float(ink_is_dark) * (1 - alpha)
