@@ -19,8 +19,7 @@ from mnist.inference.digits import to_mnist
 from mnist.inference.evaluate_checkpoints import run_evaluation, shifted
 from mnist.job import run_training
 from mnist.models import build_model
-from mnist.tools.photo_eval import photo_digits, run_photo_eval
-from mnist.tools.photos import STYLES, render
+from mnist.tools.photo_eval import STYLES, photo_digits, render, run_photo_eval
 from mnist.training.checkpoint import save_checkpoint
 from mnist.training.evaluation import evaluate
 from tests.helpers import CONF_DIR
