@@ -1,7 +1,5 @@
-"""What a run trains, built from its settings in one order: device, seed, data, split,
-the initial model (weights from the seed alone) and the Learner around it. Training, the
-benchmark and the tests all set up through `set_up`, so they start from the same data,
-weights and random streams (the bit-identical guard depends on this order)."""
+"""What a run trains, built from its settings in one order (device, seed, data, split, model,
+learner) that training, the benchmark and the tests share: reproducibility depends on it."""
 
 from __future__ import annotations
 
@@ -26,9 +24,8 @@ from mnist.training.settings import Trainer
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What a run is set up from: the groups of a composed config that the core reads,
-    typed; the model, optimizer, schedule and augmentation as the keyword arguments of what
-    they build (a model is any nn.Module class taking its config's keys)."""
+    """The config groups the core reads; model, optimizer, scheduler and augmentation are the
+    keyword arguments of what they build."""
 
     seed: int
     device: DeviceSettings
@@ -41,7 +38,6 @@ class RunSettings:
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> RunSettings:
-        """From a validated composed config as plain containers (mnist/config.py)."""
         return cls(
             seed=config["seed"],
             device=DeviceSettings(**config["device"]),
@@ -71,9 +67,8 @@ def set_up(
     train_size: int | None = None,
     lap: Callable[[str], None] = lambda phase: None,
 ) -> Setup:
-    """A run's device (settings.device unless given), data, split, model and learner; the
-    schedule spans `train_size` images an epoch (default: the training split). `lap` is
-    called with "data" once the data is ready (the job times its phases)."""
+    """The schedule spans `train_size` images an epoch (default: the training split); `lap`
+    is called with "data" once the data is ready."""
     device = device or resolve_device(settings.device.name)
     configure_torch(device, settings.device, settings.trainer.deterministic)
     seed_everything(settings.seed)
@@ -87,8 +82,7 @@ def set_up(
 
 
 def initial_model(settings: RunSettings, device: torch.device) -> torch.nn.Module:
-    """The model before training: weights from the seed alone, on `device`, in the memory
-    layout the trainer settings ask for."""
+    """The model before training: weights from the seed alone."""
     torch.manual_seed(derive_seed(settings.seed, "model"))
     model = build_model(settings.model).to(device)
     if settings.trainer.channels_last:
@@ -99,9 +93,7 @@ def initial_model(settings: RunSettings, device: torch.device) -> torch.nn.Modul
 def build_learner(
     settings: RunSettings, model: torch.nn.Module, device: torch.device, train_size: int
 ) -> Learner:
-    """Optimizer, schedule, gradient scaler, augmentation, shuffle order and moving average
-    for `model` (compiled first when trainer.compile is on; the optimizer holds the same
-    parameters)."""
+    """Everything training changes around `model` (compiled, with trainer.compile)."""
     trainer, seed = settings.trainer, settings.seed
     optimizer = build_optimizer(settings.optimizer, model)
     steps_per_epoch = max(1, train_size // trainer.batch_size)

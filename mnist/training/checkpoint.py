@@ -1,7 +1,5 @@
-"""Checkpoints: one dict per file, written atomically (temporary file, fsync, rename) so a
-crash mid-write leaves the previous checkpoint intact, and read with `weights_only=True`
-so loading a checkpoint never unpickles arbitrary objects. A run's checkpoint directory
-belongs to one process at a time: the job that trains the run holds its lock."""
+"""Checkpoints: written atomically so a crash mid-write keeps the previous one, read with
+`weights_only=True` so loading one never unpickles arbitrary objects."""
 
 import errno
 import fcntl
@@ -21,15 +19,13 @@ from mnist.errors import CheckpointError, CheckpointWriteError, ConfigError
 
 log = logging.getLogger(__name__)
 
-# torch's weights-only unpickler names the global it refused: "Unsupported global: GLOBAL
-# x.y was not an allowed global" (not allowlisted), or "Trying to load unsupported GLOBAL
-# x.y whose module x is blocked" (os, sys, ...).
+# "Unsupported global: GLOBAL x.y was not an allowed global", or "Trying to load
+# unsupported GLOBAL x.y whose module x is blocked".
 _REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Raises CheckpointWriteError, naming the path and what was kept, when the file cannot
-    be written; the job says how to go on (mnist/job.py)."""
+    """CheckpointWriteError, naming the path and what was kept, when it cannot be written."""
     path = Path(path)
     try:
         # Through a Python file, a failed write raises the OSError with its errno.
@@ -48,17 +44,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def _os_error(error: BaseException | None) -> OSError | None:
-    """The OSError behind `error`, if any. When a write fails inside torch.save, torch's
-    zip writer, closing the archive, raises its own RuntimeError ("[enforce fail at
-    inline_container.cc] ... unexpected pos") over the OSError that says why."""
+    """The OSError behind `error`: torch's zip writer raises its own RuntimeError over it."""
     while error is not None and not isinstance(error, OSError):
         error = error.__cause__ or error.__context__
     return error
 
 
 def _reason(error: BaseException) -> str:
-    """The line of torch's message that says what is wrong with the file. Its advice to
-    load with weights_only=False (i.e. to run whatever the file contains) is left out."""
+    """The line of torch's message that says what is wrong, without its advice to load with
+    weights_only=False (to run whatever the file contains)."""
     text = str(error)
     if unpickler := re.search(r"WeightsUnpickler error:\s*(.+)", text):
         return unpickler[1].strip()[:300]
@@ -70,14 +64,13 @@ def _reason(error: BaseException) -> str:
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", source: str | None = None
 ) -> dict[str, Any]:
-    """The checkpoint's contents; CheckpointError naming `source` (default: the path)
-    when it holds code rather than data, or is not a readable checkpoint at all."""
+    """CheckpointError naming `source` (default: the path) when it holds code, or is no
+    readable checkpoint."""
     source = source or str(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        # Arbitrary bytes fail in arbitrary ways inside the unpickler (UnpicklingError,
-        # IndexError, UnicodeDecodeError, ...): all of them mean the file is no checkpoint.
+        # Arbitrary bytes fail in arbitrary ways inside the unpickler.
         if refused := _REFUSED_GLOBAL.search(str(e)):
             raise CheckpointError(
                 f"{source}: refused, loading it would unpickle {refused[1]}; a checkpoint may "
@@ -90,11 +83,8 @@ def load_checkpoint(
 
 @contextmanager
 def claimed(directory: Path) -> Iterator[Path]:
-    """`directory`, locked (flock) for this process until the block ends, with the
-    temporary files of writers killed mid-write removed. A second job on the same run,
-    such as two resumes at once, is refused instead of interleaving its checkpoints and
-    logs with the first one's. The lock is the kernel's: it goes with the process, so
-    one that was killed never leaves a stale lock behind."""
+    """`directory`, locked (flock: it dies with the process) against a second job on the same
+    run, with the temporary files of writers killed mid-write removed."""
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -114,8 +104,7 @@ def claimed(directory: Path) -> Iterator[Path]:
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """A digest of the weights alone (names, dtypes, shapes, values), independent of how
-    torch.save lays out the file: equal for bit-identical models, the reproducibility tag."""
+    """A digest of the weights alone, independent of torch.save's file layout."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous().reshape(-1)

@@ -1,4 +1,4 @@
-"""Device, precision and determinism: the hardware-facing choices of a run, in one place."""
+"""Device, precision and determinism: the hardware-facing choices of a run."""
 
 import contextlib
 import ctypes
@@ -17,13 +17,11 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def available(name: str) -> bool:
-    if name == "cpu":
-        return True
     if name == "cuda":
         return torch.cuda.is_available()
     if name == "mps":
         return torch.backends.mps.is_available()
-    return False
+    return name == "cpu"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,8 +32,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _cuda_bf16_native() -> bool:
-    """Whether the GPU has bf16 units. torch.cuda.is_bf16_supported() also counts GPUs
-    that only emulate bf16 (T4, V100), where it runs slower than fp32."""
+    """torch.cuda.is_bf16_supported() alone also counts GPUs that only emulate bf16 (T4,
+    V100), where it runs slower than fp32."""
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # a torch without the argument: compute capability 8.0 is Ampere
@@ -63,10 +61,8 @@ def precision_problem(precision: str, device: torch.device) -> str | None:
     return None
 
 
-# Layers whose backward pass has no deterministic kernel on a device, so that
-# torch.use_deterministic_algorithms(True) raises in the first training step (from
-# torch.use_deterministic_algorithms' documentation, for the layers mnist.models can use;
-# tests/test_accelerators.py checks every model's ops against the documented lists).
+# Layers without a deterministic backward kernel on a device (from
+# torch.use_deterministic_algorithms' documentation; tests/test_accelerators.py checks it).
 # AdaptiveAvgPool2d(1) is not among them on CUDA: torch computes it as a mean.
 NONDETERMINISTIC_BACKWARD: dict[str, tuple[type[nn.Module], ...]] = {
     "mps": (nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool3d, nn.Embedding, nn.EmbeddingBag),
@@ -93,34 +89,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# glibc mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
 def keep_freed_memory() -> bool:
-    """Tell glibc malloc to serve allocations up to 32 MiB from the heap and keep freed
-    memory. By default each large tensor of a training step (activations, gradients: a few
-    MiB each) gets fresh mmap pages and returns them when freed, so every step pays page
-    faults (glibc only raises that threshold gradually). Measured on the 2-core CPU:
-    +25-30% training throughput with one thread (as in parallel sweeps), none with two
-    (docs/performance.md#what-each-switch-did). Returns False where malloc is not glibc's
-    (nothing changes)."""
+    """Have glibc malloc serve allocations up to 32 MiB from the heap and keep freed memory,
+    instead of fresh mmap pages (and their page faults) for each large tensor of every step:
+    +25-30% CPU throughput with one thread (docs/performance.md#what-each-switch-did).
+    False where malloc is not glibc's."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    # M_MMAP_THRESHOLD is -3, M_TRIM_THRESHOLD -1 (malloc.h).
+    return bool(mallopt(-3, 32 << 20) and mallopt(-1, 1 << 30))
 
 
-# The thread count torch chose for this process (one per core, or what a launcher set in
-# the environment before torch was imported): device.num_threads=null means this.
+# What torch chose for this process (or a launcher set before torch was imported).
 DEFAULT_NUM_THREADS = torch.get_num_threads()
-# The most device.num_threads may be: one thread per logical CPU of the machine. More only
-# slow the run down, and torch does not refuse them: it starts them at the first operation,
-# and where the system cannot (100000) the process crashes, or is left without memory.
+# torch does not refuse more threads than CPUs: they only slow the run down, or crash it.
 MAX_NUM_THREADS = os.cpu_count() or 1
 
 
@@ -128,7 +114,7 @@ MAX_NUM_THREADS = os.cpu_count() or 1
 class DeviceSettings:
     """The `device` config group (conf/device/*.yaml)."""
 
-    name: str = "auto"  # cpu, cuda, mps, or auto: the first of cuda, mps, cpu available
+    name: str = "auto"
     num_threads: int | None = None  # None: DEFAULT_NUM_THREADS
     malloc_tuning: bool | str = "auto"  # keep_freed_memory; auto: with one thread
 
@@ -156,21 +142,15 @@ def device_problems(settings: Mapping[str, Any], precision: str) -> Iterator[str
 
 
 def configure_torch(device: torch.device, settings: DeviceSettings, deterministic: bool) -> None:
-    """Set every global torch setting a run depends on from its own config, whatever the
-    previous job of the process (a basic-launcher sweep runs its jobs one after another in
-    one process) left behind.
-
-    Two settings cannot be taken back within a process: glibc's malloc tuning (mallopt
-    switches off glibc's own threshold adjustment for good; it changes speed, not results)
-    and CUBLAS_WORKSPACE_CONFIG, which PyTorch reads at its first cuBLAS call. A CUDA sweep
-    that runs deterministic jobs after others should export CUBLAS_WORKSPACE_CONFIG=:4096:8
-    before it starts."""
+    """Set every global torch setting a run depends on, whatever a previous job of the
+    process (a basic-launcher sweep) left. Two cannot be taken back: glibc's malloc tuning
+    (speed only) and CUBLAS_WORKSPACE_CONFIG, read at the first cuBLAS call, so a CUDA sweep
+    that mixes deterministic jobs should export CUBLAS_WORKSPACE_CONFIG=:4096:8 itself."""
     torch.set_num_threads(settings.num_threads or DEFAULT_NUM_THREADS)
     tuning = settings.malloc_tuning
     if tuning is True or (tuning == "auto" and torch.get_num_threads() == 1):
         keep_freed_memory()
     if deterministic:
-        # cuBLAS needs this workspace setting for deterministic matmuls (CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if (
         torch.are_deterministic_algorithms_enabled(),
@@ -179,14 +159,13 @@ def configure_torch(device: torch.device, settings: DeviceSettings, deterministi
         # Only on a change: setting it imports torch's compiler (seconds at start-up).
         torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
-    # Autotuned kernels: fixed input shapes make the one-time search pay off, but the
-    # search may pick different kernels from run to run.
+    # Autotuning may pick different kernels from run to run.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
 def torch_settings() -> dict[str, str]:
-    """The global settings a job actually runs with, as MLflow tags. Parallel jobs share
-    the cores: their timings only compare with the thread count."""
+    """The global settings a job runs with, as MLflow tags (timings compare only with the
+    same thread count)."""
     return {
         "torch.num_threads": str(torch.get_num_threads()),
         "torch.deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
@@ -196,8 +175,7 @@ def torch_settings() -> dict[str, str]:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on `device`: GPUs run asynchronously, so a clock read
-    without this stops while the work it should time is still queued. Nothing on cpu."""
+    """Wait for the work queued on an asynchronous GPU, before a clock is read."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":

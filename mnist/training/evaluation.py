@@ -1,6 +1,4 @@
-"""Evaluation of a model on a set of uint8 images: loss, accuracy, predictions and
-probabilities. Shared by validation in the loop, the test set of a run, scripts/evaluate.py
-and the side tools."""
+"""Evaluation of a model on uint8 images, for validation, tests and scripts/evaluate.py."""
 
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ class Evaluation:
 
 
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
-    """The fraction of correct predictions, from an integer count divided in Python: MPS
-    has no float64, and a float32 mean would round the count."""
+    """Divided in Python: MPS has no float64, and a float32 mean would round the count."""
     return (predictions == labels).sum().item() / len(labels)
 
 
@@ -37,7 +34,7 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
 ) -> Evaluation:
-    """Mean cross-entropy (without label smoothing) and accuracy over uint8 `images`."""
+    """Mean cross-entropy (without label smoothing) and accuracy."""
     model.eval()
     losses, probabilities = [], []
     for start in range(0, len(images), batch_size):

@@ -1,6 +1,5 @@
-"""What a training run reports as it goes, to whoever follows it: the core calls a
-listener and imports no tracker; mnist/tracking/listener.py records the calls in MLflow,
-a notebook may print them (docs/core.md)."""
+"""What `fit` reports as it goes: the core calls a listener and imports no tracker
+(mnist/tracking/listener.py records the calls in MLflow)."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ from pathlib import Path
 
 @dataclass
 class FitResult:
-    """What `fit` ends with: each epoch's metrics, the best epoch and its accuracy."""
-
     history: list[dict[str, float]]
     best_epoch: int
     best_val_acc: float
@@ -20,10 +17,8 @@ class FitResult:
 
 
 class RunListener:
-    """`fit` calls on_start once (at epoch 1, or where a resumed run stands), on_epoch_end
-    with each epoch's metrics, on_checkpoint after each file it writes, and on_end with
-    its result. Each does nothing here: a listener overrides what it follows. What one
-    raises stops the training (a tuning trial's pruner does)."""
+    """Each call does nothing here; a listener overrides what it follows. What one raises
+    stops the training (a tuning trial's pruner does)."""
 
     def on_start(self, epoch: int, step: int) -> None:
         pass

@@ -1,7 +1,5 @@
-"""The training loop, visible top to bottom: `fit` runs epochs of `train_one_epoch` and
-`validate`; the best checkpoint is chosen on validation accuracy only, last.pt is written
-every epoch, and a SIGINT/SIGTERM stops after the current step with a last.pt from which
-the run resumes exactly where it stopped (mnist/training/resume.py)."""
+"""The training loop: the best checkpoint is chosen on validation accuracy only, and a
+SIGINT/SIGTERM stops after the current step with a last.pt that resumes exactly there."""
 
 from __future__ import annotations
 
@@ -34,9 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Checkpoints:
-    """best.pt (weights of the best validation epoch) and last.pt (everything needed to
-    resume) in `directory`; `extra` (a job puts its config and MLflow run id) goes into
-    both."""
+    """best.pt and last.pt in `directory`, both with `extra` (a job's config and run id)."""
 
     directory: Path
     extra: dict[str, Any] = field(default_factory=dict)
@@ -60,8 +56,7 @@ def fit(
     listener: RunListener | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train for `trainer.epochs`, or what remains of them when `resume_from` holds a
-    last.pt, telling `listener` as it goes."""
+    """Train for `trainer.epochs`, or what remains of them after the last.pt `resume_from`."""
     listener = listener or RunListener()
     progress = learner.restore(resume_from) if resume_from is not None else Progress()
     if resume_from is not None:
@@ -119,9 +114,8 @@ def test_best(
     trainer: Trainer,
     device: torch.device,
 ) -> tuple[Evaluation, dict[str, float], str]:
-    """The best-validation weights loaded into `model` and evaluated on the test set (the
-    only time a run looks at it, unless trainer.test_every_epoch): the evaluation, the
-    run's final metrics and the SHA-256 of those weights (state_dict_sha256)."""
+    """The best-validation weights loaded into `model` and tested: the evaluation, the run's
+    final metrics and the weights' state_dict_sha256."""
     best = load_checkpoint(checkpoints.directory / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     synchronize(device)  # evaluate() ends in .item(), which waits for its own work
@@ -150,8 +144,7 @@ def train_one_epoch(
     progress: Progress,
     stop_requested: StopRequested,
 ) -> bool:
-    """The batches of `progress.epoch` from `progress.step` on (earlier ones were trained
-    before an interruption). False when a stop was requested before the epoch ended."""
+    """The batches of `progress.epoch` from `progress.step` on; False when stopped."""
     if progress.step == 0:
         progress.epoch_lr = learner.optimizer.param_groups[0]["lr"]
     batches = training_batches(
@@ -179,12 +172,8 @@ def train_one_epoch(
 def train_step(
     learner: Learner, images: Tensor, labels: Tensor, trainer: Trainer, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """One optimisation step as `trainer` describes it (precision, label
-    smoothing, gradient clipping, a per-step schedule, the moving average); the benchmark
-    times this same step. Returns the loss and the float32 logits."""
-    model, optimizer, scaler, schedule = (
-        learner.model, learner.optimizer, learner.scaler, learner.schedule,
-    )  # fmt: skip
+    """One optimisation step (the benchmark times this same one): the loss and logits."""
+    model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler
     with autocast(device, trainer.precision):
         logits = model(images).float()
     loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
@@ -195,8 +184,8 @@ def train_step(
         nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    if schedule and schedule.interval == "step":
-        schedule.scheduler.step()
+    if learner.schedule and learner.schedule.interval == "step":
+        learner.schedule.scheduler.step()
     if learner.ema is not None:
         learner.ema.update_parameters(eager(model))
     return loss, logits
@@ -211,12 +200,11 @@ def end_of_epoch(
     progress: Progress,
     checkpoints: Checkpoints,
 ) -> dict[str, float]:
-    """Validate, step an epoch-wise schedule, keep the best checkpoint (chosen on
-    validation accuracy only) and decide early stopping. Returns the epoch's metrics."""
+    """Validate, step an epoch-wise schedule, keep the best checkpoint and decide early
+    stopping; the epoch's metrics."""
     model, schedule = learner.selected, learner.schedule
     train_loss = (progress.loss_sum / progress.seen).item()
     if not math.isfinite(train_loss):  # before best.pt could keep the broken weights
-        # Each step shrinks the weights by lr x weight_decay of themselves: both can diverge.
         weight_decay = learner.optimizer.param_groups[0].get("weight_decay", 0)
         raise TrainingDiverged(
             f"training diverged: {TRAIN_LOSS} is {train_loss} in epoch {progress.epoch} "
@@ -263,7 +251,6 @@ def _evaluate(
 def _stop_at_target(
     trainer: Trainer, metrics: dict[str, float], progress: Progress, seconds: float
 ) -> None:
-    """At trainer.target_acc, training stops, with the time it took among the metrics."""
     if trainer.target_acc is not None and metrics[VAL_ACC] >= trainer.target_acc:
         metrics["time_to_target_s"] = seconds
         log.info("Target validation accuracy %g reached in %.1f s", trainer.target_acc, seconds)

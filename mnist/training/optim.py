@@ -1,9 +1,8 @@
-"""Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups,
-and what their values must be."""
+"""Optimizer and learning-rate schedule from the `optimizer` and `scheduler` config groups."""
 
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +14,13 @@ from mnist.values import is_finite, is_int
 
 SCHEDULERS = ("none", "step", "onecycle", "cosine", "plateau")
 
-# torch.optim's first-order optimizers, which the training step drives as it is.
+# First-order optimizers, which the training step drives as it is.
 _SUPPORTED_OPTIMIZERS = (
     torch.optim.Adadelta, torch.optim.Adagrad, torch.optim.Adam, torch.optim.AdamW,
     torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop,
     torch.optim.SGD,
 )  # fmt: skip
-# The `_target_`s an optimizer config may name: each class by its public and defining path.
+# Each by its public and defining path.
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     path: cls
     for cls in _SUPPORTED_OPTIMIZERS
@@ -62,22 +61,15 @@ def _optimizer_class_and_arguments(
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """`config` is a `_target_` config (conf/optimizer/*.yaml). Configs also come from
-    checkpoints and MLflow runs, and Hydra's instantiate would import and call whatever
-    a `_target_` names, nested ones included: so only the optimizers above are built,
-    with plain values as keyword arguments."""
+    """Configs also come from checkpoints and MLflow runs, where Hydra's instantiate would
+    call whatever a `_target_` names: only the optimizers above are built, from plain values."""
     cls, kwargs = _optimizer_class_and_arguments(config)
     return cls(model.parameters(), **kwargs)
 
 
 def _check_weight_decay(cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> None:
-    """Weight decay pulls each weight towards zero by step x weight_decay of itself per
-    step, where the step is lr: exactly so for SGD and decoupled decay (AdamW); the adaptive
-    optimizers' coupled L2 term, normalised with the gradient, holds the weights within
-    about one step (lr) of zero once it outweighs the loss's gradient. Adadelta's lr scales
-    steps of its own, which start at sqrt(eps). At 1 or more, one step of decay alone
-    zeroes every weight (beyond, flips it; from 2 on, grows it, and SGD and AdamW diverge):
-    nothing learned survives a step. Below 1, too strong a decay is a matter of tuning."""
+    """A step decays each weight by lr x weight_decay of itself (for the adaptive optimizers,
+    about so; Adadelta's first step is lr x sqrt(eps)): at 1 or more, nothing learned survives."""
     arguments = {
         name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
     } | kwargs
@@ -94,12 +86,8 @@ def _check_weight_decay(cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]
 
 
 def check_optimizer(config: Mapping[str, Any]) -> None:
-    """Raise what build_optimizer would (ConfigError for a foreign `_target_` or an
-    unknown key; TypeError or ValueError for a value torch.optim refuses, e.g. momentum=-1)
-    without building one: torch.optim checks the values before it looks at the parameters,
-    and the first optimizer built imports torch._dynamo (seconds), which a refused config
-    must not wait for. Given no parameters, it stops at that check, past the values. Also
-    a ConfigError for a weight decay that cannot work (_check_weight_decay)."""
+    """Raise what build_optimizer would, without parameters: torch.optim checks the values
+    first, and the first optimizer built imports torch._dynamo (seconds)."""
     cls, kwargs = _optimizer_class_and_arguments(config)
     try:
         cls([], **kwargs)
@@ -118,9 +106,9 @@ def optimizer_problems(optimizer: Mapping[str, Any]) -> Iterator[str]:
     if not _valid_lr(optimizer["lr"]):
         yield f"optimizer.lr={optimizer['lr']!r} must be a finite number > 0"
         return
-    try:  # torch.optim checks the other values (momentum, betas, ...)
+    try:
         check_optimizer(optimizer)
-    except ConfigError as e:  # a foreign _target_, an unknown key
+    except ConfigError as e:
         yield str(e)
     except (TypeError, ValueError) as e:
         yield f"optimizer.* cannot build {optimizer['_target_']} ({e})"
@@ -128,74 +116,43 @@ def optimizer_problems(optimizer: Mapping[str, Any]) -> Iterator[str]:
 
 @dataclass
 class Schedule:
-    """A scheduler and when the trainer steps it: after every batch ("step"), after every
-    epoch ("epoch"), or after every epoch with the validation accuracy ("plateau")."""
+    """A scheduler and when it steps: each batch ("step"), each epoch ("epoch"), or each
+    epoch with the validation accuracy ("plateau")."""
 
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     interval: str
-
-
-def _step(cfg, optimizer, epochs, steps):
-    return Schedule(
-        torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), "epoch"
-    )
-
-
-def _warm_up_fraction(pct_start: float, total_steps: int) -> float:
-    """pct_start, except where OneCycleLR cannot take it: it ends the warm-up at step
-    pct_start * total_steps - 1 and divides by that, so a one-step warm-up (pct_start=0.25
-    of 4 steps: data.train_subset=600, one epoch) raised ZeroDivisionError. The next float
-    up is the same warm-up, ending a rounding error after step 0."""
-    if pct_start * total_steps - 1 == 0:
-        return math.nextafter(pct_start, 1.0)
-    return pct_start
-
-
-def _onecycle(cfg, optimizer, epochs, steps):
-    max_lr = [group["lr"] * cfg["max_lr_factor"] for group in optimizer.param_groups]
-    total = epochs * steps
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=max_lr,
-        total_steps=total,
-        pct_start=_warm_up_fraction(cfg["pct_start"], total),
-    )
-    return Schedule(scheduler, "step")
-
-
-def _cosine(cfg, optimizer, epochs, steps):
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs * steps, eta_min=cfg["min_lr"]
-    )
-    return Schedule(scheduler, "step")
-
-
-def _plateau(cfg, optimizer, epochs, steps):
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg["factor"], patience=cfg["patience"]
-    )
-    return Schedule(scheduler, "plateau")
-
-
-_BUILDERS: dict[str, Callable[..., Schedule]] = {
-    "step": _step,
-    "onecycle": _onecycle,
-    "cosine": _cosine,
-    "plateau": _plateau,
-}
 
 
 def build_scheduler(
     config: Mapping[str, Any], optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
 ) -> Schedule | None:
     """Schedules that span the run (onecycle, cosine) need its length, hence the counts."""
-    if config["name"] == "none":
-        return None
-    return _BUILDERS[config["name"]](config, optimizer, epochs, steps_per_epoch)
+    name, schedulers, total = config["name"], torch.optim.lr_scheduler, epochs * steps_per_epoch
+    if name == "step":
+        return Schedule(schedulers.StepLR(optimizer, config["step_size"], config["gamma"]), "epoch")
+    if name == "onecycle":
+        max_lr = [group["lr"] * config["max_lr_factor"] for group in optimizer.param_groups]
+        pct_start = config["pct_start"]
+        if pct_start * total - 1 == 0:
+            # OneCycleLR divides by the warm-up's last step, pct_start * total - 1: the next
+            # float up is the same one-step warm-up, without the ZeroDivisionError.
+            pct_start = math.nextafter(pct_start, 1.0)
+        scheduler = schedulers.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=total, pct_start=pct_start
+        )
+        return Schedule(scheduler, "step")
+    if name == "cosine":
+        scheduler = schedulers.CosineAnnealingLR(optimizer, T_max=total, eta_min=config["min_lr"])
+        return Schedule(scheduler, "step")
+    if name == "plateau":
+        scheduler = schedulers.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config["factor"], patience=config["patience"]
+        )
+        return Schedule(scheduler, "plateau")
+    return None
 
 
-# What each schedule's values must be: torch checks few of them, and some only when the
-# schedule first steps, an epoch into the run.
+# torch checks few of these, some only an epoch into the run.
 _SCHEDULE_RULES = {
     "step": {
         "step_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
@@ -213,15 +170,12 @@ _SCHEDULE_RULES = {
 }
 
 
-# Float32 weights overflow past 3.4e38, and an optimizer scales the learning rate before it
-# applies it (Adam's first step by 1 / (1 - beta1), 10 by default): above this peak, a step
-# fails inside torch.optim with a traceback, where a merely too large rate diverges, which
-# the trainer stops and reports.
+# Above this peak rate (scaled by the optimizer, e.g. Adam's first step by 10) float32
+# weights overflow inside torch.optim with a traceback; a merely too large one diverges.
 MAX_PEAK_LR = 1e30
 
 
 def _peak_lr(lr: float, schedule: Mapping[str, Any], epochs: int) -> float:
-    """The largest learning rate the schedule reaches: lr times what it multiplies it by."""
     if schedule["name"] == "onecycle":
         return lr * schedule["max_lr_factor"]
     if schedule["name"] == "cosine":
@@ -235,8 +189,7 @@ def _peak_lr(lr: float, schedule: Mapping[str, Any], epochs: int) -> float:
 
 
 def scheduler_problems(scheduler: Mapping[str, Any], lr: Any, epochs: Any) -> Iterator[str]:
-    """One line per invalid value of a `scheduler` section, and for a peak learning rate
-    (from optimizer.lr over trainer.epochs) that cannot work."""
+    """One line per invalid value of a `scheduler` section, and for a peak rate too high."""
     name = scheduler["name"]
     if name not in SCHEDULERS:
         yield f"scheduler.name={name!r} is not one of {', '.join(SCHEDULERS)}"

@@ -1,7 +1,5 @@
-"""Exact resume. `Progress` is where training stands; `Learner` is everything training
-changes (model, optimizer, schedule, gradient scaler, random generators) and turns that
-into one last.pt state and back, so that a resumed run replays exactly what an
-uninterrupted one would have done. Which run `trainer.resume` names: mnist/resume.py."""
+"""Exact resume: `Progress` (where training stands) and `Learner` (everything training
+changes) to one last.pt state and back."""
 
 from __future__ import annotations
 
@@ -46,14 +44,14 @@ class Progress:
 
 
 def eager(model: nn.Module) -> nn.Module:
-    """The module itself under a torch.compile wrapper: checkpoints hold its plain keys."""
+    """The module under a torch.compile wrapper: checkpoints hold its plain keys."""
     return getattr(model, "_orig_mod", model)
 
 
 @dataclass
 class Learner:
-    """What training changes. `shuffle` draws each epoch's order; a mid-epoch resume
-    needs it as it was when that epoch started, which the loop passes to `state`."""
+    """What training changes. A mid-epoch resume needs `shuffle` as it was when the epoch
+    started, which the loop passes to `state`."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -65,8 +63,7 @@ class Learner:
 
     @property
     def selected(self) -> nn.Module:
-        """The weights that are validated, checkpointed as best.pt and tested: the moving
-        average when there is one."""
+        """The weights that are validated and tested: the moving average if any."""
         return self.model if self.ema is None else self.ema.module
 
     def state(self, progress: Progress, shuffle_state: Tensor) -> dict[str, Any]:
@@ -100,8 +97,7 @@ class Learner:
         _restore_accelerator_rng_states(rng)
         saved_on, here = state.get("device"), _device_of(self.model)
         if saved_on is not None and torch.device(saved_on).type != here.type:
-            # The augmentation generator lives on the device; another device's state does
-            # not fit it, so it draws from the seed again.
+            # Another device's augmentation generator state does not fit: it draws afresh.
             log.warning(
                 "Resuming on %s a run that was training on %s: it goes on, but not "
                 "bit-exactly as it would have on %s (other kernels, other random streams)",
@@ -119,8 +115,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _accelerator_rng_states() -> dict[str, Any]:
-    """The global random states of the accelerators this machine has (dropout on a GPU
-    draws from them)."""
+    """The global random states of this machine's accelerators (GPU dropout draws there)."""
     states: dict[str, Any] = {}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -130,8 +125,7 @@ def _accelerator_rng_states() -> dict[str, Any]:
 
 
 def _restore_accelerator_rng_states(rng: dict[str, Any]) -> None:
-    """Those of the saved states whose device exists here; a checkpoint from another
-    machine may name GPUs this one lacks."""
+    """Those whose device exists here: another machine may have had more GPUs."""
     if rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
     if rng.get("mps") is not None and torch.backends.mps.is_available():

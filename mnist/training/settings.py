@@ -1,5 +1,4 @@
-"""How to train: the `trainer` config group as the core reads it, and what each of its
-values must be. The job builds it once from the composed config; a notebook writes one."""
+"""How to train: the `trainer` config group, and what each of its values must be."""
 
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class Trainer:
-    """conf/trainer/default.yaml says what each value does (and `resume`, which the job
-    reads); the defaults here train plainly, in float32."""
+    """conf/trainer/default.yaml says what each value does; these defaults train plainly."""
 
     epochs: int
     batch_size: int
@@ -38,13 +36,11 @@ class Trainer:
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> Trainer:
-        """From a validated `trainer` section."""
         values = {f.name: section[f.name] for f in fields(cls) if f.name in section}
         return cls(**values | {"early_stopping": EarlyStopping(**section["early_stopping"])})
 
 
 def trainer_problems(trainer: Mapping[str, Any]) -> Iterator[str]:
-    """One line per invalid value of a `trainer` section."""
     switches = ("deterministic", "test_every_epoch", "progress", "channels_last", "compile")
     yield from boolean_problems("trainer", trainer, switches)
     for key in ("epochs", "batch_size", "eval_batch_size"):
