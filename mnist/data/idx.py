@@ -1,6 +1,5 @@
-"""The IDX file format of MNIST (http://yann.lecun.com/exdb/mnist/): a big-endian header
-(two zero bytes, a dtype code, the number of dimensions, one uint32 per dimension) then the
-raw array. Reading is strict because a truncated download must never become a dataset."""
+"""MNIST's IDX format (http://yann.lecun.com/exdb/mnist/), read strictly: a truncated
+download must never become a dataset."""
 
 import math
 import reprlib
@@ -24,7 +23,6 @@ class IdxError(ValueError):
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parse IDX bytes into an array (a copy, independent of `data`)."""
     if len(data) < 4:
         raise IdxError(f"{name}: {len(data)} bytes is too short for an IDX header")
     zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
@@ -37,8 +35,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     dtype = _DTYPES[code]
     expected = header + math.prod(shape) * dtype.itemsize  # exact: no int64 to overflow
     if len(data) != expected:
-        # A corrupt header claims up to 255 dimensions of 2**32 - 1: abbreviated (reprlib),
-        # the shape and its size stay one short line.
+        # reprlib: a corrupt header may claim 255 dimensions of 2**32 - 1.
         raise IdxError(
             f"{name}: {len(data)} bytes but shape {reprlib.repr(shape)} needs "
             f"{reprlib.repr(expected)}; the file is truncated or corrupt"
@@ -55,7 +52,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-    """IDX bytes of `array`: used to write the synthetic datasets of the tests."""
+    """IDX bytes of `array`, for the tests' synthetic datasets."""
     big_endian = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
     if big_endian not in _CODES:
         raise IdxError(f"IDX cannot store dtype {array.dtype}")

@@ -1,7 +1,5 @@
-"""MNIST on the training device: the IDX files parsed once into uint8 tensors, and a
-seeded validation split of the training images; the `data` config group and its checks."""
-
-from __future__ import annotations
+"""MNIST as uint8 tensors on the training device, a seeded validation split, and the checks
+of the `data` config group."""
 
 import reprlib
 from collections.abc import Iterator, Mapping
@@ -23,7 +21,7 @@ MNIST_TRAIN_SIZE = 60_000
 
 @dataclass(frozen=True)
 class MnistTensors:
-    """The whole dataset, resident on one device: images uint8 (N, 28, 28), labels int64."""
+    """Images uint8 (N, 28, 28), labels int64."""
 
     train_images: Tensor
     train_labels: Tensor
@@ -32,9 +30,8 @@ class MnistTensors:
 
 
 def _read_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split's images and labels, refused unless every label is a digit: the split and the
-    metrics count labels by digit, and with data.verify_checksums=false nothing else checks
-    that a file holds MNIST's."""
+    """Refused unless every label is a digit: with data.verify_checksums=false nothing else
+    checks it, and the split and metrics count by digit."""
     images = read_idx(root / f"{prefix}-images-idx3-ubyte")
     labels_file = root / f"{prefix}-labels-idx1-ubyte"
     labels = read_idx(labels_file)
@@ -72,8 +69,7 @@ def load_mnist(root: str | Path, device: torch.device | str = "cpu") -> MnistTen
 def split_indices(
     labels: Tensor, val_size: int, seed: int, stratify: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Shuffled (train, validation) indices. The split depends only on the labels, the
-    seed and `val_size`, so changing the model or optimizer never changes it."""
+    """Shuffled (train, validation) indices, from the labels, seed and `val_size` alone."""
     n = len(labels)
     if not 0 < val_size < n:
         raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1}")
@@ -99,8 +95,6 @@ def split_indices(
 
 @dataclass(frozen=True)
 class DataSettings:
-    """The `data` config group (conf/dataset/mnist.yaml)."""
-
     root: str
     val_size: int
     train_subset: int | None = None
@@ -108,8 +102,6 @@ class DataSettings:
     verify_checksums: bool = True
 
     def split(self, labels: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-        """The run's (train, validation) indices on the labels' device: `val_size` held
-        out, `train_subset` of the rest kept."""
         train_idx, val_idx = split_indices(labels, self.val_size, seed, self.stratify)
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
@@ -117,7 +109,6 @@ class DataSettings:
 
 
 def data_problems(data: Mapping[str, Any]) -> Iterator[str]:
-    """One line per invalid value of a `data` section."""
     val_size, subset = data["val_size"], data["train_subset"]
     if not is_int(val_size) or not 1 <= val_size < MNIST_TRAIN_SIZE:
         yield (

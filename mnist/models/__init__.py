@@ -1,5 +1,5 @@
-"""Model families. A model is a module here and a `conf/model/<name>.yaml` whose `_target_`
-names its class, `mnist.models.<module>.<Class>`: nothing else lists models."""
+"""Model families: a model is a class here and a conf/model/<name>.yaml whose `_target_`
+names it; nothing else lists models."""
 
 import importlib
 import inspect
@@ -26,14 +26,9 @@ __all__ = [
     "DenseNet",
     "GAP20k",
     "LayerSummary",
-    "ModelConfigError",
     "ModelSummary",
     "TinyVGG",
-    "UnsafeModelConfig",
-    "build_model",
-    "built_on_meta",
     "format_summary",
-    "model_class",
     "summarize",
 ]
 
@@ -43,9 +38,8 @@ _TARGET = re.compile(rf"{re.escape(__name__)}(?:\.(?P<module>[a-z_][a-z0-9_]*))?
 
 
 def model_class(target: str) -> type[nn.Module]:
-    """The class a model config's `_target_` names: any nn.Module subclass defined in a
-    module of this package. Configs also come from checkpoints, so the name is checked as
-    a string, and only a module of this package is ever imported to look it up."""
+    """Any nn.Module class of this package. Configs also come from checkpoints: the name is
+    checked as a string, and only this package's modules are imported."""
     match = _TARGET.fullmatch(target)
     modules = {info.name for info in pkgutil.iter_modules(__path__)}
     cls = None
@@ -74,10 +68,8 @@ def _nested_targets(value: Any) -> bool:
 
 
 def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Instantiate a `conf/model` config, as plain containers. Configs also come from
-    checkpoints, and loading a checkpoint must not be able to run code, so only this
-    package's model classes are built, with plain keyword arguments (no nested `_target_`,
-    no Hydra instantiate)."""
+    """A `conf/model` config's model. Loading a checkpoint must not run code: only this
+    package's classes are built, with plain keyword arguments (no Hydra instantiate)."""
     target = str(model_cfg.get("_target_", ""))
     kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
     cls = model_class(target)
@@ -98,9 +90,8 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
 
 
 def built_on_meta(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """The model built on the meta device and called on a batch of digits there, which
-    checks any model without allocating or drawing anything; ModelConfigError says why it
-    cannot be built or run."""
+    """Built and called on the meta device, which checks any model without allocating or
+    drawing anything."""
     with torch.device("meta"):
         model = build_model(model_cfg)
     check_forward(model, model_cfg["_target_"])

@@ -1,8 +1,5 @@
-"""Checks that make any model, a user's plain `nn.Module` included, fail before a run
-starts rather than in its first step: a model needs no checks of its own. The values it is
-built from are sizes, counts and rates; the built model must have weights in every layer,
-dropout below 1, and turn a batch of digits into 10 logits (tried on the meta device,
-which allocates and computes nothing)."""
+"""Checks that make any model, a user's plain `nn.Module` included, fail before a run starts
+rather than in its first step: a model needs no checks of its own."""
 
 import math
 from collections.abc import Iterator, Mapping
@@ -14,13 +11,12 @@ from torch import nn
 from mnist.errors import ModelConfigError
 from mnist.values import is_int, is_number
 
-# What every model is called on: a batch of MNIST digits, and what it must return.
 INPUT_SHAPE = (2, 1, 28, 28)
 NUM_CLASSES = 10
 
 
 def _given(value: Any, path: str = "model") -> Iterator[tuple[str, Any]]:
-    """("model.<key>[i]...=value", value) for every number in the arguments, lists included."""
+    """("model.<key>[i]...=value", value) for every value in the arguments."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             yield from _given(item, f"{path}.{key}")
@@ -44,8 +40,6 @@ def _number_problem(value: Any, default: Any) -> str | None:
 
 
 def check_arguments(kwargs: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """ModelConfigError naming the first number no model is built from: NaN or infinite,
-    negative, or a fraction where the class's default is an integer."""
     for key, value in kwargs.items():
         for shown, number in _given(value, f"model.{key}"):
             if problem := _number_problem(number, defaults.get(key)):
@@ -53,7 +47,7 @@ def check_arguments(kwargs: Mapping[str, Any], defaults: Mapping[str, Any]) -> N
 
 
 def _named(kwargs: Mapping[str, Any], wanted: float) -> str:
-    """The arguments holding `wanted`, which made the layer the check found: model.x=0."""
+    """The arguments holding `wanted`, which made the layer the check found."""
     paths = [
         shown
         for shown, number in _given(kwargs)
@@ -63,16 +57,15 @@ def _named(kwargs: Mapping[str, Any], wanted: float) -> str:
 
 
 def blamed(kwargs: Mapping[str, Any], error: Exception) -> str:
-    """The arguments whose values the error of a model's constructor quotes (torch names
-    the value, not the argument), else all of them."""
+    """The arguments whose values a constructor's error quotes (torch names the value, not
+    the argument), else all of them."""
     given = list(_given(kwargs))
     quoted = [shown for shown, number in given if str(number) in str(error).split()]
     return ", ".join(quoted or [shown for shown, _ in given]) or "model.*"
 
 
 def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
-    """ModelConfigError for a layer with no weights (a size of 0: it fails in the first
-    forward pass, or trains nothing) or a dropout that drops everything."""
+    """A size of 0 fails in the first forward pass, or trains nothing."""
     for name, parameter in model.named_parameters():
         if parameter.numel() == 0:
             raise ModelConfigError(
@@ -87,8 +80,6 @@ def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
 
 
 def check_forward(model: nn.Module, target: str) -> None:
-    """ModelConfigError unless `model`, built on the meta device, maps a batch of digits
-    to NUM_CLASSES logits each."""
     with torch.device("meta"), torch.no_grad():
         try:
             output = model(torch.empty(INPUT_SHAPE))

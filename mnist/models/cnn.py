@@ -6,8 +6,7 @@ from torch import Tensor, nn
 
 
 class CNN2(nn.Module):
-    """The PyTorch examples' MNIST net: conv32, conv64 (unpadded), maxpool, dropout,
-    fc 9216 -> 128, dropout, fc 10. About 1.2M parameters, almost all in the first fc."""
+    """The PyTorch examples' MNIST net (1.2M parameters, almost all in the first fc)."""
 
     def __init__(
         self,
@@ -44,11 +43,8 @@ def _conv_bn_relu(in_channels: int, channels: int, stride: int) -> list[nn.Modul
 
 
 def _side_after(stages: Sequence[Sequence[int]], downsample: str, side: int = 28) -> int:
-    """The side of the square feature maps, worked out rather than probed with a forward
-    pass: in train mode a probe would update BatchNorm's running statistics (and refuse a
-    1x1 map of one image), and on the meta device validation builds models on, it costs
-    seconds of imports. A padded 3x3 conv keeps the side; max pooling halves it rounding
-    down, a stride-2 conv rounding up."""
+    """Worked out, not probed: a forward pass would update BatchNorm's statistics. Max pooling
+    halves the side rounding down, a stride-2 conv rounding up."""
     for stage in stages:
         if downsample == "pool":
             side //= 2
@@ -58,13 +54,8 @@ def _side_after(stages: Sequence[Sequence[int]], downsample: str, side: int = 28
 
 
 class ConvNet(nn.Module):
-    """Stages of padded conv3x3 + BatchNorm + ReLU, each stage ending in a 2x downsample
-    (max pooling, or a stride-2 last conv when `downsample="stride"`), then an optional
-    hidden fc layer with dropout.
-
-    `stages=[[32], [64], [128]]` is the reference 3-conv net (flattens to 1152 features),
-    `[[32, 32], [64, 64]]` the 4-conv net; one class keeps the variants comparable.
-    """
+    """Stages of padded conv3x3 + BatchNorm + ReLU, each ending in a 2x downsample (max
+    pooling, or a stride-2 last conv), then an optional hidden fc layer with dropout."""
 
     def __init__(
         self,

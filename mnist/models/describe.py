@@ -1,5 +1,4 @@
-"""The shape of a model as the comparison table names it (conv layers, how it downsamples),
-read off the built module so that the table cannot disagree with the code."""
+"""A model's shape as the comparison table names it, read off the built module."""
 
 from collections.abc import Callable
 
@@ -14,8 +13,7 @@ def _strided_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and max(module.stride) > 1
 
 
-# How a layer downsamples, as the table names it, in the order names are joined: every
-# pooling layer torch has, and convolutions with a stride.
+# Every pooling layer torch has, and strided convolutions, in the order names are joined.
 DOWNSAMPLING: dict[str, Callable[[nn.Module], bool]] = {
     "MaxPool": lambda m: isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
                                         nn.FractionalMaxPool2d, nn.FractionalMaxPool3d)),
@@ -32,14 +30,11 @@ DOWNSAMPLING: dict[str, Callable[[nn.Module], bool]] = {
 
 
 def downsampling(model: nn.Module) -> str:
-    """ "MaxPool", "strided conv", "AvgPool", "global avg pool"..., joined with " + " when
-    mixed; "none"."""
     modules = list(model.modules())
     kinds = [name for name, kind in DOWNSAMPLING.items() if any(map(kind, modules))]
     return " + ".join(kinds) or "none"
 
 
 def shape_tags(model: nn.Module) -> dict[str, str]:
-    """Logged with each training run, so that the comparison reads what was trained instead
-    of rebuilding a model from a store's contents."""
+    """Logged with each run: the comparison reads what was trained, rebuilding nothing."""
     return {"model.conv_layers": str(conv_layers(model)), "model.pooling": downsampling(model)}

@@ -1,5 +1,5 @@
-"""The layer table researchers expect from `model.summary()`: output shapes, parameters and
-multiply-accumulates per layer, read off one forward pass so that it follows the code."""
+"""The layer table of `model.summary()`: output shapes, parameters and multiply-accumulates
+per layer, read off one forward pass."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class LayerSummary:
-    """One call of a leaf module; a module called twice is two rows, as in torchinfo."""
+    """One call of a leaf module (as in torchinfo)."""
 
     name: str
     kind: str
@@ -22,8 +22,7 @@ class LayerSummary:
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """The totals come from `model.parameters()`, not from the rows, so that a parameter
-    owned by a container rather than a leaf module still counts."""
+    """Totals from `model.parameters()`: a container's own parameters count too."""
 
     input_shape: tuple[int, ...]
     layers: tuple[LayerSummary, ...]
@@ -33,8 +32,8 @@ class ModelSummary:
 
 
 def _macs(module: nn.Module, output: Tensor) -> int:
-    """Multiply-accumulates per image: every output element of a conv or linear layer is one
-    dot product over its receptive field. Bias adds are not counted."""
+    """Per image: a conv or linear output element is one dot product; bias adds do not count,
+    nor (as in most MAC counters) BatchNorm, activations, pooling and residual adds."""
     per_image = output[0].numel()
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
@@ -45,18 +44,9 @@ def _macs(module: nn.Module, output: Tensor) -> int:
 
 
 def summarize(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> ModelSummary:
-    """One forward pass of a single zero image of `input_shape` (without the batch dim) through
-    `model`, with a hook on each leaf module recording its output shape, its own parameters
-    and its MACs.
-
-    Only Conv2d and Linear count MACs; BatchNorm, activations, pooling, dropout and the
-    residual add count 0, as in most MAC counters: they are one cheap operation per element,
-    and BatchNorm folds into the preceding conv at inference.
-
-    The pass runs in eval mode under no_grad, so BatchNorm statistics and RNG state stay as
-    they were (training calls this between seeding and its first step); each module's mode
-    is restored and the hooks removed afterwards, even when the forward pass fails. The
-    input takes the device and dtype of the model's parameters."""
+    """A zero image of `input_shape` through `model`, hooked on each leaf module. In eval mode
+    under no_grad: BatchNorm statistics and RNG state stay as they were (training calls this
+    between seeding and its first step)."""
     names = {module: name for name, module in model.named_modules()}
     layers: list[LayerSummary] = []
 
@@ -97,8 +87,7 @@ def _shape(shape: Sequence[int]) -> str:
 
 
 def format_summary(summary: ModelSummary) -> str:
-    """A fixed-width text table, one row per layer call, and the totals: plain text so that
-    it reads the same in a terminal, a log and an MLflow artifact."""
+    """Plain text: it reads the same in a terminal, a log and an MLflow artifact."""
     rows = [HEADER] + [
         (layer.name, layer.kind, _shape(layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}")
         for layer in summary.layers

@@ -4,8 +4,7 @@ from torch import Tensor, nn
 
 
 class CNN24k(nn.Module):
-    """Conv 8/16/24 (3x3, unpadded) with max pooling after conv1 and conv3, then
-    fc 384 -> 50 -> 10: exactly 24,488 parameters, the reference's budget net."""
+    """The reference's budget net: exactly 24,488 parameters."""
 
     def __init__(self, hidden: int = 50, num_classes: int = 10) -> None:
         super().__init__()
@@ -35,10 +34,8 @@ def _conv_bn(in_channels: int, channels: int) -> nn.Sequential:
 
 
 class GAP20k(nn.Module):
-    """Under 20k parameters with no fully connected layer: BatchNorm convs, one residual
-    block, dropout, a 1x1 conv to class maps and global average pooling. `tail` 3x3 convs at
-    7x7 before the class maps each widen what one class-map cell sees by 8 pixels: without
-    them a cell sees 16x16 of the 28x28 digit."""
+    """Under 20k parameters, no fully connected layer. Each `tail` 3x3 conv at 7x7 widens what
+    a class-map cell sees by 8 pixels (without them, 16x16 of the 28x28 digit)."""
 
     def __init__(
         self, width: int = 16, dropout: float = 0.05, tail: int = 0, num_classes: int = 10

@@ -1,8 +1,6 @@
 """What a run trains, built from its settings in one order (device, seed, data, split, model,
 learner) that training, the benchmark and the tests share: reproducibility depends on it."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ class RunSettings:
     augmentation: Mapping[str, Mapping[str, Any]]
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> RunSettings:
+    def from_mapping(cls, config: Mapping[str, Any]) -> "RunSettings":
         return cls(
             seed=config["seed"],
             device=DeviceSettings(**config["device"]),

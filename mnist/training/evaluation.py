@@ -1,7 +1,5 @@
 """Evaluation of a model on uint8 images, for validation, tests and scripts/evaluate.py."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

@@ -1,8 +1,6 @@
 """What `fit` reports as it goes: the core calls a listener and imports no tracker
 (mnist/tracking/listener.py records the calls in MLflow)."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,8 +1,6 @@
 """The training loop: the best checkpoint is chosen on validation accuracy only, and a
 SIGINT/SIGTERM stops after the current step with a last.pt that resumes exactly there."""
 
-from __future__ import annotations
-
 import logging
 import math
 import time

@@ -1,8 +1,6 @@
 """Each phase of a training job timed back to back, logged as metrics time/<phase>_s, so
 that scripts/startup.py reads a run's fixed cost from the run itself."""
 
-from __future__ import annotations
-
 import os
 import time
 

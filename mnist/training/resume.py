@@ -1,8 +1,6 @@
 """Exact resume: `Progress` (where training stands) and `Learner` (everything training
 changes) to one last.pt state and back."""
 
-from __future__ import annotations
-
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any

@@ -1,7 +1,5 @@
 """How to train: the `trainer` config group, and what each of its values must be."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,7 +33,7 @@ class Trainer:
     compile: bool = False
 
     @classmethod
-    def from_mapping(cls, section: Mapping[str, Any]) -> Trainer:
+    def from_mapping(cls, section: Mapping[str, Any]) -> "Trainer":
         values = {f.name: section[f.name] for f in fields(cls) if f.name in section}
         return cls(**values | {"early_stopping": EarlyStopping(**section["early_stopping"])})
 

@@ -1,8 +1,6 @@
 """SIGINT/SIGTERM as a request to stop at the next safe point (the loop after each step, the
 end of a run between its steps), which keeps a resumable checkpoint."""
 
-from __future__ import annotations
-
 import logging
 import signal
 import threading
