@@ -34,14 +34,6 @@ class CNN2(nn.Module):
         return self.layers(x)
 
 
-def _conv_bn_relu(in_channels: int, channels: int, stride: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(inplace=True),
-    ]
-
-
 def _side_after(stages: Sequence[Sequence[int]], downsample: str, side: int = 28) -> int:
     """Worked out, not probed: a forward pass would update BatchNorm's statistics. Max pooling
     halves the side rounding down, a stride-2 conv rounding up."""
@@ -74,7 +66,11 @@ class ConvNet(nn.Module):
             for i, channels in enumerate(stage):
                 last = i == len(stage) - 1
                 stride = 2 if last and downsample == "stride" else 1
-                layers += _conv_bn_relu(in_channels, channels, stride)
+                layers += [
+                    nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(inplace=True),
+                ]
                 in_channels = channels
             if downsample == "pool":
                 layers.append(nn.MaxPool2d(2))
