@@ -1,4 +1,2 @@
-"""Hyperparameter search on Optuna, driven by Hydra configs (scripts/tune.py): search spaces
-in conf/hparams_search/, every trial a training job and a child MLflow run, pruned on its
-validation accuracy, in a study stored beside the MLflow store so that it can be resumed
-and shared by several processes."""
+"""Hyperparameter search on Optuna (scripts/tune.py): every trial a training job and a child
+MLflow run, in a study that can be resumed and shared by several processes."""

@@ -1,14 +1,11 @@
-"""One trial = one training job: the trial's suggestions become overrides of the training
-config, the job runs as a child of the study's MLflow run, reports its validation accuracy
-to the trial after every epoch and stops when the pruner says so. The objective is the
-job's best validation accuracy; the test set plays no part in the search."""
+"""One trial = one training job, a child of the study's MLflow run, pruned on its validation
+accuracy; the objective is its best validation accuracy (the test set chooses nothing)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +23,7 @@ from mnist.tuning.space import Param, trial_overrides
 
 log = logging.getLogger(__name__)
 
-# run_training(cfg, ctx) -> final metrics: the training command, passed in by scripts/tune.py.
+# run_training(cfg, ctx) -> final metrics, passed in by scripts/tune.py.
 TrainFn = Callable[[DictConfig, JobContext], dict[str, Any]]
 # Overrides of the trial -> (its training config, the option chosen in each config group).
 ComposeFn = Callable[[list[str]], tuple[DictConfig, dict[str, str]]]
@@ -37,27 +34,21 @@ class PrunedTrial(optuna.TrialPruned, KeyboardInterrupt):
 
 
 class TrialFailed(Exception):
-    """Recorded FAIL, and the search goes on. A user error (config, data, store) is not
-    wrapped: it would fail every trial, so it stops the search."""
+    """Recorded FAIL, and the search goes on (a user error is not wrapped: it stops it)."""
 
 
 class TrialInterrupted(BaseException):
-    """A signal stopped the trial. Not an Exception nor a KeyboardInterrupt, which Optuna
-    would log with a 17-line traceback: it leaves `study.optimize` as it is."""
+    """A signal stopped the trial: not an Exception nor a KeyboardInterrupt, which Optuna
+    would log with a 17-line traceback."""
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """`trial` queued again with its parameters, as the heartbeat does for a trial whose
-    process died; its `retry_history` keeps the failed one from counting."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+    """`trial` queued again with its parameters, as the heartbeat does for a dead process's."""
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
 @dataclass
 class Objective:
-    """Called by Optuna with each trial; returns its best validation accuracy."""
-
     train: TrainFn
     compose: ComposeFn
     space: list[Param]
@@ -106,8 +97,6 @@ def _observer(trial: optuna.Trial, epochs: int) -> Callable[[dict[str, float], i
         epoch_times.append(metrics["epoch_time_s"])
         trial.set_user_attr("epoch_times_s", epoch_times)
         trial.report(metrics[VAL_ACC], epoch)
-        # A stop request (SIGINT/SIGTERM) is the training loop's to honour, after this
-        # epoch's last.pt is written; the objective then queues the trial again.
         if epoch < epochs and trial.should_prune():
             raise PrunedTrial(f"{VAL_ACC} {metrics[VAL_ACC]:.4f} at epoch {epoch}/{epochs}")
 

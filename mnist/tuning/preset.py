@@ -1,7 +1,5 @@
-"""The result of a study kept as an experiment preset, tuned_<study>.yaml: the overrides the
-study's trials shared plus the best trial's parameters, and nothing else, so that
-`python scripts/train.py experiment=tuned_<study>` trains that trial's config again (with
-`-m`, over three seeds). A file to review and commit, like the other presets."""
+"""A study's result as an experiment preset, tuned_<study>.yaml: its recipe plus the best
+trial's parameters, so that `scripts/train.py experiment=tuned_<study>` trains it again."""
 
 from __future__ import annotations
 
@@ -23,22 +21,21 @@ from mnist.tuning.space import override_text, parse_space
 log = logging.getLogger(__name__)
 
 SEEDS = "0,1,2"
-# The folder of the output directory's experiment/ that holds the search's preset: an
-# option no committed preset has (see write_best_preset).
+# Hydra looks in conf/ before any --config-dir: under its own name, a committed preset of
+# the study (conf/experiment/tuned_fast.yaml) would be trained instead.
 SEARCH_PRESETS = "search"
 
 
 def saved_preset(cfg: DictConfig) -> Path | None:
-    """Where save_preset=true copies the preset (conf/experiment/ by default); None when
-    not asked: a command never replaces a file under version control on its own."""
+    """Where save_preset=true copies the preset; None when not asked (a command never
+    replaces a file under version control on its own)."""
     if not cfg.save_preset:
         return None
     return Path(cfg.preset_dir) / f"tuned_{cfg.hparams_search.study}.yaml"
 
 
 def preset_config(name: str, overrides: list[str], groups: set[str]) -> dict[str, Any]:
-    """Overrides as an experiment file: a config group's option in `defaults` (an
-    experiment= base first), every other key nested."""
+    """Overrides as an experiment file: groups' options in `defaults`, other keys nested."""
     base, chosen, values = [], [], OmegaConf.create()
     for override in OverridesParser.create().parse_overrides(overrides):
         key, value = override.key_or_group, override.value()
@@ -56,11 +53,8 @@ def preset_config(name: str, overrides: list[str], groups: set[str]) -> dict[str
 
 
 def write_best_preset(cfg: DictConfig, ctx: Any, study: optuna.Study, url: str) -> Path:
-    """<output dir>/experiment/search/tuned_<study>.yaml, for `--config-dir <output dir>
-    experiment=search/tuned_<study>`: Hydra looks in conf/ before any --config-dir, so
-    under the name save_preset gives it a committed preset of the study (the shipped
-    conf/experiment/tuned_fast.yaml) would be trained instead. `ctx`: the command's
-    SearchContext; `url`: the study's storage."""
+    """<output dir>/experiment/search/tuned_<study>.yaml. `ctx`: a SearchContext; `url`:
+    the study's storage."""
     best, name = study.best_trial, f"tuned_{study.study_name}"
     by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
     params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]

@@ -1,13 +1,12 @@
-"""`scripts/tune.py`: check everything before the first trial, join (or create) the study,
-run its trials here or in n_jobs worker processes, then sum the study up."""
+"""scripts/tune.py: check everything, join (or create) the study, run its trials here or in
+n_jobs worker processes, then sum the study up."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import optuna
@@ -30,12 +29,10 @@ from mnist.tuning.workers import is_worker, run_workers
 
 log = logging.getLogger(__name__)
 
-# Keys of conf/tune.yaml that configure the search, not the training (tested to be all the
-# keys tune.yaml adds to train.yaml).
+# The keys conf/tune.yaml adds to train.yaml: they configure the search, not the training.
 TUNE_KEYS = ("hparams_search", "n_trials", "timeout_s", "n_jobs", "storage", "heartbeat_s",
              "save_preset", "overwrite", "preset_dir")  # fmt: skip
-# Where a trial runs and writes, not what it trains: left out of what a study compares
-# when it is continued, and out of the preset.
+# Where a trial runs and writes, not what it trains: not part of a study's recipe.
 PLACE_KEYS = ("paths", "device", "hydra")
 # How long a process that joins a study waits for its creator to open the parent run.
 JOIN_TIMEOUT_S = 120
@@ -43,8 +40,8 @@ JOIN_TIMEOUT_S = 120
 
 @dataclass
 class SearchContext(JobContext):
-    """A job's context plus every config group (unselected ones too), the where-to-write
-    keys (hydra.job.config.override_dirname.exclude_keys) and the command line."""
+    """A job's context plus every config group, the where-to-write keys (override_dirname's
+    exclude_keys) and the command line."""
 
     groups: set[str] = field(default_factory=set)
     where_keys: list[str] = field(default_factory=list)
@@ -63,13 +60,11 @@ class SearchContext(JobContext):
 
 
 def config_groups(choices: Mapping[str, Any]) -> set[str]:
-    """What a search may pick an option of, and a preset selects in its defaults list."""
     return {group for group in choices if not group.startswith(("hydra/", "hparams_search"))}
 
 
 def training_config(cfg: DictConfig) -> DictConfig:
-    """The tune config as the training config of a trial: resolved (tune.yaml names the
-    MLflow experiment after the study), without the search's own keys."""
+    """The tune config resolved (it names the experiment after the study), less TUNE_KEYS."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(cfg):
         for key in TUNE_KEYS:
@@ -78,8 +73,7 @@ def training_config(cfg: DictConfig) -> DictConfig:
 
 
 def recipe_overrides(ctx: SearchContext) -> list[str]:
-    """The command's overrides that change what a trial trains: the ones the study's trials
-    share, kept in its preset and compared when the study is continued."""
+    """The command's overrides that change what a trial trains: the study's recipe."""
     return sorted(
         o
         for o in ctx.overrides
@@ -89,8 +83,8 @@ def recipe_overrides(ctx: SearchContext) -> list[str]:
 
 
 def composer(ctx: SearchContext) -> ComposeFn:
-    """Trial overrides -> (its training config, each group's option): the tune config
-    composed as this command composed it, plus the trial's overrides."""
+    """Trial overrides -> (its training config, each group's option), composed as this
+    command's."""
 
     def compose(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
         from hydra import compose as hydra_compose
@@ -110,7 +104,7 @@ def composer(ctx: SearchContext) -> ComposeFn:
 
 def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | None:
     """The study's best validation accuracy (None before a trial completed). A signal
-    raises SearchInterrupted (in a worker, WorkerInterrupted) with the study consistent."""
+    raises SearchInterrupted (in a worker, WorkerInterrupted)."""
     space, base, compose = _checked(cfg, ctx)
     uri, url = stores(cfg)
     check_store(uri, experiment=base.logger.experiment)
@@ -120,20 +114,21 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
     parent = _parent_run(study, created, uri, base.logger.experiment, url, space, cfg, ctx)
     log.info("Study %r in %s; MLflow parent run %s in %s", name, url, parent, uri)
     deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s
-    if cfg.n_jobs > 1 and not is_worker():
-        work: Callable[[], None] = partial(
-            run_workers, ctx.argv, cfg.n_jobs, ctx.output_dir, deadline
-        )
-    else:
-        shared = [o for o in ctx.overrides if override_key(o).split(".")[0] not in TUNE_KEYS]
-        objective = Objective(train, compose, space, shared, study_dir(cfg) / "trials", parent)
-        work = partial(_run_here, study, objective, cfg, deadline)
     worker = is_worker()  # a worker leaves the summary to the command that started it
     if not worker:
         reopen_study_run(uri, parent)
     status = "FAILED"
     try:
-        work()
+        if cfg.n_jobs > 1 and not worker:
+            run_workers(ctx.argv, cfg.n_jobs, ctx.output_dir, deadline)
+        else:
+            shared = [o for o in ctx.overrides if override_key(o).split(".")[0] not in TUNE_KEYS]
+            objective = Objective(train, compose, space, shared, study_dir(cfg) / "trials", parent)
+            with stop_on_signals() as stop_requested:
+                poll_s = min(cfg.heartbeat_s, 5)
+                run_trials(study, objective, cfg.n_trials, deadline, stop_requested, poll_s)
+                if stop_requested():
+                    raise KeyboardInterrupt
         status = "FINISHED"
     except (KeyboardInterrupt, TrialInterrupted) as e:
         # A worker says nothing: the command that started it says how to go on.
@@ -147,8 +142,8 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
 
 
 def _checked(cfg: DictConfig, ctx: SearchContext) -> tuple[list[Param], DictConfig, ComposeFn]:
-    """(the search space, the trials' base training config, the trial composer), all
-    checked: nothing is written before this returns."""
+    """(search space, base training config, trial composer), all checked before anything
+    is written."""
     check_settings(cfg)
     saved = saved_preset(cfg)
     if saved is not None and saved.exists() and not cfg.overwrite:
@@ -177,7 +172,7 @@ def _parent_run(
     ctx: SearchContext,
 ) -> str:
     """The study's MLflow run, opened by its creator; a process joining the study checks
-    it searches the same space with the same overrides."""
+    it searches the same space with the same recipe."""
     recipe = recipe_overrides(ctx)
     identity = {"search_space": space_signature(space), "recipe_overrides": recipe}
     if created:
@@ -207,13 +202,3 @@ def _parent_run(
         run_id = open_study_run(uri, experiment, study.study_name, tags, params)
         study.set_user_attr("mlflow_parent_run_id", run_id)
     return study.user_attrs["mlflow_parent_run_id"]
-
-
-def _run_here(
-    study: optuna.Study, objective: Objective, cfg: DictConfig, deadline: float | None
-) -> None:
-    with stop_on_signals() as stop_requested:
-        poll_s = min(cfg.heartbeat_s, 5)
-        run_trials(study, objective, cfg.n_trials, deadline, stop_requested, poll_s)
-        if stop_requested():
-            raise KeyboardInterrupt

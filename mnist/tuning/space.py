@@ -1,6 +1,5 @@
-"""A study's search space: the `params` of conf/hparams_search/<name>.yaml, each a config key
-(`optimizer.lr`) or a config group (`optimizer`) with a distribution. Checked against the
-composed config before any trial, so that a typo fails in one line instead of in trial 7."""
+"""A study's search space (conf/hparams_search/<name>.yaml `params`), checked against the
+composed config before any trial so that a typo fails in one line, not in trial 7."""
 
 from __future__ import annotations
 
@@ -14,18 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.config import validate_config
 from mnist.errors import ConfigError
+from mnist.values import is_int, is_number
 
-KEYS = {
-    "float": {"type", "low", "high", "log", "step"},
-    "int": {"type", "low", "high", "log", "step"},
-    "categorical": {"type", "choices"},
-}
+RANGE_KEYS = {"type", "low", "high", "log", "step"}
+KEYS = {"float": RANGE_KEYS, "int": RANGE_KEYS, "categorical": {"type", "choices"}}
 _ABSENT = object()
 
 
 def override_text(value: Any) -> str:
-    """A config value as Hydra's override grammar reads it back: floats in full precision
-    (repr), lists as [a,b], true/false/null."""
+    """A config value as Hydra's override grammar reads it back (floats in full precision)."""
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
@@ -35,15 +31,10 @@ def override_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _is_number(value: Any, kind: str = "float") -> bool:
-    types = int if kind == "int" else (int, float)
-    return isinstance(value, types) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class Param:
-    """One searched key. Optuna knows a categorical choice that is not a scalar (a list of
-    stage widths) by its override text; `labels` maps what Optuna stores to the value."""
+    """One searched key. Optuna stores a non-scalar choice (a list of widths) by its override
+    text; `labels` maps what Optuna stores to the value."""
 
     path: str
     kind: str
@@ -59,13 +50,12 @@ class Param:
         return {c if isinstance(c, scalar) else override_text(c): c for c in self.choices}
 
     def value(self, label: Any) -> Any:
-        """The config value of what Optuna suggested or stored."""
         return self.labels[label] if self.kind == "categorical" else label
 
     def label(self, value: Any) -> Any:
         """What Optuna stores for a config value; _ABSENT when the space has no such value."""
         if self.kind != "categorical":
-            return value if _is_number(value) and self.low <= value <= self.high else _ABSENT
+            return value if is_number(value) and self.low <= value <= self.high else _ABSENT
         texts = {override_text(v): label for label, v in self.labels.items()}
         return texts.get(override_text(value), _ABSENT)
 
@@ -102,22 +92,22 @@ def _param_problems(path: str, spec: Any) -> Iterator[str]:
             yield f"{where}: choices {override_text(choices)} repeat a value"
         return
     low, high, step = spec.get("low"), spec.get("high"), spec.get("step")
-    if not (_is_number(low, kind) and _is_number(high, kind)):
+    check = is_int if kind == "int" else is_number
+    if not (check(low) and check(high)):
         yield f"{where}: low={low!r} and high={high!r} must be {kind}s"
     elif low >= high:
         yield f"{where}: the range [{low}, {high}] is empty or inverted (low must be < high)"
     elif spec.get("log") and low <= 0:
         yield f"{where}: a log range needs low > 0 (got {low})"
-    if step is not None and not (_is_number(step, kind) and step > 0):
+    if step is not None and not (check(step) and step > 0):
         yield f"{where}: step={step!r} must be a {kind} > 0"
     if step is not None and spec.get("log"):
         yield f"{where}: log and step cannot be combined"
 
 
 def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(config path, leaf) of a mapping nested as the config is (`optimizer: {lr: ...}`,
-    so that `hparams_search.params.optimizer.lr.low=1e-4` is an override) or keyed by
-    dotted paths (`optimizer.lr: ...`). A distribution (a mapping with a `type`) is a leaf."""
+    """(dotted path, leaf) of a mapping nested (`optimizer: {lr: ...}`) or keyed by dotted
+    paths; a distribution (a mapping with a `type`) is a leaf."""
     for key, value in tree.items():
         if isinstance(value, Mapping) and value and "type" not in value:
             yield from _leaves(value, f"{prefix}{key}.")
@@ -131,7 +121,6 @@ def _refuse(problems: list[str]) -> None:
 
 
 def parse_space(params: Any) -> list[Param]:
-    """The `params` mapping as Params; ConfigError listing every malformed entry."""
     params = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else params
     if not isinstance(params, Mapping) or not params:
         raise ConfigError("hparams_search.params must map config keys to distributions")
@@ -145,9 +134,8 @@ def parse_space(params: Any) -> list[Param]:
 
 
 def first_trials(space: list[Param], entries: Any) -> list[dict[str, Any]]:
-    """`hparams_search.enqueue`: trials to run before the sampler's own (e.g. the recipe
-    you already have), each some searched keys with values in their ranges, as Optuna's
-    parameters; a key left out is sampled."""
+    """`hparams_search.enqueue` as Optuna's parameters: trials run before the sampler's own;
+    a key left out is sampled."""
     if OmegaConf.is_config(entries):
         entries = OmegaConf.to_container(entries, resolve=True)
     by_path = {p.path: p for p in space}
@@ -174,7 +162,6 @@ def first_trials(space: list[Param], entries: Any) -> list[dict[str, Any]]:
 
 
 def space_signature(space: list[Param]) -> str:
-    """What a study is searching, as stored with it: resuming must search the same space."""
     return json.dumps({p.path: p.describe() for p in space}, sort_keys=True)
 
 
@@ -184,9 +171,8 @@ def check_space(
     groups: set[str],
     compose: Callable[[list[str]], DictConfig],
 ) -> None:
-    """Every key exists in `cfg` (the training config the search starts from), every
-    choice of a config group is one of its options, and every choice and both ends of
-    every range give a valid config. `compose` builds the training config with overrides."""
+    """Every key exists in `cfg`, every group's choice is one of its options, and every
+    choice and both ends of every range give a valid config."""
     for param in space:
         where = f"hparams_search.params.{param.path}"
         if param.path in groups:

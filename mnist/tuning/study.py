@@ -1,7 +1,5 @@
-"""The Optuna study: where it is stored, how it samples and prunes, and the loop of trials
-one process runs. The storage is a database (SQLite beside the MLflow store by default), so
-the study outlives any process: re-running the command continues it, and any number of
-processes can run its trials at once."""
+"""The Optuna study, in a database (SQLite beside the MLflow store by default) so that
+re-running the command continues it and any number of processes can share it."""
 
 from __future__ import annotations
 
@@ -24,6 +22,8 @@ from mnist.training.signals import StopRequested
 from mnist.tuning.objective import TrialFailed, requeue
 from mnist.values import is_int, is_number
 
+# The heartbeat and its retry are experimental in Optuna, and say so at every use.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "successive_halving", "none")
 
@@ -57,21 +57,19 @@ def _settings_problems(cfg: DictConfig) -> Iterator[str]:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """The study's own settings (the tune config minus the search space and training)."""
     if problems := list(_settings_problems(cfg)):
         raise ConfigError("Invalid search settings: " + "; ".join(problems) + ".")
 
 
 def study_dir(cfg: DictConfig) -> Path:
-    """outputs/tune/<study>/: the trials' run directories (and the study's SQLite file when
-    the MLflow store has no directory here)."""
+    """outputs/tune/<study>/: the trials' directories (and the study's SQLite file when the
+    MLflow store has no directory here)."""
     return Path(cfg.paths.outputs).resolve() / "tune" / str(cfg.hparams_search.study)
 
 
 def stores(cfg: DictConfig) -> tuple[str, str]:
-    """(the MLflow store's URI, the study's storage URL): `storage` if set, else optuna.db
-    beside an SQLite store's file, else (a tracking server, a database) in study_dir, so
-    that the study follows the store this run uses. Nothing is created here."""
+    """(MLflow URI, study storage URL): `storage` if set, else optuna.db beside an SQLite
+    store's file, else in study_dir, so that the study follows the store."""
     uri = tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if cfg.storage:
         return uri, str(cfg.storage)
@@ -81,15 +79,13 @@ def stores(cfg: DictConfig) -> tuple[str, str]:
 
 
 class SeededPerTrial(optuna.samplers.BaseSampler):
-    """The draws of trial n come from a sampler seeded with seed + n. One seeded sampler
-    per process would repeat its first draws in every process that runs the study: each
-    run of a resumed study, each of n_jobs workers, each process started by hand."""
+    """Trial n draws from a sampler seeded with seed + n: one seeded sampler per process
+    would repeat its draws in every process that runs the study (resumed, workers)."""
 
     def __init__(self, make: Callable[[int | None], Any], seed: int | None) -> None:
         self._make, self._seed, self._sampler = make, seed, make(seed)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        # Optuna calls it first for each trial, and a process runs one trial at a time.
         self._sampler = self._make(None if self._seed is None else self._seed + trial.number)
         self._sampler.before_trial(study, trial)
 
@@ -107,19 +103,18 @@ class SeededPerTrial(optuna.samplers.BaseSampler):
 
 
 def make_sampler(settings: DictConfig) -> optuna.samplers.BaseSampler:
-    if settings.name == "random":
-        return SeededPerTrial(lambda seed: optuna.samplers.RandomSampler(seed=seed), settings.seed)
-    # constant_liar: parallel workers treat running trials as bad, so they spread out.
-    return SeededPerTrial(
-        lambda seed: optuna.samplers.TPESampler(
+    def make(seed: int | None) -> optuna.samplers.BaseSampler:
+        if settings.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        # constant_liar: parallel workers treat running trials as bad, so they spread out.
+        return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=settings.n_startup_trials, constant_liar=True
-        ),
-        settings.seed,
-    )
+        )
+
+    return SeededPerTrial(make, settings.seed)
 
 
 def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
-    """Steps are epochs (1, 2, ...); no trial is pruned before `min_epochs`."""
     if settings.name == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=settings.n_startup_trials, n_warmup_steps=settings.min_epochs - 1
@@ -132,8 +127,8 @@ def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(url: str, search: DictConfig, heartbeat_s: int) -> tuple[optuna.Study, bool]:
-    """(the study `search` (hparams_search) names, whether this call created it): creating
-    is atomic in the database, so of several processes started at once one is the creator."""
+    """(the study, whether this call created it): creating is atomic in the database, so
+    of several processes started at once one is the creator."""
     kwargs: dict[str, Any] = dict(study_name=search.study, storage=_storage(url, heartbeat_s))
     kwargs |= {"sampler": make_sampler(search.sampler), "pruner": make_pruner(search.pruner)}
     try:
@@ -144,9 +139,8 @@ def open_study(url: str, search: DictConfig, heartbeat_s: int) -> tuple[optuna.S
 
 @contextlib.contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    """For an SQLite file, an exclusive lock on `<file>.lock` while the storage is opened:
-    two processes creating a new file's schema at once fail ("table studies already
-    exists")."""
+    """For an SQLite file, a lock while the storage is opened: two processes creating a
+    new file's schema at once fail ("table studies already exists")."""
     path = url.removeprefix("sqlite:///")
     if path == url or path == ":memory:":
         yield
@@ -159,12 +153,10 @@ def _schema_lock(url: str) -> Iterator[None]:
 
 
 def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
-    """A trial whose process died stops beating; after 3 heartbeats it is marked FAIL and
-    queued again as it was. SQLite writers in several processes wait for each other."""
+    """A trial whose process died is marked FAIL after 3 missed heartbeats and queued again."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
-        with _schema_lock(url), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _schema_lock(url):
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                 grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=requeue,
@@ -177,8 +169,7 @@ def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
 
 
 def counts(study: optuna.Study) -> tuple[int, int]:
-    """(trials that ran to an end and count towards n_trials, trials running now): a trial
-    queued again (interrupted, or its process died) does not count."""
+    """(trials ended, trials running): a trial queued again does not count as ended."""
     trials = study.get_trials(deepcopy=False)
     again = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     ended = sum(t.state.is_finished() and t.number not in again for t in trials)
@@ -193,14 +184,10 @@ def run_trials(
     stop_requested: StopRequested,
     poll_s: float,
 ) -> None:
-    """Run trials until the study has `n_trials` that ended, the deadline (time.monotonic)
-    passes or a stop is requested; queued trials first. When the remaining trials all run
-    elsewhere, wait for them: a process that dies leaves its trial to come back to the
-    queue, and then this process runs it."""
+    """Run trials until `n_trials` ended, the deadline passes or a stop is requested. When
+    the rest all run elsewhere, wait: a process that dies leaves its trial to the queue."""
     while not stop_requested() and (deadline is None or time.monotonic() < deadline):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        optuna.storages.fail_stale_trials(study)
         ended, running = counts(study)
         if ended >= n_trials:
             return

@@ -1,6 +1,5 @@
-"""Where a study stands, when a tune command ends: the trial counts and what pruning saved,
-Optuna's plots and the best trial's preset, all in the study's MLflow parent run
-(mnist/tracking/study_runs.py)."""
+"""A study summed up in its MLflow parent run when a tune command ends: trial counts, what
+pruning saved, Optuna's plots and the best trial's preset."""
 
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def pruning_savings(trials: list[FrozenTrial]) -> dict[str, float]:
-    """Epochs and seconds of training the pruned trials did not run: for each, the epochs
-    it had left times its own mean epoch time (what they would have taken had it gone on)."""
+    """Epochs and seconds the pruned trials did not run: each one's epochs left times its
+    own mean epoch time."""
     ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     times = {t.number: t.user_attrs.get("epoch_times_s", []) for t in ran}
     pruned = [t for t in ran if t.state == TrialState.PRUNED and times[t.number]]
@@ -40,8 +39,7 @@ def pruning_savings(trials: list[FrozenTrial]) -> dict[str, float]:
 
 
 def _plots(study: optuna.Study, output_dir: Path) -> list[Path]:
-    """Optimisation history, intermediate values (what the pruner saw) and parameter
-    importances (PED-ANOVA: needs no scikit-learn; at least two complete trials)."""
+    """Optuna's plots; importances by PED-ANOVA (no scikit-learn), from two complete trials."""
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.visualization import matplotlib as optuna_plots
 
@@ -74,9 +72,8 @@ def summarize(
     parent: str,
     status: str,
 ) -> None:
-    """The best trial written as a preset in the output directory, the parent run brought
-    up to date (the preset among its artifacts) and ended, the preset saved when asked.
-    `ctx`: the command's SearchContext; `stores`: (MLflow URI, study storage URL)."""
+    """The best trial's preset written (and saved when asked), the parent run brought up to
+    date and ended. `ctx`: a SearchContext; `stores`: (MLflow URI, study storage URL)."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
     metrics = {f"trials/{state}": float(states[state]) for state in ("complete", "pruned", "fail")}

@@ -1,8 +1,6 @@
-"""n_jobs > 1: the same tune command started n_jobs times as worker processes that share the
-study's storage, each running one single-threaded trial at a time, exactly as tune.py
-processes started by hand or by a cluster launcher would. This process waits for them and
-passes a SIGINT/SIGTERM on to each (they run in sessions of their own, so that a Ctrl-C in
-the terminal reaches them once, not twice: a second signal stops a trial at once)."""
+"""n_jobs > 1: the tune command started n_jobs times as workers sharing the study. Each runs
+in a session of its own, so that a Ctrl-C reaches it once (forwarded), not twice: a second
+signal stops a trial at once."""
 
 from __future__ import annotations
 
@@ -15,8 +13,6 @@ from pathlib import Path
 from mnist.overrides import override_key
 from mnist.training.signals import install_handler
 
-# Set in a worker's environment: it runs trials and leaves the study's summary (parent
-# run, plots, preset) to the command that started it.
 WORKER_ENV = "MNIST_TUNE_WORKER"
 
 
@@ -25,9 +21,8 @@ def is_worker() -> bool:
 
 
 def worker_command(argv: list[str], timeout_s: float | None, run_dir: Path) -> list[str]:
-    """A worker's command line: this command's, one job, what is left of the time limit,
-    one torch thread unless the command set device.num_threads, its own Hydra output
-    directory."""
+    """This command's line for one job, with the time left, one torch thread unless set, and
+    its own output directory."""
     args = [a for a in argv[1:] if override_key(a) not in ("n_jobs", "timeout_s", "hydra.run.dir")]
     args += ["n_jobs=1", f"hydra.run.dir={run_dir}"]
     if timeout_s is not None:
@@ -38,8 +33,7 @@ def worker_command(argv: list[str], timeout_s: float | None, run_dir: Path) -> l
 
 
 def run_workers(argv: list[str], n_jobs: int, output_dir: Path, deadline: float | None) -> None:
-    """Run n_jobs workers of the command `argv` to their end (`deadline`: time.monotonic's);
-    KeyboardInterrupt when a signal stopped them."""
+    """Run n_jobs workers to their end; KeyboardInterrupt when a signal stopped them."""
     timeout_s = None if deadline is None else max(1.0, deadline - time.monotonic())
     env = {**os.environ, WORKER_ENV: "1"}
     processes = [
