@@ -1,11 +1,13 @@
-"""The private parts of Hydra and loky that mnist/sweeps/internals.py reads still behave as
-it expects: an upgrade that changes one fails here, naming it, rather than in a sweep."""
+"""The private parts of Hydra and loky that mnist/sweeps reads still behave as it expects: an
+upgrade that changes one fails here, naming it, rather than in a sweep."""
 
 import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import run_and_report
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 
-from mnist.sweeps import internals
+from mnist.sweeps.stop import joblib_workers
 
 
 def test_basic_sweeper_split_arguments_gives_the_jobs_in_launch_order():
@@ -16,20 +18,21 @@ def test_basic_sweeper_split_arguments_gives_the_jobs_in_launch_order():
         ["model=b", "seed=0"],
         ["model=b", "seed=1"],
     ]
-    assert internals.basic_sweeper_jobs(overrides) == jobs, (
+    split = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    assert split == jobs, (
         "hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments changed"
     )
-    assert internals.BASIC_SWEEPER == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    assert BasicSweeper.__module__ == "hydra._internal.core_plugins.basic_sweeper"
 
 
 def test_run_and_report_returns_the_value_and_exits_1_on_an_error(capsys):
-    assert internals.report_as_hydra(lambda: 3) == 3, "hydra._internal.utils.run_and_report"
+    assert run_and_report(lambda: 3) == 3, "hydra._internal.utils.run_and_report"
 
     def fail():
         raise ValueError("bad override")
 
     with pytest.raises(SystemExit) as exited:
-        internals.report_as_hydra(fail)
+        run_and_report(fail)
     assert exited.value.code == 1, "hydra._internal.utils.run_and_report no longer exits 1"
     assert "bad override" in capsys.readouterr().err
 
@@ -38,7 +41,7 @@ def test_a_failed_job_return_holds_its_exception():
     error = ValueError("crash")
     job_return = JobReturn(status=JobStatus.FAILED)
     job_return.return_value = error
-    assert internals.job_error(job_return) is error, "hydra JobReturn._return_value changed"
+    assert job_return._return_value is error, "hydra JobReturn._return_value changed"
 
 
 def test_loky_executor_lists_its_worker_processes():
@@ -47,7 +50,7 @@ def test_loky_executor_lists_its_worker_processes():
     executor = get_reusable_executor(max_workers=1)
     try:
         assert executor.submit(abs, -1).result(timeout=120) == 1
-        workers = internals.joblib_workers()
+        workers = joblib_workers()
         assert len(workers) == 1 and all(isinstance(pid, int) for pid in workers), (
             "loky's reusable_executor._executor._processes changed"
         )

@@ -1,7 +1,5 @@
-"""A multirun as one MLflow experiment: a parent run opened before the first job starts and
-closed after the last one ends, with every job's run as its child, named by the keys the
-sweep varies. A Hydra callback, so every launcher (basic, joblib, submitit) gets it without
-the jobs knowing which one ran them. The parent ends as the sweep's summary."""
+"""A multirun as a parent MLflow run with every job's run as its child, ending as the sweep's
+summary: a Hydra callback, so every launcher (basic, joblib, submitit) gets it."""
 
 from __future__ import annotations
 
@@ -12,16 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Private parts of Hydra, with no public equivalent in Hydra 1.3: tests/test_sweep_internals.py
+# fails, naming the one, when an upgrade changes any of them.
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import run_and_report
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE
-from mnist.overrides import task_overrides
+from mnist.errors import ConfigError
+from mnist.overrides import refuse_unresolvable, task_overrides
 from mnist.paths import REPO_ROOT
-from mnist.sweeps.internals import job_error
-from mnist.sweeps.jobs import refuse_invalid_sweep, sweep_jobs
 from mnist.sweeps.resume import record_failed_job, sweep_sha256
 from mnist.sweeps.stop import stop_jobs_on_signals
 from mnist.tracking import queries, store, sweep_runs
@@ -32,14 +35,52 @@ from mnist.tracking.ui import children_path, how_to_open
 log = logging.getLogger(__name__)
 
 
-def swept_overrides(config: DictConfig) -> dict[str, str]:
-    """{key: its values} for each key the sweep varies, e.g. {"model": "linear,fast"}: the
-    command line's sweeps, then those of hydra.sweeper.params (experiment presets) that it
-    does not override. Keys that only say where to write (override_dirname's exclude_keys)
-    tell no two runs apart, so they are left out."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides in launch order, as Hydra's basic sweeper (every sweep of this
+    project, whatever the launcher) splits them; None under another sweeper."""
+    if config.hydra.sweeper._target_ != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+        return None
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = parser.parse_overrides([*params, *task_overrides(config.hydra)])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
+
+def refuse_invalid_sweep(config: DictConfig) -> None:
+    """Exit as a single run with the first invalid job's config would, before anything is
+    written: status 1 with Hydra's own message for overrides that do not compose (Hydra
+    ignores what a callback raises, so its reporting is called here), 2 for invalid values."""
+
+    def validate() -> None:
+        with exit_on_user_error(config):
+            _validate_jobs(config)
+
+    run_and_report(validate)
+
+
+def _validate_jobs(config: DictConfig) -> None:
+    jobs = sweep_jobs(config) or []
+    loader = GlobalHydra.instance().config_loader()
+    configs = [loader.load_sweep_config(config, overrides) for overrides in jobs]
+    from mnist.config import validate_config  # imports torch: after Hydra's own checks
+
+    invalid = []
+    for number, (overrides, job_config) in enumerate(zip(jobs, configs, strict=True)):
+        try:
+            refuse_unresolvable(job_config)
+            validate_config(job_config)
+        except ConfigError as e:
+            swept = [o for o in overrides if any(o not in job for job in jobs)] or overrides
+            invalid.append(f"sweep job {number} ({' '.join(swept)}): {e}")
+    if invalid:
+        raise ConfigError(
+            f"{invalid[0]} [{len(invalid)} of {len(jobs)} jobs invalid; none was started]"
+        )
+
+
+def swept_overrides(config: DictConfig) -> dict[str, str]:
+    """{key: its values} for each key the sweep varies (command line, then hydra.sweeper.params),
+    e.g. {"model": "linear,fast"}; where-to-write keys tell no two runs apart."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     lines = [*task_overrides(config.hydra), *(f"{key}={value}" for key, value in params.items())]
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
@@ -52,8 +93,7 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
 
 
 def _not_finished(runs: list[Any], jobs: int) -> str:
-    """What became of the jobs that did not finish, by their runs' status, e.g. ": 1 FAILED,
-    1 with no run" (it stopped the sweep before its run opened, or never started)."""
+    """What became of the jobs that did not finish, e.g. ": 1 FAILED, 1 with no run"."""
     counts = Counter(run.info.status for run in runs if run.info.status != "FINISHED")
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
     if without := jobs - len(runs):
@@ -62,10 +102,8 @@ def _not_finished(runs: list[Any], jobs: int) -> str:
 
 
 def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: Path) -> None:
-    """Makes the parent run the sweep's summary: its comparison (mnist/reporting/compare.py)
-    as artifacts, a description that opens with the winner, and each row's mean ± std as
-    metrics under summary/ (one section of MLflow's charts). A sweep whose summary fails
-    still ends: it is only logged."""
+    """The parent run as the sweep's summary: its comparison as artifacts, a description
+    opening with the winner, each row's mean ± std under summary/. A failure is only logged."""
     from mnist.reporting import table
     from mnist.reporting.compare import load_references, write_comparison  # imports torch
 
@@ -89,18 +127,12 @@ def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: P
 
 
 class MlflowSweep(Callback):
-    """Validates every job, then opens the parent run in `on_multirun_start` (a sweep with
-    an invalid job is refused before it has a parent run; with sweep.resume=true, the
-    stopped sweep's is reopened: mnist/sweeps/resume.py) and ends it in
-    `on_multirun_end`: FINISHED only when every job launched has a FINISHED child (a job
-    that fails before its run opens gets a FAILED one: `on_job_end`). Hydra skips
-    `on_multirun_end` when a job raises, so an exit hook ends the parent (FAILED) in that
-    case too. In between, SIGTERM or SIGINT to the launcher stops the jobs cleanly
-    (mnist/sweeps/stop.py)."""
+    """Validates every job, then opens the parent run; ends it FINISHED only when every job
+    launched has a FINISHED child. Hydra skips `on_multirun_end` when a job raises, so an
+    exit hook ends the parent (FAILED) then."""
 
     def __init__(self) -> None:
-        # tracking URI, experiment, parent run id, sweep directory, number of jobs (None
-        # under a sweeper other than Hydra's basic one: its jobs are known as it runs them)
+        # tracking URI, experiment, parent run id, sweep directory, number of jobs (or None)
         self._parent: tuple[str, str, str, Path, int | None] | None = None
         self._restore_signals: Callable[[], None] = lambda: None
 
@@ -134,7 +166,8 @@ class MlflowSweep(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
-            record_failed_job(job_return.cfg, job_error(job_return))
+            # The public `return_value` raises it, after writing a line of its own to stderr.
+            record_failed_job(job_return.cfg, job_return._return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._restore_signals()
@@ -149,8 +182,7 @@ class MlflowSweep(Callback):
         # A resumed sweep's parent counts each job once: not the runs restarted jobs replaced.
         runs = current_runs(sweep_runs.job_runs(uri, run_id))
         finished = sum(run.info.status == "FINISHED" for run in runs)
-        # A job with no run (it stopped the sweep before its run opened, or never started)
-        # counts as not finished: the jobs are those Hydra launched, not the runs there are.
+        # A job with no run (it stopped the sweep, or never started) counts as not finished.
         jobs = jobs or len(runs)
         failed = jobs - finished
         sweep_runs.log_to_parent(uri, run_id, {JOBS_TAG: str(jobs), FAILED_JOBS_TAG: str(failed)})

@@ -1,9 +1,6 @@
-"""A job of a sweep, known among the sweep's runs by the hash of its resolved config
-(config.sha256). A stopped sweep is continued by the same command with sweep.resume=true:
-a job's FINISHED run is not re-run, an interrupted one continues from its last.pt in the
-same MLflow run (trainer.resume), and one without a last.pt is restarted as a new run that
-supersedes it, so that every job counts once. A job that fails before its own run opens
-gets a FAILED run saying why, or the sweep's runs would look like all of it."""
+"""sweep.resume=true: a job, known among the sweep's runs by its config.sha256, is not re-run
+when FINISHED, continued from its last.pt when interrupted, else run anew superseding the
+old run. A job that fails before its run opens gets a FAILED run saying why."""
 
 from __future__ import annotations
 
@@ -24,10 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def sweep_sha256(config: DictConfig) -> str:
-    """The sweep's identity: its command-line overrides in order, then the sweeper's params
-    (an experiment preset's sweep), without the keys override_dirname leaves out (where
-    runs write; sweep.resume) and without the launcher's settings (hydra/launcher=joblib,
-    hydra.launcher.n_jobs): a sweep stopped under one launcher resumes under another."""
+    """The sweep's identity: its overrides then the sweeper's params, less where-to-write keys
+    and the launcher's settings (a sweep stopped under one launcher resumes under another)."""
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     kept = []
     for override in task_overrides(config.hydra):
@@ -41,9 +36,7 @@ def sweep_sha256(config: DictConfig) -> str:
 
 def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, Any] | None]:
     """(the config to run, None), or (cfg, the final metrics) of a job already FINISHED in
-    the resumed sweep. An interrupted run of the job with its last.pt on this machine is
-    continued (the config gets trainer.resume=<its run id>); without one, the job runs
-    anew and ctx names the run(s) it supersedes. Outside a resumed sweep: (cfg, None)."""
+    the resumed sweep; ctx names the runs a job run anew supersedes."""
     if not (ctx.parent_run_id and OmegaConf.select(cfg, "sweep.resume") is True):
         return cfg, None
     from mnist.tracking.params import config_sha256  # imports torch
@@ -82,11 +75,8 @@ MAX_ERROR = 4000
 
 
 def record_failed_job(cfg: DictConfig, error: BaseException) -> None:
-    """A FAILED child run whose description (what MLflow's UI shows on the run's page) is
-    the error of a job that failed before its own run opened: a crash while it set up (the
-    sweep's callback), or a refusal as it started, which ends the sweep (mnist/cli.py). A
-    job with a run in the sweep (its config's hash, as a resumed sweep finds it) needs
-    none: that run ended FAILED itself."""
+    """A FAILED child run described by the error of a job that failed (or was refused)
+    before its own run opened; none when the job has a run in the sweep."""
     from hydra.core.hydra_config import HydraConfig
 
     from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256

@@ -1,11 +1,7 @@
-"""SIGTERM to a sweep's launcher (`kill <pid>`, a preempted cluster job) stops the sweep's
-jobs as Ctrl-C in its terminal would, so that `sweep.resume=true` can continue it. Python
-would otherwise end the launcher at once: its parent run stays RUNNING and joblib's worker
-processes, which a signal to the launcher does not reach, go on training the queued jobs
-as orphans. So the launcher forwards the stop to its workers, waits for their runs to end
-(KILLED, with a last.pt), and then stops itself. Ctrl-C (SIGINT) reaches the workers from
-the terminal: the launcher only waits for them, where joblib would kill them mid-stop.
-Either way the launcher ends in one line, with the signal's status (143, 130)."""
+"""SIGTERM to a sweep's launcher stops its jobs as Ctrl-C would, so that sweep.resume=true can
+continue it: otherwise the parent run stays RUNNING and joblib's workers, which the signal
+does not reach, go on training as orphans. The launcher forwards the stop, waits for the
+runs to end (KILLED, with a last.pt) and ends with the signal's status (143, 130)."""
 
 from __future__ import annotations
 
@@ -13,12 +9,12 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mnist.errors import SweepInterrupted
-from mnist.sweeps.internals import joblib_workers
 from mnist.tracking.sweep_runs import job_runs
 from mnist.training.signals import install_handler
 
@@ -29,24 +25,29 @@ log = logging.getLogger(__name__)
 GRACE_S = 60.0
 
 
+def joblib_workers() -> list[int]:
+    """The process ids of loky's workers in this process, read from its private executor
+    (the only record of them; tests/test_sweep_internals.py checks it); empty without joblib."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    return list(getattr(executor, "_processes", None) or {})
+
+
 def _running_jobs(uri: str, parent_run_id: str) -> set[str]:
     return {run.info.run_id for run in job_runs(uri, parent_run_id, status="RUNNING")}
 
 
 def _forward_ctrl_c(workers: list[int]) -> None:
-    """SIGINT, as Ctrl-C sends it: a job stops cleanly at its next step, and a worker
-    between jobs gets a KeyboardInterrupt rather than dying at once, which would make loky
-    kill the other workers mid-checkpoint."""
+    """SIGINT, as Ctrl-C sends it: a worker between jobs gets a KeyboardInterrupt rather than
+    dying at once, which would make loky kill the others mid-checkpoint."""
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
 
 
 def stop_jobs_on_signals(uri: str, parent_run_id: str) -> Callable[[], None]:
-    """Install the launcher's SIGTERM and SIGINT handler; returns what puts the previous
-    ones back. In the basic launcher the job runs in this process, and its own handler
-    stops it cleanly while it trains (mnist/training/signals.py); this one acts between
-    the jobs' steps."""
+    """Install the launcher's SIGTERM and SIGINT handler; returns what puts the previous ones
+    back. (In the basic launcher the job's own handler stops it while it trains.)"""
 
     def stop(signum: int, frame: Any) -> None:
         restore()  # a second signal ends the launcher at once
