@@ -4,7 +4,6 @@ trial's parameters, so that `scripts/train.py experiment=tuned_<study>` trains i
 from __future__ import annotations
 
 import logging
-import shutil
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -85,9 +84,3 @@ def write_best_preset(cfg: DictConfig, ctx: Any, study: optuna.Study, url: str) 
         best.number, best.value, " ".join(params), path, ctx.output_dir, option, cfg.preset_dir,
     )  # fmt: skip
     return path
-
-
-def save_preset(preset: Path, saved: Path) -> None:
-    with written_atomically(saved) as staged:
-        shutil.copyfile(preset, staged)
-    log.info("Preset saved as %s: python scripts/train.py experiment=%s", saved, saved.stem)

@@ -3,6 +3,7 @@ n_jobs worker processes, then sum the study up."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from mnist.tracking.study_runs import open_study_run, reopen_study_run
 from mnist.training.signals import stop_on_signals
 from mnist.tuning.objective import ComposeFn, Objective, TrainFn, TrialInterrupted
 from mnist.tuning.preset import saved_preset
-from mnist.tuning.space import Param, check_space, first_trials, parse_space, space_signature
+from mnist.tuning.space import Param, check_space, first_trials, parse_space
 from mnist.tuning.study import check_settings, open_study, run_trials, stores, study_dir
 from mnist.tuning.summary import summarize
 from mnist.tuning.workers import is_worker, run_workers
@@ -174,7 +175,8 @@ def _parent_run(
     """The study's MLflow run, opened by its creator; a process joining the study checks
     it searches the same space with the same recipe."""
     recipe = recipe_overrides(ctx)
-    identity = {"search_space": space_signature(space), "recipe_overrides": recipe}
+    signature = json.dumps({p.path: p.describe() for p in space}, sort_keys=True)
+    identity = {"search_space": signature, "recipe_overrides": recipe}
     if created:
         for key, value in identity.items():
             study.set_user_attr(key, value)

@@ -4,7 +4,6 @@ composed config before any trial so that a typo fails in one line, not in trial 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -148,10 +147,9 @@ def first_trials(space: list[Param], entries: Any) -> list[dict[str, Any]]:
         trials.append({})
         for path, value in _leaves(entry):
             param = by_path.get(path)
-            label = _ABSENT if param is None else param.label(value)
             if param is None:
                 problems.append(f"{where}: {path!r} is not a searched key ({', '.join(by_path)})")
-            elif label is _ABSENT:
+            elif (label := param.label(value)) is _ABSENT:
                 problems.append(
                     f"{where}: {path}={override_text(value)} is not in {param.describe()}"
                 )
@@ -159,10 +157,6 @@ def first_trials(space: list[Param], entries: Any) -> list[dict[str, Any]]:
                 trials[-1][path] = label
     _refuse(problems)
     return trials
-
-
-def space_signature(space: list[Param]) -> str:
-    return json.dumps({p.path: p.describe() for p in space}, sort_keys=True)
 
 
 def check_space(

@@ -4,6 +4,7 @@ pruning saved, Optuna's plots and the best trial's preset."""
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import warnings
 from collections import Counter
@@ -14,9 +15,10 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist.atomic import written_atomically
 from mnist.reporting.plots import pyplot
 from mnist.tracking.study_runs import end_study_run
-from mnist.tuning.preset import save_preset, saved_preset, write_best_preset
+from mnist.tuning.preset import saved_preset, write_best_preset
 from mnist.tuning.space import override_text
 from mnist.tuning.study import counts
 
@@ -44,24 +46,19 @@ def _plots(study: optuna.Study, output_dir: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     plt = pyplot()
-    figures = {
-        "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
-        "intermediate_values.png": lambda: optuna_plots.plot_intermediate_values(study),
-    }
+    names = ["optimization_history", "intermediate_values"]
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
-        figures["param_importances.png"] = lambda: optuna_plots.plot_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator()
-        )
+        names.append("param_importances")
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name, draw in figures.items():
+    for name in names:
+        kwargs = {"evaluator": PedAnovaImportanceEvaluator()} if name == "param_importances" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            axes = draw()
-        figure = axes.figure
+            figure = getattr(optuna_plots, f"plot_{name}")(study, **kwargs).figure
         figure.tight_layout()
-        figure.savefig(output_dir / name, dpi=120)
+        figure.savefig(output_dir / f"{name}.png", dpi=120)
         plt.close(figure)
-    return [output_dir / name for name in figures]
+    return [output_dir / f"{name}.png" for name in names]
 
 
 def summarize(
@@ -96,6 +93,8 @@ def summarize(
         metrics["pruning/epochs_saved"], metrics["pruning/time_saved_s"],
     )  # fmt: skip
     if preset is not None and (saved := saved_preset(cfg)) is not None:
-        save_preset(preset, saved)
+        with written_atomically(saved) as staged:
+            shutil.copyfile(preset, staged)
+        log.info("Preset saved as %s: python scripts/train.py experiment=%s", saved, saved.stem)
     if hint:
         log.info("Compare the trials: %s", hint)
