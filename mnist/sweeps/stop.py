@@ -37,14 +37,6 @@ def _running_jobs(uri: str, parent_run_id: str) -> set[str]:
     return {run.info.run_id for run in job_runs(uri, parent_run_id, status="RUNNING")}
 
 
-def _forward_ctrl_c(workers: list[int]) -> None:
-    """SIGINT, as Ctrl-C sends it: a worker between jobs gets a KeyboardInterrupt rather than
-    dying at once, which would make loky kill the others mid-checkpoint."""
-    for pid in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-
-
 def stop_jobs_on_signals(uri: str, parent_run_id: str) -> Callable[[], None]:
     """Install the launcher's SIGTERM and SIGINT handler; returns what puts the previous ones
     back. (In the basic launcher the job's own handler stops it while it trains.)"""
@@ -56,8 +48,12 @@ def stop_jobs_on_signals(uri: str, parent_run_id: str) -> Callable[[], None]:
         log.warning("%s: stopping the sweep (%d worker processes)", name, len(workers))
         if workers:
             running = _running_jobs(uri, parent_run_id)
-            if signum == signal.SIGTERM:  # Ctrl-C's SIGINT reached them from the terminal
-                _forward_ctrl_c(workers)
+            # SIGINT as Ctrl-C sends it (which reached them from the terminal already): a
+            # worker between jobs gets a KeyboardInterrupt rather than dying at once, which
+            # would make loky kill the others mid-checkpoint.
+            for pid in workers if signum == signal.SIGTERM else []:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
             deadline = time.monotonic() + GRACE_S
             while running and time.monotonic() < deadline:
                 time.sleep(0.5)

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from mnist.context import JobContext
 from mnist.errors import ConfigError, DataError, ModelConfigError, TrackingError
@@ -40,11 +40,6 @@ class TrialFailed(Exception):
 class TrialInterrupted(BaseException):
     """A signal stopped the trial: not an Exception nor a KeyboardInterrupt, which Optuna
     would log with a 17-line traceback."""
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """`trial` queued again with its parameters, as the heartbeat does for a dead process's."""
-    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
 @dataclass
@@ -79,8 +74,9 @@ class Objective:
         except PrunedTrial:
             raise
         except KeyboardInterrupt as e:
-            # SIGINT/SIGTERM: the same parameters run again first when the study goes on.
-            requeue(trial.study, trial.study.tell(trial, state=TrialState.FAIL))
+            # SIGINT/SIGTERM: queued again, as the heartbeat does for a dead process's trial.
+            failed = trial.study.tell(trial, state=TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(trial.study, failed)
             log.warning("Trial %d interrupted; it runs again first when the study goes on",
                         trial.number)  # fmt: skip
             raise TrialInterrupted from e

@@ -19,11 +19,6 @@ from mnist.tuning.space import override_text, parse_space
 
 log = logging.getLogger(__name__)
 
-SEEDS = "0,1,2"
-# Hydra looks in conf/ before any --config-dir: under its own name, a committed preset of
-# the study (conf/experiment/tuned_fast.yaml) would be trained instead.
-SEARCH_PRESETS = "search"
-
 
 def saved_preset(cfg: DictConfig) -> Path | None:
     """Where save_preset=true copies the preset; None when not asked (a command never
@@ -47,7 +42,7 @@ def preset_config(name: str, overrides: list[str], groups: set[str]) -> dict[str
     config: dict[str, Any] = {"defaults": [*base, *chosen]} if base or chosen else {}
     config |= OmegaConf.to_container(values)
     config.setdefault("logger", {})["experiment"] = name
-    config["hydra"] = {"sweeper": {"params": {"seed": SEEDS}}}
+    config["hydra"] = {"sweeper": {"params": {"seed": "0,1,2"}}}
     return config
 
 
@@ -57,7 +52,9 @@ def write_best_preset(cfg: DictConfig, ctx: Any, study: optuna.Study, url: str) 
     best, name = study.best_trial, f"tuned_{study.study_name}"
     by_path = {p.path: p for p in parse_space(cfg.hparams_search.params)}
     params = [f"{k}={override_text(by_path[k].value(v))}" for k, v in best.params.items()]
-    option = f"{SEARCH_PRESETS}/{name}"
+    # Hydra looks in conf/ before any --config-dir: under its own name, a committed preset of
+    # the study (conf/experiment/tuned_fast.yaml) would be trained instead.
+    option = f"search/{name}"
     db = Path(url.removeprefix("sqlite:///"))
     states = Counter(t.state.name.lower() for t in study.trials)
     provenance = textwrap.fill(

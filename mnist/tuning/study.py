@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist.errors import ConfigError, TrackingError
 from mnist.tracking.store import tracking_uri
 from mnist.training.signals import StopRequested
-from mnist.tuning.objective import TrialFailed, requeue
+from mnist.tuning.objective import TrialFailed
 from mnist.values import is_int, is_number
 
 # The heartbeat and its retry are experimental in Optuna, and say so at every use.
@@ -159,7 +159,8 @@ def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
         with _schema_lock(url):
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=requeue,
+                grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
             )  # fmt: skip
     except Exception as e:  # SQLAlchemy: a malformed URL, a missing driver, no server
         raise TrackingError(
