@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist.context import JobContext, parent_run_id
+from mnist.context import JobContext
 from mnist.overrides import override_key, task_overrides
 from mnist.redact import redact
 from mnist.tracking import store, sweep_runs
@@ -46,8 +46,7 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
     earlier = current_runs(job_runs(uri, ctx.parent_run_id, config_sha256(cfg)))[::-1]
     if not earlier:
         return cfg, None
-    if finished := [run for run in earlier if run.info.status == "FINISHED"]:
-        run = finished[0]
+    if run := next((run for run in earlier if run.info.status == "FINISHED"), None):
         log.info(
             "Done in an earlier attempt of this sweep: run %s FINISHED (val acc %.4f, test "
             "acc %.4f); not re-run", run.info.run_id,
@@ -70,26 +69,20 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
     return cfg, None
 
 
-# MLflow keeps tag values of up to 8000 characters.
-MAX_ERROR = 4000
-
-
 def record_failed_job(cfg: DictConfig, error: BaseException) -> None:
     """A FAILED child run described by the error of a job that failed (or was refused)
     before its own run opened; none when the job has a run in the sweep."""
-    from hydra.core.hydra_config import HydraConfig
-
     from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256
 
-    parent = parent_run_id(HydraConfig.get())
-    if parent is None:
+    ctx = JobContext.from_hydra()
+    if (parent := ctx.parent_run_id) is None:
         return
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     config_hash = config_sha256(cfg)
     if current_runs(job_runs(uri, parent, config_hash)):
         return
-    ctx = JobContext.from_hydra()
-    message = redact(f"{type(error).__name__}: {error}")[:MAX_ERROR]
+    # MLflow keeps tag values of up to 8000 characters.
+    message = redact(f"{type(error).__name__}: {error}")[:4000]
     tags = {
         "model": ctx.choices.get("model", "n/a"),
         "seed": str(cfg.seed),
