@@ -91,7 +91,7 @@ class SearchInterrupted(Interrupted):
 
 
 class WorkerInterrupted(Interrupted):
-    """A worker process of a search (mnist/tuning/workers.py) stopped on a signal. It ends
+    """A worker process of a search (mnist/tuning/search.py) stopped on a signal. It ends
     without a line: the command that started it says how to go on, once."""
 
 

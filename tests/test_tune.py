@@ -29,9 +29,14 @@ from mnist.context import JobContext
 from mnist.errors import ConfigError, SearchInterrupted, TrackingError
 from mnist.job import run_training
 from mnist.metric_names import VAL_ACC
-from mnist.tuning.search import TUNE_KEYS, SearchContext, config_groups, run_search
+from mnist.tuning.search import (
+    TUNE_KEYS,
+    SearchContext,
+    config_groups,
+    run_search,
+    worker_command,
+)
 from mnist.tuning.study import stores
-from mnist.tuning.workers import worker_command
 from tests.helpers import CONF_DIR, REPO_ROOT, compose_config, run_script, tiny_overrides
 
 PARENT_TAG = "mlflow.parentRunId"

@@ -1,13 +1,19 @@
 """scripts/tune.py: check everything, join (or create) the study, run its trials here or in
-n_jobs worker processes, then sum the study up."""
+n_jobs worker processes, then sum the study up. A worker is this command started again with
+n_jobs=1, in a session of its own so that a Ctrl-C reaches it once (forwarded), not twice: a
+second signal stops a trial at once."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,13 +26,11 @@ from mnist.errors import ConfigError, SearchInterrupted, WorkerInterrupted
 from mnist.overrides import override_key
 from mnist.tracking.store import check_store
 from mnist.tracking.study_runs import open_study_run, reopen_study_run
-from mnist.training.signals import stop_on_signals
+from mnist.training.signals import install_handler, stop_on_signals
 from mnist.tuning.objective import ComposeFn, Objective, TrainFn, TrialInterrupted
-from mnist.tuning.preset import saved_preset
 from mnist.tuning.space import Param, check_space, first_trials, parse_space
 from mnist.tuning.study import check_settings, open_study, run_trials, stores, study_dir
-from mnist.tuning.summary import summarize
-from mnist.tuning.workers import is_worker, run_workers
+from mnist.tuning.summary import saved_preset, summarize
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ TUNE_KEYS = ("hparams_search", "n_trials", "timeout_s", "n_jobs", "storage", "he
 PLACE_KEYS = ("paths", "device", "hydra")
 # How long a process that joins a study waits for its creator to open the parent run.
 JOIN_TIMEOUT_S = 120
+# Set in a worker's environment: it leaves the study's summary to the command that started it.
+WORKER_ENV = "MNIST_TUNE_WORKER"
 
 
 @dataclass
@@ -204,3 +210,49 @@ def _parent_run(
         run_id = open_study_run(uri, experiment, study.study_name, tags, params)
         study.set_user_attr("mlflow_parent_run_id", run_id)
     return study.user_attrs["mlflow_parent_run_id"]
+
+
+def is_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def worker_command(argv: list[str], timeout_s: float | None, run_dir: Path) -> list[str]:
+    """This command's line for one job, with the time left, one torch thread unless set, and
+    its own output directory."""
+    args = [a for a in argv[1:] if override_key(a) not in ("n_jobs", "timeout_s", "hydra.run.dir")]
+    args += ["n_jobs=1", f"hydra.run.dir={run_dir}"]
+    if timeout_s is not None:
+        args.append(f"timeout_s={timeout_s}")
+    if not any(override_key(a) == "device.num_threads" for a in args):
+        args.append("device.num_threads=1")
+    return [sys.executable, argv[0], *args]
+
+
+def run_workers(argv: list[str], n_jobs: int, output_dir: Path, deadline: float | None) -> None:
+    """Run n_jobs workers to their end; KeyboardInterrupt when a signal stopped them."""
+    timeout_s = None if deadline is None else max(1.0, deadline - time.monotonic())
+    env = {**os.environ, WORKER_ENV: "1"}
+    processes = [
+        subprocess.Popen(
+            worker_command(argv, timeout_s, output_dir / f"worker_{i}"), env=env,
+            start_new_session=True,
+        )
+        for i in range(n_jobs)
+    ]  # fmt: skip
+
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:
+            process.send_signal(signum)  # nothing, for one that has ended
+
+    restore = install_handler(forward)
+    try:
+        statuses = [process.wait() for process in processes]
+    finally:
+        restore()
+    if 130 in statuses:
+        raise KeyboardInterrupt
+    if failed := [(i, s) for i, s in enumerate(statuses) if s != 0]:
+        raise RuntimeError(
+            f"worker processes failed (index, exit status): {failed}; their logs: "
+            f"{output_dir}/worker_<index>/"
+        )
