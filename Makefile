@@ -1,7 +1,7 @@
 # Two commands on a fresh machine with Python 3.10+ and git: `make train`, `make test`.
 # Both bootstrap uv (with pip, if missing) and the locked environment first: `make train`
-# what training needs, `make test` every optional extra too (export, tensorboard, launchers,
-# dev). Extras for your own use: uv sync --inexact --extra export
+# what training needs, `make test` every optional extra too (export, launchers, dev).
+# Extras for your own use: uv sync --inexact --extra export
 # (docs/configuration.md#optional-extras).
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")

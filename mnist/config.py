@@ -107,7 +107,6 @@ def _unknown_key_problems(cfg: DictConfig) -> Iterator[str]:
 
 # logger switches: (the module each needs, the extra that installs it).
 LOGGER_SWITCHES = {
-    "tensorboard": ("tensorboard", "tensorboard"),
     "system_metrics": ("psutil", "monitoring"),
 }
 

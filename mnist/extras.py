@@ -1,9 +1,8 @@
-"""Optional features ship as packaging extras (pyproject.toml): ONNX export (`export`),
-TensorBoard files (`tensorboard`), the joblib/Slurm launchers (`launchers`) and the
-hyperparameter search (`tune`). A feature whose extra is not installed is refused in one
-line that names what to install: an inexact sync, which adds the extra and removes nothing
-(a plain `uv sync --extra` removes every extra it does not name, the test tools too); pip
-installs from the checkout (the project is not on PyPI)."""
+"""Optional features ship as packaging extras (pyproject.toml): ONNX export (`export`), the
+joblib/Slurm launchers (`launchers`) and the hyperparameter search (`tune`). A feature whose
+extra is not installed is refused in one line that names what to install: an inexact sync,
+which adds the extra and removes nothing (a plain `uv sync --extra` removes every extra it
+does not name, the test tools too); pip installs from the checkout (not on PyPI)."""
 
 import importlib
 import importlib.util

@@ -171,11 +171,9 @@ def _run_start(
     )  # fmt: skip
     clock.lap("model")
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    files, draws = _write_run_files(
-        settings, ctx.output_dir, resolved, summary, setup.data, train_idx
-    )
+    files = _write_run_files(settings, ctx.output_dir, resolved, summary, setup.data, train_idx)
     clock.lap("preview")
-    return RunStart(setup, model_name, summary, files, draws), resolved
+    return RunStart(setup, model_name, summary, files), resolved
 
 
 @contextmanager
@@ -215,9 +213,8 @@ def _write_run_files(
     summary: ModelSummary,
     data: MnistTensors,
     train_idx: torch.Tensor,
-) -> tuple[list[Path], torch.Tensor]:
-    """The run's resolved config, model summary and augmentation preview; returns the
-    files and the augmented draws (TensorBoard shows them too)."""
+) -> list[Path]:
+    """The run's resolved config, model summary and augmentation preview."""
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "config.yaml"
     OmegaConf.save(resolved, config_path)
@@ -229,7 +226,7 @@ def _write_run_files(
     preview = plots.plot_augmented_inputs(
         originals, draws, output_dir / "augmented_inputs.png", description
     )
-    return [config_path, summary_path, preview], draws
+    return [config_path, summary_path, preview]
 
 
 @contextmanager

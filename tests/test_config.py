@@ -147,7 +147,6 @@ def test_defaults_train_the_fast_model_on_a_validation_split():
         ("seed=-1", "seed=-1"),
         ("model.dropout=2", "cannot build mnist.models.ConvNet from model.dropout=2 (dropout"),
         ("+model.width=8", "model.width is not an argument of mnist.models.ConvNet (known: "),
-        ("logger.tensorboard=maybe", "logger.tensorboard='maybe' must be true or false"),
         ("logger.system_metrics=1", "logger.system_metrics=1 must be true or false"),
         ("logger.register=''", "logger.register='' must be a model name, or null"),
         ("device.malloc_tuning=1", "device.malloc_tuning=1 must be auto, true or false"),

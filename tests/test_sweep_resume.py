@@ -44,7 +44,7 @@ def test_config_hash_changes_with_what_a_run_computes_only(tiny_cfg, tmp_path):
     for where_or_how in (
         f"paths.outputs={tmp_path / 'elsewhere'}", f"paths.mlruns={tmp_path / 'store'}",
         f"data.root={tmp_path / 'copy'}", "logger.experiment=other", "logger.log_model=true",
-        "logger.tensorboard=true", "logger.run_name=named", "trainer.progress=true",
+        "logger.run_name=named", "trainer.progress=true",
         f"trainer.resume={tmp_path / 'last.pt'}", "sweep.resume=true",
     ):  # fmt: skip
         assert config_sha256(tiny_cfg(where_or_how)) == base, where_or_how

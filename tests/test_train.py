@@ -178,31 +178,6 @@ def test_a_diverging_run_stops_as_failed_with_a_clear_message(tiny_cfg, tmp_path
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
-def test_tensorboard_mirrors_the_metrics_without_changing_the_run(tiny_cfg, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    augmented = ("augmentation=shift_rotate", "seed=5")
-    with_board = _run_in_process(tiny_cfg, tmp_path, "tb", *augmented, "logger.tensorboard=true")
-    without = _run_in_process(tiny_cfg, tmp_path, "plain", *augmented)
-    assert with_board["best/val_acc"] == without["best/val_acc"]
-    assert with_board["test/loss"] == without["test/loss"]
-    assert not (tmp_path / "plain" / "tensorboard").exists()
-
-    events = EventAccumulator(
-        str(tmp_path / "tb" / "tensorboard"), {"scalars": 0, "histograms": 0, "images": 0}
-    ).Reload()
-    val = [(e.step, e.value) for e in events.Scalars(VAL_ACC)]
-    history = store(tmp_path).get_metric_history(with_board["run_id"], VAL_ACC)
-    assert val == [(m.step, pytest.approx(m.value)) for m in history]
-    assert events.Scalars("test/acc")[0].value == pytest.approx(with_board["test/acc"])
-    histograms = events.Tags()["histograms"]
-    assert "weights/features.0.weight" in histograms
-    assert [e.step for e in events.Histograms("weights/features.0.weight")] == [1, 2]
-    assert events.Tags()["images"] == ["inputs/augmented"]
-    logged = artifact_paths(store(tmp_path), with_board["run_id"])
-    assert any(path.startswith("tensorboard/events.out.tfevents") for path in logged)
-
-
 @pytest.mark.parametrize("augmentation", ["none", "shift_rotate"])
 def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     tiny_cfg, synthetic_root, augmentation

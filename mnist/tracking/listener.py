@@ -1,9 +1,6 @@
-"""A training job's MLflow run: the one module that turns a training run into MLflow calls.
-Opened with its tags, params, datasets and first files; each epoch's metrics as the core
-reports them (mnist/training/events.py), to TensorBoard too with logger.tensorboard=true;
-closed with the weights' digest, the model, the final metrics and the run's files. Adding a
-metric or a file to every training run is an edit here. Also: the run a trainer.resume
-names, and what a store that failed during a run says."""
+"""A training job's MLflow run: the one module that turns the core's events
+(mnist/training/events.py) into MLflow calls, so adding a metric or a file to every run is
+an edit here. Also: the run a trainer.resume names, and what a store that failed says."""
 
 from __future__ import annotations
 
@@ -42,7 +39,6 @@ class RunStart:
     model_name: str
     summary: ModelSummary
     files: list[Path]  # logged first: a run that fails keeps them
-    draws: torch.Tensor  # the augmentation preview's images (TensorBoard shows them)
 
 
 class MlflowListener(RunListener):
@@ -55,12 +51,6 @@ class MlflowListener(RunListener):
     ) -> None:
         self.run_id, self.cfg, self.ctx, self.start, self.resumed = run_id, cfg, ctx, start, resumed
         self.logged = logged_steps() if resumed else set()
-        self.board = None
-        if cfg.logger.tensorboard:
-            from mnist.tracking.tensorboard import TensorBoardLog
-
-            self.board = TensorBoardLog(ctx.output_dir / "tensorboard", start.setup.model)
-            self.board.log_images("inputs/augmented", start.draws.reshape(-1, 1, 28, 28))
 
     def on_epoch_end(self, metrics: dict[str, float], epoch: int) -> None:
         self.log_metrics(metrics, epoch)
@@ -70,8 +60,6 @@ class MlflowListener(RunListener):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if new := {k: v for k, v in metrics.items() if (k, step) not in self.logged}:
             runs.log_metrics(new, step)
-            if self.board is not None:
-                self.board.log_metrics(new, step)
 
     def log_model(self, test_images: torch.Tensor, step: int) -> None:
         """The best-validation model (logger.register: also a registered version); before
@@ -84,12 +72,11 @@ class MlflowListener(RunListener):
     def log_final(self, metrics: dict[str, float], weights_sha256: str, step: int) -> None:
         runs.set_tags({"best.weights_sha256": weights_sha256})
         self.log_metrics(metrics, step)
-        self.close()
 
     def log_files(self, reports: list[Path]) -> None:
-        """The reports, Hydra's and TensorBoard's folders, and best.pt."""
-        folders = [self.ctx.output_dir / ".hydra", self.ctx.output_dir / "tensorboard"]
-        runs.log_artifacts([*reports, *filter(Path.is_dir, folders)])
+        """The reports, Hydra's folder, and best.pt."""
+        hydra = [self.ctx.output_dir / ".hydra"]
+        runs.log_artifacts([*reports, *filter(Path.is_dir, hydra)])
         best = self.ctx.output_dir / "checkpoints" / "best.pt"
         runs.log_artifacts([best], artifact_path="checkpoints")
 
@@ -97,11 +84,6 @@ class MlflowListener(RunListener):
         """The job's phases (time/<phase>_s); not a resumed run's, which are not a start's."""
         if not self.resumed:
             runs.log_metrics(seconds)
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-            self.board = None
 
 
 def logged_steps() -> set[tuple[str, int]]:
@@ -149,11 +131,7 @@ def training_run(
                      "test": len(setup.data.test_labels)}  # fmt: skip
             log_datasets(setup.data_root, cfg.data, cfg.seed, sizes)
             runs.log_artifacts(start.files)
-        listener = MlflowListener(run.info.run_id, cfg, ctx, start, resumed=bool(resume_id))
-        try:
-            yield listener
-        finally:
-            listener.close()
+        yield MlflowListener(run.info.run_id, cfg, ctx, start, resumed=bool(resume_id))
         curves = ui.run_path(run.info.experiment_id, run.info.run_id, "model-metrics")
         if hint := ui.how_to_open(uri, curves):
             log.info("Its learning curves: %s", hint)
