@@ -20,7 +20,7 @@ from mnist.reporting import plots, table
 from mnist.reporting.table import Row
 from mnist.tracking import queries, store, ui
 from mnist.tracking.params import changes_results
-from mnist.tracking.parent import children_filter
+from mnist.tracking.store import children_filter
 from mnist.tracking.registry import latest_sweep
 from mnist.tracking.runs import log_artifacts, log_metrics, mlflow_run
 from mnist.tracking.sweep_runs import current_runs, partial_sweep

@@ -9,9 +9,9 @@ from typing import Any
 
 from mnist.errors import ConfigError
 from mnist.tracking import store
-from mnist.tracking.parent import children
 from mnist.tracking.queries import CHAMPION, latest_run
 from mnist.tracking.runs import MODEL_CONTRACT
+from mnist.tracking.store import children
 from mnist.tracking.sweep_runs import current_runs, partial_sweep
 from mnist.tracking.ui import run_path
 

@@ -1,7 +1,6 @@
-"""The MLflow run of a job: its lifecycle (always ended, with the right status), what
-identifies it (git state, versions, host) and what it logs. MLflow is imported inside the
-functions because importing it costs seconds that commands which never track should not
-pay."""
+"""The MLflow run of a job: always ended with the right status, tagged with what traces it
+back to its code and machine. MLflow is imported inside the functions: commands that never
+track should not pay its seconds of import."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from mnist.data.batches import MNIST_MEAN, MNIST_STD
 from mnist.paths import REPO_ROOT
 from mnist.tracking.store import NOTE_TAG, get_or_create_experiment, retry_when_locked
 
-# What a logged model expects and returns: its description in MLflow, and its metadata.
 MODEL_CONTRACT = (
     f"Input: float32 (N, 1, 28, 28), any N: MNIST-style digits, white on black, pixels scaled "
     f"to [0, 1] then normalised as (x - {MNIST_MEAN}) / {MNIST_STD}. Output: (N, 10) logits of "
@@ -31,11 +29,8 @@ MODEL_CONTRACT = (
     "(mnist.inference.digits.to_mnist, then model_input)."
 )
 
-# MLflow's notes on every job that the user cannot act on: that the project uses uv, that
-# pip's version cannot be read in a uv environment without pip (a warning), and the start
-# and stop of system metrics. And what a store that fails prints before the error that the
-# job reports in one line (mnist/job.py): the traceback of each failed SQL
-# statement, a warning for each retry of a request to a server that is gone.
+# MLflow's notes the user cannot act on (uv, pip's version, system metrics starting), and
+# the tracebacks and retry warnings of a failing store, which the job reports in one line.
 QUIETED = {
     "mlflow.utils.uv_utils": logging.WARNING,
     "mlflow.utils.environment": logging.ERROR,
@@ -49,10 +44,8 @@ for _name, _level in QUIETED.items():
 
 def _end_run(status: str) -> None:
     """mlflow.end_run forgets the active run before it writes the status, so retrying it
-    could leave the run RUNNING: write the status first, retried, then end the run. Where
-    the store cannot record it (a server gone, a full disk), the run is forgotten all the
-    same, and stays RUNNING there until it is resumed: MLflow's exit hook would end it as
-    FINISHED, and the next job of this process could not start its own run."""
+    could leave the run RUNNING: the status is written first. Where the store cannot record
+    it, the run is forgotten all the same (MLflow's exit hook would end it FINISHED)."""
     import mlflow
 
     run_id = mlflow.active_run().info.run_id
@@ -75,23 +68,14 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _package_version(name: str) -> str:
-    # Read from package metadata: importing torchvision just for its version takes seconds.
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def git_state() -> tuple[str, str]:
-    """(commit, "true"/"false"/"unknown" for uncommitted changes) of the repository."""
+    """(commit, whether there are uncommitted changes: "true"/"false"/"unknown")."""
     status = _git("status", "--porcelain")
     dirty = "unknown" if status is None else str(bool(status)).lower()
     return _git("rev-parse", "HEAD") or "unknown", dirty
 
 
 def run_tags(seed: int, device: torch.device, overrides: list[str], model: str) -> dict[str, str]:
-    """What it takes to trace a run back to its code and machine."""
     commit, dirty = git_state()
     return {
         "git.commit": commit,
@@ -104,7 +88,8 @@ def run_tags(seed: int, device: torch.device, overrides: list[str], model: str) 
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "torch.version": torch.__version__,
-        "torchvision.version": _package_version("torchvision"),
+        # From metadata: importing torchvision for its version takes seconds.
+        "torchvision.version": importlib.metadata.version("torchvision"),
         "cuda.version": torch.version.cuda or "none",
         "hostname": socket.gethostname(),
     }
@@ -122,16 +107,11 @@ def mlflow_run(
     system_metrics: bool = False,
 ) -> Iterator[Any]:
     """An active MLflow run that always ends: FINISHED, KILLED on Ctrl-C, FAILED on any
-    other exception (re-raised), so a crashed job never leaves a run RUNNING, unless its
-    store is what failed and cannot record the end (_end_run). With
-    `resume_run_id`, the interrupted run is continued instead (its params stay as logged).
-    `experiment_tags`: see store.get_or_create_experiment; `system_metrics`: MLflow's
-    CPU, memory, disk, network (and GPU, with nvidia-ml-py) metrics under system/."""
+    other exception (re-raised). `resume_run_id`: that run continued (its params as logged)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    # The registry too (logger.register): a registry URI set earlier in this process, by
-    # promote.py or a previous job, must not receive this run's model versions.
+    # A registry URI set earlier in this process must not receive this run's models.
     mlflow.set_registry_uri(uri)
     if resume_run_id:
         run = retry_when_locked(
@@ -170,17 +150,15 @@ def set_tags(tags: dict[str, str]) -> None:
 def log_metrics(
     metrics: dict[str, float], step: int | None = None, model_id: str | None = None
 ) -> None:
-    """`model_id`: the logged model these metrics describe (shown with the model too)."""
     import mlflow
 
     retry_when_locked(lambda: mlflow.log_metrics(metrics, step=step, model_id=model_id))
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
-    """Files and folders (a folder under its own name) into the active run. A copy into a
-    local store that fails leaves the store as it was: what this call wrote is deleted (a
-    resumed run uploads it all again, and on a full disk that room is what recording the
-    run's end needs), and MlflowException is raised, as for a server, not a bare OSError."""
+    """Files and folders into the active run. A failed copy into a local store deletes what
+    this call wrote (on a full disk, recording the run's end needs that room) and raises
+    MlflowException, as a server would."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -201,10 +179,8 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
 
 
 def _discard_unfinished_models(name: str) -> bool:
-    """Whether the active run has a complete model `name`. Deletes the unfinished ones,
-    files first: those of a process stopped while logging it (PENDING), which would shadow
-    it, and what a failed upload wrote, which on a full disk is the space the run needs to
-    record its end."""
+    """Whether the active run has a complete model `name`. Deletes the unfinished ones (a
+    stopped process's PENDING one would shadow it; a failed upload's files take room)."""
     import mlflow
     from mlflow.entities import LoggedModelStatus
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -229,16 +205,10 @@ def log_pytorch_model(
     registered_name: str | None = None,
     step: int = 0,
 ) -> str | None:
-    """The model as MLflow 3 logs it, named `name` (the model option), and returns its id:
-    torch.export's pt2 graph, which loads without this package and without unpickling
-    code; the batch dimension stays dynamic (`example` needs a batch of 2 or more). With
-    `registered_name`, also a new version of that registered model. Metrics logged at
-    `step` afterwards are the model's too (MLflow links them). Logged once per run: a
-    resumed run that had logged it keeps that one (None). Requirements are given rather
-    than inferred: inference imports the model in a subprocess (slow). MLflow's check of
-    the input example (it loads the saved model back and predicts, ~3 s on 2 CPUs, and
-    only warns when that fails) is left out: the model has just run on the example here,
-    and the tests load logged models and predict."""
+    """The model as torch.export's pt2 graph (loads without this package or unpickling), and
+    its id; None where a resumed run had logged it. `example` needs a batch of 2 or more
+    (the batch dimension stays dynamic). Requirements are given, not inferred, and the input
+    example is not re-validated: each would load the model again (seconds)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
@@ -267,8 +237,6 @@ def log_pytorch_model(
             _discard_unfinished_models(name)
         raise
     if registered_name:
-        from mlflow.tracking import MlflowClient
-
         version = info.registered_model_version
-        MlflowClient().update_model_version(registered_name, version, MODEL_CONTRACT)
+        mlflow.MlflowClient().update_model_version(registered_name, version, MODEL_CONTRACT)
     return info.model_id

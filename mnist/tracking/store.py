@@ -1,7 +1,6 @@
-"""Where the MLflow store is and whether it works: the one place that turns
-logger.tracking_uri / $MLFLOW_TRACKING_URI / paths.mlruns into a URI, checks it before
-any side effect, and creates experiments. Imports neither torch nor MLflow at module
-level, so the sweep callback and the scripts' start-up stay cheap."""
+"""Where the MLflow store is, whether it works (checked before any side effect), and its
+experiments. Imports neither torch nor MLflow at module level: the sweep callback and the
+scripts' start-up stay cheap."""
 
 from __future__ import annotations
 
@@ -19,36 +18,25 @@ from mnist.errors import TrackingError
 from mnist.redact import without_credentials
 from mnist.tracking.server import check_server
 
-# MLflow's tag that makes a run the child of another: a sweep's jobs, a study's trials,
-# compare's summary of a sweep.
 PARENT_TAG = "mlflow.parentRunId"
-# A run's description, what MLflow's UI shows first on its page.
 NOTE_TAG = "mlflow.note.content"
 
 # Runs must not phone home (and machines without internet must not wait on it).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# Artifacts read back here are small files: a progress bar each would only clutter the output.
+# Artifacts read back here are small files: a progress bar each is clutter.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-# A tracking server that is down fails a command in seconds: MLflow's defaults retry each
-# request 7 times with a doubling backoff, about 4 minutes. MLflow reads these on every
-# request; a value already in the environment wins.
+# A tracking server that is down fails a command in seconds, not MLflow's 4 minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-# Database servers MLflow stores runs in, through SQLAlchemy and a driver of their own.
-DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
-SUPPORTED = "sqlite:///<path>, http(s)://<server>, or a postgresql/mysql/mssql database URI"
-# Waiting longer than this for another process to create a store's schema means it hangs.
 SCHEMA_LOCK_TIMEOUT_S = 300
 
 
 def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
-    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the repository's SQLite store
-    (MLflow 3 refuses the plain file store). A relative SQLite path (sqlite:///runs.db) is
-    relative to the working directory, as a shell user means it, and is made absolute
-    here: MLflow would create the database there, then fail to place its artifacts."""
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the repository's SQLite store. A
+    relative SQLite path is made absolute: MLflow would fail to place its artifacts."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return f"sqlite:///{Path(mlruns_dir).resolve() / 'mlflow.db'}"
@@ -59,8 +47,7 @@ def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Artifacts of a local SQLite store live next to it, not relative to whatever the
-    working directory was; a remote server decides for itself (None)."""
+    """Artifacts of a local SQLite store live next to it, not in the working directory."""
     if not uri.startswith("sqlite:///"):
         return None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
@@ -68,7 +55,6 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def client(uri: str) -> Any:
-    """The MlflowClient of the store `uri` and its registry (MLflow caches the store)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri, registry_uri=uri)
@@ -77,18 +63,12 @@ def client(uri: str) -> Any:
 T = TypeVar("T")
 
 
-# What a write that collided with another process's says; the same write a moment later
-# succeeds. SQLite lets one process write at a time; the others wait up to its busy timeout
-# (5 s), which parallel jobs of a sweep on a loaded machine can exceed. MLflow adds a
-# dataset to an experiment by looking for it, then inserting it: two jobs that log the same
-# dataset at once (the test set) both insert, and the second insert fails; tried again, it
-# finds the first one's (seen with a tracking server and concurrent submitit jobs).
+# Writes that collided with another process's and succeed a moment later: SQLite's busy
+# timeout (5 s) that a loaded sweep exceeds, and two jobs inserting the same dataset at once.
 COLLISIONS = ("database is locked", "UNIQUE constraint failed: datasets.")
 
 
 def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: float = 0.2) -> T:
-    """`call()`, tried again after a collision with another process's write (COLLISIONS):
-    each is one short transaction, so waiting and trying again is enough."""
     for attempt in range(attempts - 1):
         try:
             return call()
@@ -99,12 +79,38 @@ def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: fl
     return call()
 
 
+def children_filter(parent_run_id: str) -> str:
+    """The MLflow search filter for the runs under `parent_run_id` (a sweep's, a study's)."""
+    return f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+
+
+def children(client: Any, experiment_id: str, parent_run_id: str, where: str = "") -> list[Any]:
+    """The runs under `parent_run_id`, oldest first; those matching `where` if given."""
+    query = children_filter(parent_run_id) + (f" and {where}" if where else "")
+    oldest_first = ["attributes.start_time ASC"]
+    return retry_when_locked(
+        lambda: client.search_runs([experiment_id], query, max_results=50000, order_by=oldest_first)
+    )
+
+
+def open_parent(
+    client: Any, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
+) -> str:
+    """A new RUNNING parent run of a sweep or a study; returns its id."""
+    from mlflow.entities import Param
+
+    run_id = retry_when_locked(
+        lambda: client.create_run(experiment_id, run_name=name, tags=tags)
+    ).info.run_id
+    logged = [Param(key, str(value)) for key, value in params.items()]
+    retry_when_locked(lambda: client.log_batch(run_id, params=logged))
+    return run_id
+
+
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """A lock file next to a SQLite store (<db>.lock) for what two processes must not do at
-    once: create the schema, which MLflow does on a process's first call (the second would
-    fail, "table ... already exists"); read the registered versions, then register one
-    (both would register the model). A server or database store gets no lock."""
+    """<db>.lock next to a SQLite store, for what two processes must not do at once: create
+    the schema (MLflow does on a process's first call) or register a model."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -125,8 +131,7 @@ def store_lock(uri: str) -> Iterator[None]:
 def get_or_create_experiment(
     uri: str, name: str, tags: Callable[[str], dict[str, str]] | None = None
 ) -> str:
-    """The id of experiment `name`, created if needed. `tags(experiment_id)`: tags it must
-    carry, set where they differ (an experiment made before them gets them too)."""
+    """The id of experiment `name`, created if needed, with the `tags(experiment_id)`."""
     from mlflow.exceptions import MlflowException
 
     if uri.startswith("sqlite:///"):
@@ -138,7 +143,6 @@ def get_or_create_experiment(
         try:
             tracker.create_experiment(name, artifact_location=_artifact_location(uri, name))
         except MlflowException:
-            # Another job of a sweep created it first.
             if tracker.get_experiment_by_name(name) is None:
                 raise
         experiment = tracker.get_experiment_by_name(name)
@@ -152,11 +156,11 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _sqlite_problem(db: Path) -> str | None:
-    """Why the existing file `db` cannot be an MLflow store, found by reading it only:
-    MLflow would fail on it after the data is loaded, with a SQLAlchemy traceback."""
+    """Why the file `db` cannot be an MLflow store, read only: MLflow would fail after the
+    data is loaded, with a traceback."""
     size = db.stat().st_size
     if size == 0:
-        return None  # an empty file is an empty database: MLflow creates the schema in it
+        return None  # an empty database: MLflow creates the schema
     with db.open("rb") as file:
         header = file.read(100)
     if len(header) < 100 or not header.startswith(SQLITE_HEADER):
@@ -231,22 +235,19 @@ def check_store(
     read_only_option: str | None = None,
     experiment: str | None = None,
 ) -> None:
-    """Fail in a second, before any side effect, when runs could not be recorded (or, with
-    `writes=False`, read): MLflow itself would retry for minutes, or fail only when the first
-    metric is logged, or with a traceback. A command that only reads (predict, compare
-    without its summary run) passes writes=False, so that a store on a read-only mount
-    serves it; `read_only_option` is the option that makes a writing command such a reader,
-    offered when the store is read-only; `experiment`, the one runs will be added to, is
-    checked on a server with permissions. Nothing is created or written here."""
+    """TrackingError before any side effect when runs could not be recorded (`writes=False`:
+    read); MLflow would retry for minutes or fail late. `read_only_option` is offered for a
+    read-only store; `experiment` is checked for permissions on a server."""
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
     if uri.startswith("sqlite:"):
         _check_sqlite(uri, writes, read_only_option)
     elif scheme in ("http", "https"):
         check_server(uri, experiment if writes else None)
-    elif scheme.partition("+")[0] in DATABASE_SCHEMES:
+    elif scheme.partition("+")[0] in ("postgresql", "mysql", "mssql"):
         _check_database_driver(uri)
     else:
         raise TrackingError(
-            f"MLflow store {uri!r} is not supported (file stores and other "
-            f"schemes are not); use {SUPPORTED} in logger.tracking_uri or MLFLOW_TRACKING_URI"
+            f"MLflow store {uri!r} is not supported (file stores and other schemes are not); "
+            "use sqlite:///<path>, http(s)://<server>, or a postgresql/mysql/mssql database "
+            "URI in logger.tracking_uri or MLFLOW_TRACKING_URI"
         )

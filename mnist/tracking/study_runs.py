@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnist.tracking.parent import children, end_parent, open_parent, reopen_parent
 from mnist.tracking.runs import git_state
+from mnist.tracking.store import children, get_or_create_experiment, open_parent, retry_when_locked
 from mnist.tracking.store import client as store_client
-from mnist.tracking.store import get_or_create_experiment, retry_when_locked
 from mnist.tracking.ui import experiment_tags, how_to_open, show_children
 
 # Optuna's trial states that are final.
@@ -32,7 +31,7 @@ def open_study_run(
 
 
 def reopen_study_run(uri: str, run_id: str) -> None:
-    reopen_parent(store_client(uri), run_id)
+    retry_when_locked(lambda: store_client(uri).update_run(run_id, status="RUNNING"))
 
 
 def end_study_run(
@@ -63,7 +62,7 @@ def end_study_run(
         retry_when_locked(lambda p=path, f=folder: client.log_artifact(run_id, str(p), f))
     experiment_id = client.get_run(run_id).info.experiment_id
     _sync_trial_runs(client, run_id, experiment_id, trial_states)
-    end_parent(client, run_id, status)
+    retry_when_locked(lambda: client.set_terminated(run_id, status))
     return how_to_open(uri, show_children(client, experiment_id, run_id))
 
 

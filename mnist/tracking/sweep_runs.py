@@ -13,7 +13,7 @@ from typing import Any
 
 from mnist.context import JobContext
 from mnist.tracking import queries, store
-from mnist.tracking.parent import children, end_parent, open_parent, reopen_parent
+from mnist.tracking.store import children, open_parent
 from mnist.tracking.ui import experiment_tags, show_children
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def open_sweep(
         run_id = open_parent(tracker, experiment_id, name, tags, swept)
     else:
         run_id = earlier.info.run_id
-        reopen_parent(tracker, run_id)
+        store.retry_when_locked(lambda: tracker.update_run(run_id, status="RUNNING"))
         tracker.set_tag(run_id, "sweep.resumed_dir", tags["sweep.dir"])
         log.info("sweep.resume=true: continuing sweep parent run %s", run_id)
     if jobs is not None:
@@ -92,7 +92,7 @@ def job_runs(
 def end_sweep(uri: str, parent_run_id: str, status: str) -> str:
     """Ends the parent run; returns the address of its runs' view (ui.show_children)."""
     tracker = store.client(uri)
-    end_parent(tracker, parent_run_id, status)
+    store.retry_when_locked(lambda: tracker.set_terminated(parent_run_id, status))
     experiment_id = tracker.get_run(parent_run_id).info.experiment_id
     return show_children(tracker, experiment_id, parent_run_id)
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from mnist.tracking.parent import children_filter
-from mnist.tracking.store import NOTE_TAG
+from mnist.tracking.store import NOTE_TAG, children_filter
 
 # The metrics a comparison needs at first sight, best validation first: what picks a model.
 KEY_METRICS = ("best/val_acc", "test/acc", "train_time_s")
