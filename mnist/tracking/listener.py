@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunStart:
-    """What a training run is, as the job has set it up: its MLflow run opens with it."""
+    """What the job has set up: the MLflow run opens with it."""
 
     setup: Setup
     model_name: str
@@ -42,9 +42,8 @@ class RunStart:
 
 
 class MlflowListener(RunListener):
-    """The open run: each epoch's metrics logged once per step (a resumed run redoes what
-    came after its last checkpoint, which the interrupted process may have logged), then
-    shown to the job's observer (JobContext.epoch_observer)."""
+    """The open run: each epoch's metrics logged once per step (a resumed run redoes epochs
+    the interrupted process may have logged), then shown to JobContext.epoch_observer."""
 
     def __init__(
         self, run_id: str, cfg: DictConfig, ctx: JobContext, start: RunStart, resumed: bool
@@ -62,8 +61,7 @@ class MlflowListener(RunListener):
             runs.log_metrics(new, step)
 
     def log_model(self, test_images: torch.Tensor, step: int) -> None:
-        """The best-validation model (logger.register: also a registered version); before
-        the final metrics, which, logged at its step, describe it."""
+        """The best-validation model, before the final metrics that, at its step, describe it."""
         example = normalize(to_unit_float(test_images[:4])).cpu()
         model = copy.deepcopy(self.start.setup.model).cpu()
         runs.log_pytorch_model(model, example, self.start.model_name, self.cfg.logger.register,
@@ -74,23 +72,20 @@ class MlflowListener(RunListener):
         self.log_metrics(metrics, step)
 
     def log_files(self, reports: list[Path]) -> None:
-        """The reports, Hydra's folder, and best.pt."""
         hydra = [self.ctx.output_dir / ".hydra"]
         runs.log_artifacts([*reports, *filter(Path.is_dir, hydra)])
         best = self.ctx.output_dir / "checkpoints" / "best.pt"
         runs.log_artifacts([best], artifact_path="checkpoints")
 
     def log_phases(self, seconds: dict[str, float]) -> None:
-        """The job's phases (time/<phase>_s); not a resumed run's, which are not a start's."""
+        """time/<phase>_s; not a resumed run's, which are not a start's."""
         if not self.resumed:
             runs.log_metrics(seconds)
 
 
 def logged_steps() -> set[tuple[str, int]]:
-    """(metric, step) pairs the active run has logged: a resumed run redoes what came after
-    its last checkpoint, and leaves out what the interrupted process had logged of it. A
-    run stopped before the curves' names (mnist/metric_names.py) gets its curves under them
-    too, so that its epochs read as one history."""
+    """(metric, step) pairs the active run has logged. A run stopped before the curves'
+    current names (mnist/metric_names.py) gets its curves under them too: one history."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -116,9 +111,8 @@ def logged_steps() -> set[tuple[str, int]]:
 def training_run(
     cfg: DictConfig, ctx: JobContext, uri: str, start: RunStart, resume_id: str | None
 ) -> Iterator[MlflowListener]:
-    """The job's MLflow run, open until the block ends (runs.mlflow_run: always ended):
-    a new one logs its params, sizes, datasets and first files; `resume_id` (the run of a
-    last.pt) is continued instead."""
+    """The job's MLflow run until the block ends: a new one logs its params, sizes, datasets
+    and first files; `resume_id` (the run of a last.pt) is continued instead."""
     with runs.mlflow_run(
         uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name, _tags(cfg, ctx, start),
         run_params(cfg, ctx.choices), resume_id, experiment_tags=ui.experiment_tags,
@@ -149,7 +143,6 @@ def _tags(cfg: DictConfig, ctx: JobContext, start: RunStart) -> dict[str, str]:
 
 
 def _stored_run(run_id: str, uri: str, missing: str) -> Any:
-    """The store's run `run_id`; ConfigError(`missing`) if the store has none."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -159,7 +152,6 @@ def _stored_run(run_id: str, uri: str, missing: str) -> Any:
 
 
 def checkpoint_of_run(run_id: str, uri: str) -> Path:
-    """The last.pt of the run trainer.resume=<run id> names; ConfigError if there is none."""
     run = _stored_run(run_id, uri, f"trainer.resume={run_id}: no such MLflow run in {uri}")
     output_dir = run.data.tags.get("output_dir")
     checkpoint = Path(output_dir) / "checkpoints" / "last.pt" if output_dir else None
@@ -172,8 +164,7 @@ def checkpoint_of_run(run_id: str, uri: str) -> Path:
 
 
 def refuse_finished_run(target: str, run_id: str, uri: str) -> None:
-    """A FINISHED run has nothing left to do: resuming it would log its final metrics and
-    model a second time. ConfigError for it, and for a run the store does not have."""
+    """Resuming a FINISHED run would log its final metrics and model a second time."""
     missing = f"trainer.resume={target}: the checkpoint's MLflow run {run_id} is not in {uri}"
     if _stored_run(run_id, uri, missing).info.status == "FINISHED":
         raise ConfigError(
@@ -184,8 +175,7 @@ def refuse_finished_run(target: str, run_id: str, uri: str) -> None:
 
 def store_failure(error: Exception, uri: str) -> str | None:
     """What a failed store or disk says, in a line; None for any other exception (a bug
-    keeps its traceback). Its root cause names it best: MLflow wraps a refused connection
-    in four exceptions, a full SQLite disk in three."""
+    keeps its traceback). The root cause names it best: MLflow wraps it in up to four."""
     from mlflow.exceptions import MlflowException
 
     if not isinstance(error, MlflowException | OSError):

@@ -1,6 +1,5 @@
-"""Whether a tracking server (http(s):// store) works, asked before any side effect: it
-answers, it speaks MLflow's API, and it takes the credentials MLflow's client would send.
-Plain HTTP, so that the check costs no MLflow import."""
+"""Whether a tracking server works, asked before any side effect: it answers, speaks MLflow's
+API and takes the credentials MLflow's client would send. Plain HTTP: no MLflow import."""
 
 from __future__ import annotations
 
@@ -13,10 +12,13 @@ import urllib.request
 
 from mnist.errors import TrackingError
 
+# A read any tracking server answers with its JSON (here the error RESOURCE_DOES_NOT_EXIST).
+API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
 
-def _server_request(uri: str, path: str, body: dict | None = None) -> urllib.request.Request:
-    """A GET of `path` on the server at `uri` (a POST of `body` as JSON when given), with the
-    basic-auth credentials MLflow's client would send ($MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+
+def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+    """(HTTP status, start of the body) of GET `path` (POST `body` as JSON when given), with
+    the basic-auth credentials MLflow's client would send; TrackingError if nothing answers."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{uri.rstrip('/')}{path}", data=data, headers={"Content-Type": "application/json"}
@@ -24,19 +26,8 @@ def _server_request(uri: str, path: str, body: dict | None = None) -> urllib.req
     if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         login = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
         request.add_header("Authorization", f"Basic {base64.b64encode(login).decode()}")
-    return request
-
-
-# A read of MLflow's REST API that any tracking server answers with its JSON: the
-# experiment, or (as here) the error RESOURCE_DOES_NOT_EXIST.
-API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
-
-
-def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
-    """(HTTP status, start of the body) of GET `path` on the server (POST `body` when
-    given); TrackingError when nothing answers."""
     try:
-        with urllib.request.urlopen(_server_request(uri, path, body), timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read(4096)
     except urllib.error.HTTPError as e:
         return e.code, e.read(4096)
@@ -49,10 +40,9 @@ def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
 
 
 def _check_may_create_runs(uri: str, experiment: str) -> None:
-    """On an auth server, a user may read an experiment yet not add runs to it. MLflow's API
-    lets no user read their own permission, so a run is created with an invalid start time:
-    the server checks the permission first (403), then refuses the request (400), and
-    nothing is created. An experiment not there yet is the user's to create."""
+    """MLflow's API lets no user read their own permission, so a run is created with an
+    invalid start time: the server checks the permission first (403), then refuses the
+    request (400), and nothing is created. A new experiment is the user's to create."""
     name = urllib.parse.quote(experiment)
     status, body = _get(uri, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")
     if status != 200:
@@ -68,16 +58,7 @@ def _check_may_create_runs(uri: str, experiment: str) -> None:
         )
 
 
-def _speaks_mlflow(body: bytes) -> bool:
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(answer, dict) and bool({"experiment", "error_code"} & answer.keys())
-
-
 def _refused_credentials(uri: str, status: int) -> str:
-    """What a server's 401 or 403 means for the user, and what to set."""
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     fix = (
         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or give them in the URI "
@@ -100,7 +81,11 @@ def check_server(uri: str, experiment: str | None = None) -> None:
         status, body = _get(uri, path)
         if status in (401, 403):
             raise TrackingError(_refused_credentials(uri, status))
-        if _speaks_mlflow(body):
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and {"experiment", "error_code"} & answer.keys():
             if experiment is not None:
                 _check_may_create_runs(uri, experiment)
             return

@@ -1,7 +1,6 @@
-"""A sweep in MLflow: its parent run, opened (or reopened by sweep.resume=true) and ended; the
-runs of its jobs, and which of them count; a FAILED run for a job that failed before its own
-run opened; the runs a restarted job supersedes; the summary its parent ends with. The Hydra
-side of the sweep (mnist/sweeps/) calls these with plain values."""
+"""A sweep in MLflow: its parent run, its jobs' runs and which of them count, FAILED runs
+for jobs that failed before theirs opened, and superseded runs. mnist/sweeps/ calls these
+with plain values."""
 
 from __future__ import annotations
 
@@ -18,28 +17,25 @@ from mnist.tracking.ui import experiment_tags, show_children
 
 log = logging.getLogger(__name__)
 
-# On the parent: the hash of the sweep's command line, how a resumed sweep finds it...
+# On the parent: the hash of its command line (how a resumed sweep finds it), the number of
+# jobs launched and, when it ends, how many did not finish.
 SWEEP_HASH_TAG = "sweep.overrides_sha256"
-# ...the number of jobs the sweep launched (Hydra's list of them, whether or not each got a
-# run), set when it starts; and, when it ends, how many of them did not finish.
 JOBS_TAG = "sweep.jobs"
 FAILED_JOBS_TAG = "sweep.failed_jobs"
-# On the new run of a job that was restarted: the run(s) it replaces, comma-separated...
+# On a restarted job's new run, the runs it replaces (comma-separated); on each of those,
+# the run that replaced it, which compare and the parent's job count leave out.
 SUPERSEDES_TAG = "sweep.supersedes"
-# ...and on each of those, the run that replaced it: compare and the parent's job count
-# leave them out.
 SUPERSEDED_TAG = "sweep.superseded_by"
 
 
 def current_runs(runs: list[Any]) -> list[Any]:
-    """The training runs that count: without those a restarted job's new run superseded,
-    and without runs that trained no model (a sweep's parent, compare's summaries)."""
+    """The training runs that count: not superseded, and with a model (not a parent or
+    compare's summary)."""
     return [run for run in runs if SUPERSEDED_TAG not in run.data.tags and "model" in run.data.tags]
 
 
 def partial_sweep(parent: Any, finished: int) -> str | None:
-    """What a report on the sweep of the `parent` run must say when only `finished` of its
-    jobs finished; None for a complete sweep, or a parent that does not count its jobs."""
+    """What a report must say when only `finished` of the sweep's jobs finished, else None."""
     jobs = int(parent.data.tags.get(JOBS_TAG, 0))
     if finished >= jobs:
         return None
@@ -53,10 +49,9 @@ def open_sweep(
     uri: str, experiment: str, name: str, tags: dict[str, str], swept: dict[str, str],
     resume: bool, jobs: int | None,
 ) -> str:  # fmt: skip
-    """The sweep's parent run: a new one with `tags` (sweep.dir and SWEEP_HASH_TAG among
-    them) and the `swept` keys as params, or with `resume` the latest parent of the same
-    sweep, running again. `jobs`: how many it launches, where known. Creates the store's
-    schema and the experiment first, before parallel jobs would race each other to."""
+    """The sweep's parent run: a new one, or with `resume` the latest of the same sweep
+    (SWEEP_HASH_TAG), running again. Creates the store's schema and the experiment before
+    parallel jobs would race each other to."""
     experiment_id = store.get_or_create_experiment(uri, experiment, experiment_tags)
     tracker = store.client(uri)
     same_sweep = f"tags.`{SWEEP_HASH_TAG}` = '{tags[SWEEP_HASH_TAG]}'"
@@ -78,8 +73,8 @@ def open_sweep(
 def job_runs(
     uri: str, parent_run_id: str, config_hash: str | None = None, status: str | None = None
 ) -> list[Any]:
-    """The runs under the sweep's parent run, oldest first; only those of the job whose
-    config hashes to `config_hash`, or in `status`, if given."""
+    """The runs under the sweep's parent, oldest first; those of `config_hash` or in
+    `status` if given."""
     from mnist.tracking.params import CONFIG_HASH_TAG  # imports torch
 
     tracker = store.client(uri)
@@ -90,7 +85,7 @@ def job_runs(
 
 
 def end_sweep(uri: str, parent_run_id: str, status: str) -> str:
-    """Ends the parent run; returns the address of its runs' view (ui.show_children)."""
+    """Ends the parent run; returns the address of its runs' view."""
     tracker = store.client(uri)
     store.retry_when_locked(lambda: tracker.set_terminated(parent_run_id, status))
     experiment_id = tracker.get_run(parent_run_id).info.experiment_id
@@ -100,8 +95,7 @@ def end_sweep(uri: str, parent_run_id: str, status: str) -> str:
 def record_failed_job(
     uri: str, parent_run_id: str, name: str, tags: dict[str, str], error: str
 ) -> str:
-    """A FAILED child run of the sweep for a job that failed before its own run opened,
-    whose description (what MLflow's UI shows on its page) is `error`; returns its id."""
+    """A FAILED child run for a job that failed before its own run opened; returns its id."""
     tracker = store.client(uri)
     experiment_id = tracker.get_run(parent_run_id).info.experiment_id
     tags = {
@@ -118,9 +112,8 @@ def record_failed_job(
 
 
 def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
-    """Tag the runs a restarted job's new run replaces (mnist/sweeps/resume.py). One still
-    RUNNING lost its process (SIGKILL, power loss) before it could end the run: it is ended
-    FAILED."""
+    """Tag the runs a restarted job's new run replaces; one still RUNNING lost its process
+    (SIGKILL, power loss) and is ended FAILED."""
     tracker = store.client(uri)
     for run_id in filter(None, ctx.extra_tags.get(SUPERSEDES_TAG, "").split(",")):
         store.retry_when_locked(
@@ -132,16 +125,19 @@ def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
 
 def log_to_parent(
     uri: str, parent_run_id: str, tags: dict[str, str], metrics: dict[str, float] | None = None,
-    paths: Sequence[Path] = (),
+    paths: Sequence[Path] | dict[Path, str | None] = (), step: int = 0,
 ) -> None:  # fmt: skip
-    """Tags, metrics (step 0) and files onto the sweep's parent run as it ends: its count of
-    jobs (partial_sweep reads it), then its summary."""
+    """Tags, metrics and files (or a dict: file -> artifact folder) onto a parent run (a
+    sweep's, a study's) as it ends."""
     from mlflow.entities import Metric, RunTag
 
     tracker = store.client(uri)
-    for path in paths:
-        tracker.log_artifact(parent_run_id, str(path))
+    folders = paths if isinstance(paths, dict) else dict.fromkeys(paths)
+    for path, folder in folders.items():
+        store.retry_when_locked(
+            lambda p=path, f=folder: tracker.log_artifact(parent_run_id, str(p), f)
+        )
     timestamp = int(1000 * time.time())
-    logged = [Metric(key, value, timestamp, 0) for key, value in (metrics or {}).items()]
+    logged = [Metric(key, float(value), timestamp, step) for key, value in (metrics or {}).items()]
     run_tags = [RunTag(key, value) for key, value in tags.items()]
-    tracker.log_batch(parent_run_id, metrics=logged, tags=run_tags)
+    store.retry_when_locked(lambda: tracker.log_batch(parent_run_id, metrics=logged, tags=run_tags))
