@@ -20,9 +20,9 @@ from mnist.reporting import plots, table
 from mnist.reporting.table import Row
 from mnist.tracking import queries, store, ui
 from mnist.tracking.params import changes_results
-from mnist.tracking.store import children_filter
 from mnist.tracking.registry import latest_sweep
 from mnist.tracking.runs import log_artifacts, log_metrics, mlflow_run
+from mnist.tracking.store import children_filter
 from mnist.tracking.sweep_runs import current_runs, partial_sweep
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def write_comparison(
     runs = load_runs(uri, experiment, search_filter(parent_run_id, extra_filter))
     rows = build_rows(uri, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
-    parent = queries.get_run(uri, parent_run_id) if parent_run_id else None
+    parent = store.client(uri).get_run(parent_run_id) if parent_run_id else None
     title = f"{experiment}: {parent.info.run_name}" if parent else experiment
     title += f" ({extra_filter})" if extra_filter else ""
     markdown = table.markdown(rows, title)
@@ -240,7 +240,7 @@ def _about(uri: str, experiment: str, parent_run_id: str | None, cfg: DictConfig
     the experiment's training runs, and how."""
     experiment_id = queries.experiment_id(uri, experiment)
     if parent_run_id:
-        name = queries.get_run(uri, parent_run_id).info.run_name
+        name = store.client(uri).get_run(parent_run_id).info.run_name
         view = ui.show_children(store.client(uri), experiment_id, parent_run_id)
         source = (
             f"the runs of [{name}]({ui.run_path(experiment_id, parent_run_id)}) "

@@ -53,7 +53,8 @@ class Comparison:
 def compare_runs(uri: str, original_id: str, reproduced_id: str) -> list[Comparison]:
     """Every non-timing metric, epoch by epoch, under its current name, and the hash of the
     best weights."""
-    original, reproduced = queries.get_run(uri, original_id), queries.get_run(uri, reproduced_id)
+    client = store.client(uri)
+    original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
     names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
     rows = []
     for name in names:

@@ -1,7 +1,5 @@
-"""The data of a run as MLflow dataset inputs: its training, validation and test sets, each
-identified by a digest of the SHA-256 of the IDX files it was read from (and of the split
-that made it), with its size and the split's settings as its profile. Two runs trained on
-the same images show the same dataset in the UI; another split or subset shows another."""
+"""A run's training, validation and test sets as MLflow datasets, each identified by the
+SHA-256 of its IDX files and its split settings: runs on the same images show the same one."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ DIGEST_LENGTH = 16
 
 
 def file_checksums(root: Path, verified: bool) -> dict[str, str]:
-    """The SHA-256 of each IDX file: the published ones when the files were verified
-    against them (data.verify_checksums), else computed from the files read."""
+    """The SHA-256 of each IDX file: the published ones when verified against them."""
     return {name: MNIST_SHA256[name] if verified else sha256_of(root / name)
             for name in MNIST_SHA256}  # fmt: skip
 
@@ -34,8 +31,7 @@ def _digest(profile: dict[str, Any]) -> str:
 def dataset_profiles(
     checksums: dict[str, str], data: Any, seed: int, sizes: dict[str, int]
 ) -> dict[str, dict[str, Any]]:
-    """{context: profile} for training, validation and test; the profile is what the
-    digest is made of."""
+    """{context: profile} for training, validation and test; the digest is the profile's."""
     split = {
         "split_seed": seed,
         "val_size": data.val_size,
@@ -51,9 +47,8 @@ def dataset_profiles(
 
 
 def log_datasets(root: Path, data: Any, seed: int, sizes: dict[str, int]) -> None:
-    """The active run's inputs, one MLflow dataset per context, named mnist-<context>:
-    `root` holds the IDX files read, `data` is the run's data.* config, `sizes` the number
-    of images of each split."""
+    """The active run's inputs, one dataset per context named mnist-<context>; `data`: the
+    run's data.* config, `sizes`: images per split."""
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
 

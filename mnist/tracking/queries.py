@@ -1,7 +1,6 @@
-"""What commands read back from a store, by its URI: experiments, runs and metrics
-(compare, reproduce, startup, promote), a run's config.yaml, and the best.pt of the run a
-model URI or run id names (prediction, evaluation, export). Never a logged model itself:
-the MLflow pytorch flavour is a pickle, and loading it would run whatever it contains."""
+"""What commands read back from a store: experiments, runs, metrics, a run's config.yaml, and
+the best.pt a model URI or run id names. Never a logged model itself: the pytorch flavour
+is a pickle, and loading it would run whatever it contains."""
 
 from __future__ import annotations
 
@@ -18,8 +17,6 @@ from mnist.tracking import store
 # The alias scripts/promote.py points at a sweep's best model: what prediction loads first.
 CHAMPION = "champion"
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
-# How many of the most recent finished runs are searched for one with a checkpoint.
-RECENT_RUNS = 100
 FORMS = "a checkpoint path, runs:/<run id>/model, models:/<name>/<version>, or a run id"
 
 
@@ -36,7 +33,7 @@ def latest_finished_run(uri: str) -> str:
         experiments,
         filter_string="attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=RECENT_RUNS,
+        max_results=100,
     )
     for run in runs:
         artifacts = tracker.list_artifacts(run.info.run_id, "checkpoints")
@@ -49,7 +46,6 @@ def latest_finished_run(uri: str) -> str:
 
 
 def _registered_run(model_uri: str, uri: str) -> str:
-    """The run behind models:/<name>/<version>, models:/<name>@<alias> or models:/<id>."""
     tracker = store.client(uri)
     name, slash, version = model_uri.removeprefix("models:/").partition("/")
     if slash and version.isdigit():
@@ -80,12 +76,10 @@ def champion_run(uri: str, name: str) -> str | None:
 def fetched_checkpoint(
     spec: str | None, tracking_uri: str | None, registered_model: str | None
 ) -> Iterator[tuple[str, str]]:
-    """(path, source) of the best.pt of the run `spec` names (runs:/, models:/, a run id;
-    None: the champion of `registered_model`, else the latest finished run), downloaded
-    into a temporary directory for the `with` block; CheckpointError for what cannot be
-    fetched or read there. The store is located as training locates it and checked as
-    training checks it, but only read (a read-only one serves); a local SQLite file that
-    does not exist is refused (MLflow would create an empty store)."""
+    """(path, source) of the best.pt of the run `spec` names (None: the champion of
+    `registered_model`, else the latest finished run), downloaded for the `with` block;
+    CheckpointError for what cannot be fetched. A missing SQLite file is refused: MLflow
+    would create an empty store."""
     from mlflow.exceptions import MlflowException
 
     uri = store.tracking_uri(tracking_uri, DEFAULT_MLRUNS)
@@ -118,8 +112,7 @@ def fetched_checkpoint(
 
 
 def run_config(uri: str, run_id: str) -> tuple[Any, str]:
-    """The run `run_id` and the text of its config.yaml; ConfigError if either cannot be
-    read."""
+    """The run `run_id` and the text of its config.yaml; ConfigError if unreadable."""
     from mlflow.exceptions import MlflowException
 
     tracker = store.client(uri)
@@ -145,8 +138,8 @@ def experiment_id(uri: str, name: str) -> str:
 
 
 def search_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
-    """Every run of `experiment` (its id) matching `filter_string`, oldest first, page by
-    page; ConfigError for a filter MLflow cannot read."""
+    """Every run of `experiment` (its id) matching `filter_string`, oldest first; ConfigError
+    for a filter MLflow cannot read."""
     from mlflow.exceptions import MlflowException
 
     tracker = store.client(uri)
@@ -177,11 +170,6 @@ def latest_run(uri: str, experiment: str, filter_string: str) -> Any | None:
     return found[0] if found else None
 
 
-def get_run(uri: str, run_id: str) -> Any:
-    return store.client(uri).get_run(run_id)
-
-
 def metric_history(uri: str, run_id: str, name: str) -> list[float]:
-    """The values a run logged for metric `name`, step by step."""
     history = store.client(uri).get_metric_history(run_id, name)
     return [metric.value for metric in sorted(history, key=lambda metric: metric.step)]

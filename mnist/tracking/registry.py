@@ -1,6 +1,5 @@
-"""Registered models: the best model of a sweep, chosen by validation accuracy (never the
-test set), promoted to an alias of a registered model, which prediction then defaults to
-(mnist/tracking/queries.py: champion_run)."""
+"""The best model of a sweep, chosen by validation accuracy (never the test set), promoted to
+an alias of a registered model, which prediction then defaults to."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from mnist.tracking.store import children
 from mnist.tracking.sweep_runs import current_runs, partial_sweep
 from mnist.tracking.ui import run_path
 
-# What picks the best model of a sweep: the checkpoint's own validation accuracy.
 SELECTION_METRIC = "best/val_acc"
 
 
@@ -24,8 +22,7 @@ class Promotion:
     name: str
     version: str
     alias: str
-    run: Any  # the MLflow run whose model it is
-    # Said with it when not every job of the sweep finished: the best of those that did.
+    run: Any
     incomplete: str | None = None
 
     def __str__(self) -> str:
@@ -41,7 +38,6 @@ class Promotion:
 
 
 def latest_sweep(uri: str, experiment: str) -> str:
-    """The parent run of the most recent sweep in `experiment`."""
     found = store.client(uri).get_experiment_by_name(experiment)
     parent = found and latest_run(uri, found.experiment_id, "tags.`sweep.dir` LIKE '%'")
     if not parent:
@@ -53,9 +49,8 @@ def latest_sweep(uri: str, experiment: str) -> str:
 
 
 def best_run(uri: str, parent_run_id: str) -> tuple[Any, str | None]:
-    """The finished child of the sweep with the highest validation accuracy (the earliest
-    of equals) that logged a model, and what to say with it when the sweep is incomplete
-    (a job failed or did not run: its parent's count says so, mnist/sweeps/callback.py)."""
+    """The finished child of the sweep with a logged model and the highest validation
+    accuracy (the earliest of equals), and what to say when the sweep is incomplete."""
     from mlflow.exceptions import MlflowException
 
     client = store.client(uri)
@@ -79,9 +74,7 @@ def best_run(uri: str, parent_run_id: str) -> tuple[Any, str | None]:
 
 
 def _description(run: Any) -> str:
-    """What the version's page says first: how good it is (on the validation split that
-    chose it, and on the test set), the run it comes from and how to train it again; then
-    what it takes and returns."""
+    """The version's page: how good it is, its run, how to train it again, its contract."""
     metrics, info = run.data.metrics, run.info
     test = f"{metrics['test/acc']:.2%}" if "test/acc" in metrics else "n/a"
     return (
@@ -95,15 +88,12 @@ def _description(run: Any) -> str:
 def promote_sweep(
     uri: str, experiment: str, parent_run_id: str | None, name: str, alias: str = CHAMPION
 ) -> Promotion:
-    """Points `name@alias` at the best model of the sweep `parent_run_id` (else of the
-    latest sweep of `experiment`): its version of `name` if registered (logger.register),
-    else a new version registered now. mlflow.register_model, not the client's
-    create_model_version, so that the logged model records the version too: its page in
-    the UI then shows it registered (the tag `mlflow.modelVersions`)."""
+    """Points `name@alias` at the best model of the sweep `parent_run_id` (else the latest
+    of `experiment`), registered now unless it is already. mlflow.register_model, not
+    create_model_version: the logged model's page then shows it registered too."""
     import mlflow
 
-    # Registering models:/<id> reads the logged model through the global store: this one,
-    # not an mlflow.db in the working directory.
+    # Registering models:/<id> reads the logged model through the global store.
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = store.client(uri)

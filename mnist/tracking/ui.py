@@ -1,11 +1,6 @@
-"""How what a command made opens in the MLflow UI, and the link it prints to it. MLflow 3's
-UI (3.17, 3.18) opens on its GenAI pages unless the address says
-`workflowType=machine_learning`, and it reads no experiment tag for its columns or charts
-except a view saved under `mlflow.sharedViewState.<key>` and opened with
-`viewStateShareKey=<key>`. So every experiment gets a view of its training runs, each sweep
-and study one of its own runs (its filter with them), and every link says the workflow.
-`make ui` records the address it serves beside the store (Makefile, PORT): the links of
-that store point there."""
+"""How what a command made opens in the MLflow UI. MLflow 3's UI opens on its GenAI pages
+unless the address says `workflowType=machine_learning`, and reads columns and charts only
+from a view saved as the tag `mlflow.sharedViewState.<key>`, opened by `viewStateShareKey`."""
 
 from __future__ import annotations
 
@@ -18,23 +13,20 @@ from typing import Any
 from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from mnist.tracking.store import NOTE_TAG, children_filter
 
-# The metrics a comparison needs at first sight, best validation first: what picks a model.
+# What picks a model, best validation first.
 KEY_METRICS = ("best/val_acc", "test/acc", "train_time_s")
-# The curves the chart view opens on, per epoch of every job, each quantity's train beside
-# its val: how the runs learned.
+# The curves the chart view opens on, each train beside its val.
 CURVES = (TRAIN_ACC, VAL_ACC, TRAIN_LOSS, VAL_LOSS)
 VIEW_KEY = "training-runs"
 VIEW_TAG = "mlflow.sharedViewState."
 TRAINING_VIEW = "workflowType=machine_learning"
-# Written by `make ui` and `make server` beside a SQLite store: the address they serve it at.
+# Written by `make ui` and `make server` beside a SQLite store: the address they serve.
 ADDRESS_FILE = "ui_address"
-# Where `make ui` serves until it has recorded an address (Makefile: PORT's default).
 DEFAULT_ADDRESS = "http://127.0.0.1:5000"
 
 
 def _curve(metric: str) -> dict[str, Any]:
-    """A line chart of `metric` against the epoch, as the UI stores one (all its fields:
-    the UI reads them without defaults)."""
+    """A line chart of `metric` per epoch, every field given: the UI reads none as default."""
     return {
         "uuid": f"curve-{metric}",
         "type": "LINE",
@@ -60,10 +52,8 @@ def _curve(metric: str) -> dict[str, Any]:
 
 
 def _charts() -> dict[str, Any]:
-    """The chart view opening on the learning curves, in a section of their own first, two
-    charts a row: train beside val. The UI adds a chart for every other metric after it;
-    `isAccordionReordered` keeps the sections in this order instead of sorting them by
-    name."""
+    """The learning curves first, two a row; `isAccordionReordered` keeps the sections in
+    this order instead of sorting them by name."""
     section = {"uuid": "curves", "name": "Learning curves", "display": True, "columns": 2}
     return {
         "compareRunSections": [{**section, "isReordered": True}],
@@ -73,9 +63,8 @@ def _charts() -> dict[str, Any]:
 
 
 def _view(search_filter: str = "") -> dict[str, Any]:
-    """The runs table (those matching `search_filter`, all if empty), sorted by validation
-    accuracy, with the model, the key metrics and the dataset as columns (the UI's own
-    column keys); the chart view on the curves."""
+    """The runs matching `search_filter` by validation accuracy, with the model, the key
+    metrics and the dataset as columns; the chart view on the curves."""
     columns = [
         "params.`model`",
         *(f"metrics.`{name}`" for name in KEY_METRICS),
@@ -92,41 +81,29 @@ def _view(search_filter: str = "") -> dict[str, Any]:
     }
 
 
-def _runs_path(experiment_id: str, view_key: str) -> str:
-    query = f"viewStateShareKey={view_key}&{TRAINING_VIEW}"
-    return f"#/experiments/{experiment_id}/runs?{query}"
-
-
-def runs_path(experiment_id: str) -> str:
-    """The address of the experiment's training runs in its view, relative to the UI."""
-    return _runs_path(experiment_id, VIEW_KEY)
+def runs_path(experiment_id: str, view_key: str = VIEW_KEY) -> str:
+    """The experiment's runs in the view `view_key`, relative to the UI (as all paths here)."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={view_key}&{TRAINING_VIEW}"
 
 
 def run_path(experiment_id: str, run_id: str, tab: str = "") -> str:
-    """A run's page (`tab`: "model-metrics" for its charts), relative to the UI."""
+    """A run's page (`tab`: "model-metrics" for its charts)."""
     return f"#/experiments/{experiment_id}/runs/{run_id}{f'/{tab}' if tab else ''}?{TRAINING_VIEW}"
 
 
 def version_path(name: str, version: str) -> str:
-    """A registered model version's page, relative to the UI."""
     return f"#/models/{urllib.parse.quote(name, safe='')}/versions/{version}?{TRAINING_VIEW}"
 
 
-def _children_key(parent_run_id: str) -> str:
-    return f"runs-of-{parent_run_id}"
-
-
 def children_path(experiment_id: str, parent_run_id: str) -> str:
-    """The address of a sweep's or a study's own runs, relative to the UI: the view that
-    show_children saves."""
-    return _runs_path(experiment_id, _children_key(parent_run_id))
+    """A sweep's or a study's own runs: the view show_children saves."""
+    return runs_path(experiment_id, f"runs-of-{parent_run_id}")
 
 
 def show_children(client: Any, experiment_id: str, parent_run_id: str) -> str:
-    """Saves the view of a sweep's or a study's own runs (the experiment's training runs
-    also hold single runs and other sweeps) and returns its address, relative to the UI."""
+    """Saves the view of a sweep's or a study's own runs and returns its address."""
     view = json.dumps(_view(children_filter(parent_run_id)))
-    client.set_experiment_tag(experiment_id, f"{VIEW_TAG}{_children_key(parent_run_id)}", view)
+    client.set_experiment_tag(experiment_id, f"{VIEW_TAG}runs-of-{parent_run_id}", view)
     return children_path(experiment_id, parent_run_id)
 
 
@@ -144,7 +121,6 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
 
 
 def _recorded_address(db: Path) -> str:
-    """The address `make ui` last served the store `db` at, else its default."""
     try:
         address = (db.parent / ADDRESS_FILE).read_text().strip()
     except (OSError, UnicodeDecodeError):
@@ -153,10 +129,8 @@ def _recorded_address(db: Path) -> str:
 
 
 def how_to_open(uri: str, path: str) -> str | None:
-    """How to see `path` (runs_path, run_path, ...) of the store `uri`: the server's own
-    address for an HTTP store; for a SQLite store, `make ui` (STORE=<its directory>
-    unless it is the repository's, PORT= as it last served it) and that address; None for
-    stores the UI is not known for."""
+    """How to see `path` of the store `uri`: the server's address, or for a SQLite store the
+    `make ui` command (STORE=, PORT= as it last served it) and its address; else None."""
     from mnist.paths import DEFAULT_MLRUNS
 
     if uri.startswith(("http://", "https://")):
