@@ -5,6 +5,8 @@ an edit here. Also: the run a trainer.resume names, and what a store that failed
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,18 +19,23 @@ from omegaconf import DictConfig
 
 from mnist.context import JobContext
 from mnist.data.batches import normalize, to_unit_float
+from mnist.data.fetch import MNIST_SHA256, sha256_of
 from mnist.errors import ConfigError
 from mnist.metric_names import current
 from mnist.models import ModelSummary
 from mnist.models.describe import shape_tags
 from mnist.tracking import runs, store, ui
-from mnist.tracking.datasets import log_datasets
 from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256, run_params
 from mnist.training.build import Setup
 from mnist.training.device import torch_settings
 from mnist.training.events import RunListener
 
 log = logging.getLogger(__name__)
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 @dataclass
@@ -105,6 +112,35 @@ def logged_steps() -> set[tuple[str, int]]:
     return {
         (current(name), metric.step) for name, history in histories.items() for metric in history
     }
+
+
+def log_datasets(root: Path, data: Any, seed: int, sizes: dict[str, int]) -> None:
+    """The active run's training, validation and test sets as MLflow datasets (mnist-<context>),
+    each identified by the SHA-256 of its IDX files (the published ones when verified) and its
+    split: runs on the same images show the same one. `data`: the run's data.* config."""
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    files = {
+        part: {n: MNIST_SHA256[n] if data.verify_checksums else sha256_of(root / n) for n in names}
+        for part, names in SPLIT_FILES.items()
+    }
+    split = {"split_seed": seed, "val_size": data.val_size, "stratify": data.stratify}
+    split["train_subset"] = data.train_subset
+    profiles = {
+        "training": {"images": sizes["training"], "sha256": files["train"], **split},
+        "validation": {"images": sizes["validation"], "sha256": files["train"], **split},
+        "test": {"images": sizes["test"], "sha256": files["test"]},
+    }
+    source = json.dumps({"uri": root.resolve().as_uri()})
+    inputs = []
+    for context, profile in profiles.items():
+        # MLflow's SQL store keeps digests of up to 36 characters.
+        digest = hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()[:16]
+        dataset = Dataset(f"mnist-{context}", digest, "local", source, profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    run_id = mlflow.active_run().info.run_id
+    store.retry_when_locked(lambda: mlflow.MlflowClient().log_inputs(run_id, datasets=inputs))
 
 
 @contextmanager

@@ -1,6 +1,6 @@
-"""A sweep in MLflow: its parent run, its jobs' runs and which of them count, FAILED runs
-for jobs that failed before theirs opened, and superseded runs. mnist/sweeps/ calls these
-with plain values."""
+"""Sweeps and studies in MLflow: a parent run whose children are the jobs' or trials' runs;
+which of a sweep's runs count, FAILED runs for jobs that failed before theirs opened, and
+superseded runs; a study's trials' runs tagged with their state. Called with plain values."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from mnist.context import JobContext
 from mnist.tracking import queries, store
 from mnist.tracking.store import children, open_parent
-from mnist.tracking.ui import experiment_tags, show_children
+from mnist.tracking.ui import experiment_tags, how_to_open, show_children
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +141,53 @@ def log_to_parent(
     logged = [Metric(key, float(value), timestamp, step) for key, value in (metrics or {}).items()]
     run_tags = [RunTag(key, value) for key, value in tags.items()]
     store.retry_when_locked(lambda: tracker.log_batch(parent_run_id, metrics=logged, tags=run_tags))
+
+
+# Optuna's trial states that are final.
+ENDED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def open_study_run(
+    uri: str, experiment: str, study: str, tags: dict[str, str], params: dict[str, Any]
+) -> str:
+    """The study's parent run, RUNNING, with `tags` and where the code stood; its id."""
+    from mnist.tracking.runs import git_state  # imports torch, which a sweep's parent needs not
+
+    experiment_id = store.retry_when_locked(
+        lambda: store.get_or_create_experiment(uri, experiment, experiment_tags)
+    )
+    commit, dirty = git_state()
+    tags = {"optuna.study": study, **tags, "git.commit": commit, "git.dirty": dirty}
+    return store.open_parent(store.client(uri), experiment_id, f"study {study}", tags, params)
+
+
+def reopen_study_run(uri: str, run_id: str) -> None:
+    store.retry_when_locked(lambda: store.client(uri).update_run(run_id, status="RUNNING"))
+
+
+def end_study_run(
+    uri: str,
+    run_id: str,
+    status: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: dict[Path, str | None],
+    trial_states: dict[int, str],
+) -> str | None:
+    """Log where the study stands (the metrics' step: its number of trials), bring its trials'
+    runs up to date with `trial_states` (Optuna's, by trial number, the one source of truth)
+    and end it. Returns how to open its trials in the MLflow UI, where known."""
+    log_to_parent(uri, run_id, tags, metrics, artifacts, step=len(trial_states))
+    client = store.client(uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    by_number = {str(number): state for number, state in trial_states.items()}
+    for child in store.children(client, experiment_id, run_id):
+        run, state = child.info.run_id, by_number.get(child.data.tags.get("optuna.trial", ""))
+        if state is None:
+            continue
+        if child.data.tags.get("optuna.state") != state:
+            store.retry_when_locked(lambda r=run, s=state: client.set_tag(r, "optuna.state", s))
+        if child.info.status == "RUNNING" and state in ENDED:  # its process died (SIGKILL)
+            store.retry_when_locked(lambda r=run: client.set_terminated(r, "FAILED"))
+    store.retry_when_locked(lambda: client.set_terminated(run_id, status))
+    return how_to_open(uri, show_children(client, experiment_id, run_id))

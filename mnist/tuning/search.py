@@ -25,7 +25,7 @@ from mnist.data.fetch import ensure_mnist
 from mnist.errors import ConfigError, SearchInterrupted, WorkerInterrupted
 from mnist.overrides import override_key
 from mnist.tracking.store import check_store
-from mnist.tracking.study_runs import open_study_run, reopen_study_run
+from mnist.tracking.sweep_runs import open_study_run, reopen_study_run
 from mnist.training.signals import install_handler, stop_on_signals
 from mnist.tuning.objective import ComposeFn, Objective, TrainFn, TrialInterrupted
 from mnist.tuning.space import Param, check_space, first_trials, parse_space

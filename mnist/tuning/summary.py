@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist.atomic import written_atomically
 from mnist.paths import REPO_ROOT
 from mnist.reporting.plots import pyplot
-from mnist.tracking.study_runs import end_study_run
+from mnist.tracking.sweep_runs import end_study_run
 from mnist.tuning.space import override_text, parse_space
 from mnist.tuning.study import counts
 
