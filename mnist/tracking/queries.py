@@ -138,28 +138,17 @@ def experiment_id(uri: str, name: str) -> str:
 
 
 def search_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
-    """Every run of `experiment` (its id) matching `filter_string`, oldest first; ConfigError
-    for a filter MLflow cannot read."""
+    """The runs of `experiment` (its id) matching `filter_string`, oldest first, up to
+    MLflow's limit of 50,000; ConfigError for a filter MLflow cannot read."""
     from mlflow.exceptions import MlflowException
 
-    tracker = store.client(uri)
-    runs: list[Any] = []
-    token = None
-    while True:
-        try:
-            page = tracker.search_runs(
-                [experiment],
-                filter_string,
-                max_results=1000,
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-        except MlflowException as e:
-            raise ConfigError(f"filter={filter_string!r} is not an MLflow filter: {e}") from e
-        runs += page
-        token = page.token
-        if not token:
-            return runs
+    oldest_first = ["attributes.start_time ASC"]
+    try:
+        return store.client(uri).search_runs(
+            [experiment], filter_string, max_results=50000, order_by=oldest_first
+        )
+    except MlflowException as e:
+        raise ConfigError(f"filter={filter_string!r} is not an MLflow filter: {e}") from e
 
 
 def latest_run(uri: str, experiment: str, filter_string: str) -> Any | None:

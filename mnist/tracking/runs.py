@@ -113,22 +113,13 @@ def mlflow_run(
     mlflow.set_tracking_uri(uri)
     # A registry URI set earlier in this process must not receive this run's models.
     mlflow.set_registry_uri(uri)
-    if resume_run_id:
-        run = retry_when_locked(
-            lambda: mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
-        )
-    else:
+    start: dict[str, Any] = {"run_id": resume_run_id}
+    if not resume_run_id:
         experiment_id = retry_when_locked(
             lambda: get_or_create_experiment(uri, experiment, experiment_tags)
         )
-        run = retry_when_locked(
-            lambda: mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=run_name,
-                tags=tags,
-                log_system_metrics=system_metrics,
-            )
-        )
+        start = {"experiment_id": experiment_id, "run_name": run_name, "tags": tags}
+    run = retry_when_locked(lambda: mlflow.start_run(**start, log_system_metrics=system_metrics))
     try:
         if not resume_run_id:
             retry_when_locked(lambda: mlflow.log_params(params))
@@ -147,12 +138,10 @@ def set_tags(tags: dict[str, str]) -> None:
     retry_when_locked(lambda: mlflow.set_tags(tags))
 
 
-def log_metrics(
-    metrics: dict[str, float], step: int | None = None, model_id: str | None = None
-) -> None:
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    retry_when_locked(lambda: mlflow.log_metrics(metrics, step=step, model_id=model_id))
+    retry_when_locked(lambda: mlflow.log_metrics(metrics, step=step))
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
@@ -204,16 +193,16 @@ def log_pytorch_model(
     name: str,
     registered_name: str | None = None,
     step: int = 0,
-) -> str | None:
-    """The model as torch.export's pt2 graph (loads without this package or unpickling), and
-    its id; None where a resumed run had logged it. `example` needs a batch of 2 or more
+) -> None:
+    """The model as torch.export's pt2 graph (loads without this package or unpickling),
+    unless a resumed run had logged it. `example` needs a batch of 2 or more
     (the batch dimension stays dynamic). Requirements are given, not inferred, and the input
     example is not re-validated: each would load the model again (seconds)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
     if _discard_unfinished_models(name):
-        return None
+        return
     # The standard layout: torch.export cannot store channels_last weights whole.
     model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
@@ -239,4 +228,3 @@ def log_pytorch_model(
     if registered_name:
         version = info.registered_model_version
         mlflow.MlflowClient().update_model_version(registered_name, version, MODEL_CONTRACT)
-    return info.model_id
