@@ -28,8 +28,6 @@ NOT_COMPARED = (
     "hydra.",
     "hydra/",
 )
-# Hydra's instructions to instantiate: the group's option says the same in a word.
-HYDRA_KEYS = ("_target_", "_partial_")
 CONFIG_HASH_TAG = "config.sha256"
 
 
@@ -52,11 +50,12 @@ def result_values(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """The option of each config group, then every value that can change the numbers."""
     groups = {group: choices[group] for group in GROUPS if group in choices}
-    # An empty section (augmentation=none) flattens to {}: its group's option says it.
+    # Hydra's `_target_` and an empty section (augmentation=none, flattened to {}): the
+    # group's option says the same in a word.
     values = {
         k: v
         for k, v in result_values(cfg).items()
-        if k.rsplit(".", 1)[-1] not in HYDRA_KEYS and k not in groups
+        if k.rsplit(".", 1)[-1] not in ("_target_", "_partial_") and k not in groups
     }
     for group, option in groups.items():
         # A group's `name` repeats its option, unless set on its own (scheduler.name=step).
@@ -69,6 +68,5 @@ def config_sha256(cfg: DictConfig | dict[str, Any]) -> str:
     """Hex digest of result_values, independent of key order. `_target_` counts (two models
     may share their arguments), and so do keys of doubtful effect (device.num_threads): a
     job is matched only when nothing that might matter changed."""
-    kept = result_values(cfg)
-    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(result_values(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -152,9 +152,6 @@ def get_or_create_experiment(
     return experiment.experiment_id
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def _sqlite_problem(db: Path) -> str | None:
     """Why the file `db` cannot be an MLflow store, read only: MLflow would fail after the
     data is loaded, with a traceback."""
@@ -163,7 +160,7 @@ def _sqlite_problem(db: Path) -> str | None:
         return None  # an empty database: MLflow creates the schema
     with db.open("rb") as file:
         header = file.read(100)
-    if len(header) < 100 or not header.startswith(SQLITE_HEADER):
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
         return "is not an SQLite database"
     page_size = int.from_bytes(header[16:18], "big")
     pages = int.from_bytes(header[28:32], "big")

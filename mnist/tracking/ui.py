@@ -51,20 +51,10 @@ def _curve(metric: str) -> dict[str, Any]:
     }
 
 
-def _charts() -> dict[str, Any]:
-    """The learning curves first, two a row; `isAccordionReordered` keeps the sections in
-    this order instead of sorting them by name."""
-    section = {"uuid": "curves", "name": "Learning curves", "display": True, "columns": 2}
-    return {
-        "compareRunSections": [{**section, "isReordered": True}],
-        "compareRunCharts": [_curve(metric) for metric in CURVES],
-        "isAccordionReordered": True,
-    }
-
-
 def _view(search_filter: str = "") -> dict[str, Any]:
     """The runs matching `search_filter` by validation accuracy, with the model, the key
-    metrics and the dataset as columns; the chart view on the curves."""
+    metrics and the dataset as columns; the charts open on the learning curves, two a row
+    (`isAccordionReordered` keeps the sections in this order, not sorted by name)."""
     columns = [
         "params.`model`",
         *(f"metrics.`{name}`" for name in KEY_METRICS),
@@ -77,7 +67,17 @@ def _view(search_filter: str = "") -> dict[str, Any]:
         "columnOrder": columns,
         "orderByKey": f"metrics.`{KEY_METRICS[0]}`",
         "orderByAsc": False,
-        **_charts(),
+        "compareRunSections": [
+            {
+                "uuid": "curves",
+                "name": "Learning curves",
+                "display": True,
+                "columns": 2,
+                "isReordered": True,
+            }
+        ],
+        "compareRunCharts": [_curve(metric) for metric in CURVES],
+        "isAccordionReordered": True,
     }
 
 
@@ -120,14 +120,6 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
     }
 
 
-def _recorded_address(db: Path) -> str:
-    try:
-        address = (db.parent / ADDRESS_FILE).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return DEFAULT_ADDRESS
-    return address if address.startswith(("http://", "https://")) else DEFAULT_ADDRESS
-
-
 def how_to_open(uri: str, path: str) -> str | None:
     """How to see `path` of the store `uri`: the server's address, or for a SQLite store the
     `make ui` command (STORE=, PORT= as it last served it) and its address; else None."""
@@ -142,7 +134,12 @@ def how_to_open(uri: str, path: str) -> str | None:
         return (
             f"mlflow ui --backend-store-uri {uri} --workers 1, then open {DEFAULT_ADDRESS}/{path}"
         )
-    address = _recorded_address(db)
+    try:
+        address = (db.parent / ADDRESS_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        address = ""
+    if not address.startswith(("http://", "https://")):
+        address = DEFAULT_ADDRESS
     store = "" if db.parent == DEFAULT_MLRUNS.resolve() else f" STORE={shlex.quote(str(db.parent))}"
     served_on = urllib.parse.urlsplit(address).port
     port = f" PORT={served_on}" if served_on and address != DEFAULT_ADDRESS else ""
