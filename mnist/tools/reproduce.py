@@ -16,7 +16,6 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist.config import as_now, validate_config
 from mnist.context import JobContext
 from mnist.errors import ConfigError
-from mnist.metric_names import current
 from mnist.targets import first_line, stored_config
 from mnist.tracking import queries, runs, store
 from mnist.tracking.params import GROUPS
@@ -51,21 +50,20 @@ class Comparison:
 
 
 def compare_runs(uri: str, original_id: str, reproduced_id: str) -> list[Comparison]:
-    """Every non-timing metric, epoch by epoch, under its current name, and the hash of the
-    best weights."""
+    """Every non-timing metric, epoch by epoch, and the hash of the best weights."""
     client = store.client(uri)
     original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
     names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
     rows = []
     for name in names:
-        now, values = current(name), queries.metric_history(uri, original_id, name)
-        reproduced_values = queries.metric_history(uri, reproduced_id, now)
+        values = queries.metric_history(uri, original_id, name)
+        reproduced_values = queries.metric_history(uri, reproduced_id, name)
         for step, value in enumerate(values):
             other = reproduced_values[step] if step < len(reproduced_values) else None
-            label = now if len(values) == 1 else f"{now}[{step + 1}]"
+            label = name if len(values) == 1 else f"{name}[{step + 1}]"
             rows.append(Comparison(label, value, other))
         if len(reproduced_values) > len(values):
-            rows.append(Comparison(f"{now} (extra steps)", "none", "present"))
+            rows.append(Comparison(f"{name} (extra steps)", "none", "present"))
     weights = original.data.tags.get(WEIGHTS_TAG, "missing"), reproduced.data.tags.get(WEIGHTS_TAG)
     rows.append(Comparison(WEIGHTS_TAG, *weights))
     return rows

@@ -21,7 +21,6 @@ from mnist.context import JobContext
 from mnist.data.batches import normalize, to_unit_float
 from mnist.data.fetch import MNIST_SHA256, sha256_of
 from mnist.errors import ConfigError
-from mnist.metric_names import current
 from mnist.models import ModelSummary
 from mnist.models.describe import shape_tags
 from mnist.tracking import runs, store, ui
@@ -91,26 +90,15 @@ class MlflowListener(RunListener):
 
 
 def logged_steps() -> set[tuple[str, int]]:
-    """(metric, step) pairs the active run has logged. A run stopped before the curves'
-    current names (mnist/metric_names.py) gets its curves under them too: one history."""
+    """(metric, step) pairs the active run has logged: a resumed run redoes what came after
+    its last checkpoint, and leaves out what the interrupted process had logged of it."""
     import mlflow
-    from mlflow.entities import Metric
 
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-    histories = {
-        name: client.get_metric_history(run_id, name)
-        for name in client.get_run(run_id).data.metrics
-    }
-    moved = [
-        Metric(current(name), metric.value, metric.timestamp, metric.step)
-        for name, history in histories.items()
-        if current(name) not in histories
-        for metric in history
-    ]
-    if moved:
-        store.retry_when_locked(lambda: client.log_batch(run_id, metrics=moved))
     return {
-        (current(name), metric.step) for name, history in histories.items() for metric in history
+        (name, metric.step)
+        for name in client.get_run(run_id).data.metrics
+        for metric in client.get_metric_history(run_id, name)
     }
 
 

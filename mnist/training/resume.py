@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from mnist.data.augment import BatchAugment
-from mnist.metric_names import renamed
 from mnist.training.optim import Schedule
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,6 @@ class Learner:
         elif self.augment.generator is not None:
             self.augment.generator.set_state(rng["augment"])
         progress = Progress(**state["progress"])
-        progress.history = [renamed(row) for row in progress.history]  # stored before them
         return progress
 
 
