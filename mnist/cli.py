@@ -26,7 +26,6 @@ from mnist.errors import (
     ConfigError,
     DataError,
     Interrupted,
-    ModelConfigError,
     RunFailed,
     SweepInterrupted,
     TrackingError,
@@ -52,7 +51,7 @@ def exit_on_user_error(cfg: DictConfig | None = None) -> Iterator[None]:
         if cfg is not None:
             refuse_unresolvable(cfg)
         yield
-    except (ConfigError, DataError, TrackingError, ModelConfigError) as e:
+    except (ConfigError, DataError, TrackingError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         if cfg is not None and not isinstance(e, TrackingError) and _in_sweep():
             # A job refused as it starts ends its sweep: its FAILED run there keeps why, as

@@ -11,7 +11,7 @@ from torch import nn
 
 from mnist.data.augment import augmentation_problems, stored_form
 from mnist.data.tensors import data_problems
-from mnist.errors import ConfigError, ModelConfigError
+from mnist.errors import ConfigError
 from mnist.extras import missing
 from mnist.models import built_on_meta
 from mnist.paths import REPO_ROOT
@@ -42,7 +42,7 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     yield from optimizer_problems(optimizer)
     try:
         model = built_on_meta(plain["model"])
-    except ModelConfigError as e:
+    except ConfigError as e:
         model = None
         yield str(e)
     yield from scheduler_problems(plain["scheduler"], optimizer["lr"], trainer["epochs"])

@@ -39,7 +39,7 @@ def resume_checkpoint_path(target: str, uri: str) -> Path:
 
 
 def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
-    """The contents of `path`; ConfigError (CheckpointError) if it cannot be resumed."""
+    """The contents of `path`; ConfigError (ConfigError) if it cannot be resumed."""
     state = load_checkpoint(path, source=f"trainer.resume={target} ({path})")
     if not isinstance(state, dict) or "progress" not in state or "mlflow_run_id" not in state:
         raise ConfigError(

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mnist.errors import ConfigError, UnsafeConfigError, UnsafeModelConfig
+from mnist.errors import ConfigError
 from mnist.models import model_class
 from mnist.overrides import interpolations_in
 from mnist.training.optim import OPTIMIZERS
@@ -23,7 +23,7 @@ from mnist.training.optim import OPTIMIZERS
 def _is_model(target: str) -> bool:
     try:
         model_class(target)
-    except UnsafeModelConfig:
+    except ConfigError:
         return False
     return True
 
@@ -49,20 +49,20 @@ def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def refuse_unsafe_config(config: Mapping[str, Any] | DictConfig, source: str) -> None:
-    """Raise UnsafeConfigError if `config` holds an interpolation, or a `_target_` that is
+    """Raise ConfigError if `config` holds an interpolation, or a `_target_` that is
     not allowed where it is. Nothing in it is resolved."""
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=False)
     if found := next(interpolations_in(config), None):
         where, text = found
-        raise UnsafeConfigError(
+        raise ConfigError(
             f"{source}: refusing its config, which holds the interpolation {where}={text!r}: "
             "a stored config is read as written, so it may hold values only"
         )
     for where, target in targets_in(config):
         allowed = ALLOWED_TARGETS.get(where, lambda _: False)
         if not (isinstance(target, str) and allowed(target)):
-            raise UnsafeConfigError(
+            raise ConfigError(
                 f"{source}: refusing its config, which names {where}._target_={target!r}: "
                 "a stored config may only name this package's model classes (model._target_="
                 "mnist.models.<module>.<Class>) and torch.optim optimizers "

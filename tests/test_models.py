@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from mnist.errors import ModelConfigError
+from mnist.errors import ConfigError
 from mnist.models import ConvNet, GAP20k, build_model, summarize
 from mnist.models.describe import downsampling
 from mnist.paths import REPO_ROOT
@@ -87,7 +87,7 @@ def test_each_gap20k_tail_conv_widens_what_a_class_map_cell_sees(tail, seen):
 
 @pytest.mark.parametrize(("tail", "problem"), [(-1, "must be >= 0"), (1.5, "must be an integer")])
 def test_gap20k_tail_is_a_count(tail, problem):
-    with pytest.raises(ModelConfigError, match=f"^model.tail={tail} {problem}"):
+    with pytest.raises(ConfigError, match=f"^model.tail={tail} {problem}"):
         build_model({"_target_": "mnist.models.GAP20k", "tail": tail})
 
 
@@ -179,5 +179,5 @@ def test_the_head_fits_the_features_of_any_depth(stages, downsample):
 
 
 def test_a_convnet_pooled_below_one_pixel_is_refused():
-    with pytest.raises(ModelConfigError, match="5 pooling stages take a 28x28 image below 1x1"):
+    with pytest.raises(ConfigError, match="5 pooling stages take a 28x28 image below 1x1"):
         build_model({"_target_": "mnist.models.ConvNet", "stages": [[4]] * 5})

@@ -19,7 +19,7 @@ import mnist.training.checkpoint as checkpoint_module
 from mnist.config import validate_config
 from mnist.context import JobContext
 from mnist.data.idx import IdxError, parse_idx
-from mnist.errors import CheckpointWriteError, ConfigError, TrackingError, UnsafeModelConfig
+from mnist.errors import CheckpointWriteError, ConfigError, TrackingError
 from mnist.job import run_training
 from mnist.metric_names import VAL_ACC
 from mnist.models import build_model
@@ -208,7 +208,7 @@ def test_resume_refuses_a_checkpoint_with_an_incomplete_config(tiny_cfg, tmp_pat
     ],
 )
 def test_model_configs_can_only_build_this_packages_models(model_cfg):
-    with pytest.raises(UnsafeModelConfig):
+    with pytest.raises(ConfigError, match="refusing it"):
         build_model(model_cfg)
 
 

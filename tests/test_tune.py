@@ -26,7 +26,7 @@ from omegaconf import OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from mnist.context import JobContext
-from mnist.errors import ConfigError, SearchInterrupted, TrackingError
+from mnist.errors import ConfigError, Interrupted, TrackingError
 from mnist.job import run_training
 from mnist.metric_names import VAL_ACC
 from mnist.tuning.search import (
@@ -392,7 +392,7 @@ def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
         synthetic_root, tmp_path, "n_trials=3", "hparams_search.pruner.name=none",
         "save_preset=true", "overwrite=true",
     )  # fmt: skip
-    with pytest.raises(SearchInterrupted):
+    with pytest.raises(Interrupted, match="search interrupted; run the same command again"):
         search(tmp_path, overrides, train=interrupted_at_trial(1))
     trials = load_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from mnist.errors import CheckpointError, ModelConfigError
+from mnist.errors import ConfigError
 from mnist.models import build_model
 from mnist.targets import refuse_unsafe_config
 from mnist.tracking.queries import FORMS, fetched_checkpoint, first_line
@@ -31,14 +31,14 @@ class LoadedModel:
 def load_model_file(path: Path, source: str) -> LoadedModel:
     """The model of a best.pt / last.pt written by the trainer."""
     if not path.is_file():
-        raise CheckpointError(f"{source}: no such checkpoint file; pass {FORMS}")
+        raise ConfigError(f"{source}: no such checkpoint file; pass {FORMS}")
     checkpoint = load_checkpoint(path, source=source)
     if not (
         isinstance(checkpoint, dict)
         and isinstance(checkpoint.get("model"), dict)
         and isinstance(checkpoint.get("config"), dict)
     ):
-        raise CheckpointError(
+        raise ConfigError(
             f"{source}: not a checkpoint of this project (expected the 'model' weights and "
             "the run's 'config', as scripts/train.py writes them)"
         )
@@ -46,16 +46,16 @@ def load_model_file(path: Path, source: str) -> LoadedModel:
     refuse_unsafe_config(config, source)
     section = config.get("model")
     if not isinstance(section, dict) or "_target_" not in section:
-        raise CheckpointError(f"{source}: its config has no model._target_ to build the model")
+        raise ConfigError(f"{source}: its config has no model._target_ to build the model")
     try:
         model = build_model(section)
-    except ModelConfigError as e:
-        raise CheckpointError(f"{source}: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
         reason = first_line(str(e).split("\n", 1)[-1])
-        raise CheckpointError(
+        raise ConfigError(
             f"{source}: its weights do not fit {section['_target_']} "
             f"as its config describes it, so they come from another architecture ({reason})"
         ) from e

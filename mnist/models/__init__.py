@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist.errors import ModelConfigError, UnsafeModelConfig
+from mnist.errors import ConfigError
 from mnist.models.checks import blamed, check_arguments, check_forward, check_module
 from mnist.models.cnn import CNN2, ConvNet
 from mnist.models.dense import DenseNet
@@ -51,7 +51,7 @@ def model_class(target: str) -> type[nn.Module]:
         and issubclass(cls, nn.Module)
         and cls.__module__.startswith(f"{__name__}.")
     ):
-        raise UnsafeModelConfig(
+        raise ConfigError(
             f"model _target_ {target!r} is not a model class of this package: name an "
             f"nn.Module class defined in mnist/models/<module>.py as "
             f"mnist.models.<module>.<Class> (e.g. mnist.models.cnn.ConvNet); refusing it"
@@ -74,17 +74,17 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
     cls = model_class(target)
     if _nested_targets(kwargs):
-        raise UnsafeModelConfig(f"model config for {target} nests a _target_; refusing it")
+        raise ConfigError(f"model config for {target} nests a _target_; refusing it")
     known = inspect.signature(cls).parameters
     if unknown := [key for key in kwargs if key not in known]:  # a `+model.` typo
-        raise ModelConfigError(
+        raise ConfigError(
             f"model.{unknown[0]} is not an argument of {target} (known: {', '.join(known)})"
         )
     check_arguments(kwargs, {key: parameter.default for key, parameter in known.items()})
     try:
         model = cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2
-        raise ModelConfigError(f"cannot build {target} from {blamed(kwargs, e)} ({e})") from e
+        raise ConfigError(f"cannot build {target} from {blamed(kwargs, e)} ({e})") from e
     check_module(model, kwargs)
     return model
 

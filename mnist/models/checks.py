@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist.errors import ModelConfigError
+from mnist.errors import ConfigError
 from mnist.values import is_int, is_number
 
 INPUT_SHAPE = (2, 1, 28, 28)
@@ -43,7 +43,7 @@ def check_arguments(kwargs: Mapping[str, Any], defaults: Mapping[str, Any]) -> N
     for key, value in kwargs.items():
         for shown, number in _given(value, f"model.{key}"):
             if problem := _number_problem(number, defaults.get(key)):
-                raise ModelConfigError(f"{shown} {problem}")
+                raise ConfigError(f"{shown} {problem}")
 
 
 def _named(kwargs: Mapping[str, Any], wanted: float) -> str:
@@ -68,12 +68,12 @@ def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
     """A size of 0 fails in the first forward pass, or trains nothing."""
     for name, parameter in model.named_parameters():
         if parameter.numel() == 0:
-            raise ModelConfigError(
+            raise ConfigError(
                 f"{_named(kwargs, 0)} leaves {name} without weights: sizes must be >= 1"
             )
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.dropout._DropoutNd) and not 0 <= module.p < 1:
-            raise ModelConfigError(
+            raise ConfigError(
                 f"{_named(kwargs, module.p)} makes {name} drop with p={module.p}: "
                 "a dropout probability must be in [0, 1)"
             )
@@ -85,13 +85,13 @@ def check_forward(model: nn.Module, target: str) -> None:
             output = model(torch.empty(INPUT_SHAPE))
         except Exception as e:  # a user's model may raise anything on a bad size
             first = str(e).strip().partition("\n")[0]
-            raise ModelConfigError(
+            raise ConfigError(
                 f"{target} fails on a batch of digits {INPUT_SHAPE} ({type(e).__name__}: "
                 f"{first}); check its model.* sizes"
             ) from e
     expected = (INPUT_SHAPE[0], NUM_CLASSES)
     if tuple(getattr(output, "shape", ())) != expected:
-        raise ModelConfigError(
+        raise ConfigError(
             f"{target} returns {tuple(getattr(output, 'shape', ()))} for a batch of "
             f"{INPUT_SHAPE[0]} digits, not {expected}: {NUM_CLASSES} logits per digit"
         )

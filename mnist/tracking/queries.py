@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mnist.errors import CheckpointError, ConfigError
+from mnist.errors import ConfigError
 from mnist.paths import DEFAULT_MLRUNS
 from mnist.tracking import store
 
@@ -39,7 +39,7 @@ def latest_finished_run(uri: str) -> str:
         artifacts = tracker.list_artifacts(run.info.run_id, "checkpoints")
         if any(artifact.path == CHECKPOINT_ARTIFACT for artifact in artifacts):
             return run.info.run_id
-    raise CheckpointError(
+    raise ConfigError(
         f"no finished run with a {CHECKPOINT_ARTIFACT} in {uri}; train a model first "
         f"(python scripts/train.py) or pass {FORMS}"
     )
@@ -54,7 +54,7 @@ def _registered_run(model_uri: str, uri: str) -> str:
         return tracker.get_model_version_by_alias(*name.split("@", 1)).run_id
     if not slash and name.startswith("m-"):
         return tracker.get_logged_model(name).source_run_id
-    raise CheckpointError(
+    raise ConfigError(
         f"{model_uri}: expected models:/<name>/<version>, models:/<name>@<alias> or "
         "models:/<model id>"
     )
@@ -78,13 +78,13 @@ def fetched_checkpoint(
 ) -> Iterator[tuple[str, str]]:
     """(path, source) of the best.pt of the run `spec` names (None: the champion of
     `registered_model`, else the latest finished run), downloaded for the `with` block;
-    CheckpointError for what cannot be fetched. A missing SQLite file is refused: MLflow
+    ConfigError for what cannot be fetched. A missing SQLite file is refused: MLflow
     would create an empty store."""
     from mlflow.exceptions import MlflowException
 
     uri = store.tracking_uri(tracking_uri, DEFAULT_MLRUNS)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise CheckpointError(
+        raise ConfigError(
             f"no MLflow store at {uri}; train a model first (python scripts/train.py) or "
             f"pass {FORMS}"
         )
@@ -105,7 +105,7 @@ def fetched_checkpoint(
         with tempfile.TemporaryDirectory(prefix="mnist-checkpoint-") as tmp:
             yield store.client(uri).download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp), source
     except (MlflowException, OSError) as e:
-        raise CheckpointError(
+        raise ConfigError(
             f"{spec or 'latest finished run'}: cannot fetch its checkpoint from {uri} "
             f"({first_line(e)}); pass {FORMS}"
         ) from e

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mnist.atomic import remove_temporaries, written_atomically
-from mnist.errors import CheckpointError, CheckpointWriteError, ConfigError
+from mnist.errors import CheckpointWriteError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _reason(error: BaseException) -> str:
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", source: str | None = None
 ) -> dict[str, Any]:
-    """CheckpointError naming `source` (default: the path) when it holds code, or is no
+    """ConfigError naming `source` (default: the path) when it holds code, or is no
     readable checkpoint."""
     source = source or str(path)
     try:
@@ -72,11 +72,11 @@ def load_checkpoint(
     except Exception as e:
         # Arbitrary bytes fail in arbitrary ways inside the unpickler.
         if refused := _REFUSED_GLOBAL.search(str(e)):
-            raise CheckpointError(
+            raise ConfigError(
                 f"{source}: refused, loading it would unpickle {refused[1]}; a checkpoint may "
                 "only hold weights and plain data"
             ) from e
-        raise CheckpointError(
+        raise ConfigError(
             f"{source}: not a readable checkpoint, the file is corrupt or truncated ({_reason(e)})"
         ) from e
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist.errors import ConfigError, UnsafeConfigError
+from mnist.errors import ConfigError
 from mnist.values import is_finite, is_int
 
 SCHEDULERS = ("none", "step", "onecycle", "cosine", "plateau")
@@ -41,7 +41,7 @@ def _optimizer_class_and_arguments(
     cls = OPTIMIZERS.get(target) if isinstance(target, str) else None
     if cls is None:
         names = sorted({path.rsplit(".", 1)[1] for path in OPTIMIZERS})
-        raise UnsafeConfigError(
+        raise ConfigError(
             f"optimizer._target_={target!r} is not one of the supported optimizers "
             f"(torch.optim.{{{', '.join(names)}}}); refusing to build it"
         )
@@ -53,7 +53,7 @@ def _optimizer_class_and_arguments(
         )
     for key, value in kwargs.items():
         if not _plain(value):
-            raise UnsafeConfigError(
+            raise ConfigError(
                 f"optimizer.{key}={value!r} is not a plain value (a number, true/false, a "
                 "string or a list of them); refusing to build the optimizer"
             )

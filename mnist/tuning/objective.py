@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from mnist.context import JobContext
-from mnist.errors import ConfigError, DataError, ModelConfigError, TrackingError
+from mnist.errors import ConfigError, DataError, TrackingError
 from mnist.metric_names import VAL_ACC
 from mnist.overrides import override_key
 from mnist.tuning.space import Param, trial_overrides
@@ -80,7 +80,7 @@ class Objective:
             log.warning("Trial %d interrupted; it runs again first when the study goes on",
                         trial.number)  # fmt: skip
             raise TrialInterrupted from e
-        except (ConfigError, DataError, ModelConfigError, TrackingError):
+        except (ConfigError, DataError, TrackingError):
             raise
         except Exception as e:
             raise TrialFailed(f"trial {trial.number} failed: {e!r}") from e

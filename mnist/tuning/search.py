@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnist.config import flatten, validate_config
 from mnist.context import JobContext
 from mnist.data.fetch import ensure_mnist
-from mnist.errors import ConfigError, SearchInterrupted, WorkerInterrupted
+from mnist.errors import ConfigError, Interrupted, WorkerInterrupted
 from mnist.overrides import override_key
 from mnist.tracking.store import check_store
 from mnist.tracking.sweep_runs import open_study_run, reopen_study_run
@@ -111,7 +111,7 @@ def composer(ctx: SearchContext) -> ComposeFn:
 
 def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | None:
     """The study's best validation accuracy (None before a trial completed). A signal
-    raises SearchInterrupted (in a worker, WorkerInterrupted)."""
+    raises Interrupted (in a worker, WorkerInterrupted)."""
     space, base, compose = _checked(cfg, ctx)
     uri, url = stores(cfg)
     check_store(uri, experiment=base.logger.experiment)
@@ -140,7 +140,8 @@ def run_search(cfg: DictConfig, ctx: SearchContext, train: TrainFn) -> float | N
     except (KeyboardInterrupt, TrialInterrupted) as e:
         # A worker says nothing: the command that started it says how to go on.
         status = "KILLED"
-        raise (WorkerInterrupted() if worker else SearchInterrupted(name)) from e
+        stopped = f"search interrupted; run the same command again to continue study {name!r}"
+        raise (WorkerInterrupted() if worker else Interrupted(stopped)) from e
     finally:
         if not worker:
             summarize(cfg, ctx, study, (uri, url), parent, status)
