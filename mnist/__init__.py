@@ -1,12 +1,5 @@
-"""Hydra-configured, reproducible MNIST in plain PyTorch.
-
-The sub-packages follow the flow of a run: `data` -> `models` -> `training` -> `tracking`
--> `reporting`; `inference` reads what training wrote; `tools` are side commands
-(benchmark, photo evaluation, reproduction). `errors`, `paths`, `config`, `context`,
-`seeding` and `atomic` are shared by all of them.
-
-`from mnist import Classifier` is the Python API for prediction. It is loaded on first
-access, so that `import mnist` (which every submodule import implies) stays cheap."""
+"""Hydra-configured, reproducible MNIST in plain PyTorch. `from mnist import Classifier` is
+the Python API for prediction, loaded on first access so that `import mnist` stays cheap."""
 
 from typing import Any
 

@@ -1,13 +1,11 @@
-"""Validation of a composed training config, run before anything is downloaded, built or
-logged (each group's checks live beside what it configures); the core's settings read from
-it once; and its flat form for MLflow params."""
+"""Validation of a composed training config before anything is downloaded, built or logged
+(each group's checks live beside what it configures), and the core's settings read from it."""
 
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from mnist.data.augment import augmentation_problems, stored_form
 from mnist.data.tensors import data_problems
@@ -21,13 +19,11 @@ from mnist.training.optim import optimizer_problems, scheduler_problems
 from mnist.training.settings import trainer_problems
 from mnist.values import boolean_problems, is_int
 
-# The groups the core reads (RunSettings), each checked beside what it configures.
 CORE_GROUPS = ("device", "data", "trainer", "model", "optimizer", "scheduler", "augmentation")
 
 
 def _problems(cfg: DictConfig) -> Iterator[str]:
-    # The validation split seeds a torch.Generator with the seed itself (mnist/data/tensors.py),
-    # which takes seeds below 2**64; the other streams hash it (mnist/seeding.py).
+    # The validation split seeds a torch.Generator with the seed itself (below 2**64).
     if not is_int(cfg.seed) or not 0 <= cfg.seed < 2**64:
         yield f"seed={cfg.seed!r} must be an integer in [0, 2**64)"
     yield from _unknown_key_problems(cfg)
@@ -48,15 +44,17 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
     yield from scheduler_problems(plain["scheduler"], optimizer["lr"], trainer["epochs"])
     yield from _logger_problems(cfg.logger)
     yield from device_problems(device, trainer["precision"])
-    yield from _determinism_problems(device["name"], trainer["deterministic"], model)
+    name = device["name"]
+    checked = model is not None and trainer["deterministic"] is True  # None: reported above
+    if checked and (name == "auto" or available(name)):
+        yield from filter(None, [determinism_problem(model, resolve_device(name))])
     resume = OmegaConf.select(cfg, "sweep.resume", default=False)
     if not isinstance(resume, bool):
         yield f"sweep.resume={resume!r} must be true or false"
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:
-    """The core's groups of `cfg`, resolved, as plain containers (Hydra leaves out an empty
-    augmentation)."""
+    """The core's groups of `cfg`, resolved (Hydra leaves out an empty augmentation)."""
     return {
         group: OmegaConf.to_container(cfg[group], resolve=True)
         for group in CORE_GROUPS
@@ -65,23 +63,18 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
-    """The core's inputs, read once from a validated composed config."""
+    """The core's inputs, from a validated config."""
     return RunSettings.from_mapping({"seed": cfg.seed, **_plain(cfg)})
 
 
-# Config sections and the conf/ group that fills each. A key that none of the group's
-# options has (added with `+`) would be ignored silently, so it is refused as a typo. The
-# keys of `model` and `optimizer` are their `_target_`'s arguments, which their builders check;
-# those of `augmentation` its ops' parameters, which the ops check (mnist/data/augment.py).
-_SECTION_GROUPS = {
-    "trainer": "trainer",
-    "data": "dataset",
-    "scheduler": "scheduler",
-}
+# Config sections and the conf/ group that fills each: a key none of the group's options has
+# (added with `+`) would be ignored silently, so it is refused as a typo. The keys of model,
+# optimizer and augmentation are their builders' arguments, which those check.
+_SECTION_GROUPS = {"trainer": "trainer", "data": "dataset", "scheduler": "scheduler"}
 
 
 def _keys(section: DictConfig) -> set[str]:
-    """Dotted keys (`early_stopping.patience`), read without resolving interpolations."""
+    """Dotted keys (`early_stopping.patience`), unresolved."""
     return set(flatten(OmegaConf.to_container(section)))
 
 
@@ -94,8 +87,7 @@ def _option_keys(group: str) -> dict[str, frozenset[str]]:
 
 
 def _unknown_key_problems(cfg: DictConfig) -> Iterator[str]:
-    """The known keys of a section are those of the option its `name` names (a schedule's
-    own), else those of any of the group's options."""
+    """A section's known keys: those of the option its `name` names, else of any option."""
     for section, group in _SECTION_GROUPS.items():
         options = _option_keys(group)
         name = cfg[section].get("name")
@@ -105,7 +97,7 @@ def _unknown_key_problems(cfg: DictConfig) -> Iterator[str]:
             yield f"{section}.{key} is not a key of {section} (known: {', '.join(sorted(known))})"
 
 
-# logger switches: (the module each needs, the extra that installs it).
+# logger switches: (the module each needs, the extra that installs it)
 LOGGER_SWITCHES = {
     "system_metrics": ("psutil", "monitoring"),
 }
@@ -122,26 +114,15 @@ def _logger_problems(logger: DictConfig) -> Iterator[str]:
         yield f"logger.register={logger.register!r} must be a model name, or null"
 
 
-def _determinism_problems(name: str, deterministic: Any, model: nn.Module | None) -> Iterator[str]:
-    """`model` is None when it cannot be built, a problem reported with the model's."""
-    if model is None or deterministic is not True:
-        return
-    if name != "auto" and not available(name):
-        return
-    if problem := determinism_problem(model, resolve_device(name)):
-        yield problem
-
-
 # Config keys added after runs were stored, each with the value that trains as runs did
-# before it existed. A stored config (a last.pt's, a run's config.yaml) that lacks one gets
-# it (as_now); a run at that value keeps the params and config.sha256 it had before
-# (mnist/tracking/params.py), so compare.py and a resumed sweep still match older runs.
+# before it: a stored config that lacks one gets it (as_now), and a run at that value keeps
+# the params and config.sha256 it had before (mnist/tracking/params.py).
 ADDED_KEYS: dict[str, Any] = {"trainer.ema_decay": None}
 _ABSENT = object()
 
 
 def as_now(stored: DictConfig) -> DictConfig:
-    """A config a run stored, in today's form: augmentation as ops, the keys added since."""
+    """A stored config in today's form: augmentation as ops, the keys added since."""
     stored.augmentation = stored_form(stored.augmentation)
     for key, value in ADDED_KEYS.items():
         if OmegaConf.select(stored, key, default=_ABSENT) is _ABSENT:

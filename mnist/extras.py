@@ -1,8 +1,6 @@
-"""Optional features ship as packaging extras (pyproject.toml): ONNX export (`export`), the
-joblib/Slurm launchers (`launchers`) and the hyperparameter search (`tune`). A feature whose
-extra is not installed is refused in one line that names what to install: an inexact sync,
-which adds the extra and removes nothing (a plain `uv sync --extra` removes every extra it
-does not name, the test tools too); pip installs from the checkout (not on PyPI)."""
+"""Optional features ship as packaging extras (pyproject.toml); one whose extra is missing is
+refused in one line naming what to install (an inexact sync: a plain `uv sync --extra`
+removes every extra it does not name)."""
 
 import importlib
 import importlib.util
@@ -19,8 +17,7 @@ def _message(module: str, extra: str, feature: str) -> str:
 
 
 def missing(module: str, extra: str, feature: str) -> str | None:
-    """Why `feature` cannot run, found without importing anything; None if it can. For
-    config validation, before any side effect."""
+    """Why `feature` cannot run, found without importing anything; None if it can."""
     return None if importlib.util.find_spec(module) else _message(module, extra, feature)
 
 

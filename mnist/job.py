@@ -1,9 +1,5 @@
-"""One training job, start to finish: validate the config, prepare data and model, train
-with the core (mnist/training) inside an MLflow run (mnist/tracking/listener.py), then test
-the best-validation checkpoint and write the reports. The job wires the composed config,
-the store, a sweep's or a resumed run's state and the core, so it lives beside JobContext
-rather than in any of them. Only the scripts import it (scripts/tune.py hands it to
-mnist/tuning as a callable)."""
+"""One training job: validate the config, train with the core (mnist/training) inside an
+MLflow run (mnist/tracking/listener.py), test the best-validation checkpoint, write reports."""
 
 from __future__ import annotations
 
@@ -22,10 +18,9 @@ from mnist.config import run_settings, validate_config
 from mnist.context import JobContext
 from mnist.data.augment import BatchAugment
 from mnist.data.batches import to_unit_float
-from mnist.data.tensors import MnistTensors
 from mnist.errors import CheckpointWriteError, ConfigError, RunFailed, TrainingInterrupted
 from mnist.job_dir import continue_log_in
-from mnist.models import ModelSummary, format_summary, summarize
+from mnist.models import format_summary, summarize
 from mnist.reporting import plots
 from mnist.reporting.reports import write_training_reports
 from mnist.resume import (
@@ -55,16 +50,14 @@ from mnist.training.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-# The augmentation preview: random draws of the augmentation per digit.
-PREVIEW_DRAWS = 7
+PREVIEW_DRAWS = 7  # random draws of the augmentation per digit in its preview
 
 
 def run_training(cfg: DictConfig, ctx: JobContext) -> dict[str, Any]:
-    """Returns the final metrics. Raises ConfigError, DataError or TrackingError before any
-    side effect in mlruns/ when the config, the data or the store cannot work,
-    TrainingInterrupted on SIGINT/SIGTERM at any time until the MLflow run is closed, and
-    CheckpointWriteError or RunFailed when a disk or the store fails. In a resumed sweep, a
-    job that already finished returns its run's metrics without training."""
+    """The final metrics. ConfigError, DataError or TrackingError before any side effect in
+    mlruns/; TrainingInterrupted on SIGINT/SIGTERM until the run is closed; CheckpointWriteError
+    or RunFailed when a disk or the store fails. In a resumed sweep, a job that already
+    finished returns its run's metrics without training."""
     cfg, done = sweep_resume.resume_job(cfg, ctx)
     if done is not None:
         return done
@@ -80,11 +73,9 @@ def _train(
     resume_state: dict[str, Any] | None,
     clock: PhaseClock,
 ) -> dict[str, Any]:
-    """The stages of a run in order, readable top to bottom, each ending in a lap of the
-    clock, with the points where a signal stops the run between the steps that close it."""
+    """The stages of a run in order, each ending in a lap of the clock."""
     settings = run_settings(cfg)
-    # An augmentation is named by what it applies, not by the option(s) it came from
-    # (`augmentation=[shift_rotate,erase]` has no single one): in the params and run names.
+    # Named by what it applies: `augmentation=[shift_rotate,erase]` has no single option.
     augmentation = BatchAugment.from_config(settings.augmentation, None).name
     choices = {**ctx.choices, "augmentation": augmentation}
     ctx = dataclasses.replace(ctx, choices=choices)
@@ -93,9 +84,8 @@ def _train(
     checkpoint_dir = ctx.output_dir / "checkpoints"
     resume_id = resume_state["mlflow_run_id"] if resume_state else None
 
-    # From the run's start to its end, a signal stops the job where that is safe (the loop
-    # checks after each step, the rest below between its steps), so that the run ends
-    # KILLED with a last.pt that a resume finishes from.
+    # A signal stops the job where that is safe (the loop after each step, below between
+    # steps), so that the run ends KILLED with a last.pt that a resume finishes from.
     with stop_on_signals() as stop_requested, training_run(cfg, ctx, uri, start, resume_id) as run:
 
         def stop_if_requested() -> None:
@@ -141,8 +131,7 @@ def _test_and_log(
     clock: PhaseClock,
     log_model: bool,
 ) -> tuple[Evaluation, dict[str, float]]:
-    """The best weights tested, the model (with logger.log_model) and the final metrics
-    logged; returns the test evaluation and the final metrics."""
+    """The best weights tested; the model (with logger.log_model) and final metrics logged."""
     test, final, weights_sha256 = test_best(
         setup.model, setup.data, checkpoints, result, trainer, setup.device
     )
@@ -157,8 +146,8 @@ def _test_and_log(
 def _run_start(
     cfg: DictConfig, settings: RunSettings, ctx: JobContext, setup: Setup, clock: PhaseClock
 ) -> tuple[RunStart, dict[str, Any]]:
-    """The model described (in the log once per sweep), the run's first files written;
-    returns what the MLflow run opens with, and the resolved config."""
+    """The model described; the run's resolved config, model summary and augmentation
+    preview written. Returns what the MLflow run opens with, and the resolved config."""
     model, train_idx, val_idx = setup.model, setup.train_idx, setup.val_idx
     summary = summarize(model)
     model_name = ctx.choices.get("model", type(model).__name__)
@@ -171,8 +160,18 @@ def _run_start(
     )  # fmt: skip
     clock.lap("model")
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    files = _write_run_files(settings, ctx.output_dir, resolved, summary, setup.data, train_idx)
+    out = ctx.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(resolved, out / "config.yaml")
+    (out / "model_summary.txt").write_text(format_summary(summary) + "\n")
+    originals, draws, description = augmentation_preview(
+        settings, setup.data.train_images, setup.data.train_labels, train_idx
+    )
+    preview = plots.plot_augmented_inputs(
+        originals, draws, out / "augmented_inputs.png", description
+    )
     clock.lap("preview")
+    files = [out / "config.yaml", out / "model_summary.txt", preview]
     return RunStart(setup, model_name, summary, files), resolved
 
 
@@ -180,10 +179,9 @@ def _run_start(
 def _claimed_run(
     cfg: DictConfig, ctx: JobContext
 ) -> Iterator[tuple[DictConfig, str, dict[str, Any] | None]]:
-    """(the config to run, the store URI, the last.pt state to resume from or None), with
-    the run's checkpoint directory held by this job until the block ends. A resumed run
-    continues with its own config, in its own output directory and log; it is refused
-    when it is FINISHED or another job holds it."""
+    """(the config to run, the store URI, the last.pt state to resume or None), the run's
+    checkpoint directory held until the block ends. A resumed run continues with its own
+    config, directory and log; refused when FINISHED or held by another job."""
     validate_config(cfg)
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     if not cfg.trainer.resume:
@@ -206,35 +204,10 @@ def _claimed_run(
         yield resumed, uri, resume_state
 
 
-def _write_run_files(
-    settings: RunSettings,
-    output_dir: Path,
-    resolved: dict[str, Any],
-    summary: ModelSummary,
-    data: MnistTensors,
-    train_idx: torch.Tensor,
-) -> list[Path]:
-    """The run's resolved config, model summary and augmentation preview."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = output_dir / "config.yaml"
-    OmegaConf.save(resolved, config_path)
-    summary_path = output_dir / "model_summary.txt"
-    summary_path.write_text(format_summary(summary) + "\n")
-    originals, draws, description = augmentation_preview(
-        settings, data.train_images, data.train_labels, train_idx
-    )
-    preview = plots.plot_augmented_inputs(
-        originals, draws, output_dir / "augmented_inputs.png", description
-    )
-    return [config_path, summary_path, preview]
-
-
 @contextmanager
 def _failures_explained(uri: str, ctx: JobContext) -> Iterator[None]:
-    """A run that a disk or its store stopped ends in one line: what failed, where the
-    run's files are, and how to go on: the command that resumes the run where it has a
-    last.pt, else the same command again. Where the store could record it, the run is
-    FAILED (runs.mlflow_run); a server that is gone leaves it RUNNING until it resumes."""
+    """A run that a disk or its store stopped ends in one line: what failed, where the run's
+    files are, and how to go on."""
     try:
         yield
     except CheckpointWriteError as e:
@@ -258,10 +231,9 @@ def _how_to_go_on(output_dir: Path) -> str:
 def augmentation_preview(
     settings: RunSettings, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(originals (N, 28, 28), augmented draws (N, K, 28, 28), a description): what the
-    model is trained on, for the first training image of each digit. Drawn from a
-    generator of its own, so the run's training stream of random numbers is the same
-    whether or not anyone looks."""
+    """(originals (N, 28, 28), augmented draws (N, K, 28, 28), a description) for the first
+    training image of each digit, from a generator of its own so that the training stream of
+    random numbers is the same whether or not anyone looks."""
     augment = BatchAugment.from_config(
         settings.augmentation, generator(settings.seed, "augment-preview", images.device)
     )

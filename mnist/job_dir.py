@@ -1,8 +1,5 @@
-"""The directory Hydra makes for a job before the job runs: `.hydra/` (the composed config
-and its overrides) and the job's log file. A refused job leaves nothing on disk, so that
-directory goes when it holds nothing else; a resumed run belongs to the directory of the
-run it continues, so its log is appended there and the new directory goes too. Imports
-only Hydra, so that the entry points' error handling (mnist/cli.py) stays cheap."""
+"""The directory Hydra makes for a job before it runs (`.hydra/`, the log file): it goes when
+a refused job wrote nothing else, or when a resumed run logs into its own directory."""
 
 from __future__ import annotations
 
@@ -10,13 +7,12 @@ import logging
 import shutil
 from pathlib import Path
 
-# What Hydra writes into <output dir>/<hydra.output_subdir> before the job starts.
 HYDRA_RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
 def _hydra_job() -> tuple[Path, set[Path]] | None:
-    """(the job's output directory, the files Hydra wrote there); None outside a Hydra job,
-    or where Hydra keeps no record in it (hydra.output_subdir=null: predict.py, summary.py)."""
+    """(the job's output directory, the files Hydra wrote there); None outside a Hydra job
+    or where it keeps no record (hydra.output_subdir=null)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -30,8 +26,8 @@ def _hydra_job() -> tuple[Path, set[Path]] | None:
 
 
 def discard_job_dir(outputs: str | Path | None) -> None:
-    """Remove the job's output directory if it holds only what Hydra wrote (and empty
-    directories), and the parents that leaves empty below `outputs` (paths.outputs)."""
+    """Remove the job's output directory if it holds only what Hydra wrote, and the parents
+    that leaves empty below `outputs` (paths.outputs)."""
     job = _hydra_job()
     if job is None or not job[0].is_dir():
         return
@@ -51,8 +47,8 @@ def discard_job_dir(outputs: str | Path | None) -> None:
 
 
 def continue_log_in(run_dir: Path, outputs: str | Path) -> None:
-    """Append the job's log to the one in `run_dir` (the resumed run's own train.log)
-    instead of a new directory's, and discard the directory Hydra made for this job."""
+    """Append the job's log to the one in `run_dir` (a resumed run's own) and discard the
+    directory Hydra made for this job."""
     job = _hydra_job()
     if job is None or job[0].resolve() == run_dir.resolve():
         return

@@ -1,6 +1,5 @@
-"""Hydra command-line overrides as the project reads them: `key=value`, `+key=value`
-(add), `++key=value` (force) and `~key` (delete) all name the same key; read as typed,
-and refused in one line where a value interpolates what does not resolve."""
+"""Hydra command-line overrides: `key=value`, `+key=value`, `++key=value` and `~key` name the
+same key."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -23,9 +22,8 @@ def override_key(override: str) -> str:
 
 
 def task_overrides(hydra: DictConfig) -> list[str]:
-    """The command line's overrides of a job (`hydra` is its Hydra config), as typed. Read
-    item by item, OmegaConf would resolve each as an interpolation:
-    `logger.run_name=${oc.env:UNSET}` would raise where the value is only text."""
+    """The job's command-line overrides as typed (read item by item, OmegaConf would resolve
+    `logger.run_name=${oc.env:UNSET}`)."""
     return OmegaConf.to_container(hydra.overrides.task)
 
 
@@ -40,10 +38,8 @@ def interpolations_in(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
 
 
 def refuse_unresolvable(cfg: DictConfig) -> None:
-    """ConfigError naming the first value of the job's config (Hydra's own `hydra` node
-    aside) whose interpolation does not resolve, such as `${oc.env:UNSET}` or `${evil:x}`
-    typed on the command line: otherwise the job fails with a traceback where it first
-    reads the value, after Hydra wrote its directory."""
+    """ConfigError naming the first value of the job's config whose interpolation does not
+    resolve (`${oc.env:UNSET}`), rather than a traceback where the job first reads it."""
     job = {key: value for key, value in OmegaConf.to_container(cfg).items() if key != "hydra"}
     for key, text in interpolations_in(job):
         try:

@@ -1,7 +1,5 @@
-"""Where things live by default: the repository, its outputs/ and its MLflow store. The
-configs reach these through conf/paths/default.yaml and the `${repo_root:}` resolver
-registered here; Python callers with no config (the Classifier API) use the constants.
-Every entry config names its Hydra output directory through `${unique_dir:}`, also here."""
+"""Where things live by default, and the `${repo_root:}` and `${unique_dir:}` resolvers the
+configs use."""
 
 import sys
 from pathlib import Path
@@ -11,17 +9,13 @@ from omegaconf import OmegaConf
 from mnist.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The default MLflow store directory, as conf/paths/default.yaml sets paths.mlruns.
 DEFAULT_MLRUNS = REPO_ROOT / "mlruns"
 
 
 def unique_dir(path: str) -> str:
-    """`path`, or `path_1`, `path_2`, ...: the first this call creates. Hydra names a job's
-    directory after the second it started, so jobs started in the same second would share
-    one, and each would write, lock or clean up the other's files; mkdir is atomic, so each
-    gets one of its own. Registered with OmegaConf's cache: every later read of the same
-    config (and of each sweep job's config, which Hydra gives a copy of the sweep's cache)
-    gets the directory this call created."""
+    """`path`, or `path_1`, `path_2`, ...: the first this call creates (atomically), as jobs
+    started in the same second would share Hydra's directory. Cached by OmegaConf, so later
+    reads of the config (a sweep job's copy included) get the same directory."""
     candidate, taken = Path(path), 0
     while True:
         try:
@@ -39,10 +33,8 @@ if not OmegaConf.has_resolver("unique_dir"):
 
 
 def refuse_another_checkout() -> None:
-    """Stop, before anything is written, a script of one checkout that imports the `mnist`
-    package of another (an environment shared between clones, with an editable install of
-    the first): it would run the other clone's code and write into its outputs/ and
-    store. ConfigError naming both (mnist/cli.py: one line, exit 2)."""
+    """ConfigError for a script of one checkout that imports the `mnist` package of another
+    (an environment shared between clones): it would run the other's code and write there."""
     script = getattr(sys.modules.get("__main__"), "__file__", None)
     if script is None:
         return

@@ -1,10 +1,6 @@
-"""Every model's CPU recipe, `recipe=cpu/<model>`: conf/recipe/cpu/<model>.yaml where the
-model has one, else the shared recipe (conf/recipe/cpu/_shared.yaml, its default epochs),
-which this module adds to Hydra's ConfigStore. Hydra cannot pick a recipe file by the
-model's name itself: the subtree of an interpolated defaults entry may not override a
-group, and every recipe does (its model, its augmentation). The `${cpu_recipes:}` resolver
-lists them for experiment=arch_table_cpu. So a new model needs neither a recipe file nor a
-list entry. Imports no torch until the list is resolved (mnist/cli.py imports this)."""
+"""`recipe=cpu/<model>` for every model: conf/recipe/cpu/<model>.yaml, else the shared recipe
+added to Hydra's ConfigStore here (an interpolated defaults entry may not override a group).
+The `${cpu_recipes:}` resolver lists them for experiment=arch_table_cpu."""
 
 from functools import cache
 from pathlib import Path
@@ -27,7 +23,6 @@ def _recipe_file(conf_dir: Path, model: str) -> Path:
 
 
 def register_default_recipes(conf_dir: Path = CONF_DIR) -> None:
-    """`recipe=cpu/<model>` for each model without a recipe file: the shared recipe."""
     for model in model_names(conf_dir):
         if not _recipe_file(conf_dir, model).exists():
             ConfigStore.instance().store(
@@ -40,9 +35,8 @@ def register_default_recipes(conf_dir: Path = CONF_DIR) -> None:
 
 @cache
 def cpu_recipes(conf_dir: Path = CONF_DIR) -> str:
-    """`cpu/<model>` for every model, longest job first (its epochs x its MACs per image,
-    which track the measured seconds per epoch): joblib's workers take the jobs in this
-    order, so that the two finish together instead of one running a long job alone."""
+    """`cpu/<model>` for every model, longest job first (epochs x MACs per image), so that
+    joblib's workers finish together instead of one running a long job alone."""
     from mnist.models import build_model, summarize
 
     shared = OmegaConf.load(conf_dir / "recipe" / "cpu" / "_shared.yaml").trainer.epochs

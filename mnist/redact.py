@@ -1,11 +1,6 @@
-"""Secrets never reach a config, a file or a message. A password enters a process in one
-place, a URI on the command line (`logger.tracking_uri=http://user:pw@host`,
-`storage=postgresql://user:pw@host/db`) or in $MLFLOW_TRACKING_URI: there it moves to the
-environment variable its client reads, and the config keeps the URI without it, so
-nothing that stores a config (Hydra's .hydra/, config.yaml, checkpoints, MLflow params)
-can leak it. Messages and log lines are redacted as well, for a secret the project
-did not put there (a driver's error). Imports nothing heavy, so the entry points install
-it before torch or MLflow load."""
+"""Secrets never reach a config, a file or a message: a password in a URI given on the command
+line or in $MLFLOW_TRACKING_URI moves to the environment variable its client reads, and log
+records are redacted. Imports nothing heavy, so the entry points install it first."""
 
 import logging
 import os
@@ -16,22 +11,17 @@ from typing import Any
 from mnist.errors import ConfigError
 
 MASK = "***"
-# scheme://user:password@host: the password is whatever follows the user's colon up to an @
-# before the host. A server URI's password may hold an @ (the host follows the last one),
-# a database URI's a / (SQLAlchemy reads up to the first @).
+# A server URI's password may hold an @ (the host follows the last one), a database URI's
+# a / (SQLAlchemy reads up to the first @).
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s@]*(?:@[^\s/@]*)*@")
 _QUERY_SECRET = re.compile(
     r"(?P<head>[?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|key)=)[^\s&;#]+",
     re.IGNORECASE,
 )
-# Where each client reads a password that is not in its URI: MLflow's own variables for a
-# tracking server (inherited by a sweep's and a study's worker processes), libpq's for
-# PostgreSQL (MLflow's and Optuna's SQLAlchemy stores connect through it).
-_SERVER_SCHEMES = ("http", "https")
+# MLflow reads a tracking server's credentials from these (a sweep's and a study's worker
+# processes inherit them); libpq, under MLflow's and Optuna's SQLAlchemy stores, PGPASSWORD.
 _SERVER_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-_POSTGRES_PASSWORD = "PGPASSWORD"
-# The values this process moved to the environment, by variable.
-_moved: dict[str, str] = {}
+_moved: dict[str, str] = {}  # the values this process moved to the environment
 
 
 def redact(text: str) -> str:
@@ -43,14 +33,12 @@ def redact(text: str) -> str:
 
 
 def without_credentials(uri: str, source: str) -> str:
-    """`uri` with its credentials moved to the environment variables its client reads:
-    a tracking server's user and password to MLflow's, a PostgreSQL password to libpq's.
-    ConfigError (naming `source`, never the secret) for a credential no client could read
-    from the environment: it would otherwise be stored with every run."""
+    """`uri` with its credentials moved to the environment variables its client reads;
+    ConfigError (naming `source`, never the secret) for one no client reads from there."""
     if redact(uri) == uri:
         return uri
     scheme = uri.partition("://")[0].lower()
-    if scheme in _SERVER_SCHEMES:
+    if scheme in ("http", "https"):
         return _server_credentials_to_environment(uri, source)
     if scheme.partition("+")[0] in ("postgresql", "postgres"):
         return _postgres_password_to_environment(uri, source)
@@ -84,19 +72,17 @@ def _postgres_password_to_environment(uri: str, source: str) -> str:
     (password, *others) = [p for p in passwords if p is not None] or [""]
     if any(other != password for other in others):
         raise ConfigError(f"{source}={redact(uri)}: holds two different passwords")
-    _set_once(_POSTGRES_PASSWORD, str(password), source)
+    _set_once("PGPASSWORD", str(password), source)
     safe = url._replace(password=None).difference_update_query(secrets)
     return safe.render_as_string(hide_password=False)
 
 
 def _secret_keys(uri: str) -> set[str]:
-    """The query keys of `uri` that _QUERY_SECRET takes for secrets, as written."""
     return {m.group("head")[1:-1] for m in _QUERY_SECRET.finditer(uri)}
 
 
 def _set_once(variable: str, value: str, source: str) -> None:
-    """One process has one value of each variable: two URIs with different passwords for
-    the same client cannot both be served, so the second is refused."""
+    """A client reads one value of each variable, so a second, different one is refused."""
     if _moved.setdefault(variable, value) != value:
         raise ConfigError(
             f"{source}: its credentials differ from those of another URI of this command, "
@@ -106,9 +92,8 @@ def _set_once(variable: str, value: str, source: str) -> None:
 
 
 def overrides_without_credentials(argv: list[str]) -> list[str]:
-    """Command-line overrides (`key=value`) with every URI's credentials moved to the
-    environment: Hydra records the overrides it is given in .hydra/ and in its error
-    messages, and composes them into the config that runs store."""
+    """Command-line overrides with every URI's credentials moved to the environment: Hydra
+    records the overrides in .hydra/, its error messages and the config runs store."""
     safe = []
     for arg in argv:
         key, equals, value = arg.partition("=")
@@ -117,9 +102,8 @@ def overrides_without_credentials(argv: list[str]) -> list[str]:
 
 
 def redact_log_records() -> None:
-    """Every log record from now on, of any logger and to any handler (console, a job's
-    .log file), has its secrets redacted. A record factory, not a handler filter: Hydra
-    replaces the handlers when it configures logging, the factory stays."""
+    """Every log record from now on has its secrets redacted. A record factory, not a handler
+    filter: Hydra replaces the handlers when it configures logging, the factory stays."""
     make_record = logging.getLogRecordFactory()
     if getattr(make_record, "redacts", False):
         return

@@ -1,7 +1,5 @@
-"""trainer.resume=<checkpoint path | MLflow run id>: the last.pt of an interrupted run,
-found by its path or by its run (which then continues in the same MLflow run), with the
-run's own config and the command-line overrides that therefore do not apply. What a
-last.pt holds and how training picks up from it: mnist/training/resume.py."""
+"""trainer.resume=<checkpoint path | MLflow run id>: the last.pt of an interrupted run, its
+own config, and the command-line overrides that therefore do not apply."""
 
 from __future__ import annotations
 
@@ -39,7 +37,7 @@ def resume_checkpoint_path(target: str, uri: str) -> Path:
 
 
 def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
-    """The contents of `path`; ConfigError (ConfigError) if it cannot be resumed."""
+    """The contents of `path`; ConfigError if it cannot be resumed."""
     state = load_checkpoint(path, source=f"trainer.resume={target} ({path})")
     if not isinstance(state, dict) or "progress" not in state or "mlflow_run_id" not in state:
         raise ConfigError(
@@ -50,10 +48,9 @@ def load_resume_checkpoint(target: str, path: Path) -> dict[str, Any]:
 
 
 def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> DictConfig:
-    """The interrupted run's own config: refused if it names a `_target_` off the
-    allowlist (anyone may hand over a last.pt), then validated like one from the command
-    line, except for a device this machine lacks (a GPU run resumed on a laptop): `device`,
-    the command line's `device` group, takes its place."""
+    """The interrupted run's own config, checked as a stored config and validated; a device
+    this machine lacks (a GPU run resumed on a laptop) gives way to `device`, the command
+    line's."""
     try:
         cfg = OmegaConf.create(state["config"])
         refuse_unsafe_config(cfg, str(path))
@@ -71,12 +68,11 @@ def resume_config(state: dict[str, Any], path: Path, device: DictConfig) -> Dict
 
 
 def ignored_overrides(given: DictConfig, resumed: DictConfig, overrides: list[str]) -> list[str]:
-    """The command-line overrides whose values differ from the resumed run's own config,
-    which is the one used: the user should hear that they do not apply."""
+    """The command-line overrides whose values differ from the resumed run's own config."""
     ignored = []
     for override in overrides:
         key = override_key(override)
-        # How this run was asked to resume, not a value of its config: not ignored.
+        # How this run was asked to resume, not a value of its config.
         if key == "trainer.resume" or key.startswith("sweep."):
             continue
         now, then = (OmegaConf.select(c, key, default=None) for c in (given, resumed))

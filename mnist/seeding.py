@@ -1,5 +1,4 @@
-"""One seed drives every random stream of a run. Each consumer (model init, split,
-shuffling, augmentation) gets its own generator derived from the seed and a purpose, so
+"""One seed drives every random stream of a run, each derived from it and a purpose, so that
 changing one part of a run (say, the model) never shifts the random numbers of another."""
 
 import hashlib

@@ -1,12 +1,6 @@
-"""The check every config from outside the command line passes before anything is read or
-built from it: a checkpoint's (trainer.resume, ckpt=), an MLflow run's config.yaml
-(reproduce.py). A stored config is data, read as written: an interpolation in it
-(`${oc.env:TOKEN}`, `${other.key}`) would read the environment or change with the code,
-so one anywhere refuses the whole config. A `_target_` is an import path that a builder
-imports and calls, so one naming builtins.open or shutil.rmtree, at any depth, would run
-it. Only the model and the optimizer are built from a `_target_`, each checked by the rule
-kept next to its builder (a model class defined in mnist/models/, a listed torch.optim
-optimizer); a `_target_` anywhere else, or off those rules, refuses the whole config."""
+"""The check a stored config (a checkpoint's, a run's config.yaml) passes before anything is
+built from it. An interpolation would read the environment, and a `_target_` naming, say,
+shutil.rmtree would run it: only model and optimizer targets on their builders' lists pass."""
 
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -28,7 +22,7 @@ def _is_model(target: str) -> bool:
     return True
 
 
-# Where a config may hold a `_target_`, and which ones; nowhere else, at no other depth.
+# Where a config may hold a `_target_`, and which ones.
 ALLOWED_TARGETS: dict[str, Callable[[str], bool]] = {
     "model": _is_model,
     "optimizer": OPTIMIZERS.__contains__,
@@ -49,8 +43,7 @@ def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def refuse_unsafe_config(config: Mapping[str, Any] | DictConfig, source: str) -> None:
-    """Raise ConfigError if `config` holds an interpolation, or a `_target_` that is
-    not allowed where it is. Nothing in it is resolved."""
+    """ConfigError if `config` holds an interpolation, or a `_target_` not allowed where it is."""
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=False)
     if found := next(interpolations_in(config), None):
@@ -71,8 +64,8 @@ def refuse_unsafe_config(config: Mapping[str, Any] | DictConfig, source: str) ->
 
 
 def first_line(error: Exception) -> str:
-    """What OmegaConf or YAML says is wrong, without the lines of context they add below it
-    (full_key:, object_type=, the file and a caret), so that a refusal stays one line."""
+    """What OmegaConf or YAML says is wrong, without the lines of context they add below it,
+    so that a refusal stays one line."""
     if isinstance(error, yaml.MarkedYAMLError) and error.problem:
         mark = error.problem_mark
         return f"{error.problem}, line {mark.line + 1}" if mark else error.problem
@@ -81,8 +74,8 @@ def first_line(error: Exception) -> str:
 
 
 def stored_config(text: str, source: str) -> DictConfig:
-    """The config in `text`, a YAML file stored with a run, once refuse_unsafe_config has
-    passed it. OmegaConf's YAML loader builds no Python object (a !!python tag is an error)."""
+    """The config in `text`, a YAML file stored with a run, once refuse_unsafe_config passed
+    it. OmegaConf's YAML loader builds no Python object (a !!python tag is an error)."""
     try:
         config = OmegaConf.create(text)
     except yaml.YAMLError as e:

@@ -1,5 +1,4 @@
-"""What a single config value must be, shared by the checks of each config group (which
-live beside what each group configures)."""
+"""What a single config value must be, shared by each config group's checks."""
 
 import math
 from collections.abc import Iterator, Mapping
