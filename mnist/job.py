@@ -33,7 +33,6 @@ from mnist.seeding import generator
 from mnist.sweeps import resume as sweep_resume
 from mnist.tracking import store, sweep_runs
 from mnist.tracking.listener import (
-    MlflowListener,
     RunStart,
     refuse_finished_run,
     store_failure,
@@ -41,11 +40,8 @@ from mnist.tracking.listener import (
 )
 from mnist.training.build import RunSettings, Setup, set_up
 from mnist.training.checkpoint import claimed
-from mnist.training.evaluation import Evaluation
-from mnist.training.events import FitResult
 from mnist.training.loop import Checkpoints, fit, test_best
 from mnist.training.phases import PhaseClock
-from mnist.training.settings import Trainer
 from mnist.training.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -77,8 +73,7 @@ def _train(
     settings = run_settings(cfg)
     # Named by what it applies: `augmentation=[shift_rotate,erase]` has no single option.
     augmentation = BatchAugment.from_config(settings.augmentation, None).name
-    choices = {**ctx.choices, "augmentation": augmentation}
-    ctx = dataclasses.replace(ctx, choices=choices)
+    ctx = dataclasses.replace(ctx, choices={**ctx.choices, "augmentation": augmentation})
     setup = set_up(settings, lap=clock.lap)
     start, resolved = _run_start(cfg, settings, ctx, setup, clock)
     checkpoint_dir = ctx.output_dir / "checkpoints"
@@ -103,9 +98,14 @@ def _train(
             )  # fmt: skip
         clock.lap("training")
         stop_if_requested()
-        test, final = _test_and_log(
-            run, setup, settings.trainer, checkpoints, result, clock, cfg.logger.log_model
+        test, final, weights_sha256 = test_best(
+            setup.model, setup.data, checkpoints, result, settings.trainer, setup.device
         )
+        clock.lap("evaluation")
+        if cfg.logger.log_model:
+            run.log_model(setup.data.test_images, len(result.history))
+            clock.lap("model_logging")
+        run.log_final(final, weights_sha256, len(result.history))
         stop_if_requested()
         reports = write_training_reports(
             ctx.output_dir, setup.data.test_images, setup.data.test_labels, test, result.history
@@ -120,27 +120,6 @@ def _train(
             result.best_epoch, result.best_val_acc, test.accuracy, run.run_id, uri,
         )  # fmt: skip
     return {**final, "run_id": run.run_id, "params_count": start.summary.total_params}
-
-
-def _test_and_log(
-    run: MlflowListener,
-    setup: Setup,
-    trainer: Trainer,
-    checkpoints: Checkpoints,
-    result: FitResult,
-    clock: PhaseClock,
-    log_model: bool,
-) -> tuple[Evaluation, dict[str, float]]:
-    """The best weights tested; the model (with logger.log_model) and final metrics logged."""
-    test, final, weights_sha256 = test_best(
-        setup.model, setup.data, checkpoints, result, trainer, setup.device
-    )
-    clock.lap("evaluation")
-    if log_model:
-        run.log_model(setup.data.test_images, len(result.history))
-        clock.lap("model_logging")
-    run.log_final(final, weights_sha256, len(result.history))
-    return test, final
 
 
 def _run_start(

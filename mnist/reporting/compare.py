@@ -1,8 +1,6 @@
-"""The comparison table of a finished sweep, from MLflow alone: the runs of one config (one
-per seed) become one row, with accuracy over seeds, cost per epoch and the reference numbers
-beside it, best validation accuracy first. Runs that did not finish are counted and listed,
-never dropped. A sweep's parent run gets the table as its summary (mnist/sweeps/callback.py);
-compare.py logs its own to the experiment `<experiment>/compare`, out of the training runs."""
+"""The comparison of a sweep's runs, from MLflow alone: the runs of one config (one per seed)
+make one row beside its reference numbers. Runs that did not finish are counted and listed,
+never dropped."""
 
 from __future__ import annotations
 
@@ -27,10 +25,7 @@ from mnist.tracking.sweep_runs import current_runs, partial_sweep
 
 log = logging.getLogger(__name__)
 
-# parent_run_id=all: every training run of the experiment, not one sweep.
-ALL_RUNS = "all"
-# compare.py's summary runs go to `<experiment>` + this: never among the training runs.
-SUMMARY_EXPERIMENT_SUFFIX = "/compare"
+ALL_RUNS = "all"  # parent_run_id=all: every training run of the experiment
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
@@ -39,8 +34,7 @@ def search_filter(parent_run_id: str | None, extra: str | None) -> str:
 
 
 def selected_sweep(uri: str, experiment: str, parent_run_id: str | None) -> str | None:
-    """The parent run of the sweep to compare: `parent_run_id`, else the latest sweep of
-    `experiment` (the one promote.py promotes from); None for parent_run_id=all."""
+    """`parent_run_id`, else the latest sweep of `experiment`; None for parent_run_id=all."""
     queries.experiment_id(uri, experiment)
     if parent_run_id == ALL_RUNS:
         return None
@@ -53,8 +47,8 @@ def selected_sweep(uri: str, experiment: str, parent_run_id: str | None) -> str 
 
 
 def load_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
-    """The training runs of `experiment` matching `filter_string`, oldest first
-    (current_runs: a run that a resumed sweep restarted as a new run counts once)."""
+    """The training runs of `experiment` matching `filter_string`, oldest first, a run that a
+    resumed sweep restarted counted once."""
     found = queries.experiment_id(uri, experiment)
     runs = current_runs(queries.search_runs(uri, found, filter_string))
     if not runs:
@@ -67,8 +61,7 @@ def load_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
 
 
 def group_value(run: Any, key: str) -> str | None:
-    """A swept key's value in a run: a tag (seed), a param (optimizer, trainer.epochs),
-    else a value from the run's Hydra overrides (keys that are no param)."""
+    """A swept key's value in a run: a tag (seed), a param, else from its Hydra overrides."""
     if key in run.data.tags:
         return run.data.tags[key]
     if key in run.data.params:
@@ -80,18 +73,9 @@ def group_value(run: Any, key: str) -> str | None:
     return None
 
 
-def describe_model(run: Any) -> tuple[int | None, str]:
-    """Conv layers and downsampling of the model a run trained, as the run recorded them
-    (mnist.models.describe.shape_tags); (None, "n/a") for a run that did not."""
-    tags = run.data.tags
-    layers = tags.get("model.conv_layers")
-    return (int(layers) if layers else None), tags.get("model.pooling", "n/a")
-
-
 def config_keys(runs: list[Any]) -> list[str]:
-    """The keys that can make the runs' numbers differ, but the model and the seed: those
-    of their overrides first (what a sweep varies, by the name it was given), then their
-    params (mnist/tracking/params.py)."""
+    """The keys that can make the runs' numbers differ, but the model and the seed: their
+    overrides' first (what a sweep varies), then their params'."""
     overrides = [override_key(override) for run in runs
                  for override in run.data.tags.get("hydra.overrides", "").split()]  # fmt: skip
     params = sorted({key for run in runs for key in run.data.params})
@@ -103,8 +87,7 @@ def config_keys(runs: list[Any]) -> list[str]:
 
 def split_keys(runs: list[Any]) -> list[str]:
     """The keys that, with the model, tell every config among `runs` apart: each of
-    config_keys that splits them further (optimizer; optimizer.lr only where it differs
-    for one optimizer). [] when the runs differ only in the seed."""
+    config_keys that splits them further; [] when they differ only in the seed."""
 
     def configs(keys: list[str]) -> int:
         return len({(run.data.tags["model"], *(group_value(run, k) for k in keys)) for run in runs})
@@ -117,8 +100,7 @@ def split_keys(runs: list[Any]) -> list[str]:
 
 
 def train_images(run: Any) -> int | None:
-    """How many images the run trained on, from its data.* params; None where it did not
-    record them."""
+    """How many images the run trained on; None where it did not record it."""
     params = run.data.params
     if "data.val_size" not in params:
         return None
@@ -128,8 +110,7 @@ def train_images(run: Any) -> int | None:
 
 
 def _add_finished(row: Row, uri: str, run: Any) -> None:
-    """A metric the run did not log (an older trainer, a run cut short) stays out of the
-    row's numbers instead of failing the table."""
+    """A metric the run did not log (a run cut short) stays out of the row's numbers."""
     metrics, run_id = run.data.metrics, run.info.run_id
     test_per_epoch = queries.metric_history(uri, run_id, "test/acc_epoch")
     epoch_times = queries.metric_history(uri, run_id, "epoch_time_s")
@@ -151,9 +132,8 @@ def _add_finished(row: Row, uri: str, run: Any) -> None:
 def build_rows(
     uri: str, runs: list[Any], group_by: list[str] | None, references: dict[str, Any]
 ) -> list[Row]:
-    """One row per model and value of each group_by key (None: of each key of split_keys),
-    best validation accuracy first. A row that still pools runs of different configs names
-    the keys they differ in (Row.mixed)."""
+    """One row per model and value of each group_by key (None: of split_keys), best
+    validation accuracy first; a row that pools different configs names their keys."""
     for key in group_by or []:
         if all(group_value(run, key) is None for run in runs):
             raise ConfigError(
@@ -174,7 +154,9 @@ def _row(uri: str, runs: list[Any], keys: list[str], references: dict[str, Any])
     model = first.data.tags["model"]
     groups = {key: group_value(first, key) or "n/a" for key in keys}
     row = Row(model, groups, reference=references.get(model), mixed=split_keys(runs))
-    row.conv_layers, row.pooling = describe_model(first)
+    layers = first.data.tags.get("model.conv_layers")  # models.describe.shape_tags
+    row.conv_layers = int(layers) if layers else None
+    row.pooling = first.data.tags.get("model.pooling", "n/a")
     for run in runs:
         if "params_count" in run.data.metrics:
             row.params = int(run.data.metrics["params_count"])
@@ -186,8 +168,8 @@ def _row(uri: str, runs: list[Any], keys: list[str], references: dict[str, Any])
 
 
 def load_references(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """conf/compare.yaml's references, each with the number of images it trained on: its
-    own train_images, else reference_train_images."""
+    """conf/compare.yaml's references, each with its train_images (default:
+    reference_train_images)."""
     references = OmegaConf.to_container(cfg.references, resolve=True)
     return {model: {"train_images": cfg.reference_train_images, **reference}
             for model, reference in references.items()}  # fmt: skip
@@ -202,8 +184,6 @@ class Comparison:
     incomplete: str | None  # what a sweep that not every job finished is missing
 
     def description(self, about: str) -> str:
-        """A run's description of it: the winner, `about` (what it compares), whether the
-        sweep is incomplete, then the table's key columns."""
         note = f" **Incomplete:** {self.incomplete}." if self.incomplete else ""
         return table.description(self.rows, self.title, about + note)
 
@@ -213,9 +193,8 @@ def write_comparison(
     group_by: list[str] | None, references: dict[str, Any], output_dir: Path,
 ) -> Comparison:  # fmt: skip
     """The comparison of the sweep `parent_run_id` (None: every training run), of its runs
-    that match `extra_filter`, written into `output_dir`. The table of a sweep that not all
-    jobs finished says so: a job that failed before its run opened, or never ran, is in its
-    parent's count, not in its runs."""
+    that match `extra_filter`, written into `output_dir`; it says when not every job of the
+    sweep finished (a job that never opened a run is in its parent's count only)."""
     runs = load_runs(uri, experiment, search_filter(parent_run_id, extra_filter))
     rows = build_rows(uri, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +206,9 @@ def write_comparison(
     if note:
         log.warning("%s", note)
         markdown += f"\n**Incomplete:** {note}.\n"
+    (output_dir / "table.md").write_text(markdown)
     paths = [
-        table.write_text(markdown, output_dir / "table.md"),
+        output_dir / "table.md",
         table.write_csv(rows, output_dir / "table.csv"),
         plots.plot_comparison(rows, title, output_dir / "chart.png"),
     ]
@@ -236,8 +216,7 @@ def write_comparison(
 
 
 def _about(uri: str, experiment: str, parent_run_id: str | None, cfg: DictConfig) -> str:
-    """What a comparison run compares, linked: the sweep (its run and its runs' view) or
-    the experiment's training runs, and how."""
+    """What a comparison run compares, linked, and how."""
     experiment_id = queries.experiment_id(uri, experiment)
     if parent_run_id:
         name = store.client(uri).get_run(parent_run_id).info.run_name
@@ -254,9 +233,8 @@ def _about(uri: str, experiment: str, parent_run_id: str | None, cfg: DictConfig
 
 def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
     """Writes table.md, table.csv and chart.png into `output_dir` and returns their paths;
-    with cfg.log_summary, logs them to a run of `<experiment>/compare`: an experiment of
-    its own keeps the training runs' list to training runs, and leaves a sweep's parent
-    with the summary the sweep ended with, whatever filter or group_by this one used."""
+    with cfg.log_summary, logs them to a run of `<experiment>/compare`, an experiment of its
+    own, so that the training runs' list and a sweep's own summary stay as they were."""
     experiment = cfg.logger.experiment
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(
@@ -276,8 +254,7 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
 def _log_summary(
     cfg: DictConfig, uri: str, parent_run_id: str | None, comparison: Comparison
 ) -> None:
-    """The comparison as a run of `<experiment>/compare`: its files, its key columns and
-    where it comes from as description, each row's mean ± std as metrics."""
+    """The comparison as a run: its files, a description, each row's mean ± std as metrics."""
     experiment, rows = cfg.logger.experiment, comparison.rows
     tags = {
         "compare.experiment": experiment,
@@ -288,7 +265,7 @@ def _log_summary(
     }
     params = {"group_by": ",".join(["model", *rows[0].groups])}
     run_name = cfg.logger.run_name or "compare"
-    summaries = experiment + SUMMARY_EXPERIMENT_SUFFIX
+    summaries = f"{experiment}/compare"
     with mlflow_run(uri, summaries, run_name, tags, params) as run:
         log_artifacts(comparison.paths)
         log_metrics(table.summary_metrics(rows))

@@ -1,5 +1,5 @@
-"""PNG figures of a run. matplotlib is imported lazily and with the Agg backend: runs
-happen on headless machines, and most code paths never plot."""
+"""PNG figures. matplotlib is imported lazily with the Agg backend: runs happen on headless
+machines, and most code paths never plot."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,13 +33,8 @@ def plot_confusion_matrix(matrix: Tensor, path: Path, title: str = "Confusion ma
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax, label="images")
     n = len(counts)
-    ax.set(
-        xticks=range(n),
-        yticks=range(n),
-        xlabel="predicted digit",
-        ylabel="true digit",
-        title=title,
-    )
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted digit", ylabel="true digit")
+    ax.set_title(title)
     threshold = counts.max() / 2
     for i in range(n):
         for j in range(n):
@@ -74,12 +69,11 @@ def plot_predictions(
     predictions: Tensor,
     probabilities: Tensor,
     path: Path,
-    title: str = "test digits",
+    title: str,
 ) -> Path:
     """A grid of digits captioned "pred p / true p" with the model's probability of each
-    (so a confident mistake stands out from a near tie), wrong predictions in red. Drawn as
-    one mosaic image rather than one axes per digit, which is several times faster.
-    `probabilities`: the (N, 10) softmax outputs."""
+    (a confident mistake stands out from a near tie), wrong ones in red; one mosaic image
+    rather than an axes per digit, several times faster. `probabilities`: (N, 10)."""
     plt = pyplot()
     n = len(images)
     columns = min(8, n)
@@ -112,32 +106,22 @@ def plot_predictions(
 
 
 def plot_misclassified(
-    images: Tensor,
-    labels: Tensor,
-    predictions: Tensor,
-    probabilities: Tensor,
-    path: Path,
-    limit: int,
-    title: str = "misclassified test digits",
-) -> Path | None:
+    images: Tensor, labels: Tensor, predictions: Tensor, probabilities: Tensor, path: Path,
+    limit: int, title: str = "misclassified test digits",
+) -> Path | None:  # fmt: skip
     """The first `limit` wrong predictions among uint8 `images`; None when there are none."""
     wrong = (predictions != labels).nonzero().squeeze(1)[:limit]
     if len(wrong) == 0:
         return None
+    images = images[wrong].float() / 255
     return plot_predictions(
-        images[wrong].float() / 255,
-        labels[wrong],
-        predictions[wrong],
-        probabilities[wrong],
-        path,
-        title,
+        images, labels[wrong], predictions[wrong], probabilities[wrong], path, title
     )
 
 
 def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title: str) -> Path:
-    """What the model is trained on: each row a training digit as stored, then random
-    draws of the run's augmentation. originals (N, 28, 28), variants (N, K, 28, 28), in
-    [0, 1]."""
+    """Each row a training digit as stored, then random draws of the run's augmentation.
+    originals (N, 28, 28), variants (N, K, 28, 28), in [0, 1]."""
     plt = pyplot()
     n, k = variants.shape[:2]
     cell, gap = 30, 10  # a 1-px margin around each digit; a gap after the originals
@@ -163,8 +147,7 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
 
 def plot_comparison(rows: list[table.Row], title: str, path: Path) -> Path:
     """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
-    markers, beside the seconds per epoch: what each model buys and what it costs. A series
-    no run logged (final: trainer.test_every_epoch) is left out, legend included."""
+    markers, beside the seconds per epoch. A series no run logged is left out."""
     plt = pyplot()
     y = list(range(len(rows)))
     fig, (acc_ax, time_ax) = plt.subplots(

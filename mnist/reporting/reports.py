@@ -1,5 +1,4 @@
-"""The files that report on a model's test-set evaluation, as written by training runs and
-scripts/evaluate.py alike."""
+"""The files that report on a model's test-set evaluation (training runs, scripts/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from mnist.reporting import plots
 from mnist.reporting.metrics import classification_report, confusion_matrix, format_report
 from mnist.training.evaluation import Evaluation
 
-# Digits shown in the misclassified and sample-prediction grids of a training run.
-SAMPLE_GRID_SIZE = 32
+SAMPLE_GRID_SIZE = 32  # digits in a training run's misclassified and sample grids
 
 
 def write_test_reports(
@@ -38,25 +36,14 @@ def write_test_reports(
 
 
 def write_training_reports(
-    output_dir: Path,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    test: Evaluation,
+    output_dir: Path, images: torch.Tensor, labels: torch.Tensor, test: Evaluation,
     history: Sequence[dict[str, float]],
-) -> list[Path]:
-    """The test reports of a training run, its learning curves and the first test digits
-    with their predictions."""
+) -> list[Path]:  # fmt: skip
+    """The test reports, the learning curves and the first test digits' predictions."""
     _, _, paths = write_test_reports(output_dir, images, labels, test, SAMPLE_GRID_SIZE)
     n = min(SAMPLE_GRID_SIZE, len(labels))
-    return [
-        *paths,
-        plots.plot_training_curves(history, output_dir / "training_curves.png"),
-        plots.plot_predictions(
-            images[:n].float() / 255,
-            labels[:n],
-            test.predictions[:n],
-            test.probabilities[:n],
-            output_dir / "sample_predictions.png",
-            title="first test digits",
-        ),
-    ]
+    sample = plots.plot_predictions(
+        images[:n].float() / 255, labels[:n], test.predictions[:n], test.probabilities[:n],
+        output_dir / "sample_predictions.png", "first test digits",
+    )  # fmt: skip
+    return [*paths, plots.plot_training_curves(history, output_dir / "training_curves.png"), sample]

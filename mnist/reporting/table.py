@@ -1,7 +1,5 @@
-"""The comparison of many runs as a reader gets it: `Row` (one model and config, filled by
-mnist/reporting/compare.py from MLflow), rendered as a Markdown table with its footnotes, a
-CSV of the raw numbers, and a PNG chart of accuracy and cost. Rows come best validation
-accuracy first; the winner is marked by it, never by the test set."""
+"""The comparison of many runs as a Markdown table with its footnotes and a CSV. Rows come
+best validation accuracy first; the winner is marked by it, never by the test set."""
 
 from __future__ import annotations
 
@@ -16,8 +14,7 @@ from typing import Any
 
 @dataclass
 class Row:
-    """One model (and one value of each key that splits its runs): its finished runs'
-    numbers, the runs that did not finish, and the reference it is measured against."""
+    """One model (and one value of each key that splits its runs)."""
 
     model: str
     groups: dict[str, str]
@@ -65,7 +62,7 @@ def average(values: list[float]) -> float | None:
 
 
 def validation(row: Row) -> float:
-    """What ranks the rows: their mean best validation accuracy (-inf: none logged)."""
+    """What ranks the rows (-inf: none logged)."""
     return average(row.val_acc) or -math.inf
 
 
@@ -93,14 +90,6 @@ def _epochs(row: Row) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def _runs_of(row: Row) -> str:
-    return f"{row.finished} run{'' if row.finished == 1 else 's'}"
-
-
-def _runs(row: Row) -> str:
-    return f"{row.finished}" + (f" + {len(row.unfinished)} failed" if row.unfinished else "")
-
-
 def _reference(row: Row, key: str) -> str:
     ref = row.reference or {}
     if ref.get(key) is None:
@@ -109,15 +98,13 @@ def _reference(row: Row, key: str) -> str:
 
 
 def _target(row: Row) -> float | None:
-    """The accuracy (%) a row is measured against: the reference's final accuracy, its
-    max where it reports no final (a best-epoch number), else a goal it states."""
+    """The accuracy (%) a row is measured against: the reference's final, else max, else goal."""
     ref = row.reference or {}
     return next((ref[key] for key in ("final", "max", "goal") if ref.get(key) is not None), None)
 
 
 def _incomparable(row: Row) -> str | None:
-    """Why the row cannot be measured against its reference: what it trained on and for
-    how long, beside what the reference did; None where they match."""
+    """Why the row cannot be measured against its reference (other images or epochs)."""
     ref = row.reference or {}
     same_images = set(row.train_images) == {ref.get("train_images")}
     same_epochs = ref.get("epochs") is None or set(row.epochs) == {ref["epochs"]}
@@ -143,11 +130,8 @@ def _versus_target(row: Row) -> float | None:
 def _versus_cell(row: Row) -> str:
     if _target(row) is not None and row.checkpoint_acc and _incomparable(row):
         return "n/c"
-    return _signed(_versus_target(row))
-
-
-def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
+    versus = _versus_target(row)
+    return "-" if versus is None else f"{versus:+.2f}"
 
 
 def label(row: Row) -> str:
@@ -155,12 +139,11 @@ def label(row: Row) -> str:
 
 
 def _runs_cell(row: Row) -> str:
-    return _runs(row) + (" (mixed)" if row.mixed else "")
+    failed = f" + {len(row.unfinished)} failed" if row.unfinished else ""
+    return f"{row.finished}{failed}" + (" (mixed)" if row.mixed else "")
 
 
 def _notes(rows: list[Row]) -> list[str]:
-    """A line for each row that pools different configs, and for each not comparable with
-    its reference."""
     mixed = [f"- **mixed** {label(row)}: pools runs that differ in {', '.join(row.mixed)}; "
              "leave group_by unset to split them" for row in rows if row.mixed]  # fmt: skip
     incomparable = [f"- **n/c** {label(row)}: {_incomparable(row)}"
@@ -173,10 +156,8 @@ def _winner(rows: list[Row]) -> Row | None:
 
 
 def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
-    """The table, in the order of `rows`, ★ on the first with a validation accuracy; the
-    final and max test accuracy columns only where some run logged the test accuracy per
-    epoch (trainer.test_every_epoch), with a note saying so otherwise. `only`: these
-    columns, and no notes (a run's description: DESCRIPTION_COLUMNS)."""
+    """The table, ★ on the first row with a validation accuracy; final and max test accuracy
+    only where some run logged it per epoch. `only`: these columns, and no notes."""
     per_epoch = any(row.final_acc for row in rows)
     winner = _winner(rows)
     columns: list[tuple[str, Any]] = [
@@ -220,20 +201,20 @@ def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-# What a run's description shows of the table: the columns that fit the half of the page
-# MLflow gives it (table.md holds them all).
+# The columns that fit the half of a run's page MLflow gives its description.
 DESCRIPTION_COLUMNS = ("runs", "best val acc %", "best-val ckpt test acc %", "train time s")
 # MLflow keeps tag values (a run's description) of up to 8000 characters.
 MAX_DESCRIPTION = 8000
 
 
 def description(rows: list[Row], title: str, about: str) -> str:
-    """A run's description of the comparison: the winner first, then `about` (where the
-    rows come from, links), then the table's key columns where MLflow keeps that much."""
+    """The winner, `about` (where the rows come from), then the table's key columns where
+    MLflow keeps that much."""
     winner = _winner(rows)
     found = (
         f"**Winner: {label(winner)}** by validation accuracy, "
-        f"{_percent_spread(winner.val_acc)}% over {_runs_of(winner)}; the test accuracy of "
+        f"{_percent_spread(winner.val_acc)}% over {winner.finished} "
+        f"run{'' if winner.finished == 1 else 's'}; the test accuracy of "
         f"the same weights {_percent_spread(winner.checkpoint_acc)}%."
         if winner
         else "No run finished with a validation accuracy."
@@ -243,9 +224,8 @@ def description(rows: list[Row], title: str, about: str) -> str:
 
 
 def summary_metrics(rows: list[Row]) -> dict[str, float]:
-    """Each row's mean (and, over 2 runs or more, sample std) of the key metrics, e.g.
-    summary/fast/test/acc_mean, summary/fast/test/acc_std: one section of MLflow's charts
-    (its part before the first "/")."""
+    """Each row's mean (and, over 2 runs or more, std) of the key metrics, e.g.
+    summary/fast/test/acc_mean: one section of MLflow's charts."""
     metrics = {}
     for row in rows:
         name = re.sub(r"[^\w./ -]", "_", label(row))  # as MLflow metric names allow it
@@ -258,15 +238,9 @@ def summary_metrics(rows: list[Row]) -> dict[str, float]:
     return metrics
 
 
-def write_text(text: str, path: Path) -> Path:
-    path.write_text(text)
-    return path
-
-
 def write_csv(rows: list[Row], path: Path) -> Path:
-    """Numbers to 6 significant digits (more than any run resolves; MLflow shows the file
-    as a table, where float noise read 76.42999999999999), accuracies in percent like the
-    references; vs_ref empty where the table says n/c."""
+    """Numbers to 6 significant digits (MLflow's view showed float noise, 76.42999999999999),
+    accuracies in percent like the references; vs_ref empty where the table says n/c."""
 
     def pct(value: float | None) -> float | None:
         return None if value is None else 100 * value
