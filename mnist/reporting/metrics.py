@@ -13,33 +13,22 @@ def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int = 10)
 
 
 def classification_report(matrix: Tensor) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and support, their macro average, and accuracy.
-    A class never predicted (or never present) gets 0 rather than a division error."""
+    """Per-class precision, recall, F1 and support, their macro average, and accuracy. A
+    class never predicted (or never present) gets 0 rather than a division error (0/0)."""
     matrix = matrix.double()
-    true_positive = matrix.diag()
-    predicted = matrix.sum(0)
-    support = matrix.sum(1)
-    precision = torch.where(predicted > 0, true_positive / predicted.clamp(min=1), 0.0)
-    recall = torch.where(support > 0, true_positive / support.clamp(min=1), 0.0)
-    denominator = precision + recall
-    f1 = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-12), 0.0)
+    true_positive, predicted, support = matrix.diag(), matrix.sum(0), matrix.sum(1)
+    precision = (true_positive / predicted).nan_to_num()
+    recall = (true_positive / support).nan_to_num()
+    scores = {"precision": precision, "recall": recall}
+    scores["f1"] = (2 * precision * recall / (precision + recall)).nan_to_num()
     classes = {
-        str(c): {
-            "precision": precision[c].item(),
-            "recall": recall[c].item(),
-            "f1": f1[c].item(),
-            "support": int(support[c].item()),
-        }
-        for c in range(len(matrix))
+        str(c): {**{key: score[c].item() for key, score in scores.items()}, "support": int(n)}
+        for c, n in enumerate(support)
     }
+    macro = {key: score.mean().item() for key, score in scores.items()}
     return {
         "classes": classes,
-        "macro_avg": {
-            "precision": precision.mean().item(),
-            "recall": recall.mean().item(),
-            "f1": f1.mean().item(),
-            "support": int(support.sum().item()),
-        },
+        "macro_avg": {**macro, "support": int(support.sum())},
         "accuracy": (true_positive.sum() / matrix.sum().clamp(min=1)).item(),
     }
 
