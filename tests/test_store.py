@@ -275,33 +275,55 @@ def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_built(
-    synthetic_root, tmp_path, monkeypatch
+    synthetic_root, tmp_path, monkeypatch, capsys, caplog
 ):
     """Before, a 401, or a user who may read but not add runs to the experiment, passed the
     start-up check: data and model were built, then MLflow's client failed with a 40-line
-    traceback and an outputs/ directory was left behind."""
+    traceback and an outputs/ directory was left behind. The jobs run in-process, as
+    scripts/train.py runs them; a sweep's refusal, as a script."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
 
-    def refused(uri: str, case: str, *args: str, **user: str) -> str:
+    def as_user(user: dict[str, str]) -> None:
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in user.items():
+            monkeypatch.setenv(name, value)
+
+    def refused(uri: str, case: str, **user: str) -> str:
         outputs = tmp_path / case
+        as_user(user)
+        cfg = compose_config([f"data.root={tmp_path / 'never'}", f"paths.outputs={outputs}",
+                              f"logger.tracking_uri={uri}", "device=cpu"])  # fmt: skip
+        caplog.clear()
+        logged, job = caplog.at_level(logging.WARNING), JobContext(output_dir=outputs / "job")
+        with logged, pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+            run_training(cfg, job)
+        assert exited.value.code == 2, case
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, (case, lines)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert not [*outputs.rglob("*")] and not (tmp_path / "never").exists()
+        return lines[0]
+
+    def refused_sweep(uri: str, **user: str) -> str:
+        outputs = tmp_path / "reader sweep"
         trained = subprocess.run(
-            [sys.executable, str(TRAIN_SCRIPT), *args, f"data.root={tmp_path / 'never'}",
+            [sys.executable, str(TRAIN_SCRIPT), "-m", "seed=0,1", f"data.root={tmp_path / 'never'}",
              f"paths.outputs={outputs}", f"logger.tracking_uri={uri}", "device=cpu"],
             capture_output=True, text=True, timeout=300, env={**env, **user},
         )  # fmt: skip
-        assert trained.returncode == 2, (case, trained.stderr[-2000:])
+        assert trained.returncode == 2, trained.stderr[-2000:]
         lines = trained.stderr.strip().splitlines()
-        assert len(lines) == 1, (case, trained.stderr[-2000:])
+        assert len(lines) == 1, trained.stderr[-2000:]
         assert not [*outputs.rglob("*")] and not (tmp_path / "never").exists()
         return lines[0]
 
     def train(uri: str, *args: str, **user: str) -> None:
-        trained = subprocess.run(
-            [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
-             "trainer.epochs=1", f"logger.tracking_uri={uri}", "logger.log_model=false", *args],
-            capture_output=True, text=True, timeout=600, env={**env, **user},
-        )  # fmt: skip
-        assert trained.returncode == 0, trained.stderr[-3000:]
+        as_user(user)
+        tiny = tiny_overrides(synthetic_root, tmp_path)
+        cfg = compose_config([*tiny, "trainer.epochs=1", f"logger.tracking_uri={uri}",
+                              "logger.log_model=false", *args])  # fmt: skip
+        run_training(cfg, JobContext(output_dir=tmp_path / f"trained {len(args)}"))
 
     with mlflow_server(tmp_path, auth=True) as url:
         host = url.removeprefix("http://")
@@ -311,24 +333,27 @@ def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_bui
             assert line.startswith(f"error: MLflow tracking server {url} ")
             assert "(HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in line
             assert "wrong" not in line
-        train(url, MLFLOW_TRACKING_USERNAME=ADMIN[0], MLFLOW_TRACKING_PASSWORD=ADMIN[1])
+        admin = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
+        train(url, **admin)
         # A second user may read the administrator's experiment (the server's default
         # permission) but not add runs to it; an experiment of their own is theirs.
         reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "pw-1234567890"}
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])  # this process: the admin
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+        as_user(admin)
         get_app_client("basic-auth", tracking_uri=url).create_user(*reader.values())
-        for case, args in {"run": [], "sweep": ["-m", "seed=0,1"]}.items():
-            line = refused(url, f"reader {case}", *args, **reader)
+        lines = {"run": refused(url, "reader run", **reader), "sweep": refused_sweep(url, **reader)}
+        for case, line in lines.items():
             assert line == (
                 f"error: MLflow tracking server {url} does not let user 'reader' add runs to "
                 "experiment 'mnist': ask its owner for EDIT permission, or set "
                 "logger.experiment to an experiment of your own"
             ), case
         train(url, "logger.experiment=readers", **reader)
-        admin = MlflowClient(url)
+        as_user(admin)
+        admin_client = MlflowClient(url)
         by_experiment = {
-            name: len(admin.search_runs([admin.get_experiment_by_name(name).experiment_id]))
+            name: len(
+                admin_client.search_runs([admin_client.get_experiment_by_name(name).experiment_id])
+            )
             for name in ("mnist", "readers")
         }
         assert by_experiment == {"mnist": 1, "readers": 1}  # the checks created no run
