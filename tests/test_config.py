@@ -9,11 +9,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mnist.cli import exit_on_user_error
 from mnist.config import validate_config
+from mnist.context import JobContext
 from mnist.data.augment import OPS
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import split_indices
 from mnist.errors import ConfigError, DataError
+from mnist.job import run_training
 from mnist.models import model_class
 from mnist.paths import REPO_ROOT
 from mnist.recipes import cpu_recipes, model_names, register_default_recipes
@@ -325,6 +328,7 @@ def test_script_refuses_late_failures_before_any_side_effect(tmp_path):
         assert key in lines[0]
     assert not data_root.exists()
     assert not (tmp_path / "mlruns").exists()
+    assert list((tmp_path / "outputs").iterdir()) == []  # no run directory, no .hydra/ or log
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -358,17 +362,21 @@ def test_fp16_on_cpu_is_refused():
         ),
     ],
 )
-def test_script_exits_non_zero_before_any_side_effect(
-    tmp_path, synthetic_root, overrides, problems
+def test_a_job_exits_2_before_any_side_effect(
+    tmp_path, synthetic_root, capsys, overrides, problems
 ):
-    result = run_train_script(*tiny_overrides(synthetic_root, tmp_path), *overrides)
-    assert result.returncode == 2, result.stderr[-3000:]
-    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    """In-process, as scripts/train.py runs the job (its exit as a script, and the directory
+    Hydra made for it discarded: test_script_refuses_late_failures_before_any_side_effect)."""
+    cfg = compose_config([*tiny_overrides(synthetic_root, tmp_path), *overrides])
+    with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+        run_training(cfg, JobContext(output_dir=tmp_path / "outputs" / "job"))
+    assert exited.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert error_lines == [error_lines[0]] and error_lines[0].startswith("error: Invalid config")
     for problem in problems:
         assert problem in error_lines[0]
     assert not (tmp_path / "mlruns").exists()  # no MLflow run
-    assert list((tmp_path / "outputs").iterdir()) == []  # no run directory, no .hydra/ or log
+    assert not (tmp_path / "outputs").exists()  # no run directory, no checkpoint or log
 
 
 def test_unknown_keys_get_hydras_error(tmp_path):
