@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.inference.loading import load_model
@@ -20,7 +21,7 @@ from mnist.targets import refuse_unsafe_config, targets_in
 from mnist.tools.reproduce import reproduce
 from mnist.tracking.store import get_or_create_experiment
 from mnist.training.checkpoint import save_checkpoint
-from tests.helpers import compose_config, run_train_script, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 from tests.helpers.checkpoints import SMALL_CONVNET, save_model_checkpoint
 
 PRECIOUS = "precious data"
@@ -126,20 +127,23 @@ def test_resume_refuses_a_foreign_target_anywhere_in_the_checkpoint(
     assert not (tmp_path / "o").exists()
 
 
-def test_the_script_refuses_a_hostile_last_pt_in_one_line(synthetic_root, tmp_path, victims):
+def test_training_refuses_a_hostile_last_pt_in_one_line(synthetic_root, tmp_path, victims, capsys):
+    """In-process, as scripts/train.py runs the job (exit_on_user_error)."""
     config = OmegaConf.to_container(
         compose_config([f"data.root={synthetic_root}", "data.verify_checksums=false",
                         f"paths.mlruns={tmp_path / 'mlruns'}", "device=cpu"]),
         resolve=True,
     )  # fmt: skip
     path = last_pt(tmp_path, plant(config, "optimizer value", payloads(tmp_path)["open"]))
-    result = run_train_script(f"trainer.resume={path}", f"paths.outputs={tmp_path / 'out'}")
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
+    cfg = compose_config([f"trainer.resume={path}", f"paths.outputs={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+        run_training(cfg, JobContext(output_dir=tmp_path / "out" / "job"))
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "refusing its config" in lines[0]
     assert "optimizer.weight_decay._target_='builtins.open'" in lines[0]
     assert_untouched(victims)
-    assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("place", ["optimizer", "optimizer value", "scheduler", "nested value"])
