@@ -16,6 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import ConfigError, ExportError
 from mnist.inference.digits import model_input
@@ -133,25 +134,33 @@ def test_exported_file_runs_in_a_fresh_process_without_this_package(exported, ch
     assert max(report["differences"]) <= TOLERANCE
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("bad format", "error: format='tflite' must be one of onnx, torchscript"),
-        ("corrupt checkpoint", "not a readable checkpoint, the file is corrupt or truncated"),
-    ],
-)
-def test_script_refuses_in_one_line_and_writes_no_model(case, message, checkpoint, tmp_path):
-    fmt = "tflite" if case == "bad format" else "onnx"
-    if case == "corrupt checkpoint":
-        data = checkpoint.read_bytes()
-        checkpoint = tmp_path / "broken.pt"
-        checkpoint.write_bytes(data[: len(data) // 2])
+def test_script_refuses_a_bad_format_in_one_line_and_writes_no_model(checkpoint, tmp_path):
     outputs = tmp_path / "outputs"
-    result = run_script("export", f"ckpt={checkpoint}", f"format={fmt}", f"paths.outputs={outputs}")
+    result = run_script("export", f"ckpt={checkpoint}", "format=tflite", f"paths.outputs={outputs}")
     assert result.returncode == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and message in line
+    assert line.startswith("error: format='tflite' must be one of onnx, torchscript")
     assert not [p for p in outputs.rglob("*") if p.suffix in (".onnx", ".pt", ".tmp")]
+
+
+def test_a_corrupt_checkpoint_is_refused_in_one_line_and_writes_no_model(
+    checkpoint, tmp_path, capsys
+):
+    """In-process, as scripts/export.py runs it (exit_on_user_error)."""
+    data = checkpoint.read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    outputs = tmp_path / "outputs"
+    cfg = export_config(broken, "format=onnx", f"paths.outputs={outputs}")
+    with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+        run_export(cfg, outputs / "job")
+    assert exited.value.code == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    (line,) = printed.err.strip().splitlines()
+    assert line.startswith("error: ")
+    assert "not a readable checkpoint, the file is corrupt or truncated" in line
+    assert not outputs.exists()
 
 
 def export_config(checkpoint: Path, *overrides: str):
