@@ -11,13 +11,16 @@ from pathlib import Path
 
 import joblib
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
 
 from mnist.context import PARENT_RUN_FILE
 from mnist.reporting.compare import compare
 from mnist.sweeps.callback import MlflowSweep
+from mnist.sweeps.jobs import refuse_invalid_sweep
 from mnist.tracking.registry import promote_sweep
-from tests.helpers import TRAIN_SCRIPT, run_train_script, tiny_overrides
+from tests.helpers import CONF_DIR, TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
 from tests.helpers.server import mlflow_server
 
@@ -281,15 +284,21 @@ def test_a_sweep_with_an_invalid_job_is_refused_before_it_starts(synthetic_root,
 
 
 def test_a_sweep_with_a_thread_count_torch_cannot_start_is_refused_before_it_starts(
-    synthetic_root, tmp_path
+    synthetic_root, tmp_path, capsys
 ):
     """Issue 30: the first job's 100000 threads left the sweep's one process without memory,
-    the next job failed too, and the parent run stayed RUNNING: now no job starts."""
-    sweep = run_train_script(
-        *sweep_overrides(synthetic_root, tmp_path), "device.num_threads=100000,1"
-    )
-    assert sweep.returncode == 2
-    (line,) = sweep.stderr.splitlines()
+    the next job failed too, and the parent run stayed RUNNING: now no job starts. In-process:
+    the check the sweep's callback runs as it starts, on a sweep as a preset gives it (the
+    command line's: test_a_sweep_with_an_invalid_job_is_refused_before_it_starts)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", sweep_overrides(synthetic_root, tmp_path)[1:],
+                      return_hydra_config=True)  # fmt: skip
+        with open_dict(cfg):
+            cfg.hydra.sweeper.params = {"device.num_threads": "100000,1"}
+        with pytest.raises(SystemExit) as exited:
+            refuse_invalid_sweep(cfg)
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: sweep job 0 (device.num_threads=100000): Invalid config: ")
     assert line.endswith("[1 of 2 jobs invalid; none was started]")
     assert not (tmp_path / "mlruns").exists()
