@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from mnist import Classifier, Prediction
+from mnist.cli import exit_on_user_error
 from mnist.context import JobContext
 from mnist.errors import ConfigError
 from mnist.inference.digits import to_mnist
@@ -211,13 +212,19 @@ def test_script_predicts_every_good_file_and_names_each_bad_one(checkpoint, tmp_
     assert len(records) == len(files) + 1 + len(bad_inputs)
 
 
-def test_script_refuses_a_broken_checkpoint_in_one_line(tmp_path):
+def test_predict_refuses_a_broken_checkpoint_in_one_line(tmp_path, capsys):
+    """In-process, as scripts/predict.py runs it (exit_on_user_error)."""
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     digit_images(tmp_path / "images")
-    result = run_predict(f"img={tmp_path / 'images'}", f"ckpt={tmp_path / 'broken.pt'}")
-    assert result.returncode == 2
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
+    cfg = compose_config(
+        [f"img={tmp_path / 'images'}", f"ckpt={tmp_path / 'broken.pt'}"], "predict"
+    )
+    with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+        run_prediction(cfg)
+    assert exited.value.code == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    lines = printed.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.pt" in lines[0]
 
 
