@@ -17,8 +17,7 @@ from omegaconf import open_dict
 
 from mnist.context import PARENT_RUN_FILE
 from mnist.reporting.compare import compare
-from mnist.sweeps.callback import MlflowSweep
-from mnist.sweeps.jobs import refuse_invalid_sweep
+from mnist.sweeps.callback import MlflowSweep, refuse_invalid_sweep
 from mnist.tracking.registry import promote_sweep
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
