@@ -121,7 +121,8 @@ def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: P
         )
         note = {NOTE_TAG: comparison.description(about)}
         metrics = table.summary_metrics(comparison.rows)
-        sweep_runs.log_to_parent(uri, parent_run_id, note, metrics, comparison.paths)
+        artifacts = dict.fromkeys(comparison.paths)
+        sweep_runs.log_to_parent(uri, parent_run_id, note, metrics, artifacts)
     except Exception as e:  # the parent must still end with its status
         log.warning("The sweep's summary could not be made: %s", e)
 

@@ -1,6 +1,5 @@
-"""Where the MLflow store is, whether it works (checked before any side effect), and its
-experiments. Imports neither torch nor MLflow at module level: the sweep callback and the
-scripts' start-up stay cheap."""
+"""Where the MLflow store is, whether it works, and its experiments. No torch or MLflow import
+at module level: the sweep callback and the scripts' start-up stay cheap."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ SCHEMA_LOCK_TIMEOUT_S = 300
 
 
 def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
-    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the repository's SQLite store. A
-    relative SQLite path is made absolute: MLflow would fail to place its artifacts."""
+    """A relative SQLite path is made absolute: MLflow would fail to place its artifacts."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return f"sqlite:///{Path(mlruns_dir).resolve() / 'mlflow.db'}"
@@ -44,20 +42,6 @@ def tracking_uri(configured: str | None, mlruns_dir: str | Path) -> str:
     if uri.startswith("sqlite:///") and path not in ("", ":memory:"):
         return f"sqlite:///{os.path.abspath(path)}"
     return without_credentials(uri, "logger.tracking_uri" if configured else "MLFLOW_TRACKING_URI")
-
-
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Artifacts of a local SQLite store live next to it, not in the working directory."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
-    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / slug).as_uri()
-
-
-def client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri, registry_uri=uri)
 
 
 T = TypeVar("T")
@@ -79,8 +63,24 @@ def retry_when_locked(call: Callable[[], T], attempts: int = 8, first_wait_s: fl
     return call()
 
 
+class _Retrying:
+    """An MlflowClient whose every call is retried on a collision."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        return lambda *args, **kwargs: retry_when_locked(lambda: method(*args, **kwargs))
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return _Retrying(MlflowClient(uri, registry_uri=uri))
+
+
 def children_filter(parent_run_id: str) -> str:
-    """The MLflow search filter for the runs under `parent_run_id` (a sweep's, a study's)."""
     return f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
 
 
@@ -88,29 +88,23 @@ def children(client: Any, experiment_id: str, parent_run_id: str, where: str = "
     """The runs under `parent_run_id`, oldest first; those matching `where` if given."""
     query = children_filter(parent_run_id) + (f" and {where}" if where else "")
     oldest_first = ["attributes.start_time ASC"]
-    return retry_when_locked(
-        lambda: client.search_runs([experiment_id], query, max_results=50000, order_by=oldest_first)
-    )
+    return client.search_runs([experiment_id], query, max_results=50000, order_by=oldest_first)
 
 
 def open_parent(
     client: Any, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
 ) -> str:
-    """A new RUNNING parent run of a sweep or a study; returns its id."""
     from mlflow.entities import Param
 
-    run_id = retry_when_locked(
-        lambda: client.create_run(experiment_id, run_name=name, tags=tags)
-    ).info.run_id
-    logged = [Param(key, str(value)) for key, value in params.items()]
-    retry_when_locked(lambda: client.log_batch(run_id, params=logged))
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
     return run_id
 
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """<db>.lock next to a SQLite store, for what two processes must not do at once: create
-    the schema (MLflow does on a process's first call) or register a model."""
+    the schema (on a process's first call) or register a model."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -131,17 +125,21 @@ def store_lock(uri: str) -> Iterator[None]:
 def get_or_create_experiment(
     uri: str, name: str, tags: Callable[[str], dict[str, str]] | None = None
 ) -> str:
-    """The id of experiment `name`, created if needed, with the `tags(experiment_id)`."""
+    """The id of experiment `name`, created if needed, with the `tags(experiment_id)`. A
+    SQLite store's artifacts live next to it, not in the working directory."""
     from mlflow.exceptions import MlflowException
 
+    location = None
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        location = (db.parent / "artifacts" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)).as_uri()
     with store_lock(uri):  # a process's first client opens the store (and caches it)
         tracker = client(uri)
     experiment = tracker.get_experiment_by_name(name)
     if experiment is None:
         try:
-            tracker.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            tracker.create_experiment(name, artifact_location=location)
         except MlflowException:
             if tracker.get_experiment_by_name(name) is None:
                 raise
@@ -153,8 +151,8 @@ def get_or_create_experiment(
 
 
 def _sqlite_problem(db: Path) -> str | None:
-    """Why the file `db` cannot be an MLflow store, read only: MLflow would fail after the
-    data is loaded, with a traceback."""
+    """Why the file `db` cannot be an MLflow store (read only): MLflow would fail late, with a
+    traceback."""
     size = db.stat().st_size
     if size == 0:
         return None  # an empty database: MLflow creates the schema
@@ -232,9 +230,8 @@ def check_store(
     read_only_option: str | None = None,
     experiment: str | None = None,
 ) -> None:
-    """TrackingError before any side effect when runs could not be recorded (`writes=False`:
-    read); MLflow would retry for minutes or fail late. `read_only_option` is offered for a
-    read-only store; `experiment` is checked for permissions on a server."""
+    """TrackingError before any side effect when runs could not be recorded (or with
+    `writes=False` read): MLflow would retry for minutes or fail late."""
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
     if uri.startswith("sqlite:"):
         _check_sqlite(uri, writes, read_only_option)

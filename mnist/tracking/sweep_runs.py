@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ def open_sweep(
         run_id = open_parent(tracker, experiment_id, name, tags, swept)
     else:
         run_id = earlier.info.run_id
-        store.retry_when_locked(lambda: tracker.update_run(run_id, status="RUNNING"))
+        tracker.update_run(run_id, status="RUNNING")
         tracker.set_tag(run_id, "sweep.resumed_dir", tags["sweep.dir"])
         log.info("sweep.resume=true: continuing sweep parent run %s", run_id)
     if jobs is not None:
@@ -87,7 +86,7 @@ def job_runs(
 def end_sweep(uri: str, parent_run_id: str, status: str) -> str:
     """Ends the parent run; returns the address of its runs' view."""
     tracker = store.client(uri)
-    store.retry_when_locked(lambda: tracker.set_terminated(parent_run_id, status))
+    tracker.set_terminated(parent_run_id, status)
     experiment_id = tracker.get_run(parent_run_id).info.experiment_id
     return show_children(tracker, experiment_id, parent_run_id)
 
@@ -104,10 +103,8 @@ def record_failed_job(
         "error": error,
         store.NOTE_TAG: f"Failed before its MLflow run opened: {error}",
     }
-    run_id = store.retry_when_locked(
-        lambda: tracker.create_run(experiment_id, run_name=name, tags=tags)
-    ).info.run_id
-    store.retry_when_locked(lambda: tracker.set_terminated(run_id, "FAILED"))
+    run_id = tracker.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    tracker.set_terminated(run_id, "FAILED")
     return run_id
 
 
@@ -116,31 +113,25 @@ def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
     (SIGKILL, power loss) and is ended FAILED."""
     tracker = store.client(uri)
     for run_id in filter(None, ctx.extra_tags.get(SUPERSEDES_TAG, "").split(",")):
-        store.retry_when_locked(
-            lambda run_id=run_id: tracker.set_tag(run_id, SUPERSEDED_TAG, new_run_id)
-        )
+        tracker.set_tag(run_id, SUPERSEDED_TAG, new_run_id)
         if tracker.get_run(run_id).info.status == "RUNNING":
-            store.retry_when_locked(lambda run_id=run_id: tracker.set_terminated(run_id, "FAILED"))
+            tracker.set_terminated(run_id, "FAILED")
 
 
 def log_to_parent(
     uri: str, parent_run_id: str, tags: dict[str, str], metrics: dict[str, float] | None = None,
-    paths: Sequence[Path] | dict[Path, str | None] = (), step: int = 0,
+    artifacts: dict[Path, str | None] | None = None, step: int = 0,
 ) -> None:  # fmt: skip
-    """Tags, metrics and files (or a dict: file -> artifact folder) onto a parent run (a
-    sweep's, a study's) as it ends."""
+    """Tags, metrics and files (file -> artifact folder) onto a parent run as it ends."""
     from mlflow.entities import Metric, RunTag
 
     tracker = store.client(uri)
-    folders = paths if isinstance(paths, dict) else dict.fromkeys(paths)
-    for path, folder in folders.items():
-        store.retry_when_locked(
-            lambda p=path, f=folder: tracker.log_artifact(parent_run_id, str(p), f)
-        )
+    for path, folder in (artifacts or {}).items():
+        tracker.log_artifact(parent_run_id, str(path), folder)
     timestamp = int(1000 * time.time())
     logged = [Metric(key, float(value), timestamp, step) for key, value in (metrics or {}).items()]
     run_tags = [RunTag(key, value) for key, value in tags.items()]
-    store.retry_when_locked(lambda: tracker.log_batch(parent_run_id, metrics=logged, tags=run_tags))
+    tracker.log_batch(parent_run_id, metrics=logged, tags=run_tags)
 
 
 # Optuna's trial states that are final.
@@ -153,16 +144,14 @@ def open_study_run(
     """The study's parent run, RUNNING, with `tags` and where the code stood; its id."""
     from mnist.tracking.runs import git_state  # imports torch, which a sweep's parent needs not
 
-    experiment_id = store.retry_when_locked(
-        lambda: store.get_or_create_experiment(uri, experiment, experiment_tags)
-    )
+    experiment_id = store.get_or_create_experiment(uri, experiment, experiment_tags)
     commit, dirty = git_state()
     tags = {"optuna.study": study, **tags, "git.commit": commit, "git.dirty": dirty}
     return store.open_parent(store.client(uri), experiment_id, f"study {study}", tags, params)
 
 
 def reopen_study_run(uri: str, run_id: str) -> None:
-    store.retry_when_locked(lambda: store.client(uri).update_run(run_id, status="RUNNING"))
+    store.client(uri).update_run(run_id, status="RUNNING")
 
 
 def end_study_run(
@@ -186,8 +175,8 @@ def end_study_run(
         if state is None:
             continue
         if child.data.tags.get("optuna.state") != state:
-            store.retry_when_locked(lambda r=run, s=state: client.set_tag(r, "optuna.state", s))
+            client.set_tag(run, "optuna.state", state)
         if child.info.status == "RUNNING" and state in ENDED:  # its process died (SIGKILL)
-            store.retry_when_locked(lambda r=run: client.set_terminated(r, "FAILED"))
-    store.retry_when_locked(lambda: client.set_terminated(run_id, status))
+            client.set_terminated(run, "FAILED")
+    client.set_terminated(run_id, status)
     return how_to_open(uri, show_children(client, experiment_id, run_id))
