@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """Each job's overrides in launch order, as Hydra's basic sweeper (every sweep of this
-    project, whatever the launcher) splits them; None under another sweeper."""
+    """Each job's overrides in launch order, as Hydra's basic sweeper splits them; None under
+    another sweeper."""
     if config.hydra.sweeper._target_ != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
         return None
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
@@ -51,36 +51,32 @@ def refuse_invalid_sweep(config: DictConfig) -> None:
     written: status 1 with Hydra's own message for overrides that do not compose (Hydra
     ignores what a callback raises, so its reporting is called here), 2 for invalid values."""
 
+    @exit_on_user_error(config)
     def validate() -> None:
-        with exit_on_user_error(config):
-            _validate_jobs(config)
+        jobs = sweep_jobs(config) or []
+        loader = GlobalHydra.instance().config_loader()
+        configs = [loader.load_sweep_config(config, overrides) for overrides in jobs]
+        from mnist.config import validate_config  # imports torch: after Hydra's own checks
+
+        invalid = []
+        for number, (overrides, job_config) in enumerate(zip(jobs, configs, strict=True)):
+            try:
+                refuse_unresolvable(job_config)
+                validate_config(job_config)
+            except ConfigError as e:
+                swept = [o for o in overrides if any(o not in job for job in jobs)] or overrides
+                invalid.append(f"sweep job {number} ({' '.join(swept)}): {e}")
+        if invalid:
+            raise ConfigError(
+                f"{invalid[0]} [{len(invalid)} of {len(jobs)} jobs invalid; none was started]"
+            )
 
     run_and_report(validate)
 
 
-def _validate_jobs(config: DictConfig) -> None:
-    jobs = sweep_jobs(config) or []
-    loader = GlobalHydra.instance().config_loader()
-    configs = [loader.load_sweep_config(config, overrides) for overrides in jobs]
-    from mnist.config import validate_config  # imports torch: after Hydra's own checks
-
-    invalid = []
-    for number, (overrides, job_config) in enumerate(zip(jobs, configs, strict=True)):
-        try:
-            refuse_unresolvable(job_config)
-            validate_config(job_config)
-        except ConfigError as e:
-            swept = [o for o in overrides if any(o not in job for job in jobs)] or overrides
-            invalid.append(f"sweep job {number} ({' '.join(swept)}): {e}")
-    if invalid:
-        raise ConfigError(
-            f"{invalid[0]} [{len(invalid)} of {len(jobs)} jobs invalid; none was started]"
-        )
-
-
 def swept_overrides(config: DictConfig) -> dict[str, str]:
-    """{key: its values} for each key the sweep varies (command line, then hydra.sweeper.params),
-    e.g. {"model": "linear,fast"}; where-to-write keys tell no two runs apart."""
+    """{key: its values} for each key the sweep varies, e.g. {"model": "linear,fast"};
+    where-to-write keys tell no two runs apart."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     lines = [*task_overrides(config.hydra), *(f"{key}={value}" for key, value in params.items())]
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
@@ -93,7 +89,7 @@ def swept_overrides(config: DictConfig) -> dict[str, str]:
 
 
 def _not_finished(runs: list[Any], jobs: int) -> str:
-    """What became of the jobs that did not finish, e.g. ": 1 FAILED, 1 with no run"."""
+    """E.g. ": 1 FAILED, 1 with no run"."""
     counts = Counter(run.info.status for run in runs if run.info.status != "FINISHED")
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
     if without := jobs - len(runs):
@@ -103,7 +99,7 @@ def _not_finished(runs: list[Any], jobs: int) -> str:
 
 def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: Path) -> None:
     """The parent run as the sweep's summary: its comparison as artifacts, a description
-    opening with the winner, each row's mean ± std under summary/. A failure is only logged."""
+    opening with the winner, each row's mean ± std. A failure is only logged."""
     from mnist.reporting import table
     from mnist.reporting.compare import load_references, write_comparison  # imports torch
 
@@ -146,16 +142,14 @@ class MlflowSweep(Callback):
             store.check_store(uri, experiment=config.logger.experiment)
         sweep_dir = Path(config.hydra.sweep.dir)
         swept = swept_overrides(config)
-        jobs = sweep_jobs(config)
-        job_count = None if jobs is None else len(jobs)
+        job_count = None if (jobs := sweep_jobs(config)) is None else len(jobs)
         tags = {
             "sweep.dir": str(sweep_dir),
             "hydra.overrides": " ".join(task_overrides(config.hydra)),
             SWEEP_HASH_TAG: sweep_sha256(config),
         }
         name = f"sweep {'/'.join(sweep_dir.parts[-2:])}"
-        experiment = config.logger.experiment
-        resume = config.sweep.resume is True
+        experiment, resume = config.logger.experiment, config.sweep.resume is True
         run_id = sweep_runs.open_sweep(uri, experiment, name, tags, swept, resume, job_count)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key in swept))

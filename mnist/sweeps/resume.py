@@ -1,6 +1,5 @@
-"""sweep.resume=true: a job, known among the sweep's runs by its config.sha256, is not re-run
-when FINISHED, continued from its last.pt when interrupted, else run anew superseding the
-old run. A job that fails before its run opens gets a FAILED run saying why."""
+"""sweep.resume=true: a job, known by its config.sha256, is not re-run when FINISHED, continued
+from its last.pt when interrupted, else run anew superseding the old run."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def sweep_sha256(config: DictConfig) -> str:
-    """The sweep's identity: its overrides then the sweeper's params, less where-to-write keys
-    and the launcher's settings (a sweep stopped under one launcher resumes under another)."""
+    """Less where-to-write keys and the launcher's settings: a sweep stopped under one launcher
+    resumes under another."""
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
     kept = []
     for override in task_overrides(config.hydra):
@@ -35,14 +34,13 @@ def sweep_sha256(config: DictConfig) -> str:
 
 
 def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, Any] | None]:
-    """(the config to run, None), or (cfg, the final metrics) of a job already FINISHED in
-    the resumed sweep; ctx names the runs a job run anew supersedes."""
+    """(the config to run, None), or (cfg, the final metrics) of a job already FINISHED; ctx
+    names the runs a job run anew supersedes."""
     if not (ctx.parent_run_id and OmegaConf.select(cfg, "sweep.resume") is True):
         return cfg, None
     from mnist.tracking.params import config_sha256  # imports torch
 
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    # The job's earlier runs in the sweep that count, the latest first.
     earlier = current_runs(job_runs(uri, ctx.parent_run_id, config_sha256(cfg)))[::-1]
     if not earlier:
         return cfg, None
@@ -70,8 +68,7 @@ def resume_job(cfg: DictConfig, ctx: JobContext) -> tuple[DictConfig, dict[str, 
 
 
 def record_failed_job(cfg: DictConfig, error: BaseException) -> None:
-    """A FAILED child run described by the error of a job that failed (or was refused)
-    before its own run opened; none when the job has a run in the sweep."""
+    """A FAILED child run saying why a job failed before its own run opened."""
     from mnist.tracking.params import CONFIG_HASH_TAG, config_sha256
 
     ctx = JobContext.from_hydra()
@@ -83,12 +80,8 @@ def record_failed_job(cfg: DictConfig, error: BaseException) -> None:
         return
     # MLflow keeps tag values of up to 8000 characters.
     message = redact(f"{type(error).__name__}: {error}")[:4000]
-    tags = {
-        "model": ctx.choices.get("model", "n/a"),
-        "seed": str(cfg.seed),
-        "hydra.overrides": " ".join(ctx.overrides),
-        CONFIG_HASH_TAG: config_hash,
-    }
+    tags = {"model": ctx.choices.get("model", "n/a"), "seed": str(cfg.seed),
+            "hydra.overrides": " ".join(ctx.overrides), CONFIG_HASH_TAG: config_hash}  # fmt: skip
     name = cfg.logger.run_name or ctx.run_name
     run_id = sweep_runs.record_failed_job(uri, parent, name, tags, message)
     log.error("Job %d failed before its MLflow run opened; recorded as FAILED run %s: %s",

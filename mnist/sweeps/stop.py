@@ -1,7 +1,5 @@
 """SIGTERM to a sweep's launcher stops its jobs as Ctrl-C would, so that sweep.resume=true can
-continue it: otherwise the parent run stays RUNNING and joblib's workers, which the signal
-does not reach, go on training as orphans. The launcher forwards the stop, waits for the
-runs to end (KILLED, with a last.pt) and ends with the signal's status (143, 130)."""
+continue it: else the parent stays RUNNING and joblib's workers train on as orphans."""
 
 from __future__ import annotations
 
@@ -26,8 +24,7 @@ GRACE_S = 60.0
 
 
 def joblib_workers() -> list[int]:
-    """The process ids of loky's workers in this process, read from its private executor
-    (the only record of them; tests/test_sweep_internals.py checks it); empty without joblib."""
+    """Loky's workers, read from its private executor (the only record of them)."""
     module = sys.modules.get("joblib.externals.loky.reusable_executor")
     executor = getattr(module, "_executor", None)
     return list(getattr(executor, "_processes", None) or {})
@@ -38,8 +35,8 @@ def _running_jobs(uri: str, parent_run_id: str) -> set[str]:
 
 
 def stop_jobs_on_signals(uri: str, parent_run_id: str) -> Callable[[], None]:
-    """Install the launcher's SIGTERM and SIGINT handler; returns what puts the previous ones
-    back. (In the basic launcher the job's own handler stops it while it trains.)"""
+    """Installs the launcher's SIGTERM and SIGINT handler: it forwards the stop, waits for the
+    runs to end KILLED and raises; returns what puts the previous handlers back."""
 
     def stop(signum: int, frame: Any) -> None:
         restore()  # a second signal ends the launcher at once

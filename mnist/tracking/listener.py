@@ -1,6 +1,5 @@
-"""A training job's MLflow run: the one module that turns the core's events
-(mnist/training/events.py) into MLflow calls, so adding a metric or a file to every run is
-an edit here. Also: the run a trainer.resume names, and what a store that failed says."""
+"""A training job's MLflow run: the core's events as MLflow calls, so adding a metric or a file
+to every run is an edit here."""
 
 from __future__ import annotations
 
@@ -39,8 +38,6 @@ SPLIT_FILES = {
 
 @dataclass
 class RunStart:
-    """What the job has set up: the MLflow run opens with it."""
-
     setup: Setup
     model_name: str
     summary: ModelSummary
@@ -48,14 +45,21 @@ class RunStart:
 
 
 class MlflowListener(RunListener):
-    """The open run: each epoch's metrics logged once per step (a resumed run redoes epochs
-    the interrupted process may have logged), then shown to JobContext.epoch_observer."""
+    """Each metric logged once per step: a resumed run redoes epochs the interrupted process
+    may have logged."""
 
     def __init__(
         self, run_id: str, cfg: DictConfig, ctx: JobContext, start: RunStart, resumed: bool
     ) -> None:
+        import mlflow
+
         self.run_id, self.cfg, self.ctx, self.start, self.resumed = run_id, cfg, ctx, start, resumed
-        self.logged = logged_steps() if resumed else set()
+        client = mlflow.MlflowClient()
+        self.logged = {
+            (name, metric.step)
+            for name in (client.get_run(run_id).data.metrics if resumed else ())
+            for metric in client.get_metric_history(run_id, name)
+        }
 
     def on_epoch_end(self, metrics: dict[str, float], epoch: int) -> None:
         self.log_metrics(metrics, epoch)
@@ -67,7 +71,6 @@ class MlflowListener(RunListener):
             runs.log_metrics(new, step)
 
     def log_model(self, test_images: torch.Tensor, step: int) -> None:
-        """The best-validation model, before the final metrics that, at its step, describe it."""
         example = normalize(to_unit_float(test_images[:4])).cpu()
         model = copy.deepcopy(self.start.setup.model).cpu()
         runs.log_pytorch_model(model, example, self.start.model_name, self.cfg.logger.register,
@@ -84,28 +87,13 @@ class MlflowListener(RunListener):
         runs.log_artifacts([best], artifact_path="checkpoints")
 
     def log_phases(self, seconds: dict[str, float]) -> None:
-        """time/<phase>_s; not a resumed run's, which are not a start's."""
-        if not self.resumed:
+        if not self.resumed:  # a resumed run's phases are not a start's
             runs.log_metrics(seconds)
 
 
-def logged_steps() -> set[tuple[str, int]]:
-    """(metric, step) pairs the active run has logged: a resumed run redoes what came after
-    its last checkpoint, and leaves out what the interrupted process had logged of it."""
-    import mlflow
-
-    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-    return {
-        (name, metric.step)
-        for name in client.get_run(run_id).data.metrics
-        for metric in client.get_metric_history(run_id, name)
-    }
-
-
 def log_datasets(root: Path, data: Any, seed: int, sizes: dict[str, int]) -> None:
-    """The active run's training, validation and test sets as MLflow datasets (mnist-<context>),
-    each identified by the SHA-256 of its IDX files (the published ones when verified) and its
-    split: runs on the same images show the same one. `data`: the run's data.* config."""
+    """The run's three sets as MLflow datasets, each identified by its IDX files' SHA-256 and its
+    split: runs on the same images show the same one."""
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -136,7 +124,7 @@ def training_run(
     cfg: DictConfig, ctx: JobContext, uri: str, start: RunStart, resume_id: str | None
 ) -> Iterator[MlflowListener]:
     """The job's MLflow run until the block ends: a new one logs its params, sizes, datasets
-    and first files; `resume_id` (the run of a last.pt) is continued instead."""
+    and first files; `resume_id`'s is continued instead."""
     with runs.mlflow_run(
         uri, cfg.logger.experiment, cfg.logger.run_name or ctx.run_name, _tags(cfg, ctx, start),
         run_params(cfg, ctx.choices), resume_id, experiment_tags=ui.experiment_tags,
@@ -198,8 +186,8 @@ def refuse_finished_run(target: str, run_id: str, uri: str) -> None:
 
 
 def store_failure(error: Exception, uri: str) -> str | None:
-    """What a failed store or disk says, in a line; None for any other exception (a bug
-    keeps its traceback). The root cause names it best: MLflow wraps it in up to four."""
+    """What a failed store or disk says, in a line; None for any other exception (a bug keeps
+    its traceback). The root cause names it best: MLflow wraps it in up to four."""
     from mlflow.exceptions import MlflowException
 
     if not isinstance(error, MlflowException | OSError):

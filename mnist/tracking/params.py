@@ -1,6 +1,5 @@
-"""A training run's MLflow params, what makes its result differ from another's (the whole
-config stays its config.yaml artifact), and config.sha256: the identity of what it
-computes, by which a resumed sweep recognises a job it already ran."""
+"""A run's MLflow params: what can make its result differ (the whole config is its config.yaml
+artifact), and config.sha256, by which a resumed sweep recognises a job it already ran."""
 
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ def changes_results(key: str) -> bool:
 
 
 def result_values(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The flattened values that can change a run's numbers; a key added since runs were
-    stored only away from the value that trains as before (ADDED_KEYS)."""
+    """A key added since runs were stored only away from the value that trains as before."""
     return {
         key: value
         for key, value in flatten(cfg).items()
@@ -48,7 +46,6 @@ def result_values(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
-    """The option of each config group, then every value that can change the numbers."""
     groups = {group: choices[group] for group in GROUPS if group in choices}
     # Hydra's `_target_` and an empty section (augmentation=none, flattened to {}): the
     # group's option says the same in a word.
@@ -65,8 +62,7 @@ def run_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
 
 
 def config_sha256(cfg: DictConfig | dict[str, Any]) -> str:
-    """Hex digest of result_values, independent of key order. `_target_` counts (two models
-    may share their arguments), and so do keys of doubtful effect (device.num_threads): a
-    job is matched only when nothing that might matter changed."""
+    """`_target_` counts (two models may share their arguments), and so do keys of doubtful
+    effect: a job is matched only when nothing that might matter changed."""
     text = json.dumps(result_values(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -1,6 +1,5 @@
-"""What commands read back from a store: experiments, runs, metrics, a run's config.yaml, and
-the best.pt a model URI or run id names. Never a logged model itself: the pytorch flavour
-is a pickle, and loading it would run whatever it contains."""
+"""What commands read back from a store. Never a logged model itself: the pytorch flavour is a
+pickle, and loading it would run whatever it contains."""
 
 from __future__ import annotations
 
@@ -61,7 +60,6 @@ def _registered_run(model_uri: str, uri: str) -> str:
 
 
 def champion_run(uri: str, name: str) -> str | None:
-    """The run of models:/<name>@champion; None when there is no such model or alias."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -77,9 +75,8 @@ def fetched_checkpoint(
     spec: str | None, tracking_uri: str | None, registered_model: str | None
 ) -> Iterator[tuple[str, str]]:
     """(path, source) of the best.pt of the run `spec` names (None: the champion of
-    `registered_model`, else the latest finished run), downloaded for the `with` block;
-    ConfigError for what cannot be fetched. A missing SQLite file is refused: MLflow
-    would create an empty store."""
+    `registered_model`, else the latest finished run), for the `with` block. A missing
+    SQLite file is refused: MLflow would create an empty store."""
     from mlflow.exceptions import MlflowException
 
     uri = store.tracking_uri(tracking_uri, DEFAULT_MLRUNS)
@@ -112,7 +109,6 @@ def fetched_checkpoint(
 
 
 def run_config(uri: str, run_id: str) -> tuple[Any, str]:
-    """The run `run_id` and the text of its config.yaml; ConfigError if unreadable."""
     from mlflow.exceptions import MlflowException
 
     tracker = store.client(uri)
@@ -125,7 +121,6 @@ def run_config(uri: str, run_id: str) -> tuple[Any, str]:
 
 
 def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment `name`; ConfigError naming the store's experiments if none."""
     tracker = store.client(uri)
     found = tracker.get_experiment_by_name(name)
     if found is None:
@@ -138,8 +133,7 @@ def experiment_id(uri: str, name: str) -> str:
 
 
 def search_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
-    """The runs of `experiment` (its id) matching `filter_string`, oldest first, up to
-    MLflow's limit of 50,000; ConfigError for a filter MLflow cannot read."""
+    """Oldest first, up to MLflow's limit of 50,000."""
     from mlflow.exceptions import MlflowException
 
     oldest_first = ["attributes.start_time ASC"]
@@ -152,7 +146,6 @@ def search_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
 
 
 def latest_run(uri: str, experiment: str, filter_string: str) -> Any | None:
-    """The most recent run of `experiment` (its id) matching `filter_string`, if any."""
     found = store.client(uri).search_runs(
         [experiment], filter_string, order_by=["attributes.start_time DESC"], max_results=1
     )

@@ -49,8 +49,8 @@ def latest_sweep(uri: str, experiment: str) -> str:
 
 
 def best_run(uri: str, parent_run_id: str) -> tuple[Any, str | None]:
-    """The finished child of the sweep with a logged model and the highest validation
-    accuracy (the earliest of equals), and what to say when the sweep is incomplete."""
+    """The finished child with a logged model and the best validation accuracy (the earliest
+    of equals), and what to say when the sweep is incomplete."""
     from mlflow.exceptions import MlflowException
 
     client = store.client(uri)
@@ -74,7 +74,6 @@ def best_run(uri: str, parent_run_id: str) -> tuple[Any, str | None]:
 
 
 def _description(run: Any) -> str:
-    """The version's page: how good it is, its run, how to train it again, its contract."""
     metrics, info = run.data.metrics, run.info
     test = f"{metrics['test/acc']:.2%}" if "test/acc" in metrics else "n/a"
     return (
@@ -88,9 +87,8 @@ def _description(run: Any) -> str:
 def promote_sweep(
     uri: str, experiment: str, parent_run_id: str | None, name: str, alias: str = CHAMPION
 ) -> Promotion:
-    """Points `name@alias` at the best model of the sweep `parent_run_id` (else the latest
-    of `experiment`), registered now unless it is already. mlflow.register_model, not
-    create_model_version: the logged model's page then shows it registered too."""
+    """Points `name@alias` at the best model of the sweep, registered unless it is already.
+    mlflow.register_model, not create_model_version: the logged model's page then shows it."""
     import mlflow
 
     # Registering models:/<id> reads the logged model through the global store.

@@ -1,5 +1,5 @@
-"""Whether a tracking server works, asked before any side effect: it answers, speaks MLflow's
-API and takes the credentials MLflow's client would send. Plain HTTP: no MLflow import."""
+"""Whether a tracking server answers, speaks MLflow's API and takes the credentials MLflow's
+client would send. Plain HTTP: no MLflow import."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store
 
 
 def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
-    """(HTTP status, start of the body) of GET `path` (POST `body` as JSON when given), with
-    the basic-auth credentials MLflow's client would send; TrackingError if nothing answers."""
+    """(HTTP status, start of the body) of GET `path`, or POST `body` as JSON."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{uri.rstrip('/')}{path}", data=data, headers={"Content-Type": "application/json"}

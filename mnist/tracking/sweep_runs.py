@@ -1,6 +1,5 @@
-"""Sweeps and studies in MLflow: a parent run whose children are the jobs' or trials' runs;
-which of a sweep's runs count, FAILED runs for jobs that failed before theirs opened, and
-superseded runs; a study's trials' runs tagged with their state. Called with plain values."""
+"""Sweeps and studies in MLflow: a parent run whose children are the jobs' or trials' runs.
+Called with plain values."""
 
 from __future__ import annotations
 
@@ -28,13 +27,11 @@ SUPERSEDED_TAG = "sweep.superseded_by"
 
 
 def current_runs(runs: list[Any]) -> list[Any]:
-    """The training runs that count: not superseded, and with a model (not a parent or
-    compare's summary)."""
+    """Not superseded, and with a model (not a parent or compare's summary)."""
     return [run for run in runs if SUPERSEDED_TAG not in run.data.tags and "model" in run.data.tags]
 
 
 def partial_sweep(parent: Any, finished: int) -> str | None:
-    """What a report must say when only `finished` of the sweep's jobs finished, else None."""
     jobs = int(parent.data.tags.get(JOBS_TAG, 0))
     if finished >= jobs:
         return None
@@ -48,9 +45,8 @@ def open_sweep(
     uri: str, experiment: str, name: str, tags: dict[str, str], swept: dict[str, str],
     resume: bool, jobs: int | None,
 ) -> str:  # fmt: skip
-    """The sweep's parent run: a new one, or with `resume` the latest of the same sweep
-    (SWEEP_HASH_TAG), running again. Creates the store's schema and the experiment before
-    parallel jobs would race each other to."""
+    """A new parent run, or with `resume` the latest of the same sweep running again. Creates
+    the store's schema and the experiment before parallel jobs would race each other to."""
     experiment_id = store.get_or_create_experiment(uri, experiment, experiment_tags)
     tracker = store.client(uri)
     same_sweep = f"tags.`{SWEEP_HASH_TAG}` = '{tags[SWEEP_HASH_TAG]}'"
@@ -72,8 +68,6 @@ def open_sweep(
 def job_runs(
     uri: str, parent_run_id: str, config_hash: str | None = None, status: str | None = None
 ) -> list[Any]:
-    """The runs under the sweep's parent, oldest first; those of `config_hash` or in
-    `status` if given."""
     from mnist.tracking.params import CONFIG_HASH_TAG  # imports torch
 
     tracker = store.client(uri)
@@ -84,7 +78,6 @@ def job_runs(
 
 
 def end_sweep(uri: str, parent_run_id: str, status: str) -> str:
-    """Ends the parent run; returns the address of its runs' view."""
     tracker = store.client(uri)
     tracker.set_terminated(parent_run_id, status)
     experiment_id = tracker.get_run(parent_run_id).info.experiment_id
@@ -97,20 +90,16 @@ def record_failed_job(
     """A FAILED child run for a job that failed before its own run opened; returns its id."""
     tracker = store.client(uri)
     experiment_id = tracker.get_run(parent_run_id).info.experiment_id
-    tags = {
-        store.PARENT_TAG: parent_run_id,
-        **tags,
-        "error": error,
-        store.NOTE_TAG: f"Failed before its MLflow run opened: {error}",
-    }
+    note = {store.NOTE_TAG: f"Failed before its MLflow run opened: {error}", "error": error}
+    tags = {store.PARENT_TAG: parent_run_id, **tags, **note}
     run_id = tracker.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     tracker.set_terminated(run_id, "FAILED")
     return run_id
 
 
 def mark_superseded(uri: str, ctx: JobContext, new_run_id: str) -> None:
-    """Tag the runs a restarted job's new run replaces; one still RUNNING lost its process
-    (SIGKILL, power loss) and is ended FAILED."""
+    """Tags the runs a restarted job's new run replaces; one still RUNNING lost its process
+    (SIGKILL) and ends FAILED."""
     tracker = store.client(uri)
     for run_id in filter(None, ctx.extra_tags.get(SUPERSEDES_TAG, "").split(",")):
         tracker.set_tag(run_id, SUPERSEDED_TAG, new_run_id)
@@ -155,17 +144,11 @@ def reopen_study_run(uri: str, run_id: str) -> None:
 
 
 def end_study_run(
-    uri: str,
-    run_id: str,
-    status: str,
-    metrics: dict[str, float],
-    tags: dict[str, str],
-    artifacts: dict[Path, str | None],
-    trial_states: dict[int, str],
-) -> str | None:
-    """Log where the study stands (the metrics' step: its number of trials), bring its trials'
-    runs up to date with `trial_states` (Optuna's, by trial number, the one source of truth)
-    and end it. Returns how to open its trials in the MLflow UI, where known."""
+    uri: str, run_id: str, status: str, metrics: dict[str, float], tags: dict[str, str],
+    artifacts: dict[Path, str | None], trial_states: dict[int, str],
+) -> str | None:  # fmt: skip
+    """Logs where the study stands (step: its number of trials), brings its trials' runs up to
+    date with Optuna's `trial_states` (the one source of truth) and ends it; how to open it."""
     log_to_parent(uri, run_id, tags, metrics, artifacts, step=len(trial_states))
     client = store.client(uri)
     experiment_id = client.get_run(run_id).info.experiment_id
@@ -178,5 +161,4 @@ def end_study_run(
             client.set_tag(run, "optuna.state", state)
         if child.info.status == "RUNNING" and state in ENDED:  # its process died (SIGKILL)
             client.set_terminated(run, "FAILED")
-    client.set_terminated(run_id, status)
-    return how_to_open(uri, show_children(client, experiment_id, run_id))
+    return how_to_open(uri, end_sweep(uri, run_id, status))

@@ -26,7 +26,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:5000"
 
 
 def _curve(metric: str) -> dict[str, Any]:
-    """A line chart of `metric` per epoch, every field given: the UI reads none as default."""
+    """Every field given: the UI reads none as default."""
     return {
         "uuid": f"curve-{metric}",
         "type": "LINE",
@@ -52,9 +52,7 @@ def _curve(metric: str) -> dict[str, Any]:
 
 
 def _view(search_filter: str = "") -> dict[str, Any]:
-    """The runs matching `search_filter` by validation accuracy, with the model, the key
-    metrics and the dataset as columns; the charts open on the learning curves, two a row
-    (`isAccordionReordered` keeps the sections in this order, not sorted by name)."""
+    """`isAccordionReordered` keeps the sections in this order, not sorted by name."""
     columns = [
         "params.`model`",
         *(f"metrics.`{name}`" for name in KEY_METRICS),
@@ -82,12 +80,10 @@ def _view(search_filter: str = "") -> dict[str, Any]:
 
 
 def runs_path(experiment_id: str, view_key: str = VIEW_KEY) -> str:
-    """The experiment's runs in the view `view_key`, relative to the UI (as all paths here)."""
     return f"#/experiments/{experiment_id}/runs?viewStateShareKey={view_key}&{TRAINING_VIEW}"
 
 
 def run_path(experiment_id: str, run_id: str, tab: str = "") -> str:
-    """A run's page (`tab`: "model-metrics" for its charts)."""
     return f"#/experiments/{experiment_id}/runs/{run_id}{f'/{tab}' if tab else ''}?{TRAINING_VIEW}"
 
 
@@ -96,12 +92,10 @@ def version_path(name: str, version: str) -> str:
 
 
 def children_path(experiment_id: str, parent_run_id: str) -> str:
-    """A sweep's or a study's own runs: the view show_children saves."""
     return runs_path(experiment_id, f"runs-of-{parent_run_id}")
 
 
 def show_children(client: Any, experiment_id: str, parent_run_id: str) -> str:
-    """Saves the view of a sweep's or a study's own runs and returns its address."""
     view = json.dumps(_view(children_filter(parent_run_id)))
     client.set_experiment_tag(experiment_id, f"{VIEW_TAG}runs-of-{parent_run_id}", view)
     return children_path(experiment_id, parent_run_id)
@@ -121,8 +115,8 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
 
 
 def how_to_open(uri: str, path: str) -> str | None:
-    """How to see `path` of the store `uri`: the server's address, or for a SQLite store the
-    `make ui` command (STORE=, PORT= as it last served it) and its address; else None."""
+    """The server's address, or for a SQLite store the `make ui` command (STORE=, PORT= as it
+    last served it) and its address."""
     from mnist.paths import DEFAULT_MLRUNS
 
     if uri.startswith(("http://", "https://")):
