@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import logging
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +107,7 @@ def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: P
         comparison = write_comparison(
             uri, experiment, parent_run_id, None, None, references, output_dir
         )
-        # The table itself, without its notes: which model won, at the end of the sweep.
-        log.info("%s", comparison.markdown.split("\n\n")[1])
+        log.info("%s", comparison.markdown.split("\n\n")[1])  # the table, without its notes
         experiment_id = queries.experiment_id(uri, experiment)
         about = (
             f"[Open this sweep's runs]({children_path(experiment_id, parent_run_id)}), best "
@@ -128,10 +126,8 @@ class MlflowSweep(Callback):
     launched has a FINISHED child. Hydra skips `on_multirun_end` when a job raises, so an
     exit hook ends the parent (FAILED) then."""
 
-    def __init__(self) -> None:
-        # tracking URI, experiment, parent run id, sweep directory, number of jobs (or None)
-        self._parent: tuple[str, str, str, Path, int | None] | None = None
-        self._restore_signals: Callable[[], None] = lambda: None
+    # tracking URI, experiment, parent run id, sweep directory, number of jobs (or None)
+    _parent: tuple[str, str, str, Path, int | None] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_invalid_sweep(config)

@@ -1,6 +1,5 @@
-"""The MLflow run of a job: always ended with the right status, tagged with what traces it
-back to its code and machine. MLflow is imported inside the functions: commands that never
-track should not pay its seconds of import."""
+"""The MLflow run of a job: always ended with the right status, tagged with its code and
+machine. MLflow is imported inside the functions: commands that never track skip its import."""
 
 from __future__ import annotations
 
@@ -69,7 +68,7 @@ def _git(*args: str) -> str | None:
 
 
 def git_state() -> tuple[str, str]:
-    """(commit, whether there are uncommitted changes: "true"/"false"/"unknown")."""
+    """(commit, uncommitted changes: "true"/"false"/"unknown")."""
     status = _git("status", "--porcelain")
     dirty = "unknown" if status is None else str(bool(status)).lower()
     return _git("rev-parse", "HEAD") or "unknown", dirty
@@ -145,9 +144,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
-    """Files and folders into the active run. A failed copy into a local store deletes what
-    this call wrote (on a full disk, recording the run's end needs that room) and raises
-    MlflowException, as a server would."""
+    """A failed copy into a local store deletes what this call wrote (on a full disk, recording
+    the run's end needs that room) and raises MlflowException, as a server would."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -194,10 +192,9 @@ def log_pytorch_model(
     registered_name: str | None = None,
     step: int = 0,
 ) -> None:
-    """The model as torch.export's pt2 graph (loads without this package or unpickling),
-    unless a resumed run had logged it. `example` needs a batch of 2 or more
-    (the batch dimension stays dynamic). Requirements are given, not inferred, and the input
-    example is not re-validated: each would load the model again (seconds)."""
+    """As torch.export's pt2 graph (loads without this package or unpickling), unless a resumed
+    run had logged it. `example`: a batch of 2 or more (the batch dimension stays dynamic).
+    Requirements given, example not re-validated: each would load the model again."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
