@@ -12,9 +12,6 @@ import urllib.request
 
 from mnist.errors import TrackingError
 
-# A read any tracking server answers with its JSON (here the error RESOURCE_DOES_NOT_EXIST).
-API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
-
 
 def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
     """(HTTP status, start of the body) of GET `path`, or POST `body` as JSON."""
@@ -76,7 +73,8 @@ def check_server(uri: str, experiment: str | None = None) -> None:
     path = "/health"
     status, _ = _get(uri, path)
     if status == 200:
-        path = API_PROBE
+        # A read any tracking server answers with its JSON (the error RESOURCE_DOES_NOT_EXIST).
+        path = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-store-check"
         status, body = _get(uri, path)
         if status in (401, 403):
             raise TrackingError(_refused_credentials(uri, status))

@@ -123,10 +123,6 @@ def log_to_parent(
     tracker.log_batch(parent_run_id, metrics=logged, tags=run_tags)
 
 
-# Optuna's trial states that are final.
-ENDED = ("COMPLETE", "PRUNED", "FAIL")
-
-
 def open_study_run(
     uri: str, experiment: str, study: str, tags: dict[str, str], params: dict[str, Any]
 ) -> str:
@@ -159,6 +155,7 @@ def end_study_run(
             continue
         if child.data.tags.get("optuna.state") != state:
             client.set_tag(run, "optuna.state", state)
-        if child.info.status == "RUNNING" and state in ENDED:  # its process died (SIGKILL)
+        ended = state in ("COMPLETE", "PRUNED", "FAIL")
+        if child.info.status == "RUNNING" and ended:  # its process died (SIGKILL)
             client.set_terminated(run, "FAILED")
     return how_to_open(uri, end_sweep(uri, run_id, status))
