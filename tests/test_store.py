@@ -335,6 +335,10 @@ def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_bui
             assert "wrong" not in line
         admin = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
         train(url, **admin)
+        # Longer than any fixed read: an experiment's JSON grows with its tags (saved views).
+        as_user(admin)
+        experiment_id = MlflowClient(url).get_experiment_by_name("mnist").experiment_id
+        MlflowClient(url).set_experiment_tag(experiment_id, store.NOTE_TAG, "x" * 20_000)
         # A second user may read the administrator's experiment (the server's default
         # permission) but not add runs to it; an experiment of their own is theirs.
         reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "pw-1234567890"}

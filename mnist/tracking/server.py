@@ -14,7 +14,7 @@ from mnist.errors import TrackingError
 
 
 def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
-    """(HTTP status, start of the body) of GET `path`, or POST `body` as JSON."""
+    """(HTTP status, body) of GET `path`, or POST `body` as JSON."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{uri.rstrip('/')}{path}", data=data, headers={"Content-Type": "application/json"}
@@ -24,9 +24,9 @@ def _get(uri: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         request.add_header("Authorization", f"Basic {base64.b64encode(login).decode()}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read(4096)
+            return response.status, response.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.read(4096)
+        return e.code, e.read()
     except (OSError, ValueError) as e:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable "
