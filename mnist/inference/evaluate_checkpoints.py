@@ -4,7 +4,6 @@ test set or on the validation images its run held out, with a training run's rep
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,9 @@ from mnist.data.tensors import MnistTensors, load_mnist, split_indices
 from mnist.errors import ConfigError
 from mnist.inference.loading import LoadedModel, load_model
 from mnist.reporting.reports import write_test_reports
-from mnist.tracking import runs, store, ui
+from mnist.tracking import runs, store
 from mnist.training.device import DeviceSettings, configure_torch, resolve_device
 from mnist.training.evaluation import Evaluation, accuracy, evaluate
-
-log = logging.getLogger(__name__)
 
 # Test-time augmentation: MNIST digits are centred by mass, so a one-pixel error in that
 # centring is the variation a test image most likely has.
@@ -187,9 +184,5 @@ def _log_to_mlflow(
         params[f"member{i}.model"] = member.config["model"]["_target_"]
     default_name = f"evaluate {model_name}" if len(members) == 1 else "evaluate ensemble"
     run_name = cfg.logger.run_name or default_name
-    with runs.mlflow_run(uri, cfg.logger.experiment, run_name, tags, params) as run:
-        runs.log_metrics(metrics)
-        runs.log_artifacts(artifacts)
-        log.info("Logged to MLflow run %s in %s", run.info.run_id, uri)
-        if hint := ui.how_to_open(uri, ui.run_path(run.info.experiment_id, run.info.run_id)):
-            log.info("See it: %s", hint)
+    experiment = cfg.logger.experiment
+    runs.log_run(uri, experiment, run_name, tags, params, metrics, artifacts, "the evaluation")

@@ -19,7 +19,7 @@ from mnist.reporting.table import Row
 from mnist.tracking import queries, store, ui
 from mnist.tracking.params import changes_results
 from mnist.tracking.registry import latest_sweep
-from mnist.tracking.runs import log_artifacts, log_metrics, mlflow_run
+from mnist.tracking.runs import log_run
 from mnist.tracking.store import children_filter
 from mnist.tracking.sweep_runs import current_runs, partial_sweep
 
@@ -29,48 +29,14 @@ ALL_RUNS = "all"  # parent_run_id=all: every training run of the experiment
 
 
 def search_filter(parent_run_id: str | None, extra: str | None) -> str:
-    clauses = [children_filter(parent_run_id)] if parent_run_id else []
-    return " and ".join([*clauses, *([extra] if extra else [])])
-
-
-def selected_sweep(uri: str, experiment: str, parent_run_id: str | None) -> str | None:
-    """`parent_run_id`, else the latest sweep of `experiment`; None for parent_run_id=all."""
-    queries.experiment_id(uri, experiment)
-    if parent_run_id == ALL_RUNS:
-        return None
-    if parent_run_id:
-        return parent_run_id
-    try:
-        return latest_sweep(uri, experiment)
-    except ConfigError as e:
-        raise ConfigError(f"{e}, or parent_run_id={ALL_RUNS} for all its runs") from e
-
-
-def load_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
-    """The training runs of `experiment` matching `filter_string`, oldest first, a run that a
-    resumed sweep restarted counted once."""
-    found = queries.experiment_id(uri, experiment)
-    runs = current_runs(queries.search_runs(uri, found, filter_string))
-    if not runs:
-        raise ConfigError(
-            f"no training runs in experiment {experiment!r}"
-            + (f" matching {filter_string!r}" if filter_string else "")
-            + "; check parent_run_id / filter, or run the sweep first"
-        )
-    return runs
+    return " and ".join(filter(None, [parent_run_id and children_filter(parent_run_id), extra]))
 
 
 def group_value(run: Any, key: str) -> str | None:
     """A swept key's value in a run: a tag (seed), a param, else from its Hydra overrides."""
-    if key in run.data.tags:
-        return run.data.tags[key]
-    if key in run.data.params:
-        return run.data.params[key]
-    for override in run.data.tags.get("hydra.overrides", "").split():
-        name, value = split_override(override)
-        if name == key:
-            return value
-    return None
+    overrides = map(split_override, run.data.tags.get("hydra.overrides", "").split())
+    found = next((value for name, value in overrides if name == key), None)
+    return run.data.tags.get(key, run.data.params.get(key, found))
 
 
 def config_keys(runs: list[Any]) -> list[str]:
@@ -99,36 +65,6 @@ def split_keys(runs: list[Any]) -> list[str]:
     return keys
 
 
-def train_images(run: Any) -> int | None:
-    """How many images the run trained on; None where it did not record it."""
-    params = run.data.params
-    if "data.val_size" not in params:
-        return None
-    available = MNIST_TRAIN_SIZE - int(params["data.val_size"])
-    subset = params.get("data.train_subset", "None")
-    return available if subset == "None" else min(available, int(subset))
-
-
-def _add_finished(row: Row, uri: str, run: Any) -> None:
-    """A metric the run did not log (a run cut short) stays out of the row's numbers."""
-    metrics, run_id = run.data.metrics, run.info.run_id
-    test_per_epoch = queries.metric_history(uri, run_id, "test/acc_epoch")
-    epoch_times = queries.metric_history(uri, run_id, "epoch_time_s")
-    row.finished += 1
-    row.train_images.append(train_images(run))
-    if test_per_epoch:
-        row.final_acc.append(test_per_epoch[-1])
-        row.max_acc.append(max(test_per_epoch))
-    if epoch_times:
-        row.epochs.append(len(epoch_times))
-        row.epoch_time_s += epoch_times
-    for name, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
-                         ("train_time_s", row.train_time_s)):  # fmt: skip
-        if name in metrics:
-            values.append(metrics[name])
-    row.img_per_s += queries.metric_history(uri, run_id, "throughput_img_s")
-
-
 def build_rows(
     uri: str, runs: list[Any], group_by: list[str] | None, references: dict[str, Any]
 ) -> list[Row]:
@@ -150,20 +86,37 @@ def build_rows(
 
 
 def _row(uri: str, runs: list[Any], keys: list[str], references: dict[str, Any]) -> Row:
-    first = runs[0]
-    model = first.data.tags["model"]
-    groups = {key: group_value(first, key) or "n/a" for key in keys}
-    row = Row(model, groups, reference=references.get(model), mixed=split_keys(runs))
-    layers = first.data.tags.get("model.conv_layers")  # models.describe.shape_tags
-    row.conv_layers = int(layers) if layers else None
-    row.pooling = first.data.tags.get("model.pooling", "n/a")
+    """A metric a run did not log (a run cut short) stays out of the row's numbers."""
+    first, tags = runs[0], runs[0].data.tags
+    layers = tags.get("model.conv_layers")  # models.describe.shape_tags
+    row = Row(tags["model"], {key: group_value(first, key) or "n/a" for key in keys},
+              conv_layers=int(layers) if layers else None, pooling=tags.get("model.pooling", "n/a"),
+              reference=references.get(tags["model"]), mixed=split_keys(runs))  # fmt: skip
     for run in runs:
-        if "params_count" in run.data.metrics:
-            row.params = int(run.data.metrics["params_count"])
-        if run.info.status == "FINISHED":
-            _add_finished(row, uri, run)
-        else:
+        metrics, params, run_id = run.data.metrics, run.data.params, run.info.run_id
+        if "params_count" in metrics:
+            row.params = int(metrics["params_count"])
+        if run.info.status != "FINISHED":
             row.unfinished.append(run)
+            continue
+        row.finished += 1
+        images = None  # not recorded
+        if "data.val_size" in params:
+            images = MNIST_TRAIN_SIZE - int(params["data.val_size"])
+            subset = params.get("data.train_subset", "None")
+            images = images if subset == "None" else min(images, int(subset))
+        row.train_images.append(images)
+        if test_per_epoch := queries.metric_history(uri, run_id, "test/acc_epoch"):
+            row.final_acc.append(test_per_epoch[-1])
+            row.max_acc.append(max(test_per_epoch))
+        if epoch_times := queries.metric_history(uri, run_id, "epoch_time_s"):
+            row.epochs.append(len(epoch_times))
+            row.epoch_time_s += epoch_times
+        for name, values in (("test/acc", row.checkpoint_acc), ("best/val_acc", row.val_acc),
+                             ("train_time_s", row.train_time_s)):  # fmt: skip
+            if name in metrics:
+                values.append(metrics[name])
+        row.img_per_s += queries.metric_history(uri, run_id, "throughput_img_s")
     return row
 
 
@@ -194,8 +147,16 @@ def write_comparison(
 ) -> Comparison:  # fmt: skip
     """The comparison of the sweep `parent_run_id` (None: every training run), of its runs
     that match `extra_filter`, written into `output_dir`; it says when not every job of the
-    sweep finished (a job that never opened a run is in its parent's count only)."""
-    runs = load_runs(uri, experiment, search_filter(parent_run_id, extra_filter))
+    sweep finished (a job that never opened a run is in its parent's count only). A run that
+    a resumed sweep restarted counts once."""
+    filter_string = search_filter(parent_run_id, extra_filter)
+    found = queries.search_runs(uri, queries.experiment_id(uri, experiment), filter_string)
+    if not (runs := current_runs(found)):
+        raise ConfigError(
+            f"no training runs in experiment {experiment!r}"
+            + (f" matching {filter_string!r}" if filter_string else "")
+            + "; check parent_run_id / filter, or run the sweep first"
+        )
     rows = build_rows(uri, runs, group_by, references)
     output_dir.mkdir(parents=True, exist_ok=True)
     parent = store.client(uri).get_run(parent_run_id) if parent_run_id else None
@@ -215,9 +176,31 @@ def write_comparison(
     return Comparison(rows, paths, markdown, title, note)
 
 
-def _about(uri: str, experiment: str, parent_run_id: str | None, cfg: DictConfig) -> str:
-    """What a comparison run compares, linked, and how."""
+def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
+    """Writes table.md, table.csv and chart.png into `output_dir` and returns their paths;
+    with cfg.log_summary, logs them to a run of `<experiment>/compare`, an experiment of its
+    own, so that the training runs' list and a sweep's own summary stay as they were."""
+    experiment, parent_run_id = cfg.logger.experiment, cfg.parent_run_id
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    store.check_store(
+        uri, writes=cfg.log_summary, read_only_option="log_summary=false", experiment=experiment
+    )
     experiment_id = queries.experiment_id(uri, experiment)
+    if parent_run_id == ALL_RUNS:
+        parent_run_id = None
+    elif not parent_run_id:
+        try:
+            parent_run_id = latest_sweep(uri, experiment)
+        except ConfigError as e:
+            raise ConfigError(f"{e}, or parent_run_id={ALL_RUNS} for all its runs") from e
+    group_by = None if cfg.group_by is None else list(cfg.group_by)
+    comparison = write_comparison(
+        uri, experiment, parent_run_id, cfg.filter, group_by, load_references(cfg), output_dir
+    )
+    log.info("%s", comparison.markdown)
+    if not cfg.log_summary:
+        return comparison.paths
+    # The comparison as a run: its files, a description, each row's mean ± std as metrics.
     if parent_run_id:
         name = store.client(uri).get_run(parent_run_id).info.run_name
         view = ui.show_children(store.client(uri), experiment_id, parent_run_id)
@@ -228,47 +211,16 @@ def _about(uri: str, experiment: str, parent_run_id: str | None, cfg: DictConfig
     else:
         source = f"the training runs of [{experiment}]({ui.runs_path(experiment_id)})"
     how = "".join(f", {key}={cfg[key]}" for key in ("filter", "group_by") if cfg[key] is not None)
-    return f"Compares {source}{how}. table.md, table.csv and chart.png: Artifacts."
-
-
-def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
-    """Writes table.md, table.csv and chart.png into `output_dir` and returns their paths;
-    with cfg.log_summary, logs them to a run of `<experiment>/compare`, an experiment of its
-    own, so that the training runs' list and a sweep's own summary stay as they were."""
-    experiment = cfg.logger.experiment
-    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    store.check_store(
-        uri, writes=cfg.log_summary, read_only_option="log_summary=false", experiment=experiment
-    )
-    parent_run_id = selected_sweep(uri, experiment, cfg.parent_run_id)
-    group_by = None if cfg.group_by is None else list(cfg.group_by)
-    comparison = write_comparison(
-        uri, experiment, parent_run_id, cfg.filter, group_by, load_references(cfg), output_dir
-    )
-    log.info("%s", comparison.markdown)
-    if cfg.log_summary:
-        _log_summary(cfg, uri, parent_run_id, comparison)
-    return comparison.paths
-
-
-def _log_summary(
-    cfg: DictConfig, uri: str, parent_run_id: str | None, comparison: Comparison
-) -> None:
-    """The comparison as a run: its files, a description, each row's mean ± std as metrics."""
-    experiment, rows = cfg.logger.experiment, comparison.rows
+    about = f"Compares {source}{how}. table.md, table.csv and chart.png: Artifacts."
+    rows = comparison.rows
     tags = {
         "compare.experiment": experiment,
         "compare.parent_run_id": parent_run_id or ALL_RUNS,
         "compare.filter": search_filter(parent_run_id, cfg.filter),
         "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
-        store.NOTE_TAG: comparison.description(_about(uri, experiment, parent_run_id, cfg)),
+        store.NOTE_TAG: comparison.description(about),
     }
     params = {"group_by": ",".join(["model", *rows[0].groups])}
-    run_name = cfg.logger.run_name or "compare"
-    summaries = f"{experiment}/compare"
-    with mlflow_run(uri, summaries, run_name, tags, params) as run:
-        log_artifacts(comparison.paths)
-        log_metrics(table.summary_metrics(rows))
-    log.info("Logged as run %s in experiment %r", run.info.run_id, summaries)
-    if hint := ui.how_to_open(uri, ui.run_path(run.info.experiment_id, run.info.run_id)):
-        log.info("See the comparison: %s", hint)
+    log_run(uri, f"{experiment}/compare", cfg.logger.run_name or "compare", tags, params,
+            table.summary_metrics(rows), comparison.paths, "the comparison")  # fmt: skip
+    return comparison.paths

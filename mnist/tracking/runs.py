@@ -20,6 +20,9 @@ import torch
 from mnist.data.batches import MNIST_MEAN, MNIST_STD
 from mnist.paths import REPO_ROOT
 from mnist.tracking.store import NOTE_TAG, get_or_create_experiment, retry_when_locked
+from mnist.tracking.ui import how_to_open, run_path
+
+log = logging.getLogger(__name__)
 
 MODEL_CONTRACT = (
     f"Input: float32 (N, 1, 28, 28), any N: MNIST-style digits, white on black, pixels scaled "
@@ -129,6 +132,19 @@ def mlflow_run(
             _end_run("KILLED" if isinstance(stopped, KeyboardInterrupt) else "FAILED")
         raise
     _end_run("FINISHED")
+
+
+def log_run(
+    uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
+    metrics: dict[str, float], paths: list[Path], what: str,
+) -> None:  # fmt: skip
+    """A command's result as a finished run; says how to open `what` (e.g. "the comparison")."""
+    with mlflow_run(uri, experiment, run_name, tags, params) as run:
+        log_metrics(metrics)
+        log_artifacts(paths)
+    log.info("Logged as run %s in experiment %r", run.info.run_id, experiment)
+    if hint := how_to_open(uri, run_path(run.info.experiment_id, run.info.run_id)):
+        log.info("See %s: %s", what, hint)
 
 
 def set_tags(tags: dict[str, str]) -> None:
