@@ -48,9 +48,14 @@ def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float,
     return wall, found[0]
 
 
-def phase_table(wall: float, metrics: dict[str, float]) -> tuple[str, dict[str, float]]:
-    """The Markdown table and its numbers: each phase, the rest (closing the run, process
-    exit), the wall time, train_time_s and the fixed cost."""
+def startup(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    """Each phase, the rest (closing the run, process exit), the wall time, train_time_s and
+    the fixed cost, as a Markdown table and a run."""
+    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
+    store.check_store(uri)
+    overrides = list(cfg.startup.command)
+    wall, run = run_command(overrides, uri, cfg.logger.experiment)
+    metrics = run.data.metrics
     seconds = {p: metrics[phase_metric(p)] for p in PHASES if phase_metric(p) in metrics}
     numbers = {
         **seconds,
@@ -59,26 +64,15 @@ def phase_table(wall: float, metrics: dict[str, float]) -> tuple[str, dict[str, 
         "train_time": metrics["train_time_s"],
         "fixed_cost": wall - metrics["train_time_s"],
     }
-    lines = ["| phase | seconds | share of wall |", "|---|---:|---:|"]
+    lines = [f"python scripts/train.py {' '.join(overrides)}: run {run.info.run_id}\n",
+             "| phase | seconds | share of wall |", "|---|---:|---:|"]  # fmt: skip
     lines += [f"| {name} | {value:.2f} | {value / wall:.0%} |" for name, value in numbers.items()]
-    return "\n".join(lines) + "\n", numbers
-
-
-def startup(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
-    uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
-    store.check_store(uri)
-    overrides = list(cfg.startup.command)
-    wall, run = run_command(overrides, uri, cfg.logger.experiment)
-    table, numbers = phase_table(wall, run.data.metrics)
-    header = f"python scripts/train.py {' '.join(overrides)}: run {run.info.run_id}\n\n"
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "startup.md"
-    path.write_text(header + table)
-    print(header + table)
-    with runs.mlflow_run(
-        uri, cfg.logger.experiment, "startup", {"training_run": run.info.run_id},
-        {"command": " ".join(overrides)},
-    ):  # fmt: skip
-        runs.log_metrics({f"startup/{name}_s": value for name, value in numbers.items()})
-        runs.log_artifacts([path])
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text())
+    runs.log_run(uri, cfg.logger.experiment, "startup", {"training_run": run.info.run_id},
+                 {"command": " ".join(overrides)},
+                 {f"startup/{name}_s": value for name, value in numbers.items()}, [path],
+                 "the start-up times")  # fmt: skip
     return numbers
