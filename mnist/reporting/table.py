@@ -97,12 +97,6 @@ def _reference(row: Row, key: str) -> str:
     return f"{ref[key]:.2f}" + (f" ({ref['epochs']} ep)" if ref.get("epochs") else "")
 
 
-def _target(row: Row) -> float | None:
-    """The accuracy (%) a row is measured against: the reference's final, else max, else goal."""
-    ref = row.reference or {}
-    return next((ref[key] for key in ("final", "max", "goal") if ref.get(key) is not None), None)
-
-
 def _incomparable(row: Row) -> str | None:
     """Why the row cannot be measured against its reference (other images or epochs)."""
     ref = row.reference or {}
@@ -120,52 +114,32 @@ def _incomparable(row: Row) -> str | None:
     )
 
 
-def _versus_target(row: Row) -> float | None:
-    goal, mean = _target(row), average(row.checkpoint_acc)
-    if goal is None or mean is None or _incomparable(row):
+def _versus(row: Row) -> float | str | None:
+    """The row's best-val-checkpoint mean minus its reference's target (final, else max, else
+    goal), in points; "n/c" where they are not comparable; None without a target or a mean."""
+    ref = row.reference or {}
+    goal = next((ref[key] for key in ("final", "max", "goal") if ref.get(key) is not None), None)
+    if goal is None or not row.checkpoint_acc:
         return None
-    return 100 * mean - goal
-
-
-def _versus_cell(row: Row) -> str:
-    if _target(row) is not None and row.checkpoint_acc and _incomparable(row):
-        return "n/c"
-    versus = _versus_target(row)
-    return "-" if versus is None else f"{versus:+.2f}"
+    return "n/c" if _incomparable(row) else 100 * average(row.checkpoint_acc) - goal
 
 
 def label(row: Row) -> str:
     return " ".join([row.model, *(f"{k}={v}" for k, v in row.groups.items())])
 
 
-def _runs_cell(row: Row) -> str:
-    failed = f" + {len(row.unfinished)} failed" if row.unfinished else ""
-    return f"{row.finished}{failed}" + (" (mixed)" if row.mixed else "")
-
-
-def _notes(rows: list[Row]) -> list[str]:
-    mixed = [f"- **mixed** {label(row)}: pools runs that differ in {', '.join(row.mixed)}; "
-             "leave group_by unset to split them" for row in rows if row.mixed]  # fmt: skip
-    incomparable = [f"- **n/c** {label(row)}: {_incomparable(row)}"
-                    for row in rows if _versus_cell(row) == "n/c"]  # fmt: skip
-    return [*mixed, *incomparable]
-
-
-def _winner(rows: list[Row]) -> Row | None:
-    return next((row for row in rows if row.val_acc), None)
-
-
 def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
     """The table, ★ on the first row with a validation accuracy; final and max test accuracy
     only where some run logged it per epoch. `only`: these columns, and no notes."""
     per_epoch = any(row.final_acc for row in rows)
-    winner = _winner(rows)
+    winner = next((row for row in rows if row.val_acc), None)
     columns: list[tuple[str, Any]] = [
         ("params", lambda row: _number(row.params, 0)),
         ("conv layers", lambda row: "n/a" if row.conv_layers is None else str(row.conv_layers)),
         ("pooling", lambda row: row.pooling),
         ("epochs", _epochs),
-        ("runs", _runs_cell),
+        ("runs", lambda row: f"{row.finished}" + (f" + {len(row.unfinished)} failed"
+                 if row.unfinished else "") + (" (mixed)" if row.mixed else "")),
         *([("final test acc %", lambda row: _percent_spread(row.final_acc)),
            ("max test acc %", lambda row: _percent(max(row.max_acc, default=None)))]
           if per_epoch else []),
@@ -176,7 +150,8 @@ def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
         ("img/s", lambda row: _number(average(row.img_per_s), 0)),
         ("ref final %", lambda row: _reference(row, "final")),
         ("ref max %", lambda row: _reference(row, "max")),
-        ("vs ref", _versus_cell),
+        ("vs ref", lambda row: "-" if (v := _versus(row)) is None else
+                    v if isinstance(v, str) else f"{v:+.2f}"),
     ]  # fmt: skip
     columns = [column for column in columns if not only or column[0] in only]
     header = ["model", *rows[0].groups, *(name for name, _ in columns)]
@@ -186,10 +161,13 @@ def markdown(rows: list[Row], title: str, only: tuple[str, ...] = ()) -> str:
         cells = [model, *row.groups.values(), *(cell(row) for _, cell in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     if not only:
-        lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES, *_notes(rows)]
-    sources = [f"- {row.model}: {row.reference['source']}" for row in rows if row.reference]
-    if sources and not only:
-        lines += ["", "References:", *dict.fromkeys(sources)]
+        lines += ["", NOTES if per_epoch else NO_EPOCH_NOTE, COMMON_NOTES]
+        lines += [f"- **mixed** {label(row)}: pools runs that differ in {', '.join(row.mixed)}; "
+                  "leave group_by unset to split them" for row in rows if row.mixed]  # fmt: skip
+        lines += [f"- **n/c** {label(row)}: {_incomparable(row)}"
+                  for row in rows if _versus(row) == "n/c"]  # fmt: skip
+        sources = [f"- {row.model}: {row.reference['source']}" for row in rows if row.reference]
+        lines += ["", "References:", *dict.fromkeys(sources)] if sources else []
     failed = [(row, run) for row in rows for run in row.unfinished]
     if failed:
         lines += ["", "Runs that did not finish:", "", "| row | run | status | run id |",
@@ -210,7 +188,7 @@ MAX_DESCRIPTION = 8000
 def description(rows: list[Row], title: str, about: str) -> str:
     """The winner, `about` (where the rows come from), then the table's key columns where
     MLflow keeps that much."""
-    winner = _winner(rows)
+    winner = next((row for row in rows if row.val_acc), None)
     found = (
         f"**Winner: {label(winner)}** by validation accuracy, "
         f"{_percent_spread(winner.val_acc)}% over {winner.finished} "
@@ -267,5 +245,5 @@ def write_csv(rows: list[Row], path: Path) -> Path:
                              pct(average(row.checkpoint_acc)), pct(deviation(row.checkpoint_acc)),
                              average(row.epoch_time_s), average(row.train_time_s),
                              average(row.img_per_s), ref.get("final"), ref.get("max"),
-                             _versus_target(row)]))  # fmt: skip
+                             None if isinstance(v := _versus(row), str) else v]))  # fmt: skip
     return path
