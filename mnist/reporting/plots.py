@@ -64,13 +64,9 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
 
 
 def plot_predictions(
-    images: Tensor,
-    labels: Tensor,
-    predictions: Tensor,
-    probabilities: Tensor,
-    path: Path,
+    images: Tensor, labels: Tensor, predictions: Tensor, probabilities: Tensor, path: Path,
     title: str,
-) -> Path:
+) -> Path:  # fmt: skip
     """A grid of digits captioned "pred p / true p" with the model's probability of each
     (a confident mistake stands out from a near tie), wrong ones in red; one mosaic image
     rather than an axes per digit, several times faster. `probabilities`: (N, 10)."""
@@ -153,14 +149,10 @@ def plot_comparison(rows: list[table.Row], title: str, path: Path) -> Path:
     fig, (acc_ax, time_ax) = plt.subplots(
         1, 2, figsize=(11, 1.8 + 0.5 * len(rows)), sharey=True, width_ratios=[3, 2]
     )
-    series = [
-        (attribute, color, name)
-        for attribute, color, name in (
-            ("final_acc", "tab:blue", "final test acc"),
-            ("checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
-        )
-        if any(getattr(row, attribute) for row in rows)
-    ]
+    series = [(attribute, color, name) for attribute, color, name in (
+        ("final_acc", "tab:blue", "final test acc"),
+        ("checkpoint_acc", "tab:orange", "best-val ckpt test acc"),
+    ) if any(getattr(row, attribute) for row in rows)]  # fmt: skip
     height = 0.8 / max(len(series), 1)
     shown = []
     for n, (attribute, color, name) in enumerate(series):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageFilter
+from PIL import ExifTags, Image, ImageFilter
 
 from mnist.data.fetch import ensure_mnist
 from mnist.data.tensors import load_mnist
@@ -42,9 +42,6 @@ INKS = {
     "blue pen": (0.10, 0.16, 0.55),
     "red pen": (0.70, 0.10, 0.12),
 }
-# Each rendering is saved as a file, so that the measurement goes through decoding too.
-PNG, JPEG = "PNG", "JPEG"
-EXIF_ORIENTATION = 0x0112
 
 
 def _upscaled_ink(digit: np.ndarray, scale: float) -> np.ndarray:
@@ -98,69 +95,70 @@ def _to_image(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8))
 
 
-def paper(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def paper(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A dark digit on white or coloured paper, unevenly lit, with grain and noise."""
     ink = _with_margin(_upscaled_ink(digit, rng.uniform(3, 7)), rng)
-    return _to_image(_on_paper(ink, rng)), PNG
+    return _to_image(_on_paper(ink, rng))
 
 
-def white_on_noisy_black(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def white_on_noisy_black(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """Chalk on a blackboard: a light digit on a dark, noisy, unevenly lit background."""
     ink = _with_margin(_upscaled_ink(digit, rng.uniform(3, 7)), rng)
     height, width = ink.shape
     board = rng.uniform(0.05, 0.2) * _lighting(height, width, rng)
     gray = board + (rng.uniform(0.75, 1.0) - board) * ink
-    return _to_image(gray + _texture(height, width, rng, 0.06)), PNG
+    return _to_image(gray + _texture(height, width, rng, 0.06))
 
 
-def marker(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def marker(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A thick felt-tip stroke: the digit dilated by about a pixel of its 28x28 grid."""
     scale = rng.uniform(4, 7)
     ink = Image.fromarray(np.round(_upscaled_ink(digit, scale) * 255).astype(np.uint8))
     thick = ink.filter(ImageFilter.MaxFilter(2 * round(0.6 * scale) + 1))
     thick = np.asarray(thick.filter(ImageFilter.GaussianBlur(1)), dtype=np.float64) / 255
-    return _to_image(_on_paper(_with_margin(thick, rng), rng)), PNG
+    return _to_image(_on_paper(_with_margin(thick, rng), rng))
 
 
-def small_in_large(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def small_in_large(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A digit about 60 px tall somewhere in an 800x600 photo of paper."""
     ink = _place(_upscaled_ink(digit, rng.uniform(1.8, 2.6)), 600, 800, rng)
-    return _to_image(_on_paper(ink, rng)), PNG
+    return _to_image(_on_paper(ink, rng))
 
 
-def transparent_png(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def transparent_png(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """Drawn in a paint program on a transparent canvas: one colour, opacity = ink."""
     ink = _with_margin(_upscaled_ink(digit, rng.uniform(3, 7)), rng)
     colour = np.array(INKS[rng.choice(list(INKS))])
     rgba = np.concatenate([np.broadcast_to(colour, (*ink.shape, 3)), ink[..., None]], -1)
-    return _to_image(rgba), PNG
+    return _to_image(rgba)
 
 
-def phone_jpeg(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def phone_jpeg(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A phone photo: paper and light as above, slightly out of focus, JPEG-compressed,
     stored sideways with an EXIF orientation tag as phones do."""
     ink = _with_margin(_upscaled_ink(digit, rng.uniform(4, 8)), rng)
     image = _to_image(_on_paper(ink, rng, noise=0.02))
-    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6))), JPEG
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6)))
 
 
-STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[Image.Image, str]]] = {
+STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
     style.__name__: style
     for style in (paper, white_on_noisy_black, marker, small_in_large, transparent_png, phone_jpeg)
 }
 
 
 def render(digit: np.ndarray, style: str, rng: np.random.Generator) -> bytes:
-    """uint8 (28, 28) MNIST digit -> the PNG or JPEG bytes a user would hand to predict.py."""
-    image, file_format = STYLES[style](digit, rng)
+    """uint8 (28, 28) MNIST digit -> the PNG or JPEG bytes a user would hand to predict.py (a
+    file, so that the measurement goes through decoding too)."""
+    image = STYLES[style](digit, rng)
     buffer = io.BytesIO()
-    if file_format == JPEG:
+    if style == "phone_jpeg":
         exif = Image.Exif()
-        exif[EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+        exif[ExifTags.Base.Orientation] = 6  # "rotate 90 degrees clockwise to display"
         sideways = image.transpose(Image.Transpose.ROTATE_90)
-        sideways.save(buffer, JPEG, quality=int(rng.integers(60, 86)), exif=exif)
+        sideways.save(buffer, "JPEG", quality=int(rng.integers(60, 86)), exif=exif)
     else:
-        image.save(buffer, PNG, compress_level=1)  # noise compresses badly; speed over size
+        image.save(buffer, "PNG", compress_level=1)  # noise compresses badly; speed over size
     return buffer.getvalue()
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -27,35 +26,29 @@ log = logging.getLogger(__name__)
 TIMING_METRICS = {"epoch_time_s", "throughput_img_s", "train_time_s", "time_to_target_s",
                   "test/eval_time_s"}  # fmt: skip
 WEIGHTS_TAG = "best.weights_sha256"
-# run_training of mnist/job.py, passed in by scripts/reproduce.py.
-TrainingCommand = Callable[[DictConfig, JobContext], dict[str, Any]]
 
 
 def is_timing(name: str) -> bool:
     return name in TIMING_METRICS or name.startswith(PHASE_PREFIX)  # or a job's phase
 
 
-@dataclass
-class Comparison:
+class Comparison(NamedTuple):
     name: str
     original: float | str
     reproduced: float | str | None
 
     def matches(self, tolerance: float) -> bool:
-        if isinstance(self.original, str) or self.reproduced is None:
-            return self.original == self.reproduced
-        if isinstance(self.reproduced, str):
-            return False
-        return math.isclose(self.original, self.reproduced, rel_tol=0, abs_tol=tolerance)
+        if isinstance(self.original, float) and isinstance(self.reproduced, float):
+            return math.isclose(self.original, self.reproduced, rel_tol=0, abs_tol=tolerance)
+        return self.original == self.reproduced
 
 
 def compare_runs(uri: str, original_id: str, reproduced_id: str) -> list[Comparison]:
     """Every non-timing metric, epoch by epoch, and the hash of the best weights."""
     client = store.client(uri)
     original, reproduced = client.get_run(original_id), client.get_run(reproduced_id)
-    names = sorted(filter(lambda name: not is_timing(name), original.data.metrics))
     rows = []
-    for name in names:
+    for name in sorted(name for name in original.data.metrics if not is_timing(name)):
         values = queries.metric_history(uri, original_id, name)
         reproduced_values = queries.metric_history(uri, reproduced_id, name)
         for step, value in enumerate(values):
@@ -79,24 +72,12 @@ def passes(rows: list[Comparison], tolerance: float) -> bool:
     return all(row.matches(tolerance) for row in rows if counts(row, tolerance))
 
 
-def format_comparison(rows: list[Comparison], tolerance: float) -> str:
-    def show(value):
-        return f"{value:.6g}" if isinstance(value, float) else str(value)[:16]
-
-    lines = [f"{'metric':<24} {'original':>16} {'reproduced':>16}  verdict"]
-    for row in rows:
-        verdict = "ok" if row.matches(tolerance) else "DIFFERS"
-        if not counts(row, tolerance):
-            verdict = f"{'same' if row.matches(tolerance) else 'differs'} (information only)"
-        lines.append(
-            f"{row.name:<24} {show(row.original):>16} {show(row.reproduced):>16}  {verdict}"
-        )
-    return "\n".join(lines)
-
-
-def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool:
-    """Re-run `cfg.run_id` with `train` as a new run tagged `reproduced_from`, print the
-    comparison and return whether every metric matched within `cfg.tolerance`."""
+def reproduce(
+    cfg: DictConfig, output_dir: Path, train: Callable[[DictConfig, JobContext], dict[str, Any]]
+) -> bool:
+    """Re-run `cfg.run_id` with `train` (mnist/job.py's run_training) as a new run tagged
+    `reproduced_from`, print the comparison and return whether every metric matched within
+    `cfg.tolerance`."""
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
@@ -128,8 +109,14 @@ def reproduce(cfg: DictConfig, output_dir: Path, train: TrainingCommand) -> bool
     )
     result = train(run_cfg, ctx)
     rows = compare_runs(uri, run_id, result["run_id"])
+    print(f"{'metric':<24} {'original':>16} {'reproduced':>16}  verdict")
+    for row in rows:
+        verdict = "ok" if row.matches(tolerance) else "DIFFERS"
+        if not counts(row, tolerance):
+            verdict = f"{'same' if row.matches(tolerance) else 'differs'} (information only)"
+        original, copy = (f"{v:.6g}" if isinstance(v, float) else str(v)[:16] for v in row[1:])
+        print(f"{row.name:<24} {original:>16} {copy:>16}  {verdict}")
     passed = passes(rows, tolerance)
-    print(format_comparison(rows, tolerance))
     print(f"{'PASS' if passed else 'FAIL'}: run {result['run_id']} reproduces {run_id}"
           f"{'' if passed else ' NOT'} within tolerance {tolerance:g}")  # fmt: skip
     return passed
