@@ -5,7 +5,7 @@ never dropped."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,26 +65,6 @@ def split_keys(runs: list[Any]) -> list[str]:
     return keys
 
 
-def build_rows(
-    uri: str, runs: list[Any], group_by: list[str] | None, references: dict[str, Any]
-) -> list[Row]:
-    """One row per model and value of each group_by key (None: of split_keys), best
-    validation accuracy first; a row that pools different configs names their keys."""
-    for key in group_by or []:
-        if all(group_value(run, key) is None for run in runs):
-            raise ConfigError(
-                f"group_by key {key!r} is no tag, param or override of any run; use e.g. "
-                "seed, optimizer, trainer.epochs or another swept key"
-            )
-    keys = split_keys(runs) if group_by is None else group_by
-    grouped: dict[tuple[str, ...], list[Any]] = {}
-    for run in runs:
-        groups = (group_value(run, key) or "n/a" for key in keys)
-        grouped.setdefault((run.data.tags["model"], *groups), []).append(run)
-    rows = [_row(uri, row_runs, keys, references) for row_runs in grouped.values()]
-    return sorted(rows, key=table.validation, reverse=True)
-
-
 def _row(uri: str, runs: list[Any], keys: list[str], references: dict[str, Any]) -> Row:
     """A metric a run did not log (a run cut short) stays out of the row's numbers."""
     first, tags = runs[0], runs[0].data.tags
@@ -128,27 +108,14 @@ def load_references(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             for model, reference in references.items()}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Comparison:
-    rows: list[Row]
-    paths: list[Path]  # table.md, table.csv, chart.png
-    markdown: str
-    title: str  # the experiment, the sweep's name, the extra filter
-    incomplete: str | None  # what a sweep that not every job finished is missing
-
-    def description(self, about: str) -> str:
-        note = f" **Incomplete:** {self.incomplete}." if self.incomplete else ""
-        return table.description(self.rows, self.title, about + note)
-
-
 def write_comparison(
     uri: str, experiment: str, parent_run_id: str | None, extra_filter: str | None,
     group_by: list[str] | None, references: dict[str, Any], output_dir: Path,
-) -> Comparison:  # fmt: skip
-    """The comparison of the sweep `parent_run_id` (None: every training run), of its runs
-    that match `extra_filter`, written into `output_dir`; it says when not every job of the
-    sweep finished (a job that never opened a run is in its parent's count only). A run that
-    a resumed sweep restarted counts once."""
+) -> tuple[list[Row], list[Path], str, Callable[[str], str]]:  # fmt: skip
+    """The runs of the sweep `parent_run_id` (None: all) matching `extra_filter`, a row per model
+    and value of each group_by key (None: of split_keys), best validation first, written into
+    `output_dir`. Returns the rows, the files, the table, and a run's description given what it
+    is about; table and description say when not every job of the sweep finished."""
     filter_string = search_filter(parent_run_id, extra_filter)
     found = queries.search_runs(uri, queries.experiment_id(uri, experiment), filter_string)
     if not (runs := current_runs(found)):
@@ -157,7 +124,19 @@ def write_comparison(
             + (f" matching {filter_string!r}" if filter_string else "")
             + "; check parent_run_id / filter, or run the sweep first"
         )
-    rows = build_rows(uri, runs, group_by, references)
+    for key in group_by or []:
+        if all(group_value(run, key) is None for run in runs):
+            raise ConfigError(
+                f"group_by key {key!r} is no tag, param or override of any run; use e.g. "
+                "seed, optimizer, trainer.epochs or another swept key"
+            )
+    keys = split_keys(runs) if group_by is None else group_by
+    grouped: dict[tuple[str, ...], list[Any]] = {}
+    for run in runs:
+        groups = (group_value(run, key) or "n/a" for key in keys)
+        grouped.setdefault((run.data.tags["model"], *groups), []).append(run)
+    rows = [_row(uri, row_runs, keys, references) for row_runs in grouped.values()]
+    rows.sort(key=table.validation, reverse=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     parent = store.client(uri).get_run(parent_run_id) if parent_run_id else None
     title = f"{experiment}: {parent.info.run_name}" if parent else experiment
@@ -173,7 +152,8 @@ def write_comparison(
         table.write_csv(rows, output_dir / "table.csv"),
         plots.plot_comparison(rows, title, output_dir / "chart.png"),
     ]
-    return Comparison(rows, paths, markdown, title, note)
+    incomplete = f" **Incomplete:** {note}." if note else ""
+    return rows, paths, markdown, lambda about: table.description(rows, title, about + incomplete)
 
 
 def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
@@ -194,12 +174,12 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
         except ConfigError as e:
             raise ConfigError(f"{e}, or parent_run_id={ALL_RUNS} for all its runs") from e
     group_by = None if cfg.group_by is None else list(cfg.group_by)
-    comparison = write_comparison(
+    rows, paths, markdown, describe = write_comparison(
         uri, experiment, parent_run_id, cfg.filter, group_by, load_references(cfg), output_dir
     )
-    log.info("%s", comparison.markdown)
+    log.info("%s", markdown)
     if not cfg.log_summary:
-        return comparison.paths
+        return paths
     # The comparison as a run: its files, a description, each row's mean ± std as metrics.
     if parent_run_id:
         name = store.client(uri).get_run(parent_run_id).info.run_name
@@ -212,15 +192,14 @@ def compare(cfg: DictConfig, output_dir: Path) -> list[Path]:
         source = f"the training runs of [{experiment}]({ui.runs_path(experiment_id)})"
     how = "".join(f", {key}={cfg[key]}" for key in ("filter", "group_by") if cfg[key] is not None)
     about = f"Compares {source}{how}. table.md, table.csv and chart.png: Artifacts."
-    rows = comparison.rows
     tags = {
         "compare.experiment": experiment,
         "compare.parent_run_id": parent_run_id or ALL_RUNS,
         "compare.filter": search_filter(parent_run_id, cfg.filter),
         "compare.runs": str(sum(row.finished + len(row.unfinished) for row in rows)),
-        store.NOTE_TAG: comparison.description(about),
+        store.NOTE_TAG: describe(about),
     }
     params = {"group_by": ",".join(["model", *rows[0].groups])}
     log_run(uri, f"{experiment}/compare", cfg.logger.run_name or "compare", tags, params,
-            table.summary_metrics(rows), comparison.paths, "the comparison")  # fmt: skip
-    return comparison.paths
+            table.summary_metrics(rows), paths, "the comparison")  # fmt: skip
+    return paths

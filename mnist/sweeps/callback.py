@@ -104,19 +104,18 @@ def summarize_sweep(uri: str, experiment: str, parent_run_id: str, output_dir: P
 
     try:
         references = load_references(OmegaConf.load(REPO_ROOT / "conf" / "compare.yaml"))
-        comparison = write_comparison(
+        rows, paths, markdown, describe = write_comparison(
             uri, experiment, parent_run_id, None, None, references, output_dir
         )
-        log.info("%s", comparison.markdown.split("\n\n")[1])  # the table, without its notes
+        log.info("%s", markdown.split("\n\n")[1])  # the table, without its notes
         experiment_id = queries.experiment_id(uri, experiment)
         about = (
             f"[Open this sweep's runs]({children_path(experiment_id, parent_run_id)}), best "
             "validation first. The whole table (table.md, table.csv, chart.png): Artifacts."
         )
-        note = {NOTE_TAG: comparison.description(about)}
-        metrics = table.summary_metrics(comparison.rows)
-        artifacts = dict.fromkeys(comparison.paths)
-        sweep_runs.log_to_parent(uri, parent_run_id, note, metrics, artifacts)
+        note = {NOTE_TAG: describe(about)}
+        metrics = table.summary_metrics(rows)
+        sweep_runs.log_to_parent(uri, parent_run_id, note, metrics, dict.fromkeys(paths))
     except Exception as e:  # the parent must still end with its status
         log.warning("The sweep's summary could not be made: %s", e)
 

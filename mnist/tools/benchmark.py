@@ -20,13 +20,7 @@ from mnist.data.batches import training_batches
 from mnist.data.tensors import MnistTensors
 from mnist.errors import ConfigError
 from mnist.seeding import generator
-from mnist.tools.classic import (
-    Batches,
-    classic_batches,
-    classic_eval_img_s,
-    classic_transform,
-    epoch_orders,
-)
+from mnist.tools import classic
 from mnist.tracking import runs, store
 from mnist.training.build import RunSettings, Setup, build_learner, initial_model, set_up
 from mnist.training.device import synchronize
@@ -53,7 +47,7 @@ def peak_rss_mb() -> float:
 
 def project_batches(
     data: MnistTensors, train_idx: Tensor, batch_size: int, augment: BatchAugment, seed: int
-) -> Batches:
+) -> classic.Batches:
     shuffle = generator(seed, "shuffle")
     while True:
         yield from training_batches(
@@ -62,13 +56,9 @@ def project_batches(
 
 
 def _train(
-    learner: Learner,
-    batches: Batches,
-    trainer: Trainer,
-    device: torch.device,
-    bench: DictConfig,
-    val: tuple[Tensor, Tensor],
-) -> tuple[float, float | None]:
+    learner: Learner, batches: classic.Batches, trainer: Trainer, device: torch.device,
+    bench: DictConfig, val: tuple[Tensor, Tensor],
+) -> tuple[float, float | None]:  # fmt: skip
     """(images/s, time to target) over the benchmark's steps of the training loop's own step.
     Time counts waiting for the batch and the step's work on the device, not the periodic
     validation that detects the target."""
@@ -105,8 +95,8 @@ def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
     """Both pipelines, the project's first (so that the peak memory it reports is its own)."""
     bench, data, device = cfg.benchmark, setup.data, setup.device
     val = data.train_images[setup.val_idx], data.train_labels[setup.val_idx]
-    classic = _steps_settings(cfg, channels_last=bench.classic_channels_last)
-    trainer = classic.trainer
+    settings = _steps_settings(cfg, channels_last=bench.classic_channels_last)
+    trainer = settings.trainer
     batches = project_batches(
         data, setup.train_idx, trainer.batch_size, setup.learner.augment, cfg.seed
     )
@@ -121,14 +111,14 @@ def run_benchmark(cfg: DictConfig, setup: Setup) -> list[PipelineResult]:
     results = [PipelineResult("project", *trained, eval_img_s, peak_rss_mb())]
     # Same architecture and initial weights; the memory layout is the classic settings'.
     learner = build_learner(
-        classic, initial_model(classic, device), device, bench.steps * trainer.batch_size
+        settings, initial_model(settings, device), device, bench.steps * trainer.batch_size
     )
-    orders = epoch_orders(setup.train_idx, trainer.batch_size, cfg.seed)
-    batches = classic_batches(
+    orders = classic.epoch_orders(setup.train_idx, trainer.batch_size, cfg.seed)
+    batches = classic.classic_batches(
         cfg.data.root, learner.augment, orders, trainer.batch_size, bench.classic_workers, device
     )
     trained = _train(learner, batches, trainer, device, bench, val)
-    eval_img_s = classic_eval_img_s(
+    eval_img_s = classic.classic_eval_img_s(
         learner.model, cfg.data.root, bench.classic_eval_batch_size, device, trainer.precision
     )
     return [*results, PipelineResult("classic", *trained, eval_img_s, peak_rss_mb())]
@@ -143,11 +133,11 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
             "(stepped once per epoch) would never step; use scheduler=none, onecycle or cosine"
         )
     augment = BatchAugment.from_config(run_settings(cfg).augmentation, None)
-    classic_transform(augment)  # an op without a twin is refused before anything is written
+    classic.classic_transform(augment)  # an op without a twin is refused before anything is written
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri, experiment=cfg.logger.experiment)
     setup = set_up_benchmark(cfg)
-    project, classic = results = run_benchmark(cfg, setup)
+    project, classic_result = results = run_benchmark(cfg, setup)
     tags = runs.run_tags(cfg.seed, setup.device, [], cfg.model._target_)
     target = cfg.benchmark.target_acc
     lines = [
@@ -165,9 +155,9 @@ def benchmark(cfg: DictConfig, output_dir: Path) -> list[PipelineResult]:
             f"| {r.name} | {r.train_img_s:,.0f} | {r.eval_img_s:,.0f} | "
             f"{seconds if target else 'n/a'} | {r.peak_rss_mb:,.0f} |"
         )
-    speedup = project.train_img_s / classic.train_img_s
+    speedup = project.train_img_s / classic_result.train_img_s
     lines.append(f"| speed-up (project / classic) | {speedup:.1f}x | "
-                 f"{project.eval_img_s / classic.eval_img_s:.1f}x | | |")  # fmt: skip
+                 f"{project.eval_img_s / classic_result.eval_img_s:.1f}x | | |")  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "benchmark.md"
     path.write_text("\n".join(lines) + "\n")

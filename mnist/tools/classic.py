@@ -62,13 +62,9 @@ def classic_dataset(data_root: str | Path, train: bool, transform):
 
 
 def classic_batches(
-    data_root: str | Path,
-    augment: BatchAugment,
-    orders: Iterator[Tensor],
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-) -> Batches:
+    data_root: str | Path, augment: BatchAugment, orders: Iterator[Tensor], batch_size: int,
+    workers: int, device: torch.device,
+) -> Batches:  # fmt: skip
     """One DataLoader per epoch, as in a classic training loop."""
     dataset = classic_dataset(data_root, True, classic_transform(augment))
     for order in orders:
