@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist.reporting.metrics import classification_report, confusion_matrix, format_report
+from mnist.reporting.reports import classification_report, confusion_matrix, format_report
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():

@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten
 # CPU (`.cpu()`): they run there whatever the training device is.
 HOST_FLOAT64 = {
     ("mnist.data.tensors", "split_indices"),
-    ("mnist.reporting.metrics", "classification_report"),
+    ("mnist.reporting.reports", "classification_report"),
 }
 
 
