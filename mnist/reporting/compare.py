@@ -1,6 +1,5 @@
-"""The comparison of a sweep's runs, from MLflow alone: the runs of one config (one per seed)
-make one row beside its reference numbers. Runs that did not finish are counted and listed,
-never dropped."""
+"""A sweep's runs compared, from MLflow alone: one row per config (its seeds pooled) beside
+its reference numbers; runs that did not finish are counted and listed, never dropped."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ def group_value(run: Any, key: str) -> str | None:
 
 
 def config_keys(runs: list[Any]) -> list[str]:
-    """The keys that can make the runs' numbers differ, but the model and the seed: their
-    overrides' first (what a sweep varies), then their params'."""
+    """The keys that can change the runs' numbers but the model and seed, overrides' first."""
     overrides = [override_key(override) for run in runs
                  for override in run.data.tags.get("hydra.overrides", "").split()]  # fmt: skip
     params = sorted({key for run in runs for key in run.data.params})
@@ -52,8 +50,7 @@ def config_keys(runs: list[Any]) -> list[str]:
 
 
 def split_keys(runs: list[Any]) -> list[str]:
-    """The keys that, with the model, tell every config among `runs` apart: each of
-    config_keys that splits them further; [] when they differ only in the seed."""
+    """The config_keys that, with the model, tell every config among `runs` apart."""
 
     def configs(keys: list[str]) -> int:
         return len({(run.data.tags["model"], *(group_value(run, k) for k in keys)) for run in runs})
@@ -101,8 +98,7 @@ def _row(uri: str, runs: list[Any], keys: list[str], references: dict[str, Any])
 
 
 def load_references(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """conf/compare.yaml's references, each with its train_images (default:
-    reference_train_images)."""
+    """conf/compare.yaml's references, each with its train_images."""
     references = OmegaConf.to_container(cfg.references, resolve=True)
     return {model: {"train_images": cfg.reference_train_images, **reference}
             for model, reference in references.items()}  # fmt: skip

@@ -116,8 +116,7 @@ def plot_misclassified(
 
 
 def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title: str) -> Path:
-    """Each row a training digit as stored, then random draws of the run's augmentation.
-    originals (N, 28, 28), variants (N, K, 28, 28), in [0, 1]."""
+    """Each row a training digit as stored (N, 28, 28), then random draws (N, K, 28, 28)."""
     plt = pyplot()
     n, k = variants.shape[:2]
     cell, gap = 30, 10  # a 1-px margin around each digit; a gap after the originals
@@ -142,8 +141,7 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
 
 
 def plot_comparison(rows: list[table.Row], title: str, path: Path) -> Path:
-    """Final and best-val-checkpoint test accuracy (mean ± std) with the references as
-    markers, beside the seconds per epoch. A series no run logged is left out."""
+    """Test accuracies (mean ± std) with the references as markers, beside s / epoch."""
     plt = pyplot()
     y = list(range(len(rows)))
     fig, (acc_ax, time_ax) = plt.subplots(

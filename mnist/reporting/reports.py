@@ -58,8 +58,7 @@ def format_report(report: dict[str, Any]) -> str:
 def write_test_reports(
     output_dir: Path, images: torch.Tensor, labels: torch.Tensor, result: Evaluation, grid: int
 ) -> tuple[dict[str, Any], str, list[Path]]:
-    """The per-class table, the confusion matrix and up to `grid` misclassified digits with
-    their probabilities. Returns (report, its text table, files)."""
+    """Per-class table, confusion matrix, `grid` misclassified digits: (report, table, files)."""
     matrix = confusion_matrix(result.predictions, labels)
     report = classification_report(matrix)
     table = format_report(report)

@@ -115,8 +115,7 @@ def _incomparable(row: Row) -> str | None:
 
 
 def _versus(row: Row) -> float | str | None:
-    """The row's best-val-checkpoint mean minus its reference's target (final, else max, else
-    goal), in points; "n/c" where they are not comparable; None without a target or a mean."""
+    """The row's mean minus its reference's final, else max, else goal; "n/c": not comparable."""
     ref = row.reference or {}
     goal = next((ref[key] for key in ("final", "max", "goal") if ref.get(key) is not None), None)
     if goal is None or not row.checkpoint_acc:
@@ -186,8 +185,7 @@ MAX_DESCRIPTION = 8000
 
 
 def description(rows: list[Row], title: str, about: str) -> str:
-    """The winner, `about` (where the rows come from), then the table's key columns where
-    MLflow keeps that much."""
+    """The winner, `about`, then the table's key columns where MLflow keeps that much."""
     winner = next((row for row in rows if row.val_acc), None)
     found = (
         f"**Winner: {label(winner)}** by validation accuracy, "
@@ -202,8 +200,7 @@ def description(rows: list[Row], title: str, about: str) -> str:
 
 
 def summary_metrics(rows: list[Row]) -> dict[str, float]:
-    """Each row's mean (and, over 2 runs or more, std) of the key metrics, e.g.
-    summary/fast/test/acc_mean: one section of MLflow's charts."""
+    """Each row's key metrics' mean and std, e.g. summary/fast/test/acc_mean: one chart section."""
     metrics = {}
     for row in rows:
         name = re.sub(r"[^\w./ -]", "_", label(row))  # as MLflow metric names allow it

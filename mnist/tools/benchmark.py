@@ -59,9 +59,8 @@ def _train(
     learner: Learner, batches: classic.Batches, trainer: Trainer, device: torch.device,
     bench: DictConfig, val: tuple[Tensor, Tensor],
 ) -> tuple[float, float | None]:  # fmt: skip
-    """(images/s, time to target) over the benchmark's steps of the training loop's own step.
-    Time counts waiting for the batch and the step's work on the device, not the periodic
-    validation that detects the target."""
+    """(images/s, time to target) of the training loop's own step: the wait for the batch and
+    the step's work count, not the validation that detects the target."""
     learner.model.train()
     seconds, time_to_target = 0.0, None
     for step in range(1, bench.steps + 1):

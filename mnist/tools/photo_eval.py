@@ -125,8 +125,7 @@ def transparent_png(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def phone_jpeg(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """A phone photo: paper and light as above, slightly out of focus, JPEG-compressed,
-    stored sideways with an EXIF orientation tag as phones do."""
+    """A phone photo: paper and light as above, slightly out of focus (render: JPEG, EXIF)."""
     ink = _with_margin(_upscaled_ink(digit, rng.uniform(4, 8)), rng)
     image = _to_image(_on_paper(ink, rng, noise=0.02))
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6)))
@@ -160,8 +159,7 @@ def photo_digits(images: np.ndarray, style: str, seed: int) -> np.ndarray:
 
 
 def run_photo_eval(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
-    """Accuracy per style on `cfg.n` test digits (a seeded random subset: the test set's two
-    halves differ in difficulty), as a Markdown table."""
+    """Accuracy per style on a seeded random subset (the test set's halves differ in difficulty)."""
     unknown = [style for style in cfg.styles if style not in STYLES]
     if unknown or not cfg.styles:
         raise ConfigError(f"styles={list(cfg.styles)} must be a non-empty list of {list(STYLES)}")

@@ -75,9 +75,8 @@ def passes(rows: list[Comparison], tolerance: float) -> bool:
 def reproduce(
     cfg: DictConfig, output_dir: Path, train: Callable[[DictConfig, JobContext], dict[str, Any]]
 ) -> bool:
-    """Re-run `cfg.run_id` with `train` (mnist/job.py's run_training) as a new run tagged
-    `reproduced_from`, print the comparison and return whether every metric matched within
-    `cfg.tolerance`."""
+    """Re-run `cfg.run_id` with `train` (run_training) as a run tagged `reproduced_from`: whether
+    every metric matched within `cfg.tolerance`."""
     run_id, tolerance = cfg.run_id, cfg.tolerance
     uri = store.tracking_uri(cfg.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)

@@ -49,8 +49,7 @@ def run_command(overrides: list[str], uri: str, experiment: str) -> tuple[float,
 
 
 def startup(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
-    """Each phase, the rest (closing the run, process exit), the wall time, train_time_s and
-    the fixed cost, as a Markdown table and a run."""
+    """Each phase, the rest (closing the run, exit), wall, train_time_s and the fixed cost."""
     uri = store.tracking_uri(cfg.logger.tracking_uri, cfg.paths.mlruns)
     store.check_store(uri)
     overrides = list(cfg.startup.command)
