@@ -155,8 +155,7 @@ def plot_comparison(rows: list[table.Row], title: str, path: Path) -> Path:
     shown = []
     for n, (attribute, color, name) in enumerate(series):
         offset = (n - (len(series) - 1) / 2) * height
-        bars = [(i + offset, getattr(row, attribute)) for i, row in enumerate(rows)]
-        bars = [(bar_y, values) for bar_y, values in bars if values]
+        bars = [(i + offset, v) for i, row in enumerate(rows) if (v := getattr(row, attribute))]
         shown += [100 * table.average(values) for _, values in bars]
         acc_ax.barh([bar_y for bar_y, _ in bars], [100 * table.average(v) for _, v in bars], height,
                     xerr=[100 * (table.deviation(v) or 0) for _, v in bars], color=color,
@@ -167,8 +166,8 @@ def plot_comparison(rows: list[table.Row], title: str, path: Path) -> Path:
         if points:
             acc_ax.scatter(*zip(*points, strict=True), marker=marker, color=color, s=80,
                            zorder=3, label=f"reference {key}")  # fmt: skip
-    acc_ax.set(xlim=(max(0.0, min(shown, default=90.0) - 1), 100), xlabel="test accuracy %")
-    acc_ax.set_title(title)
+    xlim = (max(0.0, min(shown, default=90.0) - 1), 100)
+    acc_ax.set(xlim=xlim, xlabel="test accuracy %", title=title)
     acc_ax.set_yticks(y, [table.label(row) for row in rows])
     acc_ax.invert_yaxis()
     time_ax.barh(y, [table.average(row.epoch_time_s) or 0 for row in rows], color="tab:gray")
