@@ -4,6 +4,7 @@ its reference numbers; runs that did not finish are counted and listed, never dr
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ def write_comparison(
         groups = (group_value(run, key) or "n/a" for key in keys)
         grouped.setdefault((run.data.tags["model"], *groups), []).append(run)
     rows = [_row(uri, row_runs, keys, references) for row_runs in grouped.values()]
-    rows.sort(key=table.validation, reverse=True)
+    rows.sort(key=lambda row: table.average(row.val_acc) or -math.inf, reverse=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     parent = store.client(uri).get_run(parent_run_id) if parent_run_id else None
     title = f"{experiment}: {parent.info.run_name}" if parent else experiment

@@ -4,7 +4,6 @@ best validation accuracy first; the winner is marked by it, never by the test se
 from __future__ import annotations
 
 import csv
-import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -61,11 +60,6 @@ def average(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def validation(row: Row) -> float:
-    """What ranks the rows (-inf: none logged)."""
-    return average(row.val_acc) or -math.inf
-
-
 def deviation(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
@@ -84,17 +78,14 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 
 def _epochs(row: Row) -> str:
-    if not row.epochs:
-        return "n/a"
-    low, high = min(row.epochs), max(row.epochs)
-    return str(low) if low == high else f"{low}-{high}"
+    low, high = min(row.epochs, default=None), max(row.epochs, default=None)
+    return "n/a" if low is None else str(low) if low == high else f"{low}-{high}"
 
 
 def _reference(row: Row, key: str) -> str:
     ref = row.reference or {}
-    if ref.get(key) is None:
-        return "-"
-    return f"{ref[key]:.2f}" + (f" ({ref['epochs']} ep)" if ref.get("epochs") else "")
+    epochs = f" ({ref['epochs']} ep)" if ref.get("epochs") else ""
+    return "-" if ref.get(key) is None else f"{ref[key]:.2f}{epochs}"
 
 
 def _incomparable(row: Row) -> str | None:
