@@ -28,11 +28,6 @@ def _sweep_file(hydra_cfg: Any, name: str) -> str:
     return path.read_text() if path.is_file() else ""
 
 
-def parent_run_id(hydra_cfg: Any) -> str | None:
-    """The parent run of the sweep this job belongs to; None outside one."""
-    return _sweep_file(hydra_cfg, PARENT_RUN_FILE).strip() or None
-
-
 @dataclass
 class JobContext:
     """Where to write, how the job was asked for, and which option of each group was chosen."""
@@ -59,7 +54,7 @@ class JobContext:
             output_dir=Path(hydra.runtime.output_dir),
             overrides=task_overrides(hydra),
             choices={k: v for k, v in hydra.runtime.choices.items() if v is not None},
-            parent_run_id=parent_run_id(hydra),
+            parent_run_id=_sweep_file(hydra, PARENT_RUN_FILE).strip() or None,
             swept_keys=_sweep_file(hydra, SWEPT_KEYS_FILE).split(),
             job_num=hydra.job.num if hydra.mode == RunMode.MULTIRUN else 0,
         )
