@@ -41,11 +41,8 @@ def install_handler(
 def stop_on_signals() -> Iterator[StopRequested]:
     """The first SIGINT/SIGTERM becomes a request; a second one stops at once."""
     global _active
-    if _active is not None:
-        yield _active
-        return
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
+    if _active is not None or threading.current_thread() is not threading.main_thread():
+        yield _active or (lambda: None)
         return
     requested: list[signal.Signals] = []
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
