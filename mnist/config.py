@@ -97,19 +97,12 @@ def _unknown_key_problems(cfg: DictConfig) -> Iterator[str]:
             yield f"{section}.{key} is not a key of {section} (known: {', '.join(sorted(known))})"
 
 
-# logger switches: (the module each needs, the extra that installs it)
-LOGGER_SWITCHES = {
-    "system_metrics": ("psutil", "monitoring"),
-}
-
-
 def _logger_problems(logger: DictConfig) -> Iterator[str]:
     if not (isinstance(logger.experiment, str) and logger.experiment.strip()):
         yield f"logger.experiment={logger.experiment!r} must be a non-empty name"
-    yield from boolean_problems("logger", logger, ("log_model", *LOGGER_SWITCHES))
-    for key, (module, extra) in LOGGER_SWITCHES.items():
-        if logger[key] is True and (problem := missing(module, extra, f"logger.{key}=true")):
-            yield problem
+    yield from boolean_problems("logger", logger, ("log_model", "system_metrics"))
+    if logger.system_metrics is True:
+        yield from filter(None, [missing("psutil", "monitoring", "logger.system_metrics=true")])
     if logger.register is not None and not (isinstance(logger.register, str) and logger.register):
         yield f"logger.register={logger.register!r} must be a model name, or null"
 
