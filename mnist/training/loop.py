@@ -35,12 +35,8 @@ class Checkpoints:
     directory: Path
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def save_best(self, model: nn.Module, epoch: int, val_acc: float) -> Path:
-        best = {"model": eager(model).state_dict(), "epoch": epoch, "val_acc": val_acc}
-        return save_checkpoint({**best, **self.extra}, self.directory / "best.pt")
-
-    def save_last(self, state: dict[str, Any]) -> Path:
-        return save_checkpoint({**state, **self.extra}, self.directory / "last.pt")
+    def save(self, name: str, state: dict[str, Any]) -> Path:
+        return save_checkpoint({**state, **self.extra}, self.directory / name)
 
 
 def fit(
@@ -65,7 +61,7 @@ def fit(
 
     def save_last(shuffle_state: Tensor) -> Path:
         progress.elapsed_s = time.perf_counter() - fit_start
-        path = checkpoints.save_last(learner.state(progress, shuffle_state))
+        path = checkpoints.save("last.pt", learner.state(progress, shuffle_state))
         listener.on_checkpoint(path)
         return path
 
@@ -227,7 +223,8 @@ def end_of_epoch(
         metrics["test/acc_epoch"] = test.accuracy
     if val.accuracy > progress.best_val_acc:
         progress.best_val_acc, progress.best_epoch = val.accuracy, progress.epoch
-        checkpoints.save_best(model, progress.epoch, val.accuracy)
+        best = {"model": eager(model).state_dict(), "epoch": progress.epoch}
+        checkpoints.save("best.pt", best | {"val_acc": val.accuracy})
     min_delta, patience = trainer.early_stopping.min_delta, trainer.early_stopping.patience
     if val.accuracy >= progress.best_for_patience + min_delta:
         progress.best_for_patience, progress.epochs_without_gain = val.accuracy, 0

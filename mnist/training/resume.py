@@ -102,8 +102,7 @@ class Learner:
             )  # fmt: skip
         elif self.augment.generator is not None:
             self.augment.generator.set_state(rng["augment"])
-        progress = Progress(**state["progress"])
-        return progress
+        return Progress(**state["progress"])
 
 
 def _accelerator_rng_states() -> dict[str, Any]:
