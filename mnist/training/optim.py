@@ -67,9 +67,17 @@ def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.
     return cls(model.parameters(), **kwargs)
 
 
-def _check_weight_decay(cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> None:
-    """A step decays each weight by lr x weight_decay of itself (for the adaptive optimizers,
-    about so; Adadelta's first step is lr x sqrt(eps)): at 1 or more, nothing learned survives."""
+def check_optimizer(config: Mapping[str, Any]) -> None:
+    """Raise what build_optimizer would, without parameters: torch.optim checks the values
+    first, and the first optimizer built imports torch._dynamo (seconds). Also refused: a step
+    that decays each weight by lr x weight_decay of itself (for the adaptive optimizers, about
+    so; Adadelta's first step is lr x sqrt(eps)) at 1 or more, where nothing learned survives."""
+    cls, kwargs = _optimizer_class_and_arguments(config)
+    try:
+        cls([], **kwargs)
+    except ValueError as e:
+        if "empty parameter list" not in str(e):
+            raise
     arguments = {
         name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
     } | kwargs
@@ -83,18 +91,6 @@ def _check_weight_decay(cls: type[torch.optim.Optimizer], kwargs: dict[str, Any]
             "weight_decay), which must be below 1, else it wipes out what was learned; lower "
             f"optimizer.weight_decay below {1 / step:g} (or optimizer.lr)"
         )
-
-
-def check_optimizer(config: Mapping[str, Any]) -> None:
-    """Raise what build_optimizer would, without parameters: torch.optim checks the values
-    first, and the first optimizer built imports torch._dynamo (seconds)."""
-    cls, kwargs = _optimizer_class_and_arguments(config)
-    try:
-        cls([], **kwargs)
-    except ValueError as e:
-        if "empty parameter list" not in str(e):
-            raise
-    _check_weight_decay(cls, kwargs)
 
 
 def _valid_lr(lr: Any) -> bool:
