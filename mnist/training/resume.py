@@ -74,7 +74,9 @@ class Learner:
                 "shuffle_epoch_start": shuffle_state,
                 "augment": self.augment.generator.get_state() if self.augment.generator else None,
                 "torch": torch.get_rng_state(),
-                **_accelerator_rng_states(),
+                # The global states of this machine's accelerators (GPU dropout draws there).
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,
             },
             "progress": asdict(progress),
             "device": str(next(self.model.parameters()).device),
@@ -91,7 +93,11 @@ class Learner:
         rng = state["rng"]
         self.shuffle.set_state(rng["shuffle_epoch_start"])
         torch.set_rng_state(rng["torch"])
-        _restore_accelerator_rng_states(rng)
+        # Those whose device exists here: another machine may have had more GPUs.
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
+        if rng.get("mps") is not None and torch.backends.mps.is_available():
+            torch.mps.set_rng_state(rng["mps"])
         saved_on, here = state.get("device"), next(self.model.parameters()).device
         if saved_on is not None and torch.device(saved_on).type != here.type:
             # Another device's augmentation generator state does not fit: it draws afresh.
@@ -103,21 +109,3 @@ class Learner:
         elif self.augment.generator is not None:
             self.augment.generator.set_state(rng["augment"])
         return Progress(**state["progress"])
-
-
-def _accelerator_rng_states() -> dict[str, Any]:
-    """The global random states of this machine's accelerators (GPU dropout draws there)."""
-    states: dict[str, Any] = {}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    if torch.backends.mps.is_available():
-        states["mps"] = torch.mps.get_rng_state()
-    return states
-
-
-def _restore_accelerator_rng_states(rng: dict[str, Any]) -> None:
-    """Those whose device exists here: another machine may have had more GPUs."""
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
-    if rng.get("mps") is not None and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(rng["mps"])
