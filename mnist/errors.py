@@ -7,8 +7,7 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """A value the user chose (a config key, a model, a checkpoint) that cannot work; the
-    message names it and the fix. Also a stored config naming a `_target_` off the allowlist
-    (mnist/targets.py): refused before anything is built, as building it could run any code."""
+    message names it and the fix."""
 
 
 class DataError(RuntimeError):
@@ -16,8 +15,7 @@ class DataError(RuntimeError):
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became inf or NaN: the run stops (FAILED) rather than finish with a
-    worthless model."""
+    """The training loss became inf or NaN: the run fails rather than keep worthless weights."""
 
 
 class TrackingError(RuntimeError):
@@ -25,8 +23,7 @@ class TrackingError(RuntimeError):
 
 
 class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (a full disk, a permission): the run fails, and
-    resumes from the previous checkpoint."""
+    """A checkpoint could not be written (a full disk, a permission)."""
 
 
 class RunFailed(RuntimeError):
@@ -39,8 +36,7 @@ class ImageError(ValueError):
 
 
 class ExportError(RuntimeError):
-    """The written file does not compute what the model computes (a fault of the exporter or
-    the runtime), so it is deleted rather than shipped."""
+    """The exported file does not compute what the model computes, so it is deleted."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -60,13 +56,11 @@ class TrainingInterrupted(Interrupted):
 
 
 class WorkerInterrupted(Interrupted):
-    """A worker process of a search (mnist/tuning/search.py) stopped on a signal. It ends
-    without a line: the command that started it says how to go on, once."""
+    """A search's worker stopped on a signal; the command that started it says how to go on."""
 
 
 class SweepInterrupted(Interrupted):
-    """A sweep's launcher stopped on `signum` once its jobs' runs had stopped (KILLED, with a
-    last.pt). It exits with 128 + the signal's number, as a shell reports it."""
+    """A sweep's launcher stopped on `signum`; it exits with 128 + signum, as a shell would."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(
