@@ -76,10 +76,11 @@ def fit(
                 raise TrainingInterrupted(save_last(shuffle_state), stop_requested())
             synchronize(device)  # the epoch's queued steps are training time, not validation
             train_seconds = time.perf_counter() - epoch_start
-            metrics = end_of_epoch(learner, data, val_idx, trainer, device, progress, checkpoints)
+            metrics = end_of_epoch(
+                learner, data, val_idx, trainer, device, progress, checkpoints, fit_start
+            )
             if progress.best_epoch == progress.epoch:
                 listener.on_checkpoint(checkpoints.directory / "best.pt")
-            _stop_at_target(trainer, metrics, progress, time.perf_counter() - fit_start)
             metrics["epoch_time_s"] = time.perf_counter() - epoch_start
             metrics["throughput_img_s"] = progress.seen / train_seconds
             _record(metrics, progress, trainer.epochs, listener)
@@ -193,9 +194,10 @@ def end_of_epoch(
     device: torch.device,
     progress: Progress,
     checkpoints: Checkpoints,
+    fit_start: float,
 ) -> dict[str, float]:
     """Validate, step an epoch-wise schedule, keep the best checkpoint and decide early
-    stopping; the epoch's metrics."""
+    stopping (or stopping at trainer.target_acc); the epoch's metrics."""
     model, schedule = learner.selected, learner.schedule
     train_loss = (progress.loss_sum / progress.seen).item()
     if not math.isfinite(train_loss):  # before best.pt could keep the broken weights
@@ -234,6 +236,10 @@ def end_of_epoch(
         log.info("Early stopping: no validation accuracy gain >= %g for %d epochs", min_delta,
                  patience)  # fmt: skip
         progress.stopped_early = True
+    if trainer.target_acc is not None and val.accuracy >= trainer.target_acc:
+        metrics["time_to_target_s"] = seconds = time.perf_counter() - fit_start
+        log.info("Target validation accuracy %g reached in %.1f s", trainer.target_acc, seconds)
+        progress.stopped_early = True
     return metrics
 
 
@@ -241,15 +247,6 @@ def _evaluate(
     model: nn.Module, images: Tensor, labels: Tensor, trainer: Trainer, device: torch.device
 ) -> Evaluation:
     return evaluate(model, images, labels, trainer.eval_batch_size, device, trainer.precision)
-
-
-def _stop_at_target(
-    trainer: Trainer, metrics: dict[str, float], progress: Progress, seconds: float
-) -> None:
-    if trainer.target_acc is not None and metrics[VAL_ACC] >= trainer.target_acc:
-        metrics["time_to_target_s"] = seconds
-        log.info("Target validation accuracy %g reached in %.1f s", trainer.target_acc, seconds)
-        progress.stopped_early = True
 
 
 def _record(
