@@ -1,7 +1,5 @@
 """JobContext: what Hydra knows about a job and its config does not."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ class JobContext:
     epoch_observer: Callable[[dict[str, float], int], None] | None = None
 
     @classmethod
-    def from_hydra(cls) -> JobContext:
+    def from_hydra(cls) -> "JobContext":
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 

@@ -1,8 +1,6 @@
 """One training job: validate the config, train with the core (mnist/training) inside an
 MLflow run (mnist/tracking/listener.py), test the best-validation checkpoint, write reports."""
 
-from __future__ import annotations
-
 import dataclasses
 import logging
 from collections.abc import Iterator

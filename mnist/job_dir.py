@@ -1,8 +1,6 @@
 """The directory Hydra makes for a job before it runs (`.hydra/`, the log file): it goes when
 a refused job wrote nothing else, or when a resumed run logs into its own directory."""
 
-from __future__ import annotations
-
 import logging
 import shutil
 from pathlib import Path

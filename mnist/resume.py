@@ -1,8 +1,6 @@
 """trainer.resume=<checkpoint path | MLflow run id>: the last.pt of an interrupted run, its
 own config, and the command-line overrides that therefore do not apply."""
 
-from __future__ import annotations
-
 import logging
 import re
 from pathlib import Path
