@@ -21,14 +21,12 @@ _active: StopRequested | None = None
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def install_handler(
-    handler: Callable[[int, Any], None], signals: tuple[signal.Signals, ...] = STOP_SIGNALS
-) -> Callable[[], None]:
-    """Install `handler`; returns what puts the previous handlers back. Both do nothing
-    outside the main thread, where Python cannot install handlers."""
+def install_handler(handler: Callable[[int, Any], None]) -> Callable[[], None]:
+    """Install `handler` for SIGINT/SIGTERM; returns what puts the previous handlers back.
+    Both do nothing outside the main thread, where Python cannot install handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
     def restore() -> None:
         for sig, handler_before in previous.items():
