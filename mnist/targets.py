@@ -2,7 +2,7 @@
 built from it. An interpolation would read the environment, and a `_target_` naming, say,
 shutil.rmtree would run it: only model and optimizer targets on their builders' lists pass."""
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -14,19 +14,17 @@ from mnist.overrides import interpolations_in
 from mnist.training.optim import OPTIMIZERS
 
 
-def _is_model(target: str) -> bool:
+def _allowed(where: str, target: Any) -> bool:
+    """Only `model` and `optimizer` may hold a `_target_`, one on their builders' lists."""
+    if not isinstance(target, str) or where not in ("model", "optimizer"):
+        return False
+    if where == "optimizer":
+        return target in OPTIMIZERS
     try:
         model_class(target)
     except ConfigError:
         return False
     return True
-
-
-# Where a config may hold a `_target_`, and which ones.
-ALLOWED_TARGETS: dict[str, Callable[[str], bool]] = {
-    "model": _is_model,
-    "optimizer": OPTIMIZERS.__contains__,
-}
 
 
 def targets_in(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -53,8 +51,7 @@ def refuse_unsafe_config(config: Mapping[str, Any] | DictConfig, source: str) ->
             "a stored config is read as written, so it may hold values only"
         )
     for where, target in targets_in(config):
-        allowed = ALLOWED_TARGETS.get(where, lambda _: False)
-        if not (isinstance(target, str) and allowed(target)):
+        if not _allowed(where, target):
             raise ConfigError(
                 f"{source}: refusing its config, which names {where}._target_={target!r}: "
                 "a stored config may only name this package's model classes (model._target_="
