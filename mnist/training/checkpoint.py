@@ -32,7 +32,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         with written_atomically(path) as staged, open(staged, "wb") as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as error:
-        if (e := _os_error(error)) is None:
+        # The OSError behind it: torch's zip writer raises its own RuntimeError over it.
+        e: BaseException | None = error
+        while e is not None and not isinstance(e, OSError):
+            e = e.__cause__ or e.__context__
+        if not isinstance(e, OSError):
             raise
         kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -41,13 +45,6 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             ) from e
         raise CheckpointWriteError(f"cannot write {path} ({e.strerror or e}); {kept}") from e
     return path
-
-
-def _os_error(error: BaseException | None) -> OSError | None:
-    """The OSError behind `error`: torch's zip writer raises its own RuntimeError over it."""
-    while error is not None and not isinstance(error, OSError):
-        error = error.__cause__ or error.__context__
-    return error
 
 
 def _reason(error: BaseException) -> str:
