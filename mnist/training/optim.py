@@ -93,13 +93,9 @@ def check_optimizer(config: Mapping[str, Any]) -> None:
         )
 
 
-def _valid_lr(lr: Any) -> bool:
-    return is_finite(lr) and lr > 0
-
-
 def optimizer_problems(optimizer: Mapping[str, Any]) -> Iterator[str]:
     """One line for what is wrong with an `optimizer` section, if anything."""
-    if not _valid_lr(optimizer["lr"]):
+    if not (is_finite(optimizer["lr"]) and optimizer["lr"] > 0):
         yield f"optimizer.lr={optimizer['lr']!r} must be a finite number > 0"
         return
     try:
@@ -196,7 +192,7 @@ def scheduler_problems(scheduler: Mapping[str, Any], lr: Any, epochs: Any) -> It
         if not valid(scheduler.get(key))
     ]
     yield from problems
-    if problems or not _valid_lr(lr) or not (is_int(epochs) and epochs >= 1):
+    if problems or not (is_finite(lr) and lr > 0) or not (is_int(epochs) and epochs >= 1):
         return
     if (peak := _peak_lr(lr, scheduler, epochs)) > MAX_PEAK_LR:
         yield (
