@@ -101,8 +101,8 @@ def log_datasets(root: Path, data: Any, seed: int, sizes: dict[str, int]) -> Non
         part: {n: MNIST_SHA256[n] if data.verify_checksums else sha256_of(root / n) for n in names}
         for part, names in SPLIT_FILES.items()
     }
-    split = {"split_seed": seed, "val_size": data.val_size, "stratify": data.stratify}
-    split["train_subset"] = data.train_subset
+    split = {"split_seed": seed, "val_size": data.val_size, "stratify": data.stratify,
+             "train_subset": data.train_subset}  # fmt: skip
     profiles = {
         "training": {"images": sizes["training"], "sha256": files["train"], **split},
         "validation": {"images": sizes["validation"], "sha256": files["train"], **split},
