@@ -4,7 +4,7 @@ interruption or a crash with no trial lost or run twice, its preset re-trained e
 several processes sharing one study (slow: whole scripts)."""
 
 import json
-import multiprocessing
+import multiprocessing.forkserver
 import os
 import re
 import shutil
@@ -347,21 +347,23 @@ def test_the_study_storage_follows_the_mlflow_store(
     assert list(tmp_path.iterdir()) == []  # decided, nothing created
 
 
-def _open_storage(url: str) -> str:
-    from mnist.tuning.study import _storage
-
-    _storage(url, heartbeat_s=60)
-    return "opened"
-
-
-@pytest.mark.slow  # ~20 s, the spawned processes' imports
+@pytest.mark.slow  # ~5 s, a process importing mnist.tuning.study (torch)
 def test_processes_creating_one_study_file_at_once_all_open_it(tmp_path):
     # Without a lock, of 3 processes creating a new SQLite file's schema at once, one or two
-    # fail ("table studies already exists") in most rounds; 4 rounds catch it.
+    # fail ("table studies already exists") in most rounds; 4 rounds catch it. The processes
+    # are forked from one that imported mnist.tuning.study once (not this module), fresh
+    # processes, not copies of this one and its threads; they run the builtin exec.
     urls = [f"sqlite:///{tmp_path / f'race{n}' / 'optuna.db'}" for n in range(4)]
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        for url in urls:
-            assert pool.map(_open_storage, [url] * 3) == ["opened"] * 3
+    open_storage = "from mnist.tuning.study import _storage; _storage({!r}, heartbeat_s=60)"
+    processes = multiprocessing.get_context("forkserver")
+    processes.set_forkserver_preload(["mnist.tuning.study"])
+    try:
+        with processes.Pool(3) as pool:
+            for url in urls:
+                # exec returns None, and a process's exception is raised here.
+                assert pool.map(exec, [open_storage.format(url)] * 3) == [None] * 3
+    finally:  # the server process ends with the test (Python's own tests stop it so)
+        multiprocessing.forkserver._forkserver._stop()
 
 
 def interrupted_at_trial(number: int):
@@ -500,7 +502,9 @@ def test_tune_script_refuses_a_bad_search_space_in_one_line(synthetic_root, tmp_
 
 # Slow: two interpreters train at once, then a third re-trains the preset (~1.5 min on 2 cores).
 @pytest.mark.slow
-def test_two_tune_processes_share_one_study_and_its_preset_retrains(synthetic_root, tmp_path):
+def test_two_tune_processes_share_one_study_and_its_preset_retrains(
+    synthetic_root, tmp_path, made_store
+):
     command = tune_command(synthetic_root, tmp_path, "n_trials=4", "save_preset=true")
     processes = [subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]  # fmt: skip
@@ -599,7 +603,9 @@ def _alive(pid: int) -> bool:
 
 # Slow: a search with two workers killed mid-trial, then the same command (~2 min on 2 cores).
 @pytest.mark.slow
-def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(synthetic_root, tmp_path):
+def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(
+    synthetic_root, tmp_path, made_store
+):
     command = tune_command(
         synthetic_root, tmp_path, "n_trials=2", "n_jobs=2", "hparams_search.pruner.name=none",
         "trainer.epochs=6",
@@ -628,7 +634,7 @@ def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(synthetic
     ("n_jobs", "signum"), [(1, signal.SIGINT), (2, signal.SIGTERM)], ids=["1 Ctrl-C", "2 SIGTERM"]
 )
 def test_an_interrupted_search_says_so_in_one_line_per_trial(
-    n_jobs, signum, synthetic_root, tmp_path
+    n_jobs, signum, synthetic_root, tmp_path, made_store
 ):
     """Each interrupted trial printed Optuna's 17-line traceback of a failed trial, naming
     the trial's own trainer.resume=, and each worker a "stopped:" line of its own."""
@@ -668,7 +674,7 @@ def test_an_interrupted_search_says_so_in_one_line_per_trial(
 # Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).
 @pytest.mark.slow
 def test_n_jobs_workers_run_single_threaded_trials_of_one_study(
-    synthetic_root, tmp_path, monkeypatch
+    synthetic_root, tmp_path, made_store, monkeypatch
 ):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # tune sets one, not tests/__init__
     command = tune_command(synthetic_root, tmp_path, "n_trials=3", "n_jobs=2", "save_preset=true")
