@@ -603,13 +603,17 @@ def _alive(pid: int) -> bool:
 
 # Slow: a search with two workers killed mid-trial, then the same command (~2 min on 2 cores).
 @pytest.mark.slow
-def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(
-    synthetic_root, tmp_path, made_store
+def test_a_hard_killed_search_of_single_threaded_workers_run_again_ends_the_runs_it_left(
+    synthetic_root, tmp_path, made_store, monkeypatch
 ):
+    """Also the n_jobs workers' own checks: each trains with one torch thread, both run trials
+    of the one study, and the command that started them sums the study up."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # tune sets one, not tests/__init__
     command = tune_command(
         synthetic_root, tmp_path, "n_trials=2", "n_jobs=2", "hparams_search.pruner.name=none",
-        "trainer.epochs=6",
+        "trainer.epochs=6", "save_preset=true",
     )  # fmt: skip
+    command.remove("device.num_threads=1")  # the workers' own default
     killed = _kill_when_both_trials_run(command, tmp_path)
     assert len(killed) == 2, "the kill left no run RUNNING: nothing to test"
 
@@ -626,6 +630,11 @@ def test_a_hard_killed_search_run_again_ends_every_run_it_left_running(
         assert (run.info.status, run.data.tags["optuna.state"]) == ("FAILED", "FAIL")
         assert run.info.end_time is not None
     assert {r.info.status for n, r in runs.items() if n > 1} == {"FINISHED"}
+    # The killed trials ran at once, in the two workers of one study.
+    assert len({t.user_attrs["worker"] for t in trials[:2]}) == 2
+    assert {r.data.tags["torch.num_threads"] for r in runs.values()} == {"1"}
+    assert (parent.data.metrics["trials/complete"], parent.data.metrics["trials/fail"]) == (2, 2)
+    assert (tmp_path / "conf" / "experiment" / "tuned_tiny.yaml").is_file()
 
 
 # Slow: the command, and with n_jobs=2 its two workers, each import torch and MLflow (~30 s).
@@ -669,26 +678,3 @@ def test_an_interrupted_search_says_so_in_one_line_per_trial(
     ]
     states = Counter(t.state for t in load_study(tmp_path).trials)
     assert states == {TrialState.FAIL: n_jobs, TrialState.WAITING: n_jobs}
-
-
-# Slow: the command and its two workers are three interpreters (~1.5 min on 2 cores).
-@pytest.mark.slow
-def test_n_jobs_workers_run_single_threaded_trials_of_one_study(
-    synthetic_root, tmp_path, made_store, monkeypatch
-):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # tune sets one, not tests/__init__
-    command = tune_command(synthetic_root, tmp_path, "n_trials=3", "n_jobs=2", "save_preset=true")
-    command.remove("device.num_threads=1")
-    tune = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert tune.returncode == 0, tune.stderr[-3000:]
-
-    trials = load_study(tmp_path).trials
-    assert len(trials) in (3, 4)
-    assert len({t.user_attrs["worker"] for t in trials}) == 2
-    _, parent, runs = study_runs(tmp_path)
-    assert {r.data.tags["torch.num_threads"] for r in runs.values()} == {"1"}
-    assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["trials/complete"] + parent.data.metrics["trials/pruned"] == len(
-        trials
-    )
-    assert (tmp_path / "conf" / "experiment" / "tuned_tiny.yaml").is_file()
