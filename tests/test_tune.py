@@ -4,6 +4,7 @@ interruption or a crash with no trial lost or run twice, its preset re-trained e
 several processes sharing one study (slow: whole scripts)."""
 
 import json
+import logging.handlers
 import multiprocessing.forkserver
 import os
 import re
@@ -387,15 +388,29 @@ def interrupted_at_trial(number: int):
 # Slow: three tiny searches and a re-training, ~40 s on a loaded 2-core machine; CI runs it.
 @pytest.mark.slow
 def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
-    tiny_cfg, synthetic_root, tmp_path
+    tiny_cfg, synthetic_root, tmp_path, caplog
 ):
     tiny_cfg()
     overrides = tiny_search(
         synthetic_root, tmp_path, "n_trials=3", "hparams_search.pruner.name=none",
         "save_preset=true", "overwrite=true",
     )  # fmt: skip
-    with pytest.raises(Interrupted, match="search interrupted; run the same command again"):
-        search(tmp_path, overrides, train=interrupted_at_trial(1))
+    caplog.set_level("INFO")
+    optuna_log = logging.handlers.BufferingHandler(capacity=10_000)  # Optuna's do not propagate
+    logging.getLogger("optuna").addHandler(optuna_log)
+    try:
+        with pytest.raises(Interrupted, match="search interrupted; run the same command again"):
+            search(tmp_path, overrides, train=interrupted_at_trial(1))
+    finally:
+        logging.getLogger("optuna").removeHandler(optuna_log)
+    # Said in one line, as in a worker (test_an_interrupted_search_says_so_in_one_line_per_trial):
+    # no traceback of a failed trial, nor the trial's own trainer.resume=.
+    records = [*caplog.records, *optuna_log.buffer]
+    assert [r for r in records if r.exc_info or "trainer.resume" in r.getMessage()] == []
+    interrupted = [
+        r.getMessage() for r in records if "interrupted; it runs again" in r.getMessage()
+    ]
+    assert interrupted == ["Trial 1 interrupted; it runs again first when the study goes on"]
     trials = load_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[2].params == trials[1].params and trials[2].system_attrs["failed_trial"] == 1
@@ -654,16 +669,14 @@ def test_a_hard_killed_search_of_single_threaded_workers_run_again_ends_the_runs
     assert (tmp_path / "conf" / "experiment" / "tuned_tiny.yaml").is_file()
 
 
-# Slow: the command, and with n_jobs=2 its two workers, each import torch and MLflow (~30 s).
+# Slow: the command and its two workers each import torch and MLflow (~30 s).
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("n_jobs", "signum"), [(1, signal.SIGINT), (2, signal.SIGTERM)], ids=["1 Ctrl-C", "2 SIGTERM"]
-)
-def test_an_interrupted_search_says_so_in_one_line_per_trial(
-    n_jobs, signum, synthetic_root, tmp_path, made_store
-):
+def test_an_interrupted_search_says_so_in_one_line_per_trial(synthetic_root, tmp_path, made_store):
     """Each interrupted trial printed Optuna's 17-line traceback of a failed trial, naming
-    the trial's own trainer.resume=, and each worker a "stopped:" line of its own."""
+    the trial's own trainer.resume=, and each worker a "stopped:" line of its own. With
+    n_jobs=2: the workers run their trials as n_jobs=1 does, and the command that started them
+    stops as n_jobs=1 does (test_an_interrupted_study_resumes... checks its log in-process)."""
+    n_jobs, signum = 2, signal.SIGTERM
     command = tune_command(
         synthetic_root, tmp_path, f"n_jobs={n_jobs}", "n_trials=4",
         "hparams_search.pruner.name=none", "trainer.epochs=1000",
