@@ -462,12 +462,13 @@ def test_an_interrupted_study_resumes_with_no_trial_lost_or_run_twice(
     assert metrics["best/val_acc"] == best_trial.value
 
 
-@pytest.mark.slow  # two tiny searches and three missed heartbeats, ~30 s
+@pytest.mark.slow  # two tiny searches of one epoch and three missed heartbeats, ~15 s
 def test_a_trial_whose_process_died_is_run_again(tiny_cfg, synthetic_root, tmp_path):
     tiny_cfg()
     overrides = tiny_search(
-        synthetic_root, tmp_path, "hparams_search.pruner.name=none", "n_trials=1"
-    )
+        synthetic_root, tmp_path, "hparams_search.pruner.name=none", "trainer.epochs=1",
+        "n_trials=1",
+    )  # fmt: skip
     search(tmp_path, overrides)
     # A process that dies (SIGKILL, power loss) leaves its trial RUNNING, params drawn.
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
