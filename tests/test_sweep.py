@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import joblib
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -314,28 +313,6 @@ def test_a_typo_in_a_sweep_gets_hydras_error_as_in_a_single_run(synthetic_root, 
     assert not (tmp_path / "outputs").exists()
 
 
-# Slow: two worker processes each import torch and MLflow (~35 s on 2 cores).
-@pytest.mark.slow
-def test_joblib_jobs_share_a_fresh_store_and_the_cores(synthetic_root, tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # joblib caps it, not tests/__init__
-    sweep = run_train_script(
-        *sweep_overrides(synthetic_root, tmp_path), "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2", "seed=0,1",
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    assert "database is locked" not in sweep.stderr
-    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    parent, children = parent_and_children(MlflowClient(store))
-    assert parent.info.status == "FINISHED"
-    assert sorted((r.data.tags["seed"], r.info.status) for r in children) == [
-        ("0", "FINISHED"),
-        ("1", "FINISHED"),
-    ]
-    # joblib caps each worker's threads at cores // n_jobs: two jobs never oversubscribe.
-    for run in children:
-        assert int(run.data.tags["torch.num_threads"]) <= max(joblib.cpu_count() // 2, 1)
-
-
 # Three interpreters (server, two submitit jobs) besides the sweep's: minutes on 2 cores.
 @pytest.mark.slow
 def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_path):
@@ -358,29 +335,3 @@ def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_pa
         assert "experiment: sweep" in Path(config).read_text()
         # Everything went to the server: the jobs did not fall back to a local store.
         assert not (tmp_path / "mlruns").exists()
-
-
-# Slow: four jobs of a real sweep in one process (~40 s on 2 cores).
-@pytest.mark.slow
-def test_each_job_of_a_sweep_in_one_process_runs_with_its_own_torch_settings(
-    synthetic_root, tmp_path
-):
-    """The basic launcher runs jobs one after another in one process: each job's torch
-    globals, recorded as tags of its run, come from its own config, not the job before."""
-    sweep = run_train_script(
-        *sweep_overrides(synthetic_root, tmp_path), "trainer.deterministic=true,false",
-        "device.num_threads=1,2",
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    _, children = parent_and_children(
-        MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    )
-    ran_with = []
-    for run in children:
-        params, tags = run.data.params, run.data.tags
-        deterministic = params["trainer.deterministic"].lower()
-        assert tags["torch.deterministic"] == tags["cudnn.deterministic"] == deterministic
-        assert tags["torch.num_threads"] == params["device.num_threads"]
-        assert tags["cudnn.benchmark"] == "false"  # a CPU job never autotunes
-        ran_with.append((tags["torch.deterministic"], tags["torch.num_threads"]))
-    assert ran_with == [("true", "1"), ("true", "2"), ("false", "1"), ("false", "2")]
