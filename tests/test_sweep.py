@@ -313,13 +313,14 @@ def test_a_typo_in_a_sweep_gets_hydras_error_as_in_a_single_run(synthetic_root, 
     assert not (tmp_path / "outputs").exists()
 
 
-# Three interpreters (server, two submitit jobs) besides the sweep's: minutes on 2 cores.
+# Two interpreters (server, a submitit job) besides the sweep's: a minute on 2 cores. One job
+# is the path: a job in a process of its own logs over HTTP, beside its parent run.
 @pytest.mark.slow
 def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_path):
     with mlflow_server(tmp_path) as url:
         sweep = subprocess.run(
             [sys.executable, str(TRAIN_SCRIPT), *sweep_overrides(synthetic_root, tmp_path),
-             "hydra/launcher=submitit_local", "seed=0,1"],
+             "hydra/launcher=submitit_local", "seed=0"],
             env={**os.environ, "MLFLOW_TRACKING_URI": url},
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
@@ -327,10 +328,7 @@ def test_submitit_jobs_log_to_a_tracking_server_over_http(synthetic_root, tmp_pa
         client = MlflowClient(url)
         parent, children = parent_and_children(client)
         assert parent.info.status == "FINISHED"
-        assert sorted((r.data.tags["seed"], r.info.status) for r in children) == [
-            ("0", "FINISHED"),
-            ("1", "FINISHED"),
-        ]
+        assert [(r.data.tags["seed"], r.info.status) for r in children] == [("0", "FINISHED")]
         config = client.download_artifacts(children[0].info.run_id, "config.yaml", str(tmp_path))
         assert "experiment: sweep" in Path(config).read_text()
         # Everything went to the server: the jobs did not fall back to a local store.
