@@ -53,37 +53,49 @@ def parent_and_children(client: MlflowClient, experiment: str = "sweep"):
 
 @pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
 def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
-    synthetic_root, tmp_path, empty_mlflow_db
+    synthetic_root, tmp_path, made_store
 ):
-    (tmp_path / "mlruns").mkdir()
-    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    """Also: a job can fail before its MLflow run opens, on something no validation sees
+    (here a directory where the linear job writes its config.yaml): it becomes a FAILED
+    child with its error, beside a job that failed inside its run (broken), and the parent
+    counts the jobs Hydra launched."""
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "broken.yaml").write_text(BROKEN_MODEL)
     sweep_dir = tmp_path / "outputs" / "sweep"
     block_checkpoints(sweep_dir, 2)
+    blocked = sweep_dir / "3" / "config.yaml"
+    blocked.mkdir(parents=True)
     sweep = run_train_script(
         "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
-        "model=fast,cnn24k,broken", "trainer.test_every_epoch=true",
-        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
+        "model=fast,cnn24k,broken,linear", "trainer.test_every_epoch=true",
+        "logger.log_model=true", f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra.job.num}",
     )  # fmt: skip
-    assert sweep.returncode != 0  # the broken job fails the sweep...
+    assert sweep.returncode == 1  # the failed jobs fail the sweep...
     assert f"cannot write {sweep_dir / '2' / 'checkpoints' / 'last.pt'}" in sweep.stderr
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert "Sweep parent run" in sweep.stdout + sweep.stderr
+    assert "4 jobs, 2 not finished" in sweep.stdout + sweep.stderr
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri)
     parent, children = parent_and_children(client)
     # ...after every job ran: the failure is recorded, not lost.
     assert [(r.data.tags["model"], r.info.status) for r in children] == [
         ("fast", "FINISHED"),
         ("cnn24k", "FINISHED"),
         ("broken", "FAILED"),
+        ("linear", "FAILED"),
     ]
+    error = f"RunFailed: the run stopped on an I/O error (Is a directory: {blocked});"
+    assert children[3].data.tags["error"].startswith(error)
+    assert "error" not in children[2].data.tags  # its own run, ended FAILED by the job
     parent_file = sweep_dir / PARENT_RUN_FILE
     assert parent_file.read_text() == parent.info.run_id
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FAILED"
-    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("3", "1")
+    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("4", "2")
     # Each child named by the one key the sweep varies; the parent is the sweep's summary.
-    assert [r.info.run_name for r in children] == ["fast", "cnn24k", "broken"]
-    assert parent.data.params == {"model": "fast,cnn24k,broken"}
+    assert [r.info.run_name for r in children] == ["fast", "cnn24k", "broken", "linear"]
+    assert parent.data.params == {"model": "fast,cnn24k,broken,linear"}
     for model, run in zip(("fast", "cnn24k"), children, strict=False):
         summary = parent.data.metrics
         assert summary[f"summary/{model}/test/acc_mean"] == run.data.metrics["test/acc"]
@@ -97,17 +109,22 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
         description.startswith(f"**Winner: {children[1].data.tags['model']}**")
     )
     assert f"viewStateShareKey=runs-of-{parent.info.run_id}" in description
+    incomplete = f"sweep {parent.info.run_id} is incomplete: 2 of its 4 jobs finished"
+    assert incomplete in description
 
     # In process: scripts/compare.py only adds Hydra's output directory, and another
     # interpreter would cost this 2-core test machine half a minute of imports.
     config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
     compare(config, tmp_path / "compare")
     rows = read_csv(tmp_path / "compare" / "table.csv")
-    # The best validation accuracy first; the run that did not finish has none: last.
+    # The best validation accuracy first; the runs that did not finish have none: last. (A run
+    # with no params, as one that failed before it opened, is a row of its own beside the
+    # finished runs of its model: test_compare's test_runs_of_different_configs_are_rows_...)
     by_validation = sorted(children[:2], key=lambda run: -run.data.metrics["best/val_acc"])
     assert [(r["model"], r["runs"], r["failed"]) for r in rows] == [
         *((run.data.tags["model"], "1", "0") for run in by_validation),
         ("broken", "0", "1"),
+        ("linear", "0", "1"),
     ]
     for row, run in zip(rows[:2], by_validation, strict=True):
         last_epoch = client.get_metric_history(run.info.run_id, "test/acc_epoch")[-1].value
@@ -122,74 +139,18 @@ def test_sweep_is_a_parent_run_of_child_runs_that_compare_tables(
     broken = children[2]
     assert "| 1 | MaxPool | n/a | 0 + 1 failed | n/a | n/a | n/a |" in table
     assert f"| broken | {broken.info.run_name} | FAILED | {broken.info.run_id} |" in table
+    assert incomplete in table
     assert (tmp_path / "compare" / "chart.png").stat().st_size > 10_000
     # Not among the training runs: in an experiment of its own, naming the sweep.
-    assert len(client.search_runs([parent.info.experiment_id])) == 4
+    assert len(client.search_runs([parent.info.experiment_id])) == 5
     summaries = client.get_experiment_by_name("sweep/compare").experiment_id
     (summary,) = client.search_runs([summaries], "attributes.run_name = 'compare'")
     assert summary.data.tags["compare.parent_run_id"] == parent.info.run_id
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {
         "table.md", "table.csv", "chart.png",
     }  # fmt: skip
-
-
-# Slow: a whole script end to end, two jobs that train (~40 s on 2 cores).
-@pytest.mark.slow
-def test_a_job_that_fails_before_its_run_opens_is_a_failed_run_and_counted(
-    synthetic_root, tmp_path, empty_mlflow_db
-):
-    """A job can fail before its MLflow run opens, on something no validation sees (here a
-    directory where it writes its config.yaml): it becomes a FAILED child with its error,
-    beside a job that failed inside its run, and the parent counts the jobs Hydra launched."""
-    (tmp_path / "mlruns").mkdir()
-    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
-    (tmp_path / "conf" / "model").mkdir(parents=True)
-    (tmp_path / "conf" / "model" / "broken.yaml").write_text(BROKEN_MODEL)
-    sweep_dir = tmp_path / "outputs" / "sweep"
-    for job in (1, 3):  # the seed=1 jobs
-        (sweep_dir / str(job) / "config.yaml").mkdir(parents=True)
-    block_checkpoints(sweep_dir, 2)  # broken seed=0
-    sweep = run_train_script(
-        "--config-dir", str(tmp_path / "conf"), *sweep_overrides(synthetic_root, tmp_path),
-        "model=fast,broken", "seed=0,1", "logger.log_model=true",
-        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
-    )  # fmt: skip
-    assert sweep.returncode == 1
-    assert "Sweep parent run" in sweep.stdout + sweep.stderr
-    assert "4 jobs, 3 not finished" in sweep.stdout + sweep.stderr
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    parent, children = parent_and_children(client)
-    assert parent.info.status == "FAILED"
-    assert (parent.data.tags["sweep.jobs"], parent.data.tags["sweep.failed_jobs"]) == ("4", "3")
-    assert [(r.info.run_name, r.info.status) for r in children] == [
-        ("fast seed=0", "FINISHED"),
-        ("fast seed=1", "FAILED"),
-        ("broken seed=0", "FAILED"),
-        ("broken seed=1", "FAILED"),
-    ]
-    for job, run in ((1, children[1]), (3, children[3])):
-        blocked = sweep_dir / str(job) / "config.yaml"
-        error = f"RunFailed: the run stopped on an I/O error (Is a directory: {blocked});"
-        assert run.data.tags["error"].startswith(error)
-    assert "error" not in children[2].data.tags  # its own run, ended FAILED by the job
-
-    config = compare_config(tmp_path, f"parent_run_id={parent.info.run_id}", experiment="sweep")
-    compare(config, tmp_path / "compare")
-    rows = read_csv(tmp_path / "compare" / "table.csv")
-    # The finished config first; a job that failed before its run opened logged no params
-    # (its augmentation is n/a): a row of its own.
-    assert [(r["model"], r["augmentation"], r["runs"], r["failed"]) for r in rows] == [
-        ("fast", "none", "1", "0"),
-        ("fast", "n/a", "0", "1"),
-        ("broken", "none", "0", "1"),
-        ("broken", "n/a", "0", "1"),
-    ]
-    incomplete = f"sweep {parent.info.run_id} is incomplete: 1 of its 4 jobs finished"
-    assert incomplete in (tmp_path / "compare" / "table.md").read_text()
-    assert incomplete in parent.data.tags["mlflow.note.content"]
     promotion = str(promote_sweep(uri, "sweep", None, "digits"))
-    assert children[0].info.run_id in promotion
+    assert by_validation[0].info.run_id in promotion
     assert f"warning: {incomplete}" in promotion
 
 
