@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,12 +58,18 @@ def web_server_that_is_not_mlflow(directory: Path) -> Iterator[str]:
 ADMIN = ("admin", "admin-pw-1234")
 
 
-def start_mlflow_server(tmp_path: Path, port: int, auth: bool = False) -> subprocess.Popen:
+def start_mlflow_server(
+    tmp_path: Path, port: int, auth: bool = False, made: Path | None = None
+) -> subprocess.Popen:
     """A real `mlflow server` on the store in tmp_path/server, up when this returns. In a
     process group of its own: it starts uvicorn, which `stop_server` ends with it (killing
     the first process alone leaves it serving). auth=True: MLflow's basic-auth app, with
-    one user, ADMIN."""
+    one user, ADMIN. made: an initialised store (conftest's `empty_mlflow_db`) to copy there
+    where none is, sparing the server the schema's creation."""
     log = tmp_path / "server.log"
+    if made is not None and not (tmp_path / "server" / "mlflow.db").exists():
+        (tmp_path / "server").mkdir(parents=True, exist_ok=True)
+        shutil.copy(made, tmp_path / "server" / "mlflow.db")
     # No job runner (as `make server` starts it): its ~6 processes, each importing MLflow,
     # ran the UI's GenAI jobs, which no test has, and took the cores the tests ran on.
     env, app = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, []
@@ -92,6 +99,50 @@ def start_mlflow_server(tmp_path: Path, port: int, auth: bool = False) -> subpro
     return server
 
 
+def start_make_server(target: str, store: Path, port: int) -> subprocess.Popen:
+    """`make <target>` (ui or server, as users start them) on `store` at `port`, up when
+    this returns, in a process group of its own (see start_mlflow_server); its log beside
+    the store."""
+    from mnist.paths import REPO_ROOT
+
+    log = store.parent / f"make-{target}-{store.name}.log"
+    make = subprocess.Popen(
+        ["make", "-s", target, f"PORT={port}", f"STORE={store}"],
+        cwd=REPO_ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", make, log)
+    except BaseException:
+        stop_server(make, signal.SIGKILL)
+        raise
+    return make
+
+
+def processes_of(group: int) -> list[Path]:
+    """/proc/<pid> of each process of a process group."""
+
+    def group_of(process: Path) -> int | None:
+        try:
+            return os.getpgid(int(process.name))
+        except ProcessLookupError:
+            return None
+
+    return [p for p in Path("/proc").glob("[0-9]*") if group_of(p) == group]
+
+
+def assert_no_job_runner_and_address_recorded(url: str, store: Path, group: int) -> None:
+    """Of a `make ui` or `make server` (start_make_server) up at `url` on `store`: MLflow 3.17
+    starts a job runner beside its server (10 processes, 2.1 GB in all); it hands the server
+    the runner's storage before the server starts, so its absence is known as soon as the
+    server answers. The address served is recorded beside the store, where commands find it
+    for their links."""
+    environments = [(p / "environ").read_bytes() for p in processes_of(group) if p.exists()]
+    assert environments and not [e for e in environments if b"_MLFLOW_HUEY_STORAGE" in e]
+    from mnist.tracking import ui
+
+    assert (store / ui.ADDRESS_FILE).read_text().strip() == url
+
+
 def stop_server(server: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
     """`signum` to every process of the server (SIGKILL: as if its machine died)."""
     with contextlib.suppress(ProcessLookupError):
@@ -100,11 +151,11 @@ def stop_server(server: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
 
 
 @contextmanager
-def mlflow_server(tmp_path: Path, auth: bool = False) -> Iterator[str]:
+def mlflow_server(tmp_path: Path, auth: bool = False, made: Path | None = None) -> Iterator[str]:
     """The URL of a real `mlflow server` on a store in tmp_path/server, up until
-    the block ends (auth: see start_mlflow_server)."""
+    the block ends (auth, made: see start_mlflow_server)."""
     port = free_port()
-    server = start_mlflow_server(tmp_path, port, auth)
+    server = start_mlflow_server(tmp_path, port, auth, made)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
