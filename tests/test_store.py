@@ -33,17 +33,16 @@ from mnist.tracking import store
 from tests.helpers import (
     TRAIN_SCRIPT,
     compose_config,
-    run_script,
-    run_train_script,
     tiny_overrides,
 )
 from tests.helpers.images import seven, to_uint8
 from tests.helpers.runs import assert_logged_once_per_step
 from tests.helpers.server import (
     ADMIN,
+    assert_no_job_runner_and_address_recorded,
     free_port,
     mlflow_server,
-    start_mlflow_server,
+    start_make_server,
     stop_server,
     web_server_that_is_not_mlflow,
 )
@@ -151,17 +150,30 @@ def test_a_corrupt_store_is_refused_at_start_and_left_as_it_is(
     assert not (tmp_path / "o").exists()  # refused before the data was even loaded
 
 
-def test_training_and_prediction_scripts_name_a_corrupt_store_in_one_line(synthetic_root, tmp_path):
+def test_training_and_prediction_scripts_name_a_corrupt_store_in_one_line(
+    synthetic_root, tmp_path, capsys
+):
+    """In-process, as scripts/train.py and scripts/predict.py run their jobs: in
+    exit_on_user_error, whose status every script exits with through mnist.cli.run (as
+    processes: the sweep below, tests/test_refusals.py)."""
+    from mnist.inference.predict import run_prediction
+
     db = tmp_path / "mlruns" / "mlflow.db"
     corrupt(db, "random bytes", None)
     before = db.read_bytes()
-    trained = run_train_script(*tiny_overrides(synthetic_root, tmp_path))
-    predicted = run_script("predict", f"img={REPO_ROOT / 'README.md'}",
-                           f"paths.mlruns={tmp_path / 'mlruns'}")  # fmt: skip
-    for result in (trained, predicted):
-        assert result.returncode == 2, result.stderr[-3000:]
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"error: MLflow store {db} ")
+    train = compose_config(tiny_overrides(synthetic_root, tmp_path))
+    predict = compose_config([f"img={REPO_ROOT / 'README.md'}",
+                              f"paths.mlruns={tmp_path / 'mlruns'}"], "predict")  # fmt: skip
+    jobs = {
+        "train": (train, lambda: run_training(train, JobContext(output_dir=tmp_path / "o"))),
+        "predict": (predict, lambda: run_prediction(predict)),
+    }
+    for name, (cfg, job) in jobs.items():
+        with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+            job()
+        assert exited.value.code == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: MLflow store {db} "), lines
         assert "is not an SQLite database" in lines[0]
     assert db.read_bytes() == before
 
@@ -206,28 +218,40 @@ def test_unsupported_stores_are_refused_before_any_side_effect(tiny_cfg, tmp_pat
     assert not (tmp_path / "file-store").exists() and not (tmp_path / "plain-directory").exists()
 
 
-def test_an_unreachable_server_fails_predict_and_a_sweep_within_seconds(tmp_path):
-    """MLflow alone retried for minutes: predict.py without ckpt (>90 s), a sweep (4.5 min)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+def test_an_unreachable_server_fails_predict_and_a_sweep_within_seconds(
+    tmp_path, monkeypatch, capsys
+):
+    """MLflow alone retried for minutes: predict.py without ckpt (>90 s), a sweep (4.5 min).
+    The sweep as a script (its refusal is the launcher's, before any job); predict's job
+    in-process, as scripts/predict.py runs it (exit_on_user_error)."""
+    from mnist.inference.predict import run_prediction
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     sweep = ["-m", "seed=0,1", f"paths.outputs={tmp_path / 'outputs'}",
              f"data.root={tmp_path / 'data'}"]  # fmt: skip
-    commands = {
-        "predict": ["predict.py", f"img={REPO_ROOT / 'README.md'}"],
-        "sweep": ["train.py", *sweep],
-    }
-    for name, (script, *args) in commands.items():
-        started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "scripts" / script), *args],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150,
-        )  # fmt: skip
-        elapsed = time.monotonic() - started
-        assert result.returncode == 2, (name, result.stderr[-3000:])
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "is unreachable" in lines[0], (name, result.stderr[-3000:])
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *sweep],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    elapsed = {"sweep": time.monotonic() - started}
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = {"sweep": result.stderr.strip().splitlines()}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = compose_config([f"img={REPO_ROOT / 'README.md'}"], "predict")
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+        run_prediction(cfg)
+    elapsed["predict"] = time.monotonic() - started
+    assert exited.value.code == 2
+    lines["predict"] = capsys.readouterr().err.strip().splitlines()
+    for name, printed in lines.items():
+        assert len(printed) == 1 and "is unreachable" in printed[0], (name, printed)
         # Mostly Python and torch starting on a loaded 2-core machine; MLflow's own
         # retries would take minutes.
-        assert elapsed < 60, (name, elapsed)
+        assert elapsed[name] < 60, (name, elapsed)
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "outputs").exists()
 
@@ -275,7 +299,7 @@ def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_built(
-    synthetic_root, tmp_path, monkeypatch, capsys, caplog
+    synthetic_root, tmp_path, monkeypatch, capsys, caplog, empty_mlflow_db
 ):
     """Before, a 401, or a user who may read but not add runs to the experiment, passed the
     start-up check: data and model were built, then MLflow's client failed with a 40-line
@@ -325,7 +349,7 @@ def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_bui
                               "logger.log_model=false", *args])  # fmt: skip
         run_training(cfg, JobContext(output_dir=tmp_path / f"trained {len(args)}"))
 
-    with mlflow_server(tmp_path, auth=True) as url:
+    with mlflow_server(tmp_path, auth=True, made=empty_mlflow_db) as url:
         host = url.removeprefix("http://")
         given = {"none": url, "a wrong password": f"http://{ADMIN[0]}:wrong@{host}"}
         for case, uri in given.items():
@@ -333,11 +357,12 @@ def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_bui
             assert line.startswith(f"error: MLflow tracking server {url} ")
             assert "(HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in line
             assert "wrong" not in line
+        # The administrator's experiment, made by a request, not a run: each request costs
+        # the server ~0.3 s of CPU checking the password (the reader's run below trains).
         admin = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
-        train(url, **admin)
-        # Longer than any fixed read: an experiment's JSON grows with its tags (saved views).
         as_user(admin)
-        experiment_id = MlflowClient(url).get_experiment_by_name("mnist").experiment_id
+        experiment_id = MlflowClient(url).create_experiment("mnist")
+        # Longer than any fixed read: an experiment's JSON grows with its tags (saved views).
         MlflowClient(url).set_experiment_tag(experiment_id, store.NOTE_TAG, "x" * 20_000)
         # A second user may read the administrator's experiment (the server's default
         # permission) but not add runs to it; an experiment of their own is theirs.
@@ -360,7 +385,7 @@ def test_a_server_that_refuses_the_credentials_is_refused_before_anything_is_bui
             )
             for name in ("mnist", "readers")
         }
-        assert by_experiment == {"mnist": 1, "readers": 1}  # the checks created no run
+        assert by_experiment == {"mnist": 0, "readers": 1}  # the checks created no run
 
 
 # `$0` bind-mounted on itself and remounted read-only, in a user and mount namespace of the
@@ -415,17 +440,24 @@ def test_commands_that_only_read_a_store_work_on_a_read_only_one(tiny_cfg, tmp_p
     assert {p: p.read_bytes() for p in mlruns.rglob("*") if p.is_file()} == before
 
 
-# A real tracking server started twice, MLflow's retries against it while it is down, and
-# a resume through the script: about a minute on 2 cores.
+# A real tracking server (`make server`) started twice, MLflow's retries against it while
+# it is down, and a resume: about a minute on 2 cores.
 @pytest.mark.slow
 def test_a_server_killed_mid_run_ends_it_in_one_line_whose_command_resumes_it(
-    synthetic_root, tmp_path, capsys, caplog
+    synthetic_root, tmp_path, capsys, caplog, empty_mlflow_db
 ):
-    """It ended in about 10 chained tracebacks, with no hint that the run could resume."""
-    port = free_port()
+    """It ended in about 10 chained tracebacks, with no hint that the run could resume. The
+    server is `make server`, as users start it (which starts no job runner and records its
+    address: checked here, once it is up); the resume runs the printed command's job
+    in-process, as scripts/train.py runs it (the script itself resumes from a last.pt in
+    tests/test_reproducibility.py)."""
+    port, store = free_port(), tmp_path / "server"
     url = f"http://127.0.0.1:{port}"
-    server = start_mlflow_server(tmp_path, port)
+    store.mkdir()
+    shutil.copy(empty_mlflow_db, store / "mlflow.db")
+    server = start_make_server("server", store, port)
     try:
+        assert_no_job_runner_and_address_recorded(url, store, server.pid)
         overrides = [*tiny_overrides(synthetic_root, tmp_path), f"logger.tracking_uri={url}"]
         cfg = compose_config([*overrides, "trainer.epochs=3"])
 
@@ -445,12 +477,10 @@ def test_a_server_killed_mid_run_ends_it_in_one_line_whose_command_resumes_it(
         assert line.endswith(f"; once that is fixed, resume the run: {command}"), line
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
-        server = start_mlflow_server(tmp_path, port)  # the same store at the same address
-        resumed = subprocess.run(
-            [sys.executable, *command.split()[1:]],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        server = start_make_server("server", store, port)  # the same store and address
+        python, script, *overrides = command.split()
+        assert (python, script) == ("python", "scripts/train.py")
+        run_training(compose_config(overrides), JobContext(output_dir=tmp_path / "resumed"))
         client = MlflowClient(url)
         (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
         assert run.info.status == "FINISHED"

@@ -6,10 +6,13 @@ champion's version, each page saying what it holds."""
 
 import os
 import re
+import runpy
 import shutil
-import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,11 +23,18 @@ from mnist.metric_names import TRAIN_ACC, VAL_ACC
 from mnist.paths import DEFAULT_MLRUNS
 from mnist.reporting.compare import compare
 from mnist.tracking import ui
-from tests.helpers import REPO_ROOT, run_script, run_train_script, tiny_overrides
+from tests.helpers import REPO_ROOT, compose_config, run_train_script, tiny_overrides
 from tests.helpers.compare import compare_config
-from tests.helpers.server import free_port, wait_until_up
+from tests.helpers.server import (
+    assert_no_job_runner_and_address_recorded,
+    free_port,
+    start_make_server,
+    stop_server,
+)
 
 CHROMIUM = shutil.which("chromium")
+
+
 # Without the background services the closed network makes Chromium wait on them.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
@@ -80,35 +90,53 @@ def printed_link(text: str, before: str) -> str:
     return LINK.search(line).group(1)
 
 
+class Served(NamedTuple):
+    """A `make ui` or `make server` that is up: its URL, store and process group."""
+
+    url: str
+    store: Path
+    group: int
+
+
+@pytest.fixture(scope="module")
+def make_ui(tmp_path_factory, empty_mlflow_db):
+    """`make ui` serving a store of its own (a copy of an initialised one), for the tests
+    of what it serves and of how it runs: one server start for both."""
+    store = tmp_path_factory.mktemp("make-ui-store")
+    shutil.copy(empty_mlflow_db, store / "mlflow.db")
+    with made("ui", store) as served:
+        yield served
+
+
+@contextmanager
+def made(target: str, store: Path) -> Iterator[Served]:
+    """`make <target>` (ui or server) on `store`, up until the block ends."""
+    port = free_port()
+    make = start_make_server(target, store, port)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", store, make.pid)
+    finally:
+        stop_server(make)
+
+
 @pytest.mark.slow  # a sweep, a promotion, a server and a browser: minutes on a busy 2-core machine
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_every_command_links_a_page_of_mlflows_training_view_that_says_what_it_made(
-    tiny_cfg, synthetic_root, tmp_path, caplog, request
+    tiny_cfg, synthetic_root, tmp_path, caplog, capsys, request, make_ui
 ):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     shots = SCREENSHOTS or tmp_path
     digits = synthetic_root
     if SCREENSHOTS:
         digits = request.getfixturevalue("mnist_root")
-    tiny_cfg()  # the store, its schema made
-    store, port = tmp_path / "mlruns", free_port()
-    url, log = f"http://127.0.0.1:{port}", tmp_path / "make-ui.log"
-    server = subprocess.Popen(
-        ["make", "-s", "ui", f"PORT={port}", f"STORE={store}"],
-        cwd=REPO_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        links = made_with_links(tiny_cfg, digits, tmp_path, caplog)
-        assert all(link.startswith(f"{url}/#/") for link in links.values()), links
-        wait_until_up(url, server, log)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            text = {name: shown(page, link, name, shots) for name, link in pages(links).items()}
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    url, store, _ = make_ui
+    links = made_with_links(tiny_cfg, digits, tmp_path, store, caplog, capsys)
+    assert all(link.startswith(f"{url}/#/") for link in links.values()), links
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        text = {name: shown(page, link, name, shots) for name, link in pages(links).items()}
+        browser.close()
     for name, body in text.items():
         for genai in GENAI:
             assert genai not in body, (name, genai)
@@ -123,27 +151,34 @@ def test_every_command_links_a_page_of_mlflows_training_view_that_says_what_it_m
     check_descriptions(text, client.get_run(parent).info.run_name, champion)
 
 
-def made_with_links(tiny_cfg, digits: Path, tmp_path, caplog) -> dict[str, str]:
+def made_with_links(
+    tiny_cfg, digits: Path, tmp_path, store: Path, caplog, capsys
+) -> dict[str, str]:
     """A single run, a sweep of two models, their comparison and the champion, each made as
-    its command makes it, on `digits` (2,000 of them); {what: the link it printed}."""
+    its command makes it in `store`, on `digits` (2,000 of them); {what: the link it printed}."""
     caplog.set_level("INFO")
-    data = [f"data.root={digits}", "data.train_subset=2000"]
+    data = [f"data.root={digits}", "data.train_subset=2000", f"paths.mlruns={store}"]
     overrides = ["optimizer.lr=0.02"]  # what the single run is named by, after its model
     ctx = JobContext(tmp_path / "single", overrides=overrides, choices={"model": "fast"})
     run_training(tiny_cfg(*data, *overrides), ctx)
     single = printed_link(caplog.text, "Its learning curves: ")
 
-    tiny = [*tiny_overrides(digits, tmp_path), "logger.log_model=true"]
+    tiny = [*tiny_overrides(digits, tmp_path), f"paths.mlruns={store}", "logger.log_model=true"]
     sweep = run_train_script("-m", *tiny, "data.train_subset=2000", "model=fast,linear")
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     runs = printed_link(sweep.stdout, "Compare the runs: ")
 
     caplog.clear()
-    compare(compare_config(tmp_path, experiment="mnist"), tmp_path / "compare")
+    compare(
+        compare_config(tmp_path, f"paths.mlruns={store}", experiment="mnist"), tmp_path / "compare"
+    )
     comparison = printed_link(caplog.text, "See the comparison: ")
-    promote = run_script("promote", f"paths.mlruns={tmp_path / 'mlruns'}")
-    assert promote.returncode == 0, promote.stderr[-3000:]
-    champion = printed_link(promote.stdout, "See it: ")
+    # scripts/promote.py's main on its composed config, in-process (the script itself runs
+    # in tests/test_recipes.py).
+    promote = runpy.run_path(str(REPO_ROOT / "scripts" / "promote.py"))["main"]
+    capsys.readouterr()
+    promote(compose_config([f"paths.mlruns={store}"], config_name="promote"))
+    champion = printed_link(capsys.readouterr().out, "See it: ")
     return {"run": single, "runs": runs, "compare": comparison, "champion": champion}
 
 
@@ -226,31 +261,7 @@ def check_descriptions(text: dict[str, str], sweep: str, best) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["ui", "server"])
-def test_make_ui_and_server_start_no_job_runner_and_record_their_address(tmp_path, target):
-    """MLflow 3.17 starts a job runner beside its server (10 processes, 2.1 GB in all); it
-    hands the server the runner's storage before the server starts, so its absence is
-    known as soon as the server answers. The address served is recorded beside the store,
-    where commands find it for their links."""
-    port = free_port()
-    url, log = f"http://127.0.0.1:{port}", tmp_path / "make.log"
-    make = subprocess.Popen(
-        ["make", "-s", target, f"PORT={port}", f"STORE={tmp_path}"],
-        cwd=REPO_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_until_up(url, make, log)
-        group = [p for p in Path("/proc").glob("[0-9]*") if _group_of(p) == make.pid]
-        environments = [(p / "environ").read_bytes() for p in group if p.exists()]
-        assert environments and not [e for e in environments if b"_MLFLOW_HUEY_STORAGE" in e]
-        assert (tmp_path / ui.ADDRESS_FILE).read_text().strip() == url
-    finally:
-        os.killpg(make.pid, signal.SIGTERM)
-        make.wait(timeout=60)
-
-
-def _group_of(process: Path) -> int | None:
-    try:
-        return os.getpgid(int(process.name))
-    except ProcessLookupError:
-        return None
+def test_make_ui_starts_no_job_runner_and_records_its_address(make_ui):
+    """(assert_no_job_runner_and_address_recorded says why.) `make server`: in
+    tests/test_store.py's server killed mid-run, which starts its server so."""
+    assert_no_job_runner_and_address_recorded(*make_ui)
