@@ -1,13 +1,17 @@
 """Refusals of whole scripts (issue 18): one line, exit 2, and nothing on disk, also where
-the refusal comes after Hydra made the job's directory. Slow: each runs a script."""
+the refusal comes after Hydra made the job's directory. Slow: each runs a script, but
+training's, which runs its job in-process."""
 
 import shutil
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mnist.cli import exit_on_user_error
+from mnist.context import JobContext
+from mnist.job import run_training
 from mnist.tracking.store import get_or_create_experiment
-from tests.helpers import run_script, run_train_script
+from tests.helpers import compose_config, run_script
 from tests.helpers.server import web_server_that_is_not_mlflow
 
 
@@ -37,15 +41,23 @@ def test_reproduce_refuses_a_config_yaml_with_a_python_tag(tmp_path, empty_mlflo
     assert_refused_leaving_nothing(result, "not a readable YAML config", tmp_path / "outputs")
 
 
-@pytest.mark.slow
-def test_training_refuses_a_tracking_server_that_is_not_mlflow(tmp_path):
-    """Before: a 79-line traceback of MLflow's client, after the run's files were written."""
+def test_training_refuses_a_tracking_server_that_is_not_mlflow(tmp_path, capsys):
+    """Before: a 79-line traceback of MLflow's client, after the run's files were written.
+    In-process, as scripts/train.py runs the job: a TrackingError leaves the script as a
+    ConfigError does (mnist/cli.py exit_on_user_error), Hydra's directory discarded
+    (test_config.py test_script_refuses_late_failures_before_any_side_effect)."""
+    outputs = tmp_path / "outputs"
     with web_server_that_is_not_mlflow(tmp_path) as url:
-        result = run_train_script(
-            f"logger.tracking_uri={url}", f"paths.outputs={tmp_path / 'outputs'}",
-            f"data.root={tmp_path / 'data'}",
-        )  # fmt: skip
-    assert_refused_leaving_nothing(result, "is not a working MLflow", tmp_path / "outputs")
+        cfg = compose_config([f"logger.tracking_uri={url}", f"paths.outputs={outputs}",
+                              f"data.root={tmp_path / 'data'}"])  # fmt: skip
+        with pytest.raises(SystemExit) as exited, exit_on_user_error(cfg):
+            run_training(cfg, JobContext(output_dir=outputs / "job"))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2
+    assert (
+        len(lines) == 1 and lines[0].startswith("error: ") and "is not a working MLflow" in lines[0]
+    )
+    assert not outputs.exists()
     assert not (tmp_path / "data").exists()
 
 
