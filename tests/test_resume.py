@@ -26,7 +26,7 @@ from mnist.errors import CheckpointWriteError, ConfigError
 from mnist.job import run_training
 from mnist.tools.reproduce import compare_runs
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.helpers import run_train_script, tiny_overrides
+from tests.helpers import compose_config, run_train_script, tiny_overrides
 from tests.helpers.runs import assert_logged_once_per_step, everything_logged, runs_in, store
 
 FULL_DEVICE = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
@@ -249,16 +249,14 @@ def test_a_store_that_fills_during_an_upload_fails_the_run_that_then_resumes(
     [
         ([], "paths.outputs={disk}/outputs", "paths.outputs={disk}/outputs is on a full disk"),
         (["-m"], "paths.outputs={disk}/outputs", "paths.outputs={disk}/outputs is on a full disk"),
-        ([], "paths.mlruns={disk}/mlruns",
-         "MLflow store sqlite:///{disk}/mlruns/mlflow.db is on a full disk"),
     ],
-    ids=["outputs", "outputs of a sweep", "store"],
+    ids=["outputs", "outputs of a sweep"],
 )  # fmt: skip
 def test_a_full_disk_is_refused_at_start_in_one_line_and_left_as_it_was(
     flags, override, refused, synthetic_root, tmp_path
 ):
-    """A full outputs disk: Hydra's traceback and a stray directory; a full store: MLflow's
-    traceback."""
+    """A full outputs disk: Hydra's traceback and a stray directory (Hydra's callback
+    refuses it, before a job runs: whole scripts)."""
     with tmpfs(tmp_path / "disk", "1m") as disk:
         fill(disk)
         overrides = tiny_overrides(synthetic_root, tmp_path)
@@ -267,5 +265,28 @@ def test_a_full_disk_is_refused_at_start_in_one_line_and_left_as_it_was(
         free = f"(0 KiB free at {disk}, a job needs {MIN_FREE_BYTES // 1024} KiB)"
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"error: {refused.format(disk=disk)} {free}; free some space"), line
+        assert [path.name for path in disk.iterdir()] == ["filler"]
+    assert not list((tmp_path / "outputs").rglob("*"))
+
+
+def test_a_full_store_disk_is_refused_at_start_in_one_line_and_left_as_it_was(
+    synthetic_root, tmp_path, capsys
+):
+    """Before: MLflow's traceback. In-process, as scripts/train.py runs the job: its exit 2
+    and the discarded job directory are the script's for every refusal (test_config.py
+    test_script_refuses_late_failures_before_any_side_effect)."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        fill(disk)
+        cfg = compose_config(
+            [*tiny_overrides(synthetic_root, tmp_path), f"paths.mlruns={disk}/mlruns"]
+        )
+        status, lines = exit_and_stderr(
+            cfg, JobContext(output_dir=tmp_path / "outputs" / "job"), capsys
+        )
+        assert status == 2
+        free = f"(0 KiB free at {disk}, a job needs {MIN_FREE_BYTES // 1024} KiB)"
+        refused = f"MLflow store sqlite:///{disk}/mlruns/mlflow.db is on a full disk"
+        (line,) = lines
+        assert line.startswith(f"error: {refused} {free}; free some space"), line
         assert [path.name for path in disk.iterdir()] == ["filler"]
     assert not list((tmp_path / "outputs").rglob("*"))
