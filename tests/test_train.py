@@ -43,7 +43,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 
 
 @pytest.mark.slow  # a whole script end to end, ~35 s; CI runs it
-def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path):
+def test_multirun_script_logs_one_complete_run_per_job(synthetic_root, tmp_path, made_store):
     overrides = [*tiny_overrides(synthetic_root, tmp_path), "logger.log_model=true"]
     elsewhere = tmp_path / "working_directory"
     elsewhere.mkdir()
