@@ -7,7 +7,6 @@ import contextlib
 import os
 import pickle
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from mnist.tracking.store import PARENT_TAG
 from mnist.tracking.sweep_runs import SUPERSEDED_TAG, SUPERSEDES_TAG, current_runs, mark_superseded
 from tests.helpers import CONF_DIR, TRAIN_SCRIPT, tiny_overrides
 from tests.helpers.compare import compare_config, read_csv
+from tests.helpers.runs import sqlite_rows
 
 
 def test_config_hash_changes_with_what_a_run_computes_only(tiny_cfg, tmp_path):
@@ -139,17 +139,12 @@ def test_sweep_resume_must_be_a_boolean(tiny_cfg):
 def _runs(store: Path) -> dict[str, tuple[str, bool]]:
     """{run id: (status, whether it has trained an epoch)} of the training runs, read
     without MLflow's client, so that polling costs the sweep under test no imports."""
-    if not store.is_file():
-        return {}
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30) as db:
-            rows = db.execute(
-                "SELECT r.run_uuid, r.status, EXISTS (SELECT 1 FROM latest_metrics l "
-                f"WHERE l.run_uuid = r.run_uuid AND l.key = '{VAL_ACC}') FROM runs r "
-                "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = 'model'"
-            ).fetchall()
-    except sqlite3.OperationalError:  # the schema is still being created
-        return {}
+    rows = sqlite_rows(
+        store,
+        "SELECT r.run_uuid, r.status, EXISTS (SELECT 1 FROM latest_metrics l "
+        f"WHERE l.run_uuid = r.run_uuid AND l.key = '{VAL_ACC}') FROM runs r "
+        "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = 'model'",
+    )
     return {run_id: (status, bool(trained)) for run_id, status, trained in rows}
 
 

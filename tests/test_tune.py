@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from mnist.tuning.search import (
 )
 from mnist.tuning.study import stores
 from tests.helpers import CONF_DIR, REPO_ROOT, compose_config, run_script, tiny_overrides
+from tests.helpers.runs import sqlite_rows
 
 PARENT_TAG = "mlflow.parentRunId"
 # Learns the synthetic digits within an epoch / learns nothing: a trial to keep, one to prune.
@@ -568,22 +568,10 @@ def test_two_tune_processes_share_one_study_and_its_preset_retrains(
     assert run.data.params["optimizer.lr"] == str(best.params["optimizer.lr"])
 
 
-def _store_rows(db: Path, query: str) -> list[tuple]:
-    """`query` on an SQLite file, read with sqlite3: polling costs the processes under test
-    no imports. No rows while the file or its schema does not exist yet."""
-    if not db.is_file():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as connection:
-            return connection.execute(query).fetchall()
-    except sqlite3.OperationalError:  # the schema is being created
-        return []
-
-
 def _running_trial_runs(tmp_path: Path) -> set[str]:
     return {
         run_id
-        for (run_id,) in _store_rows(
+        for (run_id,) in sqlite_rows(
             tmp_path / "mlruns" / "mlflow.db",
             "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
             "AND t.key = 'optuna.trial' WHERE r.status = 'RUNNING'",
@@ -593,7 +581,7 @@ def _running_trial_runs(tmp_path: Path) -> set[str]:
 
 def _trial_processes(tmp_path: Path) -> set[int]:
     """The ids of the processes running the study's trials (each trial's `worker`)."""
-    rows = _store_rows(
+    rows = sqlite_rows(
         tmp_path / "mlruns" / "optuna.db",
         "SELECT value_json FROM trial_user_attributes WHERE key = 'worker'",
     )

@@ -1,9 +1,28 @@
 """Reading back what a job logged, and interrupting it with real signals, for the tests of
 signals and resume."""
 
+import contextlib
 import signal
+import sqlite3
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+
+def sqlite_rows(db: Path, query: str) -> list[tuple]:
+    """`query` on an SQLite file read with sqlite3, so that polling costs the processes under
+    test no imports; no rows while the file or its schema does not exist yet. Read-write: a
+    process killed while writing leaves a journal that the next connection must roll back,
+    which a read-only one cannot ("attempt to write a readonly database")."""
+    if not db.is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
+            return connection.execute(query).fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" not in str(e):
+            raise
+        return []
 
 
 def store(tmp_path) -> MlflowClient:
