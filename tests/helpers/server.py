@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mnist.paths import REPO_ROOT
+from mnist.tracking import ui
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -91,31 +94,29 @@ def start_mlflow_server(
          *app],
         stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )  # fmt: skip
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}", server, log)
-    except BaseException:
-        stop_server(server, signal.SIGKILL)
-        raise
-    return server
+    return _serving(server, port, log)
 
 
 def start_make_server(target: str, store: Path, port: int) -> subprocess.Popen:
     """`make <target>` (ui or server, as users start them) on `store` at `port`, up when
     this returns, in a process group of its own (see start_mlflow_server); its log beside
     the store."""
-    from mnist.paths import REPO_ROOT
-
     log = store.parent / f"make-{target}-{store.name}.log"
     make = subprocess.Popen(
         ["make", "-s", target, f"PORT={port}", f"STORE={store}"],
         cwd=REPO_ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    return _serving(make, port, log)
+
+
+def _serving(server: subprocess.Popen, port: int, log: Path) -> subprocess.Popen:
+    """`server` once it answers at `port`; if it never does, killed with its process group."""
     try:
-        wait_until_up(f"http://127.0.0.1:{port}", make, log)
+        wait_until_up(f"http://127.0.0.1:{port}", server, log)
     except BaseException:
-        stop_server(make, signal.SIGKILL)
+        stop_server(server, signal.SIGKILL)
         raise
-    return make
+    return server
 
 
 def processes_of(group: int) -> list[Path]:
@@ -138,8 +139,6 @@ def assert_no_job_runner_and_address_recorded(url: str, store: Path, group: int)
     for their links."""
     environments = [(p / "environ").read_bytes() for p in processes_of(group) if p.exists()]
     assert environments and not [e for e in environments if b"_MLFLOW_HUEY_STORAGE" in e]
-    from mnist.tracking import ui
-
     assert (store / ui.ADDRESS_FILE).read_text().strip() == url
 
 
