@@ -66,14 +66,13 @@ def files_under(directory: Path) -> set[str]:
 # Slow: four trainings at once (two single runs, two one-job sweeps), ~60 s on 2 cores.
 @pytest.mark.slow
 def test_runs_and_sweeps_started_in_the_same_second_each_keep_a_complete_record(
-    synthetic_root, tmp_path, empty_mlflow_db
+    synthetic_root, tmp_path
 ):
     """Started in the same second, two runs would get the same directory (and two sweeps
     the same sweep directory): one was refused as if the other were its resume, and its
     clean-up deleted the other's .hydra/ and train.log. A directory that stands for that
-    second is given: each process must get its own, with its whole record in it."""
-    (tmp_path / "mlruns").mkdir()
-    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    second is given: each process must get its own, with its whole record in it. Also: the
+    four find no store (tmp_path/mlruns does not exist yet), and all make it at once."""
     outputs = tmp_path / "outputs"
     overrides = [*tiny_overrides(synthetic_root, tmp_path), "trainer.epochs=1",
                  f"hydra.run.dir=${{unique_dir:{outputs}/08-45-12}}",

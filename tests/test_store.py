@@ -61,27 +61,6 @@ def finished_runs(db) -> list[str]:
     return [run.info.status for run in client.search_runs([experiment])]
 
 
-# Slow: two trainings at once, each creating the schema (~40 s on 2 cores).
-@pytest.mark.slow
-def test_two_runs_started_at_once_on_a_fresh_store_both_finish(synthetic_root, tmp_path):
-    mlruns = tmp_path / "mlruns"  # does not exist yet: both runs find no store
-    command = [sys.executable, str(TRAIN_SCRIPT), *tiny_overrides(synthetic_root, tmp_path),
-               "trainer.epochs=1"]  # fmt: skip
-    processes = [
-        subprocess.Popen(
-            [*command, f"hydra.run.dir={tmp_path / name}"],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("first", "second")
-    ]
-    errors = [process.communicate(timeout=600)[1][-3000:] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], errors
-    assert finished_runs(mlruns / "mlflow.db") == ["FINISHED", "FINISHED"]
-
-
 def test_a_dataset_another_job_inserted_first_is_found_when_tried_again(tmp_path, empty_mlflow_db):
     """Two jobs logging the same dataset at once: the second insert fails (the error a
     tracking server returned in a submitit sweep) and, tried again, finds the first's."""

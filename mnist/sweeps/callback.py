@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist.cli import exit_on_user_error
 from mnist.context import PARENT_RUN_FILE, SWEPT_KEYS_FILE
-from mnist.errors import ConfigError
+from mnist.errors import ConfigError, SweepInterrupted
 from mnist.overrides import refuse_unresolvable, task_overrides
 from mnist.paths import REPO_ROOT
 from mnist.sweeps.resume import record_failed_job, sweep_sha256
@@ -30,6 +31,7 @@ from mnist.tracking import queries, store, sweep_runs
 from mnist.tracking.store import NOTE_TAG
 from mnist.tracking.sweep_runs import FAILED_JOBS_TAG, JOBS_TAG, SWEEP_HASH_TAG, current_runs
 from mnist.tracking.ui import children_path, how_to_open
+from mnist.training.signals import keep_stops_between_jobs, kept_stop
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class MlflowSweep(Callback):
 
     # tracking URI, experiment, parent run id, sweep directory, number of jobs (or None)
     _parent: tuple[str, str, str, Path, int | None] | None = None
+    _launcher_pid: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_invalid_sweep(config)
@@ -150,9 +153,20 @@ class MlflowSweep(Callback):
         (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key in swept))
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
         self._parent = (uri, experiment, run_id, sweep_dir, job_count)
+        self._launcher_pid = os.getpid()
         atexit.register(self._end_parent)
         self._restore_signals = stop_jobs_on_signals(uri, run_id)
         log.info("Sweep parent run %s in MLflow experiment %r (%s)", run_id, experiment, uri)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A joblib worker keeps a stop that its launcher forwarded between two jobs, and
+        starts no job after it (a BaseException, which Hydra does not turn into a warning)."""
+        launcher = OmegaConf.select(config, "hydra.launcher._target_") or ""
+        if "joblib" not in launcher or os.getpid() == self._launcher_pid:
+            return  # jobs in the launcher's own process stop with it
+        keep_stops_between_jobs()
+        if signum := kept_stop():
+            raise SweepInterrupted(signum)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:

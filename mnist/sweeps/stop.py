@@ -44,17 +44,16 @@ def stop_jobs_on_signals(uri: str, parent_run_id: str) -> Callable[[], None]:
         name = signal.Signals(signum).name
         log.warning("%s: stopping the sweep (%d worker processes)", name, len(workers))
         if workers:
-            running = _running_jobs(uri, parent_run_id)
             # SIGINT as Ctrl-C sends it (which reached them from the terminal already): a
-            # worker between jobs gets a KeyboardInterrupt rather than dying at once, which
-            # would make loky kill the others mid-checkpoint.
+            # worker keeps it between jobs and starts no other (MlflowSweep.on_job_start),
+            # where dying at once would make loky kill the others mid-checkpoint.
             for pid in workers if signum == signal.SIGTERM else []:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)
+            # Also the runs opened since: a job set up as the stop came stops at its first step.
             deadline = time.monotonic() + GRACE_S
-            while running and time.monotonic() < deadline:
+            while _running_jobs(uri, parent_run_id) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                running &= _running_jobs(uri, parent_run_id)
         raise SweepInterrupted(signum)
 
     restore = install_handler(stop)

@@ -20,6 +20,10 @@ _active: StopRequested | None = None
 # Ctrl-C, and what schedulers (Slurm, Kubernetes, `kill`) send before they kill.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# In a process that runs job after job (keep_stops_between_jobs), the stop it received: it
+# outlives the job it came in, so that no later job starts. None in any other process.
+_kept: list[signal.Signals] | None = None
+
 
 def install_handler(handler: Callable[[int, Any], None]) -> Callable[[], None]:
     """Install `handler` for SIGINT/SIGTERM; returns what puts the previous handlers back.
@@ -35,14 +39,37 @@ def install_handler(handler: Callable[[int, Any], None]) -> Callable[[], None]:
     return restore
 
 
+def keep_stops_between_jobs() -> None:
+    """In a joblib sweep's worker: a stop that arrives between two jobs, or before a job's
+    own scope, is kept for the jobs that follow. Python's default handler raised a
+    KeyboardInterrupt wherever the worker was, and dropped it inside a weakref callback: the
+    worker went on to its next job, whose run stayed RUNNING when the launcher ended."""
+    global _kept
+    if _kept is None:
+        _kept = []
+        install_handler(_keep)
+
+
+def _keep(signum: int, frame: Any) -> None:
+    if _kept:  # a second signal stops at once
+        raise KeyboardInterrupt
+    _kept.append(signal.Signals(signum))
+
+
+def kept_stop() -> signal.Signals | None:
+    """The stop a worker keeps from an earlier job, if any."""
+    return _kept[0] if _kept else None
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequested]:
-    """The first SIGINT/SIGTERM becomes a request; a second one stops at once."""
+    """The first SIGINT/SIGTERM becomes a request; a second one stops at once. In a worker
+    that keeps stops, one kept already is the request."""
     global _active
     if _active is not None or threading.current_thread() is not threading.main_thread():
         yield _active or (lambda: None)
         return
-    requested: list[signal.Signals] = []
+    requested: list[signal.Signals] = [] if _kept is None else _kept
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def request_stop(signum: int, frame: Any) -> None:
