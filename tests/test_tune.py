@@ -38,7 +38,7 @@ from mnist.tuning.search import (
 )
 from mnist.tuning.study import stores
 from tests.helpers import CONF_DIR, REPO_ROOT, compose_config, run_script, tiny_overrides
-from tests.helpers.runs import sqlite_rows
+from tests.helpers.runs import sqlite_rows, wait_until
 
 PARENT_TAG = "mlflow.parentRunId"
 # Learns the synthetic digits within an epoch / learns nothing: a trial to keep, one to prune.
@@ -531,11 +531,7 @@ def test_two_tune_processes_share_one_study_and_its_preset_retrains(
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 600
-        while not _running_trial_runs(tmp_path):
-            assert tune.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial started in 10 minutes"
-            time.sleep(0.2)
+        wait_until(lambda: _running_trial_runs(tmp_path), tune, log, "no trial started")
         search(tmp_path, tiny_search(synthetic_root, tmp_path, *extra))
         assert tune.wait(timeout=900) == 0, log.read_text()[-3000:]
     finally:
@@ -591,14 +587,11 @@ def _trial_processes(tmp_path: Path) -> set[int]:
 def _kill_when_a_trial_runs(command: list[str], tmp_path: Path) -> set[str]:
     """Start the search (n_jobs=1: its trials run in its own process) and SIGKILL it once a
     trial has an open MLflow run; the runs left RUNNING."""
-    with (tmp_path / "killed.log").open("w") as log:
-        tuner = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        tuner = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 600
-        while not _running_trial_runs(tmp_path):
-            assert tuner.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial started in 10 minutes"
-            time.sleep(0.2)
+        wait_until(lambda: _running_trial_runs(tmp_path), tuner, log, "no trial started")
     finally:
         tuner.kill()
         tuner.wait(timeout=60)
@@ -669,11 +662,8 @@ def test_an_interrupted_search_says_so_in_one_line_per_trial(
     with log.open("w") as out:
         tuner = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 600
-        while len(_running_trial_runs(tmp_path)) < n_jobs:
-            assert tuner.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the trials did not start in 10 minutes"
-            time.sleep(0.2)
+        wait_until(lambda: len(_running_trial_runs(tmp_path)) >= n_jobs, tuner, log,
+                   "the trials did not start")  # fmt: skip
         tuner.send_signal(signum)
         assert tuner.wait(timeout=300) == 130, log.read_text()[-3000:]
     finally:

@@ -4,6 +4,9 @@ signals and resume."""
 import contextlib
 import signal
 import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -23,6 +26,18 @@ def sqlite_rows(db: Path, query: str) -> list[tuple]:
         if "no such table" not in str(e):
             raise
         return []
+
+
+def wait_until(
+    condition: Callable[[], object], process: subprocess.Popen, log: Path, waited_for: str
+) -> None:
+    """Poll `condition` (e.g. over sqlite_rows) while `process` runs: fails with the end of its
+    `log` if it ends first, and after 10 minutes naming what did not happen."""
+    deadline = time.monotonic() + 600
+    while not condition():
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{waited_for} in 10 minutes"
+        time.sleep(0.2)
 
 
 def store(tmp_path) -> MlflowClient:
