@@ -603,14 +603,6 @@ def _kill_when_a_trial_runs(command: list[str], tmp_path: Path) -> set[str]:
     return _running_trial_runs(tmp_path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 # Slow: a search killed mid-trial, then the same search in two workers (~1 min on 2 cores).
 @pytest.mark.slow
 def test_a_hard_killed_search_run_again_in_workers_ends_the_run_it_left(
