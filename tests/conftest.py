@@ -4,14 +4,19 @@ composed configs shrunk to seconds, with every output under tmp_path."""
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+import torch
 from filelock import FileLock
 from hypothesis import settings
 from omegaconf import DictConfig
+from torch import Tensor
 
+from mnist.data.augment import OPS, Op
 from mnist.data.fetch import MNIST_SHA256, ensure_mnist
 from mnist.errors import DataError
 from mnist.paths import REPO_ROOT
@@ -99,6 +104,22 @@ def mnist_root(tmp_path_factory) -> Path:
         return ensure_mnist(root)
     except DataError as e:
         pytest.skip(f"real MNIST is not available here: {e}")
+
+
+@pytest.fixture
+def invert_op() -> Iterator[type[Op]]:
+    """An augmentation op as a user may write one: a key and `__call__`, no parameters; known
+    while the test runs. The classic pipeline has no twin of it."""
+
+    @dataclass(frozen=True)
+    class Invert(Op):
+        key: ClassVar[str] = "invert"
+
+        def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+            return 1 - images
+
+    yield Invert
+    del OPS["invert"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,3 +1,6 @@
+from dataclasses import dataclass
+from typing import ClassVar
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -181,6 +184,46 @@ def test_a_run_is_named_and_logged_by_what_its_augmentation_applies(tiny_cfg, tm
 def test_a_bad_op_or_parameter_is_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=r"^Invalid config: ") as e:
         validate_config(compose_config(["device=cpu", *overrides]))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture
+def noise_op():
+    """An op as the README's recipe writes one: a key, a parameter and `__call__`; known
+    while the test runs."""
+
+    @dataclass(frozen=True)
+    class Noise(Op):
+        key: ClassVar[str] = "noise"
+        std: float = 0.0
+
+        def __call__(self, images, generator):
+            noise = torch.randn(images.shape, generator=generator, device=images.device)
+            return (images + self.std * noise).clamp(0, 1)
+
+    yield Noise
+    del OPS["noise"]
+
+
+def test_an_op_of_a_key_and_a_call_is_named_by_its_values_and_inactive_at_its_defaults(
+    noise_op, invert_op
+):
+    assert noise_op(0.1).active and noise_op(0.1).name() == "noise(std0.1)"
+    assert not noise_op().active
+    assert BatchAugment([noise_op(), Erase(0.5)]).name == "erase(0.5)"
+    assert invert_op().active and invert_op().name() == "invert"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nan", "augmentation.noise with {'std': nan} must return finite images of the batch's"),
+        ("abc", "augmentation.noise with {'std': 'abc'} fails on a batch of digits (TypeError: "),
+    ],
+)
+def test_a_bad_value_of_an_op_without_rules_is_refused_in_one_line(noise_op, value, message):
+    with pytest.raises(ConfigError, match=r"^Invalid config: ") as e:
+        validate_config(compose_config(["device=cpu", f"+augmentation.noise.std={value}"]))
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

@@ -1,13 +1,11 @@
 import itertools
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 import mnist.tools.benchmark as benchmark_module
-from mnist.data.augment import OPS, BatchAugment, Op
+from mnist.data.augment import BatchAugment
 from mnist.data.tensors import load_mnist
 from mnist.errors import ConfigError
 from mnist.tools.benchmark import benchmark, project_batches, run_benchmark, set_up_benchmark
@@ -113,21 +111,7 @@ def test_benchmark_refuses_a_schedule_it_cannot_step(torchvision_layout, tmp_pat
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "out").exists()
 
 
-@pytest.fixture
-def op_without_a_twin():
-    """An op that the classic pipeline cannot mirror: known while the test runs."""
-
-    @dataclass(frozen=True)
-    class Invert(Op):
-        key: ClassVar[str] = "invert"
-        rules: ClassVar = {}
-        active = True
-
-    yield Invert
-    del OPS["invert"]
-
-
-def test_benchmark_refuses_an_op_it_cannot_mirror(torchvision_layout, tmp_path, op_without_a_twin):
+def test_benchmark_refuses_an_op_it_cannot_mirror(torchvision_layout, tmp_path, invert_op):
     cfg = benchmark_config(torchvision_layout, tmp_path, "+augmentation.invert={}")
     with pytest.raises(
         ConfigError, match=r"^augmentation.invert: the classic pipeline has no"

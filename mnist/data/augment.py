@@ -41,25 +41,80 @@ def _span(value: Any, high: float) -> bool:
 
 
 class Op:
-    """A batched transform of float (B, C, H, W) images with background 0; `rules`: each
-    parameter's (check, what it expects in words). An inactive op draws no numbers."""
+    """A batched transform of float (B, C, H, W) images in [0, 1] with background 0. A
+    subclass is a frozen dataclass: its `key` names it in conf/augmentation, its fields are
+    its parameters (defaults that change nothing) and `__call__` draws from `generator`.
+    The rest is optional. `rules`: a parameter's (check, what it expects in words), for a
+    message in words; any other bad value fails the trial call of `problems`. An inactive
+    op is left out of the batch, so it draws no numbers."""
 
     key: ClassVar[str]
-    rules: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]]
+    rules: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         OPS[cls.key] = cls
 
+    def _changed(self) -> dict[str, Any]:
+        values = {f.name: (getattr(self, f.name), f.default) for f in fields(self)}
+        return {
+            name: value for name, (value, default) in values.items() if not _same(value, default)
+        }
+
+    @property
+    def active(self) -> bool:
+        """At its defaults an op changes nothing; one without parameters always changes."""
+        return not fields(self) or bool(self._changed())
+
+    def name(self) -> str:
+        """Short, from the values not at their defaults: `noise(std0.1)`."""
+        values = [f"{name}{_short(value)}" for name, value in self._changed().items()]
+        return f"{self.key}({','.join(values)})" if values else self.key
+
+    def describe(self) -> str:
+        """The words of the preview's title."""
+        return self.name()
+
     @classmethod
-    def problems(cls, values: Mapping[str, Any]) -> Iterator[str]:
+    def problems(cls, values: Mapping[str, Any]) -> list[str]:
         known = [f.name for f in fields(cls)]
+        found = []
         for name, value in values.items():
             where = f"augmentation.{cls.key}.{name}"
             if name not in known:
-                yield f"{where} is not a parameter of {cls.key} (known: {', '.join(known)})"
-            elif not cls.rules[name][0](value):
-                yield f"{where}={value!r} must be {cls.rules[name][1]}"
+                found.append(f"{where} is not a parameter of {cls.key} (known: {', '.join(known)})")
+            elif name in cls.rules and not cls.rules[name][0](value):
+                found.append(f"{where}={value!r} must be {cls.rules[name][1]}")
+        return found or _trial_problems(cls, values)
+
+
+def _same(value: Any, default: Any) -> bool:
+    """A YAML list is the same value as a tuple default."""
+    if isinstance(value, list):
+        value = tuple(value)
+    return value == default
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "-".join(_short(v) for v in value)
+    return f"{value:g}" if is_finite(value) else str(value)
+
+
+def _trial_problems(op: type[Op], values: Mapping[str, Any]) -> list[str]:
+    """A value that no rule covers, caught on two digit-like images before a run starts:
+    one line naming the op rather than a traceback, or NaN weights, mid-run."""
+    images = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    images[:, :, 8:20, 12:16] = 1.0
+    where = f"augmentation.{op.key} with {dict(values)}"
+    try:
+        out = op(**values)(images, torch.Generator().manual_seed(0))
+    except Exception as e:  # a user's op may raise anything on a bad value
+        first = str(e).strip().partition("\n")[0]
+        return [f"{where} fails on a batch of digits ({type(e).__name__}: {first})"]
+    if not isinstance(out, Tensor) or out.shape != images.shape or not out.isfinite().all():
+        return [f"{where} must return finite images of the batch's shape {tuple(images.shape)}"]
+    return []
 
 
 @dataclass(frozen=True)
