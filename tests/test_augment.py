@@ -1,6 +1,7 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -250,3 +251,18 @@ def test_a_config_stored_before_ops_existed_still_resumes_as_its_affine_op(tmp_p
                               "crop_prob": 0.0, "crop_size": 28}  # fmt: skip
     resumed = resume_config({"config": stored}, tmp_path / "last.pt", cfg.device)
     assert resumed.augmentation == cfg.augmentation
+
+
+def test_the_previews_title_of_several_ops_is_wrapped_inside_the_image(tmp_path):
+    """Cut at the edges, the title would leave ink in the image's first and last columns."""
+    from PIL import Image
+
+    from mnist.reporting.plots import plot_augmented_inputs
+
+    both = BatchAugment([Affine(10, 0.1), Erase(0.5)])
+    title = f"augmentation={both.name}: {both.describe()}"
+    path = plot_augmented_inputs(
+        torch.rand(10, 28, 28), torch.rand(10, 8, 28, 28), tmp_path / "preview.png", title
+    )
+    pixels = np.asarray(Image.open(path).convert("L"))
+    assert (pixels[:, [0, 1, -2, -1]] > 250).all()

@@ -1,6 +1,7 @@
 """PNG figures. matplotlib is imported lazily with the Agg backend: runs happen on headless
 machines, and most code paths never plot."""
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from torch import Tensor
 
 from mnist.metric_names import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from mnist.reporting import table
+
+TITLE_CHAR_PT = 5.6  # the widest average width of a 9-point character, in points
 
 
 def pyplot():
@@ -128,14 +131,16 @@ def plot_augmented_inputs(originals: Tensor, variants: Tensor, path: Path, title
         for column in range(k):
             left = (column + 1) * cell + gap + 1
             mosaic[top : top + 28, left : left + 28] = variants[row, column].cpu()
-    fig, ax = plt.subplots(figsize=(0.55 * (k + 1) + 0.6, 0.55 * n + 0.9))
+    width_in = 0.55 * (k + 1) + 0.6
+    fig, ax = plt.subplots(figsize=(width_in, 0.55 * n + 0.9))
     ax.imshow(mosaic.numpy(), cmap="gray_r", vmin=0, vmax=1)
     ax.set_xticks([cell / 2, cell + gap + k * cell / 2], ["stored", "augmented (random draws)"])
     ax.tick_params(length=0, labelsize=8)
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(title, fontsize=9)
+    # Wider than the figure, a title (several ops' words) would be cut at both edges.
+    ax.set_title(textwrap.fill(title, int(width_in * 72 / TITLE_CHAR_PT)), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
