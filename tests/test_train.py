@@ -200,7 +200,7 @@ def test_the_augmentation_preview_shows_stored_digits_and_their_draws(
     assert draws.shape == (len(first), PREVIEW_DRAWS, 28, 28)
     unchanged = torch.isclose(draws, originals[:, None], atol=1e-6).flatten(2).all(2)
     if augmentation == "none":
-        assert unchanged.all() and description == "augmentation=none: none"
+        assert unchanged.all() and description == "augmentation=none"
     else:
         assert not unchanged.any() and "rotation ±10°" in description
         assert not torch.equal(draws[:, 0], draws[:, 1])  # every draw is a new transform
