@@ -254,6 +254,25 @@ def test_a_config_stored_before_ops_existed_still_resumes_as_its_affine_op(tmp_p
     assert resumed.augmentation == cfg.augmentation
 
 
+def test_an_op_whose_defaults_change_the_images_is_refused_rather_than_left_out():
+    @dataclass(frozen=True)
+    class Brighten(Op):
+        key: ClassVar[str] = "brighten"
+        amount: float = 0.1
+
+        def __call__(self, images, generator):
+            return (images + self.amount).clamp(0, 1)
+
+    try:
+        with pytest.raises(ConfigError, match=r"^Invalid config: ") as e:
+            validate_config(compose_config(["device=cpu", "+augmentation.brighten={}"]))
+    finally:
+        del OPS["brighten"]
+    assert "augmentation.brighten with {} is inactive (its parameters at their defaults) but " in (
+        str(e.value)
+    )
+
+
 def test_the_previews_title_of_several_ops_is_wrapped_inside_the_image(tmp_path):
     """Cut at the edges, the title would leave ink in the image's first and last columns."""
     from PIL import Image

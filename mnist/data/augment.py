@@ -108,12 +108,18 @@ def _trial_problems(op: type[Op], values: Mapping[str, Any]) -> list[str]:
     images[:, :, 8:20, 12:16] = 1.0
     where = f"augmentation.{op.key} with {dict(values)}"
     try:
-        out = op(**values)(images, torch.Generator().manual_seed(0))
+        built = op(**values)
+        out = built(images.clone(), torch.Generator().manual_seed(0))
     except Exception as e:  # a user's op may raise anything on a bad value
         first = str(e).strip().partition("\n")[0]
         return [f"{where} fails on a batch of digits ({type(e).__name__}: {first})"]
     if not isinstance(out, Tensor) or out.shape != images.shape or not out.isfinite().all():
         return [f"{where} must return finite images of the batch's shape {tuple(images.shape)}"]
+    if not built.active and not torch.equal(out, images):  # it would be left out, unseen
+        return [
+            f"{where} is inactive (its parameters at their defaults) but changes the images: "
+            f"give {op.key}'s parameters defaults that change nothing"
+        ]
     return []
 
 
