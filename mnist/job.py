@@ -217,8 +217,8 @@ def augmentation_preview(
     _, first = np.unique(labels[indices].cpu().numpy(), return_index=True)
     originals = to_unit_float(images[indices[torch.from_numpy(first).to(indices.device)]])
     draws = augment(originals.repeat_interleave(PREVIEW_DRAWS, 0))
-    words = augment.describe()  # an op's default words are its name: said once
-    description = f"augmentation={augment.name}" + (f": {words}" if words != augment.name else "")
+    words = augment.describe()
+    description = f"augmentation={augment.name}" + (f": {words}" if words else "")
     return originals[:, 0], draws.view(len(originals), PREVIEW_DRAWS, 28, 28), description
 
 

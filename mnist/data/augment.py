@@ -72,8 +72,8 @@ class Op:
         return f"{self.key}({','.join(values)})" if values else self.key
 
     def describe(self) -> str:
-        """The words of the preview's title."""
-        return self.name()
+        """Words for the preview's title, after the name; none beyond it by default."""
+        return ""
 
     @classmethod
     def problems(cls, values: Mapping[str, Any]) -> list[str]:
@@ -282,7 +282,7 @@ class BatchAugment:
         return "+".join(op.name() for op in self.ops) or "none"
 
     def describe(self) -> str:
-        return "; ".join(op.describe() for op in self.ops) or "none"
+        return "; ".join(filter(None, (op.describe() for op in self.ops)))
 
     def __call__(self, images: Tensor) -> Tensor:
         for op in self.ops:
