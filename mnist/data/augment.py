@@ -206,11 +206,9 @@ class Erase(Op):
         return bool(self.prob)
 
     def name(self) -> str:
-        parts = [f"{self.prob:g}"]
-        for field in fields(self)[1:]:
-            low, high = getattr(self, field.name)
-            if (low, high) != field.default:
-                parts.append(f"{field.name}{low:g}-{high:g}")
+        """Op's name, but the probability without its key: `erase(0.5,area0.1-0.2)`."""
+        changed = {key: value for key, value in self._changed().items() if key != "prob"}
+        parts = [f"{self.prob:g}", *(f"{key}{_short(value)}" for key, value in changed.items())]
         return f"erase({','.join(parts)})"
 
     def describe(self) -> str:
