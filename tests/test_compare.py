@@ -225,6 +225,14 @@ def test_vs_ref_measures_a_row_against_the_reference_it_has(reference, expected)
     assert line.endswith(f"| {expected} |")
 
 
+@pytest.mark.parametrize("epochs, said", [([1], "1 epoch;"), ([1, 2], "1-2 epochs;")])
+def test_a_row_not_comparable_says_its_epochs_in_words(epochs, said):
+    reference = {"final": 99.41, "epochs": 30, "train_images": 55000, "source": "s"}
+    row = Row(model="m", groups={}, finished=2, checkpoint_acc=[0.99, 0.99], epochs=epochs,
+              train_images=[5000], reference=reference)  # fmt: skip
+    assert f"5,000 training images, {said} the reference 55,000" in markdown([row], "t")
+
+
 def sweep(client, experiment_id, start_time) -> str:
     """A sweep's parent run as mnist/sweeps/callback.py opens it, started at `start_time`."""
     tags = {"sweep.dir": f"outputs/multirun/{start_time}"}

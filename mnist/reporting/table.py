@@ -99,8 +99,9 @@ def _incomparable(row: Row) -> str | None:
         "?" if n is None else f"{n:,}" for n in sorted(set(row.train_images), key=lambda n: n or 0)
     )
     ref_epochs = f", {ref['epochs']} epochs" if ref.get("epochs") else ""
+    epochs = _epochs(row)
     return (
-        f"{images} training images, {_epochs(row)} epochs; the reference "
+        f"{images} training images, {epochs} epoch{'' if epochs == '1' else 's'}; the reference "
         f"{ref.get('train_images') or 0:,} images{ref_epochs}"
     )
 
