@@ -1,7 +1,7 @@
 """What CUDA and Apple's MPS would reveal, proved on the CPU where it can be: no float64
 anywhere (MPS has none), every torch global set from each job's own config, clocks read
 after the device's queued work, precision checked per device, deterministic training only
-where every layer has a deterministic backward, and a checkpoint from another device
+where every op of a training step has a deterministic kernel, and a checkpoint from another device
 resumed with a warning. tests/test_cuda.py and tests/test_mps.py run on the devices."""
 
 import logging
@@ -24,21 +24,24 @@ from mnist.errors import ConfigError
 from mnist.inference.evaluate_checkpoints import run_evaluation
 from mnist.job import run_training
 from mnist.metric_names import VAL_ACC
-from mnist.models import build_model
+from mnist.models import build_model, built_on_meta
 from mnist.training.build import set_up
 from mnist.training.checkpoint import load_checkpoint, save_checkpoint
 from mnist.training.device import (
     DEFAULT_NUM_THREADS,
+    NONDETERMINISTIC_OPS,
     DeviceSettings,
+    OpRecorder,
     configure_torch,
     determinism_problem,
     precision_problem,
     synchronize,
     torch_settings,
+    training_step_ops,
 )
 from mnist.training.resume import Progress
 from tests.helpers import CONF_DIR, compose_config
-from tests.helpers.dispatch import NoFloat64, OpRecorder
+from tests.helpers.dispatch import NoFloat64
 from tests.helpers.images import seven, to_uint8
 from tests.helpers.training import CPU, run_fit
 
@@ -194,69 +197,57 @@ def test_mps_precision_needs_autocast_and_macos_14_for_bf16(
     assert found is None if problem is None else problem in found
 
 
-# Ops that raise under torch.use_deterministic_algorithms(True), from its documentation:
-# those with no deterministic CUDA kernel, and those with none on MPS.
-NONDETERMINISTIC_ON = {
-    "cuda": (
-        "aten.avg_pool3d_backward", "aten._adaptive_avg_pool2d_backward",
-        "aten._adaptive_avg_pool3d_backward", "aten.adaptive_max_pool2d_backward",
-        "aten.fractional_max_pool2d_backward", "aten.fractional_max_pool3d_backward",
-        "aten.max_unpool2d", "aten.max_unpool3d", "aten.upsample_linear1d_backward",
-        "aten.upsample_bilinear2d_backward", "aten.upsample_bicubic2d_backward",
-        "aten.upsample_trilinear3d_backward", "aten.reflection_pad1d_backward",
-        "aten.reflection_pad2d_backward", "aten.reflection_pad3d_backward",
-        "aten.nll_loss2d_forward", "aten._ctc_loss_backward", "aten.put_", "aten.histc",
-        "aten.median.dim", "aten.grid_sampler_2d_backward", "aten.grid_sampler_3d_backward",
-        "aten.scatter_reduce",
-    ),
-    "mps": (
-        "aten.max_pool2d_with_indices_backward", "aten.max_pool3d_with_indices_backward",
-        "aten.avg_pool3d_backward", "aten.embedding_dense_backward",
-        "aten.embedding_backward", "aten.grid_sampler_2d_backward", "aten.kthvalue",
-    ),
-}  # fmt: skip
-
-
-def training_step_ops(model: nn.Module) -> set[str]:
+def cpu_training_step_ops(model: nn.Module) -> set[str]:
+    """The ops a real training step runs, on the CPU: what the meta device's must match."""
+    images, labels = torch.randn(4, 1, 28, 28), torch.arange(4)
     with OpRecorder() as recorder:
-        loss = F.cross_entropy(model.train()(torch.randn(4, 1, 28, 28)), torch.arange(4))
-        loss.backward()
+        F.cross_entropy(model.train()(images), labels).backward()
     return recorder.ops
 
 
-def refused_ops(ops: set[str], device: str) -> set[str]:
-    return {op for op in ops if op.startswith(NONDETERMINISTIC_ON[device])}
-
-
-def test_the_op_check_sees_a_layer_without_a_deterministic_cuda_backward():
-    pooled = nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten())
-    assert refused_ops(training_step_ops(pooled), "cuda") == {
-        "aten._adaptive_avg_pool2d_backward.default"
-    }
+@pytest.mark.parametrize("size, refused", [(2, True), (1, False)])
+def test_a_layer_without_a_deterministic_cuda_kernel_is_refused_there_only(size, refused):
+    """AdaptiveAvgPool2d(2)'s backward has no deterministic CUDA kernel; at size 1 torch
+    computes a mean, which has. A model is refused by the ops it runs, not its classes."""
+    with torch.device("meta"):
+        model = nn.Sequential(
+            nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(size), nn.Flatten(),
+            nn.Linear(10 * size**2, 10),
+        )  # fmt: skip
+    problem = determinism_problem(model, CUDA)
+    assert (problem is not None) is refused
+    assert problem is None or problem.startswith(
+        "trainer.deterministic=true: _adaptive_avg_pool2d_backward (in a training step of "
+        "this model) has no deterministic kernel on cuda"
+    )
+    assert determinism_problem(model, CPU) is None and determinism_problem(model, MPS) is None
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_deterministic_training_is_refused_exactly_where_a_layer_would_raise(name):
-    """On CUDA every model trains deterministically (gap20k's AdaptiveAvgPool2d(1) is a
-    mean); on MPS MaxPool2d's backward has no deterministic kernel, so the config is
-    refused before anything is written, not in the first step of a logged run."""
-    model = build_model(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")))
-    ops = training_step_ops(model)
-    assert refused_ops(ops, "cuda") == set()
-    assert determinism_problem(model, CUDA) is None and determinism_problem(model, CPU) is None
-    problem = determinism_problem(model, MPS)
-    assert (problem is not None) is bool(refused_ops(ops, "mps"))
-    assert problem is None or "MaxPool2d has no deterministic backward on mps" in problem
+def test_deterministic_training_is_refused_exactly_where_a_step_would_raise(name):
+    """The meta device's training step runs the ops a real one runs, so a config is refused
+    before anything is written exactly where one of them has no deterministic kernel (on
+    MPS, max pooling's backward), not in the first step of a logged run."""
+    model_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    ops, model = cpu_training_step_ops(build_model(model_cfg)), built_on_meta(model_cfg)
+    assert training_step_ops(model) == ops
+    for device in (CUDA, MPS):
+        refused = {op for op in ops if op.startswith(NONDETERMINISTIC_OPS[device.type])}
+        assert (determinism_problem(model, device) is None) is not refused
 
 
 def test_validation_refuses_deterministic_mps_training_of_a_pooling_model(monkeypatch):
     for module in ("mnist.config", "mnist.training.device"):
         monkeypatch.setattr(f"{module}.available", lambda name: True)  # as on a Mac
-    with pytest.raises(ConfigError, match="MaxPool2d has no deterministic backward on mps"):
+    with pytest.raises(
+        ConfigError, match=r"max_pool2d_with_indices_backward .* no deterministic kernel on mps"
+    ):
         validate_config(compose_config(["device=mps", "trainer.deterministic=true"]))
     validate_config(compose_config(["device=mps", "trainer.deterministic=false"]))
     validate_config(compose_config(["device=mps", "trainer.deterministic=true",
                                     "model=cnn3_stride"]))  # fmt: skip
+    # gap20k's global average pooling is a mean: deterministic on CUDA.
+    validate_config(compose_config(["device=cuda", "trainer.deterministic=true", "model=gap20k"]))
 
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu_with_warnings(tiny_cfg, tmp_path, monkeypatch, caplog):

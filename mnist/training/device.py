@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from mnist.models.checks import INPUT_SHAPE
 from mnist.values import is_int
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,24 +64,66 @@ def precision_problem(precision: str, device: torch.device) -> str | None:
     return None
 
 
-# Layers without a deterministic backward kernel on a device (from
-# torch.use_deterministic_algorithms' documentation; tests/test_accelerators.py checks it).
-# AdaptiveAvgPool2d(1) is not among them on CUDA: torch computes it as a mean.
-NONDETERMINISTIC_BACKWARD: dict[str, tuple[type[nn.Module], ...]] = {
-    "mps": (nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool3d, nn.Embedding, nn.EmbeddingBag),
-}
+# The ops torch.use_deterministic_algorithms(True) raises on, per device: those its
+# documentation lists without a deterministic kernel there (tests/test_accelerators.py
+# checks them against a real training step). AdaptiveAvgPool2d(1) runs none on CUDA:
+# torch computes it as a mean.
+NONDETERMINISTIC_OPS: dict[str, tuple[str, ...]] = {
+    "cuda": (
+        "aten.avg_pool3d_backward", "aten._adaptive_avg_pool2d_backward",
+        "aten._adaptive_avg_pool3d_backward", "aten.adaptive_max_pool2d_backward",
+        "aten.fractional_max_pool2d_backward", "aten.fractional_max_pool3d_backward",
+        "aten.max_unpool2d", "aten.max_unpool3d", "aten.upsample_linear1d_backward",
+        "aten.upsample_bilinear2d_backward", "aten.upsample_bicubic2d_backward",
+        "aten.upsample_trilinear3d_backward", "aten.reflection_pad1d_backward",
+        "aten.reflection_pad2d_backward", "aten.reflection_pad3d_backward",
+        "aten.nll_loss2d_forward", "aten._ctc_loss_backward", "aten.put_", "aten.histc",
+        "aten.median.dim", "aten.grid_sampler_2d_backward", "aten.grid_sampler_3d_backward",
+        "aten.scatter_reduce",
+    ),
+    "mps": (
+        "aten.max_pool2d_with_indices_backward", "aten.max_pool3d_with_indices_backward",
+        "aten.avg_pool3d_backward", "aten.embedding_dense_backward",
+        "aten.embedding_backward", "aten.grid_sampler_2d_backward", "aten.kthvalue",
+    ),
+}  # fmt: skip
+
+
+class OpRecorder(TorchDispatchMode):
+    """The names of the aten ops run inside it, e.g. "aten.mean.dim"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def training_step_ops(model: nn.Module) -> set[str]:
+    """The ops of a training step (forward, cross-entropy, backward) of `model`, built on the
+    meta device: any model's layers and functions, found without computing anything."""
+    with torch.device("meta"):
+        images, labels = torch.empty(INPUT_SHAPE), torch.zeros(INPUT_SHAPE[0], dtype=torch.long)
+        with OpRecorder() as recorder:
+            F.cross_entropy(model.train()(images), labels).backward()
+    return recorder.ops
 
 
 def determinism_problem(model: nn.Module, device: torch.device) -> str | None:
-    """Why trainer.deterministic=true would fail on `device` with `model`, or None."""
-    refused = NONDETERMINISTIC_BACKWARD.get(device.type, ())
-    layers = sorted({type(m).__name__ for m in model.modules() if isinstance(m, refused)})
-    if not layers:
+    """Why trainer.deterministic=true would fail on `device` with `model` (built on the meta
+    device), or None."""
+    refused = NONDETERMINISTIC_OPS.get(device.type)
+    if refused is None:
+        return None
+    ops = sorted({op.split(".")[1] for op in training_step_ops(model) if op.startswith(refused)})
+    if not ops:
         return None
     return (
-        f"trainer.deterministic=true: {', '.join(layers)} has no deterministic backward on "
-        f"{device.type}; set trainer.deterministic=false, or use a model without it or "
-        "another device"
+        f"trainer.deterministic=true: {', '.join(ops)} (in a training step of this model) has "
+        f"no deterministic kernel on {device.type}; set trainer.deterministic=false, or use a "
+        "model without it or another device"
     )
 
 

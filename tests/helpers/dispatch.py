@@ -1,5 +1,5 @@
-"""Dispatch modes that watch every aten op a piece of code runs, standing in on the CPU
-for what only an accelerator would reveal."""
+"""A dispatch mode that watches every aten op a piece of code runs, standing in on the CPU
+for what only MPS would reveal."""
 
 import sys
 
@@ -34,15 +34,3 @@ class NoFloat64(TorchDispatchMode):
         if any(t.dtype == torch.float64 for t in tensors) and not _host_side():
             raise AssertionError(f"{func} uses float64, which MPS does not have")
         return out
-
-
-class OpRecorder(TorchDispatchMode):
-    """The names of the aten ops run inside it, e.g. "aten.mean.dim"."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(str(func))
-        return func(*args, **(kwargs or {}))
