@@ -76,7 +76,7 @@ def test_every_pointer_from_the_code_and_configs_names_a_section_that_exists():
     assert problems == []
 
 
-def test_the_layout_page_names_every_module_but_a_models():
+def test_the_layout_page_names_every_module_but_the_models():
     """A model's module needs no line of its own (a user adds one in two files): the page
     names the model classes as a whole."""
     layout = (REPO_ROOT / "docs" / "layout.md").read_text()

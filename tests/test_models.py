@@ -9,6 +9,7 @@ from torch import nn
 
 from mnist.errors import ConfigError
 from mnist.models import ConvNet, GAP20k, build_model, summarize
+from mnist.models.checks import check_forward
 from mnist.models.describe import downsampling
 from mnist.paths import REPO_ROOT
 from tests.helpers import CONF_DIR
@@ -181,3 +182,12 @@ def test_the_head_fits_the_features_of_any_depth(stages, downsample):
 def test_a_convnet_pooled_below_one_pixel_is_refused():
     with pytest.raises(ConfigError, match="5 pooling stages take a 28x28 image below 1x1"):
         build_model({"_target_": "mnist.models.ConvNet", "stages": [[4]] * 5})
+
+
+def test_a_lazy_layer_takes_its_size_from_a_batch_that_changes_no_statistic():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
+                          nn.LazyLinear(10))  # fmt: skip
+    check_forward(model, "lazy")
+    assert model[4].weight.shape == (10, 4 * 26 * 26)
+    assert model.training and model[1].num_batches_tracked == 0
+    assert model[1].running_mean.eq(0).all() and model[1].running_var.eq(1).all()

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import REPO_ROOT, tiny_overrides
 
 LENET = '''
-"""LeNet-5 (LeCun et al. 1998) with ReLU and max pooling."""
+"""LeNet-5 (LeCun et al. 1998) with ReLU and max pooling; its first linear layer sizes
+itself on the first batch."""
 
 from torch import Tensor, nn
 
@@ -30,7 +31,7 @@ class LeNet5(nn.Module):
             nn.Conv2d(first, second, 5), nn.ReLU(), nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(second * 25, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+            nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, 10)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -90,10 +91,13 @@ def test_the_readme_recipes_add_a_model_and_an_augmentation_in_four_files(synthe
     # experiment presets, the two that sweep every model); the other cases test nothing the
     # new files change, and the suite runs them already.
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    tests = ["tests/test_models.py", "tests/test_config.py", "tests/test_augment.py"]
+    tests = [
+        f"tests/test_{name}.py"
+        for name in ("models", "config", "augment", "accelerators", "summary", "docs")
+    ]
     chosen = (
         "lenet5 or noise or blur or (experiment_preset and arch_table) or cpu_table "
-        "or without_a_recipe or reference_accuracy or every_op_in_order"
+        "or without_a_recipe or reference_accuracy or every_op_in_order or every_module"
     )
     checked = subprocess.run(
         [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "not slow",

@@ -85,6 +85,8 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         model = cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2
         raise ConfigError(f"cannot build {target} from {blamed(kwargs, e)} ({e})") from e
+    if any(nn.parameter.is_lazy(parameter) for parameter in model.parameters()):
+        check_forward(model, target)  # its weights drawn now, from the seeded generator
     check_module(model, kwargs)
     return model
 
@@ -94,5 +96,5 @@ def built_on_meta(model_cfg: Mapping[str, Any]) -> nn.Module:
     drawing anything."""
     with torch.device("meta"):
         model = build_model(model_cfg)
-    check_forward(model, model_cfg["_target_"])
+        check_forward(model, model_cfg["_target_"])
     return model

@@ -80,15 +80,21 @@ def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
 
 
 def check_forward(model: nn.Module, target: str) -> None:
-    with torch.device("meta"), torch.no_grad():
+    """A batch of zeros on the default device (meta: nothing computed), in eval mode so that
+    no statistics change and nothing is drawn. Lazy layers (nn.LazyLinear) take their sizes
+    from it."""
+    training = model.training
+    with torch.no_grad():
         try:
-            output = model(torch.empty(INPUT_SHAPE))
+            output = model.eval()(torch.zeros(INPUT_SHAPE))
         except Exception as e:  # a user's model may raise anything on a bad size
             first = str(e).strip().partition("\n")[0]
             raise ConfigError(
                 f"{target} fails on a batch of digits {INPUT_SHAPE} ({type(e).__name__}: "
                 f"{first}); check its model.* sizes"
             ) from e
+        finally:
+            model.train(training)
     expected = (INPUT_SHAPE[0], NUM_CLASSES)
     if tuple(getattr(output, "shape", ())) != expected:
         raise ConfigError(
