@@ -37,7 +37,7 @@ def _problems(cfg: DictConfig) -> Iterator[str]:
         yield "augmentation=[] selects no option: use augmentation=none for no augmentation"
     yield from optimizer_problems(optimizer)
     try:
-        model = built_on_meta(plain["model"])
+        model = built_on_meta(plain["model"], channels_last=trainer["channels_last"] is True)
     except ConfigError as e:
         model = None
         yield str(e)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mnist.errors import ConfigError
-from mnist.models import ConvNet, GAP20k, build_model, summarize
+from mnist.models import ConvNet, GAP20k, build_model, built_on_meta, summarize
 from mnist.models.checks import check_forward
 from mnist.models.describe import downsampling
 from mnist.paths import REPO_ROOT
@@ -191,3 +191,24 @@ def test_a_lazy_layer_takes_its_size_from_a_batch_that_changes_no_statistic():
     assert model[4].weight.shape == (10, 4 * 26 * 26)
     assert model.training and model[1].num_batches_tracked == 0
     assert model[1].running_mean.eq(0).all() and model[1].running_var.eq(1).all()
+
+
+class ViewNet(nn.Module):
+    """Flattens with .view, as older PyTorch examples do."""
+
+    __module__ = "mnist.models.dense"  # as if defined there: only its classes are built
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, width, 3, stride=2), nn.Linear(width * 13 * 13, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(x.shape[0], -1))
+
+
+def test_a_model_that_views_channels_last_outputs_is_refused_with_its_fix(monkeypatch):
+    monkeypatch.setattr("mnist.models.dense.ViewNet", ViewNet, raising=False)
+    view_net = {"_target_": "mnist.models.dense.ViewNet"}
+    with pytest.raises(ConfigError, match=r"\.reshape rather than \.view, or set trainer\.chan"):
+        built_on_meta(view_net, channels_last=True)
+    assert built_on_meta(view_net).fc.weight.is_meta

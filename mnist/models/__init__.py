@@ -1,6 +1,7 @@
 """Model families: a model is a class here and a conf/model/<name>.yaml whose `_target_`
 names it; nothing else lists models."""
 
+import copy
 import importlib
 import inspect
 import pkgutil
@@ -91,10 +92,24 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     return model
 
 
-def built_on_meta(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Built and called on the meta device, which checks any model without allocating or
-    drawing anything."""
+CHANNELS_LAST_HINT = (
+    "with trainer.channels_last=true (the default) its convolutions give channels-last "
+    "tensors: flatten them with torch.flatten or .reshape rather than .view, or set "
+    "trainer.channels_last=false"
+)
+
+
+def built_on_meta(model_cfg: Mapping[str, Any], channels_last: bool = False) -> nn.Module:
+    """Built and called on the meta device as training calls it (`channels_last`: its weights
+    in that memory format), which checks any model without allocating or drawing anything."""
+    target = model_cfg["_target_"]
     with torch.device("meta"):
         model = build_model(model_cfg)
-        check_forward(model, model_cfg["_target_"])
+        check_forward(model, target)
+    if channels_last:
+        # A CPU or GPU convolution with channels-last weights gives channels-last outputs
+        # (which .view refuses); a meta one keeps the input's format. So this call is on the
+        # CPU, with weights left uninitialized: nothing drawn.
+        on_cpu = copy.deepcopy(model).to_empty(device="cpu")
+        check_forward(on_cpu.to(memory_format=torch.channels_last), target, CHANNELS_LAST_HINT)
     return model

@@ -79,10 +79,10 @@ def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
             )
 
 
-def check_forward(model: nn.Module, target: str) -> None:
+def check_forward(model: nn.Module, target: str, hint: str = "check its model.* sizes") -> None:
     """A batch of zeros on the default device (meta: nothing computed), in eval mode so that
     no statistics change and nothing is drawn. Lazy layers (nn.LazyLinear) take their sizes
-    from it."""
+    from it. `hint`: what the refusal suggests."""
     training = model.training
     with torch.no_grad():
         try:
@@ -91,7 +91,7 @@ def check_forward(model: nn.Module, target: str) -> None:
             first = str(e).strip().partition("\n")[0]
             raise ConfigError(
                 f"{target} fails on a batch of digits {INPUT_SHAPE} ({type(e).__name__}: "
-                f"{first}); check its model.* sizes"
+                f"{first}); {hint}"
             ) from e
         finally:
             model.train(training)
