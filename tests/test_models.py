@@ -9,7 +9,6 @@ from torch import nn
 
 from mnist.errors import ConfigError
 from mnist.models import ConvNet, GAP20k, build_model, built_on_meta, summarize
-from mnist.models.checks import check_forward
 from mnist.models.describe import downsampling
 from mnist.paths import REPO_ROOT
 from tests.helpers import CONF_DIR
@@ -184,19 +183,31 @@ def test_a_convnet_pooled_below_one_pixel_is_refused():
         build_model({"_target_": "mnist.models.ConvNet", "stages": [[4]] * 5})
 
 
-def test_a_lazy_layer_takes_its_size_from_a_batch_that_changes_no_statistic():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
-                          nn.LazyLinear(10))  # fmt: skip
-    check_forward(model, "lazy")
-    assert model[4].weight.shape == (10, 4 * 26 * 26)
-    assert model.training and model[1].num_batches_tracked == 0
-    assert model[1].running_mean.eq(0).all() and model[1].running_var.eq(1).all()
+class LazyNet(nn.Module):
+    __module__ = "mnist.models.dense"  # as if defined there: only its classes are built
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.Dropout(0.5),
+                                  nn.Flatten(), nn.LazyLinear(10))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_a_lazy_layer_takes_its_size_from_a_batch_that_changes_no_statistic(monkeypatch):
+    monkeypatch.setattr("mnist.models.dense.LazyNet", LazyNet, raising=False)
+    model = build_model({"_target_": "mnist.models.dense.LazyNet", "width": 4})
+    assert model.body[4].weight.shape == (10, 4 * 26 * 26) and model.training
+    norm = model.body[1]
+    assert norm.num_batches_tracked == 0 and norm.running_mean.eq(0).all()
+    assert built_on_meta({"_target_": "mnist.models.dense.LazyNet"}, channels_last=True)
 
 
 class ViewNet(nn.Module):
     """Flattens with .view, as older PyTorch examples do."""
 
-    __module__ = "mnist.models.dense"  # as if defined there: only its classes are built
+    __module__ = "mnist.models.dense"
 
     def __init__(self, width: int = 4) -> None:
         super().__init__()
@@ -212,3 +223,21 @@ def test_a_model_that_views_channels_last_outputs_is_refused_with_its_fix(monkey
     with pytest.raises(ConfigError, match=r"\.reshape rather than \.view, or set trainer\.chan"):
         built_on_meta(view_net, channels_last=True)
     assert built_on_meta(view_net).fc.weight.is_meta
+
+
+class Scaled(nn.Module):
+    """Keeps a tensor as a plain attribute: built on meta, it stays there."""
+
+    __module__ = "mnist.models.dense"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.scale = nn.Linear(784, 10), torch.tensor(2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(x, 1)) * self.scale
+
+
+def test_a_model_the_cpu_call_cannot_run_is_not_blamed_on_channels_last(monkeypatch):
+    monkeypatch.setattr("mnist.models.dense.Scaled", Scaled, raising=False)
+    assert built_on_meta({"_target_": "mnist.models.dense.Scaled"}, channels_last=True)

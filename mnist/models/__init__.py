@@ -87,7 +87,10 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     except (TypeError, ValueError, RuntimeError) as e:  # e.g. model.dropout=2
         raise ConfigError(f"cannot build {target} from {blamed(kwargs, e)} ({e})") from e
     if any(nn.parameter.is_lazy(parameter) for parameter in model.parameters()):
-        check_forward(model, target)  # its weights drawn now, from the seeded generator
+        # Lazy layers take their sizes from a first batch. In eval mode it draws nothing but
+        # their weights (from the seeded generator) and changes no statistic.
+        check_forward(model.eval(), target)
+        model.train()
     check_module(model, kwargs)
     return model
 
@@ -108,8 +111,12 @@ def built_on_meta(model_cfg: Mapping[str, Any], channels_last: bool = False) -> 
         check_forward(model, target)
     if channels_last:
         # A CPU or GPU convolution with channels-last weights gives channels-last outputs
-        # (which .view refuses); a meta one keeps the input's format. So this call is on the
-        # CPU, with weights left uninitialized: nothing drawn.
-        on_cpu = copy.deepcopy(model).to_empty(device="cpu")
+        # (which .view refuses); a meta one keeps the input's format. So these calls are on
+        # the CPU, with weights left uninitialized and in eval mode: nothing drawn.
+        on_cpu = copy.deepcopy(model).to_empty(device="cpu").eval()
+        try:
+            check_forward(on_cpu, target)
+        except ConfigError:  # not the memory format's doing (say, a tensor kept on meta)
+            return model
         check_forward(on_cpu.to(memory_format=torch.channels_last), target, CHANNELS_LAST_HINT)
     return model

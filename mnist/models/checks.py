@@ -80,21 +80,18 @@ def check_module(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
 
 
 def check_forward(model: nn.Module, target: str, hint: str = "check its model.* sizes") -> None:
-    """A batch of zeros on the default device (meta: nothing computed), in eval mode so that
-    no statistics change and nothing is drawn. Lazy layers (nn.LazyLinear) take their sizes
-    from it. `hint`: what the refusal suggests."""
-    training = model.training
+    """A batch of zeros on the default device (meta: nothing computed) through `model` in its
+    mode. Lazy layers (nn.LazyLinear) take their sizes from it. `hint`: what a refusal
+    suggests."""
     with torch.no_grad():
         try:
-            output = model.eval()(torch.zeros(INPUT_SHAPE))
+            output = model(torch.zeros(INPUT_SHAPE))
         except Exception as e:  # a user's model may raise anything on a bad size
             first = str(e).strip().partition("\n")[0]
             raise ConfigError(
                 f"{target} fails on a batch of digits {INPUT_SHAPE} ({type(e).__name__}: "
                 f"{first}); {hint}"
             ) from e
-        finally:
-            model.train(training)
     expected = (INPUT_SHAPE[0], NUM_CLASSES)
     if tuple(getattr(output, "shape", ())) != expected:
         raise ConfigError(

@@ -117,7 +117,11 @@ def determinism_problem(model: nn.Module, device: torch.device) -> str | None:
     refused = NONDETERMINISTIC_OPS.get(device.type)
     if refused is None:
         return None
-    ops = sorted({op.split(".")[1] for op in training_step_ops(model) if op.startswith(refused)})
+    try:
+        ran = training_step_ops(model)
+    except Exception:  # a backward the meta device lacks: torch itself says so in the run
+        return None
+    ops = sorted({op.split(".")[1] for op in ran if op.startswith(refused)})
     if not ops:
         return None
     return (
