@@ -141,6 +141,11 @@ def test_strided_variant_has_no_pooling():
         ([nn.Conv2d(1, 4, 3, stride=2), nn.AvgPool2d(2)], "strided conv + AvgPool"),
         ([nn.LPPool2d(2, 2), nn.AdaptiveMaxPool2d(1)], "LPPool + global max pool"),
         ([nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1)], "MaxPool + global avg pool"),
+        (
+            [nn.AdaptiveAvgPool2d((1, 1)), nn.AdaptiveMaxPool2d(4)],
+            "adaptive max pool + global avg pool",
+        ),
+        ([nn.AdaptiveAvgPool2d((4, None))], "adaptive avg pool"),
     ],
 )
 def test_every_kind_of_pooling_is_named(layers, named):
