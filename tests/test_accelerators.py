@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
@@ -31,7 +30,6 @@ from mnist.training.device import (
     DEFAULT_NUM_THREADS,
     NONDETERMINISTIC_OPS,
     DeviceSettings,
-    OpRecorder,
     configure_torch,
     determinism_problem,
     precision_problem,
@@ -197,14 +195,6 @@ def test_mps_precision_needs_autocast_and_macos_14_for_bf16(
     assert found is None if problem is None else problem in found
 
 
-def cpu_training_step_ops(model: nn.Module) -> set[str]:
-    """The ops a real training step runs, on the CPU: what the meta device's must match."""
-    images, labels = torch.randn(4, 1, 28, 28), torch.arange(4)
-    with OpRecorder() as recorder:
-        F.cross_entropy(model.train()(images), labels).backward()
-    return recorder.ops
-
-
 @pytest.mark.parametrize("size, refused", [(2, True), (1, False)])
 def test_a_layer_without_a_deterministic_cuda_kernel_is_refused_there_only(size, refused):
     """AdaptiveAvgPool2d(2)'s backward has no deterministic CUDA kernel; at size 1 torch
@@ -229,7 +219,7 @@ def test_deterministic_training_is_refused_exactly_where_a_step_would_raise(name
     before anything is written exactly where one of them has no deterministic kernel (on
     MPS, max pooling's backward), not in the first step of a logged run."""
     model_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
-    ops, model = cpu_training_step_ops(build_model(model_cfg)), built_on_meta(model_cfg)
+    ops, model = training_step_ops(build_model(model_cfg), "cpu"), built_on_meta(model_cfg)
     assert training_step_ops(model) == ops
     for device in (CUDA, MPS):
         refused = {op for op in ops if op.startswith(NONDETERMINISTIC_OPS[device.type])}

@@ -101,11 +101,11 @@ class OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def training_step_ops(model: nn.Module) -> set[str]:
-    """The ops of a training step (forward, cross-entropy, backward) of `model`, built on the
-    meta device: any model's layers and functions, found without computing anything."""
-    with torch.device("meta"):
-        images, labels = torch.empty(INPUT_SHAPE), torch.zeros(INPUT_SHAPE[0], dtype=torch.long)
+def training_step_ops(model: nn.Module, device: str = "meta") -> set[str]:
+    """The ops of a training step (forward, cross-entropy, backward) of `model`, on `device`,
+    where its weights are: on meta, any model's layers and functions without computing."""
+    with torch.device(device):
+        images, labels = torch.zeros(INPUT_SHAPE), torch.zeros(INPUT_SHAPE[0], dtype=torch.long)
         with OpRecorder() as recorder:
             F.cross_entropy(model.train()(images), labels).backward()
     return recorder.ops
