@@ -188,9 +188,15 @@ def test_a_convnet_pooled_below_one_pixel_is_refused():
         build_model({"_target_": "mnist.models.ConvNet", "stages": [[4]] * 5})
 
 
-class LazyNet(nn.Module):
-    __module__ = "mnist.models.dense"  # as if defined there: only its classes are built
+def as_a_models_class(monkeypatch, cls: type[nn.Module]) -> dict[str, str]:
+    """`cls` as if defined in mnist/models/dense.py (only the package's classes are built):
+    the model config that names it."""
+    monkeypatch.setattr(cls, "__module__", "mnist.models.dense")
+    monkeypatch.setattr(f"mnist.models.dense.{cls.__name__}", cls, raising=False)
+    return {"_target_": f"mnist.models.dense.{cls.__name__}"}
 
+
+class LazyNet(nn.Module):
     def __init__(self, width: int = 4) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.Dropout(0.5),
@@ -201,18 +207,16 @@ class LazyNet(nn.Module):
 
 
 def test_a_lazy_layer_takes_its_size_from_a_batch_that_changes_no_statistic(monkeypatch):
-    monkeypatch.setattr("mnist.models.dense.LazyNet", LazyNet, raising=False)
-    model = build_model({"_target_": "mnist.models.dense.LazyNet", "width": 4})
+    lazy_net = as_a_models_class(monkeypatch, LazyNet)
+    model = build_model({**lazy_net, "width": 4})
     assert model.body[4].weight.shape == (10, 4 * 26 * 26) and model.training
     norm = model.body[1]
     assert norm.num_batches_tracked == 0 and norm.running_mean.eq(0).all()
-    assert built_on_meta({"_target_": "mnist.models.dense.LazyNet"}, channels_last=True)
+    assert built_on_meta(lazy_net, channels_last=True)
 
 
 class ViewNet(nn.Module):
     """Flattens with .view, as older PyTorch examples do."""
-
-    __module__ = "mnist.models.dense"
 
     def __init__(self, width: int = 4) -> None:
         super().__init__()
@@ -223,8 +227,7 @@ class ViewNet(nn.Module):
 
 
 def test_a_model_that_views_channels_last_outputs_is_refused_with_its_fix(monkeypatch):
-    monkeypatch.setattr("mnist.models.dense.ViewNet", ViewNet, raising=False)
-    view_net = {"_target_": "mnist.models.dense.ViewNet"}
+    view_net = as_a_models_class(monkeypatch, ViewNet)
     with pytest.raises(ConfigError, match=r"\.reshape rather than \.view, or set trainer\.chan"):
         built_on_meta(view_net, channels_last=True)
     assert built_on_meta(view_net).fc.weight.is_meta
@@ -232,8 +235,6 @@ def test_a_model_that_views_channels_last_outputs_is_refused_with_its_fix(monkey
 
 class Scaled(nn.Module):
     """Keeps a tensor as a plain attribute: built on meta, it stays there."""
-
-    __module__ = "mnist.models.dense"
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,5 +245,4 @@ class Scaled(nn.Module):
 
 
 def test_a_model_the_cpu_call_cannot_run_is_not_blamed_on_channels_last(monkeypatch):
-    monkeypatch.setattr("mnist.models.dense.Scaled", Scaled, raising=False)
-    assert built_on_meta({"_target_": "mnist.models.dense.Scaled"}, channels_last=True)
+    assert built_on_meta(as_a_models_class(monkeypatch, Scaled), channels_last=True)
